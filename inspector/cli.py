@@ -1,0 +1,249 @@
+"""The ``ggml-inspector`` command line (click command group).
+
+Every command reports user mistakes as one line on stderr with a non-zero
+exit: 2 for errors, 130 for an interrupted capture.  Set
+``GGML_INSPECTOR_DEBUG=1`` to see tracebacks of unexpected failures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import numpy as np
+
+from inspector import gguf_info
+from inspector.constants import DEFAULT_DUMP_DIR, DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, TOOL_VERSION
+from inspector.errors import CaptureInterrupted, InspectorError
+from inspector.formatting import human_bytes, number, shape_text, table
+from inspector.store import Entry, open_dump
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"ggml-inspector: error: {message}", err=True)
+    sys.exit(code)
+
+
+class InspectorGroup(click.Group):
+    """A click group that turns every failure into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CaptureInterrupted as error:
+            fail(str(error), EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_INTERRUPTED)
+        except InspectorError as error:
+            fail(str(error))
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except OSError as error:
+            if os.environ.get("GGML_INSPECTOR_DEBUG"):
+                raise
+            fail(f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""))
+        except Exception as error:  # noqa: BLE001  (last line of defence against tracebacks)
+            if os.environ.get("GGML_INSPECTOR_DEBUG"):
+                raise
+            fail(f"unexpected {type(error).__name__}: {error} (set GGML_INSPECTOR_DEBUG=1 for the traceback)")
+
+
+@click.group(cls=InspectorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(TOOL_VERSION, prog_name="ggml-inspector")
+def main() -> None:
+    """Capture, inspect and compare the tensors of ggml compute graphs."""
+
+
+def _default_output(stem: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(DEFAULT_DUMP_DIR) / f"{stem}-{stamp}.h5"
+
+
+def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-p", "--prompt", required=True, help="Prompt text to decode.")
+@click.option("-t", "--tensor", "globs", multiple=True, help="Glob over tensor names (repeatable); default: all.")
+@click.option("--regex", "regexes", multiple=True, help="Regular expression over tensor names (repeatable).")
+@click.option("--n-gpu-layers", default=0, show_default=True, help="Layers to offload to GPU/RPC devices.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--ctx", "n_ctx", default=DEFAULT_N_CTX, show_default=True, help="Context size.")
+@click.option("--batch", "n_batch", default=DEFAULT_N_BATCH, show_default=True, help="Logical batch size.")
+@click.option("--ubatch", "n_ubatch", default=DEFAULT_N_UBATCH, show_default=True,
+              help="Physical batch size: tokens per graph evaluation.")
+@click.option("--flash-attn", type=click.Choice(["on", "off", "auto"]), default="auto", show_default=True)
+@click.option("--cache-type-k", "type_k", default="f16", show_default=True, help="K cache type (f16, q8_0, ...).")
+@click.option("--cache-type-v", "type_v", default="f16", show_default=True, help="V cache type.")
+@click.option("--n-predict", default=0, show_default=True, help="Tokens to generate greedily after the prompt.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Dump file (default: dumps/<model>-<time>.h5).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
+def capture(model: Path, prompt: str, globs: tuple[str, ...], regexes: tuple[str, ...], n_gpu_layers: int,
+            threads: int | None, n_ctx: int, n_batch: int, n_ubatch: int, flash_attn: str, type_k: str,
+            type_v: str, n_predict: int, output: Path | None, overwrite: bool, verbose: bool) -> None:
+    """Run MODEL on a prompt and store the selected tensors as they are computed."""
+    from inspector.capture import capture_llama
+    from inspector.runners.llama import LlamaRunConfig
+    from inspector.selection import Selection
+
+    config = LlamaRunConfig(model=str(model), prompt=prompt, n_gpu_layers=n_gpu_layers,
+                            threads=threads or os.cpu_count() or 1, n_ctx=n_ctx, n_batch=n_batch,
+                            n_ubatch=n_ubatch, flash_attn=flash_attn, type_k=type_k, type_v=type_v,
+                            n_predict=n_predict)
+    selection = Selection(globs=globs, regexes=regexes)
+    output = output or _default_output(model.stem)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    summary = capture_llama(config, selection, output, overwrite=overwrite, verbose=verbose,
+                            progress=lambda message: click.echo(message, err=True))
+    for pattern, names in summary.unmatched.items():
+        click.echo(f"warning: pattern {pattern!r} matched no tensor; nearest names seen: {', '.join(names)}",
+                   err=True)
+    result = summary.result
+    if result and result.generated_ids:
+        click.echo(f"generated: {result.generated_text!r}", err=True)
+    click.echo(f"captured {summary.tensors} tensors ({human_bytes(summary.bytes)}) from "
+               f"{summary.evaluations} evaluations in {summary.seconds:.2f} s -> {summary.path}", err=True)
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    stats = entry.stats
+
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    return {
+        "eval": entry.eval_index, "node": entry.node_index, "name": entry.name, "occurrence": entry.occurrence,
+        "op": entry.op, "type": entry.ggml_type, "shape": list(entry.shape), "buffer": entry.buffer,
+        "storage": entry.storage, "is_leaf": entry.is_leaf, "nbytes": entry.nbytes,
+        "min": finite(stats.min), "max": finite(stats.max), "mean": finite(stats.mean), "std": finite(stats.std),
+        "n_nan": stats.n_nan, "n_inf": stats.n_inf,
+    }
+
+
+@main.command("ls")
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.option("-t", "--tensor", "globs", multiple=True, help="Only names matching this glob (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_tensors(dump: Path, globs: tuple[str, ...], as_json: bool) -> None:
+    """List the tensors in a dump, in execution order, with their statistics."""
+    with open_dump(dump) as opened:
+        entries = opened.entries(list(globs))
+        if as_json:
+            click.echo(json.dumps({"path": str(dump), "complete": opened.complete,
+                                   "incomplete_reason": opened.incomplete_reason,
+                                   "tensors": [_entry_json(e) for e in entries]}, indent=1))
+            return
+        if not opened.complete:
+            click.echo(f"warning: {dump} is incomplete ({opened.incomplete_reason})", err=True)
+        rows = [[str(e.eval_index), str(e.node_index), e.name + ("" if e.occurrence == 0 else f" #{e.occurrence}"),
+                 e.op, e.ggml_type, shape_text(e.shape), e.buffer, number(e.stats.min), number(e.stats.max),
+                 number(e.stats.mean), number(e.stats.std), str(e.stats.n_nan), str(e.stats.n_inf)]
+                for e in entries]
+        click.echo(table(["eval", "node", "name", "op", "type", "shape", "buffer", "min", "max", "mean", "std",
+                          "nan", "inf"], rows, right_align={0, 1, 7, 8, 9, 10, 11, 12}))
+        click.echo(f"{len(entries)} tensors", err=True)
+
+
+def _edge_values(array: np.ndarray, count: int) -> tuple[list[float], list[float]]:
+    flat = array.reshape(-1)
+    return flat[:count].tolist(), flat[-count:].tolist() if flat.size > count else []
+
+
+@main.command()
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.argument("tensor")
+@click.option("--eval", "eval_index", type=int, default=None, help="Evaluation index (default: first holding it).")
+@click.option("--occurrence", default=0, show_default=True, help="Which same-named tensor of the evaluation.")
+@click.option("-n", "--values", "count", default=6, show_default=True, help="Leading/trailing values to print.")
+@click.option("--json", "as_json", is_flag=True)
+def show(dump: Path, tensor: str, eval_index: int | None, occurrence: int, count: int, as_json: bool) -> None:
+    """Show one tensor's metadata, statistics and leading/trailing values."""
+    with open_dump(dump) as opened:
+        entry = opened.find(tensor, eval_index, occurrence)
+        array = opened.read(entry)
+        metadata = opened.metadata(entry)
+    head, tail = _edge_values(array, count)
+    total = float(np.sum(array, dtype=np.float64))
+    if as_json:
+        click.echo(json.dumps({**_entry_json(entry), "metadata": metadata, "sum": total,
+                               "head": head, "tail": tail}, indent=1, default=str))
+        return
+    stats = entry.stats
+    click.echo(f"{entry.name}  (eval {entry.eval_index}, node {entry.node_index}, occurrence {entry.occurrence})")
+    click.echo(f"  op {entry.op}, type {entry.ggml_type} stored as {array.dtype} ({entry.storage}), "
+               f"numpy shape {shape_text(array.shape)}, ggml ne {shape_text(metadata.get('ne', []))}")
+    click.echo(f"  buffer {entry.buffer or '-'}; sources: {', '.join(metadata.get('sources', [])) or '-'}"
+               + (f"; view of {metadata['view_source']}" if metadata.get("view_source") else ""))
+    click.echo(f"  min {number(stats.min)}  max {number(stats.max)}  mean {number(stats.mean)}  "
+               f"std {number(stats.std)}  sum {number(total)}  nan {stats.n_nan}  inf {stats.n_inf}")
+    click.echo("  first: " + " ".join(number(float(v)) for v in head))
+    if tail:
+        click.echo("  last:  " + " ".join(number(float(v)) for v in tail))
+
+
+@main.command()
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.argument("tensor")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Destination .npy file.")
+@click.option("--eval", "eval_index", type=int, default=None)
+@click.option("--occurrence", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+def export(dump: Path, tensor: str, output: Path, eval_index: int | None, occurrence: int, overwrite: bool) -> None:
+    """Write one tensor to a .npy file (numpy shape = ggml ne reversed)."""
+    if output.suffix != ".npy":
+        raise InspectorError(f"{output}: export writes .npy files; give a name ending in .npy")
+    if output.exists() and not overwrite:
+        raise InspectorError(f"{output} exists; pass --overwrite to replace it")
+    with open_dump(dump) as opened:
+        array = opened.read(tensor, eval_index, occurrence)
+    np.save(output, array, allow_pickle=False)
+    click.echo(f"wrote {tensor} {shape_text(array.shape)} {array.dtype} -> {output}", err=True)
+
+
+@main.command("gguf")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--tensors", "with_tensors", is_flag=True, help="Also list the tensors.")
+@click.option("--json", "as_json", is_flag=True)
+def gguf_command(model: Path, with_tensors: bool, as_json: bool) -> None:
+    """Show a GGUF file's metadata (and tensor table) without loading it into llama.cpp."""
+    reader = gguf_info.open_gguf(model)
+    metadata = gguf_info.metadata(reader)
+    tensors = gguf_info.tensors(reader) if with_tensors else []
+    if as_json:
+        payload: dict[str, Any] = {"path": str(model), "metadata": metadata}
+        if with_tensors:
+            payload["tensors"] = [t.__dict__ for t in tensors]
+        click.echo(json.dumps(payload, indent=1, default=str))
+        return
+    click.echo(table(["key", "value"], [[key, str(value)] for key, value in metadata.items()]))
+    if with_tensors:
+        click.echo()
+        click.echo(table(["name", "type", "ne", "bytes"],
+                         [[t.name, t.ggml_type, shape_text(t.ne), str(t.n_bytes)] for t in tensors],
+                         right_align={3}))
+    click.echo(f"{len(reader.tensors)} tensors", err=True)
+
+
+@main.command()
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(DEFAULT_DUMP_DIR) / "demo", show_default=True)
+def demo(output_dir: Path) -> None:
+    """Generate a tiny model, capture it, and list what was caught (no downloads)."""
+    from inspector.demo import run_demo
+
+    run_demo(output_dir, echo=click.echo)

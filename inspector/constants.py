@@ -1,0 +1,69 @@
+"""Every constant the project shares, in one place (as gguf-py does).
+
+The ggml numbers mirror the ggml that ``llama-cpp-python==0.3.36`` vendors
+(ggml 0.25.3); ``tests/test_ggml_binding.py`` proves them against the library.
+"""
+
+TOOL_VERSION = "0.1.0"
+
+# -- dump format ---------------------------------------------------------------
+DUMP_FORMAT_NAME = "ggml-inspector-dump"
+DUMP_FORMAT_VERSION = 1
+DEFAULT_DUMP_DIR = "dumps"
+
+# Refuse to load one dataset larger than this from an untrusted dump unless asked.
+DEFAULT_MAX_READ_BYTES = 8 * 1024**3
+
+# -- ggml.h mirror ---------------------------------------------------------------
+GGML_MAX_DIMS = 4
+GGML_MAX_SRC = 10
+GGML_MAX_OP_PARAMS = 64
+GGML_MAX_NAME = 64
+# sizeof(struct ggml_object): offs, size, next, type, padding[4].
+GGML_OBJECT_SIZE = 32
+
+GGML_OP_NONE = 0
+
+GGML_TENSOR_FLAG_INPUT = 1
+GGML_TENSOR_FLAG_OUTPUT = 2
+GGML_TENSOR_FLAG_PARAM = 4
+GGML_TENSOR_FLAG_LOSS = 8
+GGML_TENSOR_FLAG_COMPUTE = 16
+
+TENSOR_FLAG_NAMES = {
+    GGML_TENSOR_FLAG_INPUT: "input",
+    GGML_TENSOR_FLAG_OUTPUT: "output",
+    GGML_TENSOR_FLAG_PARAM: "param",
+    GGML_TENSOR_FLAG_LOSS: "loss",
+    GGML_TENSOR_FLAG_COMPUTE: "compute",
+}
+
+# ggml_type values whose element layout numpy can hold as is.
+GGML_TYPE_F32 = 0
+GGML_TYPE_F16 = 1
+GGML_TYPE_Q8_0 = 8
+GGML_TYPE_I8 = 24
+GGML_TYPE_I16 = 25
+GGML_TYPE_I32 = 26
+GGML_TYPE_I64 = 27
+GGML_TYPE_F64 = 28
+GGML_TYPE_BF16 = 30
+
+NUMPY_DTYPE_OF_GGML_TYPE = {
+    GGML_TYPE_F32: "<f4",
+    GGML_TYPE_F16: "<f2",
+    GGML_TYPE_I8: "i1",
+    GGML_TYPE_I16: "<i2",
+    GGML_TYPE_I32: "<i4",
+    GGML_TYPE_I64: "<i8",
+    GGML_TYPE_F64: "<f8",
+}
+
+# ggml_backend_dev_type
+GGML_BACKEND_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL", 4: "META"}
+
+# -- llama.cpp runner defaults --------------------------------------------------
+DEFAULT_N_CTX = 512
+DEFAULT_N_BATCH = 512
+DEFAULT_N_UBATCH = 512
+DEFAULT_SEED = 0

@@ -1,0 +1,37 @@
+"""``ggml-inspector demo``: the whole capture path on an embedded default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from inspector.capture import capture_llama
+from inspector.formatting import human_bytes, number, shape_text, table
+from inspector.models import TinyLlamaSpec, write_tiny_llama
+from inspector.runners.llama import LlamaRunConfig
+from inspector.selection import Selection
+from inspector.store import open_dump
+
+DEMO_PROMPT = "The quick brown fox"
+DEMO_PATTERNS = ("inp_tokens", "embd", "attn_norm-*", "l_out-*", "result_output")
+
+
+def run_demo(output_dir: Path, echo: Callable[[str], None] = print) -> Path:
+    """Write a tiny model, capture a few named tensors from it, list them; return the dump path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = write_tiny_llama(output_dir / "tiny-llama.gguf", TinyLlamaSpec(n_layer=4))
+    echo(f"1. generated a tiny llama model: {model}")
+    dump_path = output_dir / "capture.h5"
+    config = LlamaRunConfig(model=str(model), prompt=DEMO_PROMPT, n_predict=4, n_ctx=128)
+    echo(f"2. capturing {', '.join(DEMO_PATTERNS)} while decoding {DEMO_PROMPT!r} and generating 4 tokens")
+    summary = capture_llama(config, Selection(globs=DEMO_PATTERNS), dump_path, overwrite=True)
+    echo(f"   captured {summary.tensors} tensors ({human_bytes(summary.bytes)}) from {summary.evaluations} "
+         f"evaluations in {summary.seconds:.2f} s -> {dump_path}")
+    echo("3. what the dump holds (evaluation 0, the prompt):")
+    with open_dump(dump_path) as dump:
+        rows = [[str(e.node_index), e.name, e.op, e.ggml_type, shape_text(e.shape), e.buffer,
+                 number(e.stats.mean), number(e.stats.std)]
+                for e in dump.entries() if e.eval_index == 0]
+    echo(table(["node", "name", "op", "type", "shape", "buffer", "mean", "std"], rows, right_align={0, 6, 7}))
+    echo(f"next: ggml-inspector ls {dump_path}  |  ggml-inspector show {dump_path} l_out-3")
+    return dump_path

@@ -1,0 +1,101 @@
+"""Copy a ggml tensor out of its backend buffer into a numpy array we own.
+
+``ggml_backend_tensor_get`` works for every buffer type (host, GPU, RPC), so
+the copy is always: fetch the ``ggml_nbytes`` bytes the tensor spans, then
+materialise the logical layout from the byte strides ``nb``.  That handles
+permutes, transposes and views whose strides are not the contiguous ones.
+
+Shape convention: the numpy shape is ``ne`` reversed and trimmed to
+``ggml_n_dims`` (so ggml ``ne = [n_embd, n_tokens]`` is numpy
+``(n_tokens, n_embd)``); numpy's last axis is ggml's fastest one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
+
+from inspector.constants import GGML_TYPE_BF16, NUMPY_DTYPE_OF_GGML_TYPE
+from inspector.errors import InspectorError
+from inspector.ggml.tensor import Tensor
+
+
+@dataclass(frozen=True)
+class Readout:
+    """A materialised tensor and how its stored dtype relates to the ggml type."""
+
+    array: np.ndarray
+    # "native": numpy holds ggml's element type as is; "bf16->f32": exact
+    # widening (numpy has no bfloat16); "dequantized": decoded with gguf.quants.
+    storage: str
+
+
+def numpy_shape(ne: tuple[int, ...], n_dims: int) -> tuple[int, ...]:
+    """ggml ``ne`` (fastest first) to numpy shape (slowest first), trimmed to ``n_dims``."""
+    return tuple(reversed(ne[:n_dims]))
+
+
+def read_bytes(tensor: Tensor) -> np.ndarray:
+    """The raw bytes the tensor spans in its buffer, starting at its first element."""
+    nbytes = tensor.nbytes
+    raw = np.empty(nbytes, dtype=np.uint8)
+    if nbytes:
+        tensor.lib.base.ggml_backend_tensor_get(
+            tensor.address, raw.ctypes.data_as(ctypes.c_void_p), 0, nbytes
+        )
+    return raw
+
+
+def _strided_rows(raw: np.ndarray, ne: tuple[int, ...], nb: tuple[int, ...], row_bytes: int) -> np.ndarray:
+    """View ``raw`` as (ne3, ne2, ne1, row_bytes) following the strides nb[1..3]."""
+    shape = (ne[3], ne[2], ne[1], row_bytes)
+    strides = (nb[3], nb[2], nb[1], 1)
+    return np.lib.stride_tricks.as_strided(raw, shape=shape, strides=strides, writeable=False)
+
+
+def materialise(raw: np.ndarray, ggml_type: int, ne: tuple[int, ...], nb: tuple[int, ...],
+                block_size: int, type_size: int, n_dims: int) -> Readout:
+    """Turn the spanned bytes of a tensor into a C-contiguous numpy array.
+
+    Kept free of ctypes so it can be tested on byte buffers built by numpy.
+    """
+    shape = numpy_shape(ne, n_dims)
+    if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE or ggml_type == GGML_TYPE_BF16:
+        element = np.dtype("<u2") if ggml_type == GGML_TYPE_BF16 else np.dtype(NUMPY_DTYPE_OF_GGML_TYPE[ggml_type])
+        full = np.lib.stride_tricks.as_strided(
+            raw.view(np.uint8),
+            shape=(ne[3], ne[2], ne[1], ne[0], element.itemsize),
+            strides=(nb[3], nb[2], nb[1], nb[0], 1),
+            writeable=False,
+        )
+        values = np.ascontiguousarray(full).view(element).reshape(shape)
+        if ggml_type == GGML_TYPE_BF16:
+            widened = (values.astype(np.uint32) << 16).view(np.float32)
+            return Readout(widened, "bf16->f32")
+        return Readout(values, "native")
+    if ne[0] % block_size:
+        raise InspectorError(f"row length {ne[0]} is not a multiple of the block size {block_size}")
+    try:
+        quant_type = GGMLQuantizationType(ggml_type)
+    except ValueError:
+        raise InspectorError(f"unknown ggml type {ggml_type}") from None
+    rows = np.ascontiguousarray(_strided_rows(raw, ne, nb, ne[0] // block_size * type_size))
+    try:
+        values = dequantize(rows, quant_type)
+    except NotImplementedError:
+        raise InspectorError(f"gguf cannot dequantize {quant_type.name}") from None
+    return Readout(np.asarray(values, dtype=np.float32).reshape(shape), "dequantized")
+
+
+def read_tensor(tensor: Tensor) -> Readout:
+    """Copy ``tensor`` out of its buffer (GPU, RPC and host alike) and materialise it."""
+    if not tensor.buffer and not tensor.data:
+        raise InspectorError(f"tensor {tensor.name!r} has no data (not allocated)")
+    return materialise(
+        read_bytes(tensor), tensor.ggml_type, tensor.ne, tensor.nb,
+        tensor.block_size, tensor.type_size, tensor.n_dims,
+    )

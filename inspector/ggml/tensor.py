@@ -1,0 +1,159 @@
+"""``struct ggml_tensor`` mirrored in ctypes, and read-only accessors over it.
+
+The layout is tied to the pinned ggml (see :mod:`inspector.constants`);
+``tests/test_ggml_binding.py`` checks ``sizeof`` and every field we read
+against values the C API reports for tensors it created itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from inspector.constants import (
+    GGML_MAX_DIMS,
+    GGML_MAX_NAME,
+    GGML_MAX_OP_PARAMS,
+    GGML_MAX_SRC,
+    GGML_OP_NONE,
+    TENSOR_FLAG_NAMES,
+)
+from inspector.ggml.library import GgmlLibraries
+
+
+class GgmlTensorStruct(ctypes.Structure):
+    """``struct ggml_tensor`` of ggml 0.25.3 (ggml.h)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * GGML_MAX_DIMS),
+        ("nb", ctypes.c_size_t * GGML_MAX_DIMS),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * (GGML_MAX_OP_PARAMS // 4)),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * GGML_MAX_SRC),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * GGML_MAX_NAME),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
+def decode_name(raw: bytes) -> str:
+    """Tensor names are C strings of arbitrary bytes; keep undecodable bytes visible."""
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def flag_names(flags: int) -> list[str]:
+    """Names of the ``GGML_TENSOR_FLAG_*`` bits set in ``flags``."""
+    return [name for bit, name in TENSOR_FLAG_NAMES.items() if flags & bit]
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A borrowed pointer to a live ``ggml_tensor`` with the accessors the hook needs.
+
+    Valid only while ggml keeps the tensor alive (inside an eval callback, or
+    while its context exists); nothing here copies tensor data.
+    """
+
+    lib: GgmlLibraries
+    address: int
+
+    @property
+    def struct(self) -> GgmlTensorStruct:
+        return GgmlTensorStruct.from_address(self.address)
+
+    @property
+    def name(self) -> str:
+        return decode_name(self.struct.name)
+
+    @property
+    def ggml_type(self) -> int:
+        return self.struct.type
+
+    @property
+    def type_name(self) -> str:
+        return self.lib.base.ggml_type_name(self.ggml_type).decode()
+
+    @property
+    def op(self) -> int:
+        return self.struct.op
+
+    @property
+    def op_desc(self) -> str:
+        """Op name, or the unary/glu sub-op (``SILU``) where ggml has one."""
+        return self.lib.base.ggml_op_desc(self.address).decode()
+
+    @property
+    def is_leaf_like(self) -> bool:
+        """True for tensors no op computes: graph inputs, weights, constants."""
+        return self.op == GGML_OP_NONE
+
+    @property
+    def ne(self) -> tuple[int, ...]:
+        return tuple(self.struct.ne)
+
+    @property
+    def nb(self) -> tuple[int, ...]:
+        return tuple(self.struct.nb)
+
+    @property
+    def n_dims(self) -> int:
+        return self.lib.base.ggml_n_dims(self.address)
+
+    @property
+    def nbytes(self) -> int:
+        return self.lib.base.ggml_nbytes(self.address)
+
+    @property
+    def is_contiguous(self) -> bool:
+        return self.lib.base.ggml_is_contiguous(self.address)
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.lib.base.ggml_is_quantized(self.ggml_type)
+
+    @property
+    def block_size(self) -> int:
+        return self.lib.base.ggml_blck_size(self.ggml_type)
+
+    @property
+    def type_size(self) -> int:
+        return self.lib.base.ggml_type_size(self.ggml_type)
+
+    @property
+    def flags(self) -> int:
+        return self.struct.flags
+
+    @property
+    def buffer(self) -> int | None:
+        return self.struct.buffer
+
+    @property
+    def buffer_name(self) -> str:
+        """Name of the backend buffer holding the data (``CPU``, ``RPC0[...]``, ``CUDA0``)."""
+        buffer = self.buffer
+        if not buffer:
+            return ""
+        return self.lib.base.ggml_backend_buffer_name(buffer).decode(errors="replace")
+
+    @property
+    def sources(self) -> list[Tensor]:
+        return [Tensor(self.lib, address) for address in self.struct.src if address]
+
+    @property
+    def view_source(self) -> Tensor | None:
+        address = self.struct.view_src
+        return Tensor(self.lib, address) if address else None
+
+    @property
+    def view_offset(self) -> int:
+        return self.struct.view_offs
+
+    @property
+    def data(self) -> int | None:
+        return self.struct.data

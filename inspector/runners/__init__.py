@@ -1,0 +1,1 @@
+"""Runners: each loads one kind of ggml graph, attaches a TensorHook and computes it."""

@@ -1,0 +1,281 @@
+"""Run a GGUF model through llama.cpp (llama-cpp-python's low-level API) with a TensorHook.
+
+Each ``llama_decode`` call is one graph evaluation.  The runner splits the
+prompt into ubatches itself, so one decode computes exactly one graph and
+the hook's evaluation boundaries are exact; llama.cpp would compute the same
+ubatches if handed the whole batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import llama_cpp
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from inspector import gguf_info
+from inspector.constants import DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, DEFAULT_SEED
+from inspector.errors import CaptureInterrupted, InspectorError, ModelError
+from inspector.hook import TensorHook
+
+FLASH_ATTN_MODES = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+
+# Called before each llama_decode with the evaluation's kind and facts; returns its index.
+BeginEvaluation = Callable[[str, dict[str, Any]], int]
+
+
+@dataclass
+class LlamaRunConfig:
+    """Everything that determines a llama.cpp run, recorded in the dump."""
+
+    model: str
+    prompt: str
+    n_gpu_layers: int = 0
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    n_ctx: int = DEFAULT_N_CTX
+    n_batch: int = DEFAULT_N_BATCH
+    n_ubatch: int = DEFAULT_N_UBATCH
+    flash_attn: str = "auto"
+    type_k: str = "f16"
+    type_v: str = "f16"
+    n_predict: int = 0
+    seed: int = DEFAULT_SEED
+
+    def validate(self) -> None:
+        if self.flash_attn not in FLASH_ATTN_MODES:
+            raise InspectorError(f"--flash-attn must be one of {', '.join(FLASH_ATTN_MODES)}")
+        for label, value in (("type_k", self.type_k), ("type_v", self.type_v)):
+            if value not in KV_CACHE_TYPES:
+                raise InspectorError(f"{label} must be one of {', '.join(KV_CACHE_TYPES)}, not {value!r}")
+        for label, value in (("--ctx", self.n_ctx), ("--batch", self.n_batch), ("--ubatch", self.n_ubatch),
+                             ("--threads", self.threads)):
+            if value < 1:
+                raise InspectorError(f"{label} must be at least 1")
+        if self.n_predict < 0:
+            raise InspectorError("--n-predict must not be negative")
+
+
+@dataclass
+class LlamaRunResult:
+    """What the run produced; ``prompt_logits`` has one row per prompt token."""
+
+    token_ids: list[int]
+    generated_ids: list[int]
+    generated_text: str
+    prompt_logits: np.ndarray
+    evaluations: int
+    seconds: float
+
+
+class _LlamaLog:
+    """Route llama.cpp's log into a bounded buffer, echoing it when verbose.
+
+    The last lines explain failures such as a model llama.cpp refuses.
+    """
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.lines: deque[str] = deque(maxlen=50)
+        self.callback = llama_cpp.llama_log_callback(self._on_log)
+
+    def _on_log(self, level: int, text: bytes, _user_data: int) -> None:
+        message = text.decode("utf-8", errors="replace")
+        if message.strip():
+            self.lines.append(message.strip())
+        if self.verbose:
+            print(message, end="", flush=True, file=__import__("sys").stderr)
+
+    def last_error(self) -> str:
+        for line in reversed(self.lines):
+            if "error" in line.lower() or "failed" in line.lower():
+                return line
+        return self.lines[-1] if self.lines else ""
+
+
+_active_log: _LlamaLog | None = None
+
+
+def install_log(verbose: bool) -> _LlamaLog:
+    """Install (once per call) a log callback that keeps llama.cpp's output off the terminal."""
+    global _active_log
+    _active_log = _LlamaLog(verbose)
+    llama_cpp.llama_log_set(_active_log.callback, ctypes.c_void_p(0))
+    return _active_log
+
+
+def model_facts(path: str) -> dict[str, Any]:
+    """Path, size, sha256, name and architecture of a GGUF file (validated with gguf-py)."""
+    reader = gguf_info.open_gguf(path)
+    facts = {
+        "path": str(Path(path).resolve()),
+        "size": Path(path).stat().st_size,
+        "sha256": gguf_info.sha256_of(path),
+        "name": gguf_info.field_value(reader, "general.name"),
+        "architecture": gguf_info.field_value(reader, "general.architecture"),
+        "n_tensors": len(reader.tensors),
+    }
+    del reader
+    return facts
+
+
+def _ggml_type_id(name: str) -> int:
+    return int(GGMLQuantizationType[name.upper()])
+
+
+class LlamaSession:
+    """A loaded model and context with ``hook`` as its eval callback; free with ``close``."""
+
+    def __init__(self, config: LlamaRunConfig, hook: TensorHook, log: _LlamaLog) -> None:
+        config.validate()
+        self.config = config
+        self.hook = hook
+        self.log = log
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = config.n_gpu_layers
+        self.model = llama_cpp.llama_model_load_from_file(config.model.encode(), model_params)
+        if not self.model:
+            raise ModelError(f"llama.cpp could not load {config.model}: {log.last_error() or 'unknown error'}")
+        self._abort = llama_cpp.ggml_abort_callback(lambda _data: hook.should_abort())
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = config.n_ctx
+        params.n_batch = config.n_batch
+        params.n_ubatch = config.n_ubatch
+        params.n_seq_max = 1
+        params.n_threads = config.threads
+        params.n_threads_batch = config.threads
+        params.flash_attn_type = FLASH_ATTN_MODES[config.flash_attn]
+        params.type_k = _ggml_type_id(config.type_k)
+        params.type_v = _ggml_type_id(config.type_v)
+        params.cb_eval = ctypes.cast(hook.callback, llama_cpp.ggml_backend_sched_eval_callback)
+        params.cb_eval_user_data = None
+        params.abort_callback = self._abort
+        params.abort_callback_data = None
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise InspectorError(f"llama.cpp could not create a context: {log.last_error() or 'unknown error'}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+
+    def model_metadata(self, key: str) -> str:
+        buffer = ctypes.create_string_buffer(512)
+        length = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buffer, len(buffer))
+        return buffer.value.decode(errors="replace") if length >= 0 else ""
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, True, False)
+        if count < 0:
+            raise InspectorError("the prompt does not tokenize")
+        return list(tokens[:count])
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        pieces = []
+        buffer = ctypes.create_string_buffer(256)
+        for token in token_ids:
+            length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+            pieces.append(buffer.raw[: max(length, 0)])
+        return b"".join(pieces).decode("utf-8", errors="replace")
+
+    def decode(self, token_ids: list[int], pos0: int, want_logits: bool) -> np.ndarray:
+        """Decode one ubatch (one graph evaluation) and return its logits, one row per token."""
+        n = len(token_ids)
+        batch = llama_cpp.llama_batch_init(n, 0, 1)
+        try:
+            for i, token in enumerate(token_ids):
+                batch.token[i] = token
+                batch.pos[i] = pos0 + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = want_logits
+            batch.n_tokens = n
+            status = llama_cpp.llama_decode(self.ctx, batch)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        if self.hook.interrupted:
+            raise CaptureInterrupted("capture interrupted")
+        if status != 0:
+            raise InspectorError(f"llama_decode failed with status {status}: {self.log.last_error()}")
+        if not want_logits:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        logits = llama_cpp.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(logits, shape=(n, self.n_vocab)).copy()
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+    def __enter__(self) -> LlamaSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run(config: LlamaRunConfig, hook: TensorHook, begin_evaluation: BeginEvaluation,
+        log: _LlamaLog, on_tokens: Callable[[list[int]], None] | None = None) -> LlamaRunResult:
+    """Decode the prompt in ubatches, then generate ``n_predict`` tokens greedily."""
+    started = time.perf_counter()
+    with LlamaSession(config, hook, log) as session:
+        token_ids = session.tokenize(config.prompt)
+        if not token_ids:
+            raise InspectorError("the prompt is empty after tokenization")
+        needed = len(token_ids) + config.n_predict
+        if needed > config.n_ctx:
+            raise InspectorError(f"prompt ({len(token_ids)} tokens) plus --n-predict needs --ctx {needed} or more")
+        if on_tokens:
+            on_tokens(token_ids)
+        step = min(config.n_batch, config.n_ubatch)
+        logit_rows = []
+        evaluations = 0
+        for start in range(0, len(token_ids), step):
+            chunk = token_ids[start:start + step]
+            eval_index = begin_evaluation("prompt", {"token_ids": chunk, "pos0": start, "n_tokens": len(chunk)})
+            hook.begin_evaluation(eval_index)
+            logit_rows.append(session.decode(chunk, start, want_logits=True))
+            evaluations += 1
+        prompt_logits = np.concatenate(logit_rows)
+        generated: list[int] = []
+        last = prompt_logits[-1]
+        eos = llama_cpp.llama_vocab_eos(session.vocab)
+        for step_index in range(config.n_predict):
+            token = int(np.argmax(last))
+            generated.append(token)
+            if token == eos or step_index == config.n_predict - 1:
+                break
+            pos = len(token_ids) + step_index
+            eval_index = begin_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1})
+            hook.begin_evaluation(eval_index)
+            last = session.decode([token], pos, want_logits=True)[-1]
+            evaluations += 1
+        return LlamaRunResult(
+            token_ids=token_ids,
+            generated_ids=generated,
+            generated_text=session.detokenize(generated),
+            prompt_logits=prompt_logits,
+            evaluations=evaluations,
+            seconds=time.perf_counter() - started,
+        )
+
+
+def describe_config(config: LlamaRunConfig) -> dict[str, Any]:
+    return {"runner": "llama", **asdict(config)}

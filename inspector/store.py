@@ -1,0 +1,416 @@
+"""The HDF5 dump: one file per run, written tensor by tensor as they are captured.
+
+Layout (``docs/format.md`` is the reference)::
+
+    /                 attrs: format, format_version, tool_version, created,
+                             complete, incomplete_reason, config, system, result (JSON)
+    /evals/000000     one group per graph evaluation; attrs: index, kind, info (JSON)
+    /evals/000000/000017
+                      one dataset per captured tensor (named by capture sequence,
+                      so any tensor name round-trips); attrs: the TensorRecord + stats
+    /index            compound table, one row per tensor, for fast listing
+
+The writer flushes after every tensor, so a crash, a kill or a full disk
+leaves a valid file with everything captured so far and ``complete=False``.
+The hook never touches this module's objects: it hands over a copied array and
+a :class:`~inspector.record.TensorRecord`, which is what lets writing move to
+a thread later without changing the hook.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from inspector.constants import (
+    DEFAULT_MAX_READ_BYTES,
+    DUMP_FORMAT_NAME,
+    DUMP_FORMAT_VERSION,
+    TOOL_VERSION,
+)
+from inspector.errors import DumpError, InspectorError
+from inspector.record import TensorRecord
+
+_STR = h5py.string_dtype("utf-8")
+
+INDEX_DTYPE = np.dtype([
+    ("eval", "<i4"),
+    ("node", "<i4"),
+    ("occurrence", "<i4"),
+    ("seq", "<i8"),
+    ("name", _STR),
+    ("op", _STR),
+    ("ggml_type", _STR),
+    ("ndim", "<i4"),
+    ("shape", "<i8", (4,)),
+    ("buffer", _STR),
+    ("storage", _STR),
+    ("is_leaf", "?"),
+    ("nbytes", "<i8"),
+    ("min", "<f8"),
+    ("max", "<f8"),
+    ("mean", "<f8"),
+    ("std", "<f8"),
+    ("n_nan", "<i8"),
+    ("n_inf", "<i8"),
+])
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Summary statistics over the finite elements, plus counts of the rest."""
+
+    min: float
+    max: float
+    mean: float
+    std: float
+    n_nan: int
+    n_inf: int
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> TensorStats:
+        values = np.asarray(array)
+        if values.dtype.kind in "iub":
+            n_nan = n_inf = 0
+            finite = values.astype(np.float64).ravel()
+        else:
+            wide = values.astype(np.float64, copy=False).ravel()
+            nan_mask = np.isnan(wide)
+            inf_mask = np.isinf(wide)
+            n_nan, n_inf = int(nan_mask.sum()), int(inf_mask.sum())
+            finite = wide[~(nan_mask | inf_mask)] if (n_nan or n_inf) else wide
+        if finite.size == 0:
+            nan = float("nan")
+            return cls(nan, nan, nan, nan, n_nan, n_inf)
+        return cls(float(finite.min()), float(finite.max()), float(finite.mean()),
+                   float(finite.std()), n_nan, n_inf)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _dataset_path(eval_index: int, seq: int) -> str:
+    return f"evals/{eval_index:06d}/{seq:06d}"
+
+
+class DumpWriter:
+    """Write captured tensors into a new dump, crash-safely.
+
+    Use as a context manager: leaving the block normally marks the dump
+    complete; leaving it through an exception (Ctrl-C included) closes it with
+    ``complete=False`` and the exception's description.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], config: dict[str, Any],
+                 system: dict[str, Any], *, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise InspectorError(f"{self.path} exists; pass --overwrite to replace it")
+        parent = self.path.parent
+        if not parent.is_dir():
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise InspectorError(f"cannot create output folder {parent}: {error.strerror}") from None
+        if not os.access(parent, os.W_OK):
+            raise InspectorError(f"output folder {parent} is not writable")
+        try:
+            self._file = h5py.File(self.path, "w")
+        except OSError as error:
+            raise InspectorError(f"cannot create {self.path}: {error}") from None
+        attrs = self._file.attrs
+        attrs["format"] = DUMP_FORMAT_NAME
+        attrs["format_version"] = DUMP_FORMAT_VERSION
+        attrs["tool_version"] = TOOL_VERSION
+        attrs["created"] = _now()
+        attrs["complete"] = False
+        attrs["incomplete_reason"] = "capture in progress"
+        attrs["config"] = json.dumps(config, sort_keys=True)
+        attrs["system"] = json.dumps(system, sort_keys=True)
+        attrs["result"] = json.dumps({})
+        self._evals = self._file.create_group("evals")
+        self._index = self._file.create_dataset(
+            "index", shape=(0,), maxshape=(None,), dtype=INDEX_DTYPE, chunks=(512,))
+        self._eval_index = -1
+        self._seq = 0
+        self.tensor_count = 0
+        self.byte_count = 0
+        self._file.flush()
+
+    @property
+    def current_evaluation(self) -> int:
+        return self._eval_index
+
+    def begin_evaluation(self, kind: str, info: dict[str, Any]) -> int:
+        """Open the group for the next graph evaluation and return its index."""
+        self._eval_index += 1
+        group = self._evals.create_group(f"{self._eval_index:06d}")
+        group.attrs["index"] = self._eval_index
+        group.attrs["kind"] = kind
+        group.attrs["info"] = json.dumps(info, sort_keys=True)
+        self._file.flush()
+        return self._eval_index
+
+    def write(self, record: TensorRecord, array: np.ndarray) -> None:
+        """Persist one captured tensor and its index row, then flush."""
+        if record.eval_index != self._eval_index:
+            raise ValueError(f"record for evaluation {record.eval_index} while {self._eval_index} is open")
+        seq = self._seq
+        self._seq += 1
+        stats = TensorStats.of(array)
+        dataset = self._file.create_dataset(_dataset_path(record.eval_index, seq), data=array)
+        for key, value in asdict(record).items():
+            if isinstance(value, (list, tuple)) and key in ("flags", "sources"):
+                dataset.attrs[key] = json.dumps(list(value))
+            else:
+                dataset.attrs[key] = value
+        dataset.attrs["seq"] = seq
+        for key, value in asdict(stats).items():
+            dataset.attrs[key] = value
+        shape = list(array.shape) + [0] * (4 - array.ndim)
+        row = np.array([(
+            record.eval_index, record.node_index, record.occurrence, seq, record.name, record.op,
+            record.ggml_type, array.ndim, shape, record.buffer, record.storage, record.is_leaf,
+            array.nbytes, stats.min, stats.max, stats.mean, stats.std, stats.n_nan, stats.n_inf,
+        )], dtype=INDEX_DTYPE)
+        n = self._index.shape[0]
+        self._index.resize((n + 1,))
+        self._index[n] = row[0]
+        self._file.flush()
+        self.tensor_count += 1
+        self.byte_count += array.nbytes
+
+    def set_result(self, result: dict[str, Any]) -> None:
+        """Record what the run produced (generated text, timings); kept on interruption too."""
+        self._file.attrs["result"] = json.dumps(result, sort_keys=True)
+        self._file.flush()
+
+    def close(self, complete: bool, reason: str = "") -> None:
+        """Mark the dump complete (or not, with the reason) and close it."""
+        if not self._file.id.valid:
+            return
+        try:
+            self._file.attrs["complete"] = complete
+            self._file.attrs["incomplete_reason"] = "" if complete else (reason or "unknown")
+        finally:
+            self._file.close()
+
+    def __enter__(self) -> DumpWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close(True)
+        elif isinstance(exc, KeyboardInterrupt):
+            self.close(False, "interrupted")
+        else:
+            self.close(False, f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a dump's index: a captured tensor, without its data."""
+
+    eval_index: int
+    node_index: int
+    occurrence: int
+    seq: int
+    name: str
+    op: str
+    ggml_type: str
+    shape: tuple[int, ...]
+    buffer: str
+    storage: str
+    is_leaf: bool
+    nbytes: int
+    stats: TensorStats
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.eval_index, self.name, self.occurrence)
+
+    @property
+    def dataset_path(self) -> str:
+        return _dataset_path(self.eval_index, self.seq)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def _entry_from_row(row: np.void) -> Entry:
+    ndim = int(row["ndim"])
+    return Entry(
+        eval_index=int(row["eval"]), node_index=int(row["node"]), occurrence=int(row["occurrence"]),
+        seq=int(row["seq"]), name=_text(row["name"]), op=_text(row["op"]),
+        ggml_type=_text(row["ggml_type"]), shape=tuple(int(s) for s in row["shape"][:ndim]),
+        buffer=_text(row["buffer"]), storage=_text(row["storage"]), is_leaf=bool(row["is_leaf"]),
+        nbytes=int(row["nbytes"]),
+        stats=TensorStats(float(row["min"]), float(row["max"]), float(row["mean"]), float(row["std"]),
+                          int(row["n_nan"]), int(row["n_inf"])),
+    )
+
+
+def _entry_from_dataset(dataset: h5py.Dataset) -> Entry:
+    a = dataset.attrs
+    return Entry(
+        eval_index=int(a["eval_index"]), node_index=int(a["node_index"]), occurrence=int(a["occurrence"]),
+        seq=int(a["seq"]), name=_text(a["name"]), op=_text(a["op"]), ggml_type=_text(a["ggml_type"]),
+        shape=tuple(int(s) for s in dataset.shape), buffer=_text(a["buffer"]), storage=_text(a["storage"]),
+        is_leaf=bool(a["is_leaf"]), nbytes=int(dataset.size * dataset.dtype.itemsize),
+        stats=TensorStats(float(a["min"]), float(a["max"]), float(a["mean"]), float(a["std"]),
+                          int(a["n_nan"]), int(a["n_inf"])),
+    )
+
+
+def _load_json(value: Any, what: str, path: Path) -> Any:
+    try:
+        return json.loads(_text(value))
+    except (json.JSONDecodeError, TypeError):
+        raise DumpError(f"{path}: attribute {what!r} is not valid JSON") from None
+
+
+class Dump:
+    """A dump opened for reading.  Cheap to open; tensor data is read on demand."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DumpError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise DumpError(f"{self.path} is a folder, not a dump")
+        if not h5py.is_hdf5(self.path):
+            raise DumpError(f"{self.path} is not a ggml-inspector dump (not an HDF5 file)")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise DumpError(f"{self.path} cannot be read (truncated or corrupt HDF5: {error})") from None
+        try:
+            self._validate()
+            self._entries = self._read_entries()
+        except DumpError:
+            self._file.close()
+            raise
+        except (OSError, KeyError, ValueError) as error:
+            self._file.close()
+            raise DumpError(f"{self.path} is damaged: {error}") from None
+
+    def _validate(self) -> None:
+        attrs = self._file.attrs
+        if _text(attrs.get("format", "")) != DUMP_FORMAT_NAME:
+            raise DumpError(f"{self.path} is an HDF5 file but not a ggml-inspector dump")
+        version = int(attrs.get("format_version", -1))
+        if version != DUMP_FORMAT_VERSION:
+            raise DumpError(f"{self.path} has dump format version {version}; this tool reads {DUMP_FORMAT_VERSION}")
+        self.format_version = version
+        self.tool_version = _text(attrs.get("tool_version", ""))
+        self.created = _text(attrs.get("created", ""))
+        self.complete = bool(attrs.get("complete", False))
+        self.incomplete_reason = _text(attrs.get("incomplete_reason", ""))
+        self.config: dict[str, Any] = _load_json(attrs.get("config", "{}"), "config", self.path)
+        self.system: dict[str, Any] = _load_json(attrs.get("system", "{}"), "system", self.path)
+        self.result: dict[str, Any] = _load_json(attrs.get("result", "{}"), "result", self.path)
+
+    def _read_entries(self) -> list[Entry]:
+        entries = [_entry_from_row(row) for row in self._file["index"][()]] if "index" in self._file else []
+        if not self.complete:
+            # A crash between a dataset's write and its index row leaves rows missing:
+            # recover them from the datasets' own attributes.
+            indexed = {entry.seq for entry in entries}
+            for group in self._file.get("evals", {}).values():
+                for dataset in group.values():
+                    if int(dataset.attrs.get("seq", -1)) not in indexed:
+                        try:
+                            entries.append(_entry_from_dataset(dataset))
+                        except KeyError:
+                            continue
+        entries.sort(key=lambda e: (e.eval_index, e.node_index, e.seq))
+        return entries
+
+    @property
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Per evaluation: its index, kind and the runner's info (tokens, positions)."""
+        result = []
+        for group in self._file.get("evals", {}).values():
+            info = _load_json(group.attrs.get("info", "{}"), "info", self.path)
+            result.append({"index": int(group.attrs["index"]), "kind": _text(group.attrs["kind"]), **info})
+        return result
+
+    def entries(self, patterns: list[str] | None = None) -> list[Entry]:
+        """Index rows in execution order, optionally filtered by glob patterns on the name."""
+        if not patterns:
+            return list(self._entries)
+        return [e for e in self._entries if any(fnmatch.fnmatchcase(e.name, p) for p in patterns)]
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        """Distinct tensor names in first-seen execution order."""
+        return list(dict.fromkeys(e.name for e in self._entries))
+
+    def find(self, name: str, eval_index: int | None = None, occurrence: int = 0) -> Entry:
+        """The entry for (name, evaluation, occurrence); evaluation defaults to the first holding it."""
+        for entry in self._entries:
+            if entry.name == name and entry.occurrence == occurrence and eval_index in (None, entry.eval_index):
+                return entry
+        where = f" in evaluation {eval_index}" if eval_index is not None else ""
+        raise DumpError(f"{self.path}: no tensor {name!r} (occurrence {occurrence}){where}")
+
+    def read(self, entry: Entry | str, eval_index: int | None = None, occurrence: int = 0,
+             max_bytes: int = DEFAULT_MAX_READ_BYTES) -> np.ndarray:
+        """Load one tensor as numpy, refusing datasets larger than ``max_bytes``."""
+        if isinstance(entry, str):
+            entry = self.find(entry, eval_index, occurrence)
+        try:
+            dataset = self._file[entry.dataset_path]
+        except KeyError:
+            raise DumpError(f"{self.path}: data of {entry.name!r} is missing") from None
+        size = dataset.size * dataset.dtype.itemsize
+        if size > max_bytes:
+            raise DumpError(f"{self.path}: {entry.name!r} holds {size} bytes, over the {max_bytes}-byte read limit")
+        try:
+            return dataset[()]
+        except OSError as error:
+            raise DumpError(f"{self.path}: cannot read {entry.name!r}: {error}") from None
+
+    def metadata(self, entry: Entry) -> dict[str, Any]:
+        """Every attribute stored with a tensor (ne, nb, sources, view source, flags, ...)."""
+        attrs = self._file[entry.dataset_path].attrs
+        result: dict[str, Any] = {}
+        for key, value in attrs.items():
+            if key in ("flags", "sources"):
+                result[key] = _load_json(value, key, self.path)
+            elif isinstance(value, np.ndarray):
+                result[key] = value.tolist()
+            elif isinstance(value, np.generic):
+                result[key] = value.item()
+            else:
+                result[key] = _text(value)
+        return result
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Dump:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_dump(path: str | os.PathLike[str]) -> Dump:
+    """Open a dump for reading; raises :class:`~inspector.errors.DumpError` for anything else."""
+    return Dump(path)
