@@ -1,8 +1,10 @@
 """Write a small, seeded, random-weight llama-architecture GGUF.
 
 The vocabulary is byte-level so that token ids are known without running a
-tokenizer: ``<unk>``, ``<s>``, ``</s>``, then one byte token per value, so the
-text ``b`` tokenizes to ``[BOS] + [BYTE_TOKEN_BASE + byte for byte in b]``.
+tokenizer: ``<unk>``, ``<s>``, ``</s>``, then one byte token per value.  As
+in every SentencePiece ("llama") vocabulary, a space is first escaped to
+U+2581, so the text ``t`` tokenizes to ``[BOS]`` followed by
+``BYTE_TOKEN_BASE + byte`` for each UTF-8 byte of ``t.replace(" ", "\u2581")``.
 No network, ever: tests, the demo and the benchmarks all generate their model.
 """
 
@@ -19,6 +21,7 @@ BOS_ID = 1
 EOS_ID = 2
 BYTE_TOKEN_BASE = 3
 N_VOCAB = BYTE_TOKEN_BASE + 256
+SPM_SPACE = "\u2581"
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class TinyLlamaSpec:
 
 def byte_token_ids(text: str, add_bos: bool = True) -> list[int]:
     """Token ids the generated vocabulary gives ``text`` (computed without llama.cpp)."""
-    ids = [BYTE_TOKEN_BASE + byte for byte in text.encode("utf-8")]
+    escaped = text.replace(" ", SPM_SPACE)
+    ids = [BYTE_TOKEN_BASE + byte for byte in escaped.encode("utf-8")]
     return [BOS_ID, *ids] if add_bos else ids
 
 
