@@ -8,9 +8,9 @@ callback) into the dump's ``complete`` flag and a summary.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.ggml import load
@@ -76,11 +76,7 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
             "evaluations": result.evaluations,
             "seconds": round(result.seconds, 3),
         })
-    except KeyboardInterrupt:
-        writer.close(False, "interrupted")
-        raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {writer.path} "
-                                 "(marked incomplete)") from None
-    except CaptureInterrupted:
+    except (KeyboardInterrupt, CaptureInterrupted):
         writer.close(False, "interrupted")
         raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {writer.path} "
                                  "(marked incomplete)") from None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from inspector.capture import capture_llama
 from inspector.formatting import human_bytes, number, shape_text, table

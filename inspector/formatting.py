@@ -7,7 +7,7 @@ JSON output never passes through here.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def human_bytes(count: int) -> str:

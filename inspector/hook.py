@@ -19,8 +19,8 @@ from __future__ import annotations
 import ctypes
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

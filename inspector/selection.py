@@ -50,7 +50,7 @@ class Selection:
             if fnmatch.fnmatchcase(name, glob):
                 self._hits[glob] += 1
                 matched = True
-        for pattern, compiled in zip(self.regexes, self._compiled):
+        for pattern, compiled in zip(self.regexes, self._compiled, strict=True):
             if compiled.search(name):
                 self._hits[pattern] += 1
                 matched = True

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -95,7 +97,7 @@ class _LlamaLog:
         if message.strip():
             self.lines.append(message.strip())
         if self.verbose:
-            print(message, end="", flush=True, file=__import__("sys").stderr)
+            print(message, end="", flush=True, file=sys.stderr)
 
     def last_error(self) -> str:
         for line in reversed(self.lines):

@@ -1,0 +1,81 @@
+"""TensorHook on real llama.cpp graphs: the ask phase filters, and errors never escape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PROMPT, run_capture
+
+from inspector import open_dump
+from inspector.errors import InspectorError
+from inspector.hook import TensorHook
+from inspector.models import TinyLlamaSpec, byte_token_ids, write_tiny_llama
+from inspector.runners import llama as llama_runner
+from inspector.selection import Selection
+from inspector.store import DumpWriter
+
+# ~240 MB in f16: large enough that capturing everything would be visible.
+BIG = TinyLlamaSpec(n_embd=1024, n_layer=8, n_head=16, n_head_kv=8, n_ff=4096, dtype="f16", seed=5)
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_tiny_llama(tmp_path_factory.mktemp("big") / "big.gguf", BIG)
+    assert path.stat().st_size > 200 * 1024**2
+    return path
+
+
+def test_selecting_l_out_asks_only_for_those_nodes(big_model, tmp_path):
+    summary = run_capture(big_model, tmp_path / "l_out.h5", ("l_out-*",), threads=2, n_predict=2)
+    counters = summary.counters
+    evaluations = summary.evaluations
+    assert evaluations == 2
+    assert counters.answered_yes == BIG.n_layer * evaluations
+    assert counters.observed == BIG.n_layer * evaluations
+    assert counters.captured == BIG.n_layer * evaluations
+    with open_dump(tmp_path / "l_out.h5") as dump:
+        assert sorted({e.name for e in dump}) == sorted(f"l_out-{i}" for i in range(BIG.n_layer))
+    # Every node was asked about; the same graph with everything selected says yes to each.
+    everything = run_capture(big_model, tmp_path / "all.h5", (), threads=2, n_predict=2)
+    assert everything.counters.asked == counters.asked
+    assert everything.counters.answered_yes == everything.counters.asked
+    assert counters.asked > 20 * counters.answered_yes
+
+
+def test_exception_in_the_sink_stops_capturing_but_not_the_run(tiny_f32, tmp_path):
+    captured = []
+
+    def sink(record, array):
+        if len(captured) == 2:
+            raise RuntimeError("disk on fire")
+        captured.append(record.name)
+
+    hook = TensorHook(Selection(), sink)
+    config = llama_runner.LlamaRunConfig(model=str(tiny_f32), prompt=PROMPT, threads=1, n_ctx=64, n_predict=2)
+    log = llama_runner.install_log(False)
+    indices = iter(range(100))
+    result = llama_runner.run(config, hook, lambda kind, info: next(indices), log)
+    assert hook.error is not None and "disk on fire" in hook.error
+    assert len(captured) == 2 and hook.counters.captured == 2
+    assert result.prompt_logits.shape == (len(byte_token_ids(PROMPT)), 259)
+    assert np.isfinite(result.prompt_logits).all()
+
+
+def test_full_disk_keeps_what_was_captured(tiny_f32, tmp_path, monkeypatch):
+    """A write failing with ENOSPC mid-capture: one clear error, the dump keeps earlier tensors."""
+    original = DumpWriter.write
+
+    def failing_write(self, record, array):
+        if self.tensor_count == 3:
+            raise OSError(28, "No space left on device")
+        original(self, record, array)
+
+    monkeypatch.setattr(DumpWriter, "write", failing_write)
+    out = tmp_path / "full.h5"
+    with pytest.raises(InspectorError, match="No space left on device"):
+        run_capture(tiny_f32, out, ("l_out-*", "attn_norm-*"))
+    with open_dump(out) as dump:
+        assert not dump.complete and "No space left" in dump.incomplete_reason
+        assert len(dump) == 3
