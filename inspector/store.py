@@ -7,7 +7,8 @@ Layout (``docs/format.md`` is the reference)::
     /evals/000000     one group per graph evaluation; attrs: index, kind, info (JSON)
     /evals/000000/000017
                       one dataset per captured tensor (named by capture sequence,
-                      so any tensor name round-trips); attrs: the TensorRecord + stats
+                      so any tensor name round-trips); attr ``record``: the
+                      TensorRecord + stats as JSON
     /index            compound table, one row per tensor, for fast listing
 
 The writer flushes after every tensor, so a crash, a kill or a full disk
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -93,6 +95,11 @@ class TensorStats:
             return cls(nan, nan, nan, nan, n_nan, n_inf)
         return cls(float(finite.min()), float(finite.max()), float(finite.mean()),
                    float(finite.std()), n_nan, n_inf)
+
+
+def _finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: store non-finite statistics as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
 def _now() -> str:
@@ -169,14 +176,9 @@ class DumpWriter:
         self._seq += 1
         stats = TensorStats.of(array)
         dataset = self._file.create_dataset(_dataset_path(record.eval_index, seq), data=array)
-        for key, value in asdict(record).items():
-            if isinstance(value, (list, tuple)) and key in ("flags", "sources"):
-                dataset.attrs[key] = json.dumps(list(value))
-            else:
-                dataset.attrs[key] = value
-        dataset.attrs["seq"] = seq
-        for key, value in asdict(stats).items():
-            dataset.attrs[key] = value
+        # One JSON attribute rather than one attribute per field: HDF5 attribute
+        # creation dominated write time (docs/performance.md).
+        dataset.attrs["record"] = json.dumps({**asdict(record), "seq": seq, **_finite_or_none(asdict(stats))})
         shape = list(array.shape) + [0] * (4 - array.ndim)
         row = np.array([(
             record.eval_index, record.node_index, record.occurrence, seq, record.name, record.op,
@@ -261,15 +263,29 @@ def _entry_from_row(row: np.void) -> Entry:
     )
 
 
+def _record_of(dataset: h5py.Dataset) -> dict[str, Any]:
+    try:
+        record = json.loads(_text(dataset.attrs["record"]))
+    except (KeyError, json.JSONDecodeError):
+        raise DumpError(f"dataset {dataset.name} has no valid tensor record") from None
+    if not isinstance(record, dict):
+        raise DumpError(f"dataset {dataset.name} has no valid tensor record")
+    return record
+
+
+def _stat(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def _entry_from_dataset(dataset: h5py.Dataset) -> Entry:
-    a = dataset.attrs
+    r = _record_of(dataset)
     return Entry(
-        eval_index=int(a["eval_index"]), node_index=int(a["node_index"]), occurrence=int(a["occurrence"]),
-        seq=int(a["seq"]), name=_text(a["name"]), op=_text(a["op"]), ggml_type=_text(a["ggml_type"]),
-        shape=tuple(int(s) for s in dataset.shape), buffer=_text(a["buffer"]), storage=_text(a["storage"]),
-        is_leaf=bool(a["is_leaf"]), nbytes=int(dataset.size * dataset.dtype.itemsize),
-        stats=TensorStats(float(a["min"]), float(a["max"]), float(a["mean"]), float(a["std"]),
-                          int(a["n_nan"]), int(a["n_inf"])),
+        eval_index=int(r["eval_index"]), node_index=int(r["node_index"]), occurrence=int(r["occurrence"]),
+        seq=int(r["seq"]), name=str(r["name"]), op=str(r["op"]), ggml_type=str(r["ggml_type"]),
+        shape=tuple(int(s) for s in dataset.shape), buffer=str(r["buffer"]), storage=str(r["storage"]),
+        is_leaf=bool(r["is_leaf"]), nbytes=int(dataset.size * dataset.dtype.itemsize),
+        stats=TensorStats(_stat(r["min"]), _stat(r["max"]), _stat(r["mean"]), _stat(r["std"]),
+                          int(r["n_nan"]), int(r["n_inf"])),
     )
 
 
@@ -329,11 +345,12 @@ class Dump:
             indexed = {entry.seq for entry in entries}
             for group in self._file.get("evals", {}).values():
                 for dataset in group.values():
-                    if int(dataset.attrs.get("seq", -1)) not in indexed:
-                        try:
-                            entries.append(_entry_from_dataset(dataset))
-                        except KeyError:
-                            continue
+                    try:
+                        entry = _entry_from_dataset(dataset)
+                    except (DumpError, KeyError, ValueError, TypeError):
+                        continue
+                    if entry.seq not in indexed:
+                        entries.append(entry)
         entries.sort(key=lambda e: (e.eval_index, e.node_index, e.seq))
         return entries
 
@@ -388,19 +405,11 @@ class Dump:
             raise DumpError(f"{self.path}: cannot read {entry.name!r}: {error}") from None
 
     def metadata(self, entry: Entry) -> dict[str, Any]:
-        """Every attribute stored with a tensor (ne, nb, sources, view source, flags, ...)."""
-        attrs = self._file[entry.dataset_path].attrs
-        result: dict[str, Any] = {}
-        for key, value in attrs.items():
-            if key in ("flags", "sources"):
-                result[key] = _load_json(value, key, self.path)
-            elif isinstance(value, np.ndarray):
-                result[key] = value.tolist()
-            elif isinstance(value, np.generic):
-                result[key] = value.item()
-            else:
-                result[key] = _text(value)
-        return result
+        """Every field stored with a tensor (ne, nb, sources, view source, flags, stats, ...)."""
+        try:
+            return _record_of(self._file[entry.dataset_path])
+        except KeyError:
+            raise DumpError(f"{self.path}: data of {entry.name!r} is missing") from None
 
     def close(self) -> None:
         self._file.close()

@@ -139,7 +139,7 @@ def _ggml_type_id(name: str) -> int:
 class LlamaSession:
     """A loaded model and context with ``hook`` as its eval callback; free with ``close``."""
 
-    def __init__(self, config: LlamaRunConfig, hook: TensorHook, log: _LlamaLog) -> None:
+    def __init__(self, config: LlamaRunConfig, hook: TensorHook | None, log: _LlamaLog) -> None:
         config.validate()
         self.config = config
         self.hook = hook
@@ -150,7 +150,7 @@ class LlamaSession:
         self.model = llama_cpp.llama_model_load_from_file(config.model.encode(), model_params)
         if not self.model:
             raise ModelError(f"llama.cpp could not load {config.model}: {log.last_error() or 'unknown error'}")
-        self._abort = llama_cpp.ggml_abort_callback(lambda _data: hook.should_abort())
+        self._abort = llama_cpp.ggml_abort_callback(lambda _data: hook is not None and hook.should_abort())
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = config.n_ctx
         params.n_batch = config.n_batch
@@ -161,8 +161,9 @@ class LlamaSession:
         params.flash_attn_type = FLASH_ATTN_MODES[config.flash_attn]
         params.type_k = _ggml_type_id(config.type_k)
         params.type_v = _ggml_type_id(config.type_v)
-        params.cb_eval = ctypes.cast(hook.callback, llama_cpp.ggml_backend_sched_eval_callback)
-        params.cb_eval_user_data = None
+        if hook is not None:
+            params.cb_eval = ctypes.cast(hook.callback, llama_cpp.ggml_backend_sched_eval_callback)
+            params.cb_eval_user_data = None
         params.abort_callback = self._abort
         params.abort_callback_data = None
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
@@ -180,11 +181,13 @@ class LlamaSession:
     def tokenize(self, text: str) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
-        tokens = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, True, False)
-        if count < 0:
-            raise InspectorError("the prompt does not tokenize")
-        return list(tokens[:count])
+        for _attempt in range(2):
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, True, False)
+            if count >= 0:
+                return list(tokens[:count])
+            capacity = -count  # too small: llama.cpp says how many it needs
+        raise InspectorError("the prompt does not tokenize")
 
     def detokenize(self, token_ids: list[int]) -> str:
         pieces = []
@@ -209,7 +212,7 @@ class LlamaSession:
             status = llama_cpp.llama_decode(self.ctx, batch)
         finally:
             llama_cpp.llama_batch_free(batch)
-        if self.hook.interrupted:
+        if self.hook is not None and self.hook.interrupted:
             raise CaptureInterrupted("capture interrupted")
         if status != 0:
             raise InspectorError(f"llama_decode failed with status {status}: {self.log.last_error()}")
@@ -233,10 +236,20 @@ class LlamaSession:
         self.close()
 
 
-def run(config: LlamaRunConfig, hook: TensorHook, begin_evaluation: BeginEvaluation,
-        log: _LlamaLog, on_tokens: Callable[[list[int]], None] | None = None) -> LlamaRunResult:
-    """Decode the prompt in ubatches, then generate ``n_predict`` tokens greedily."""
+def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: BeginEvaluation,
+        log: _LlamaLog) -> LlamaRunResult:
+    """Decode the prompt in ubatches, then generate ``n_predict`` tokens greedily.
+
+    With ``hook=None`` no eval callback is installed: the baseline that
+    benchmarks compare capture overhead against.
+    """
     started = time.perf_counter()
+
+    def start_evaluation(kind: str, tokens: list[int], pos0: int) -> None:
+        index = begin_evaluation(kind, {"token_ids": tokens, "pos0": pos0, "n_tokens": len(tokens)})
+        if hook is not None:
+            hook.begin_evaluation(index)
+
     with LlamaSession(config, hook, log) as session:
         token_ids = session.tokenize(config.prompt)
         if not token_ids:
@@ -244,15 +257,12 @@ def run(config: LlamaRunConfig, hook: TensorHook, begin_evaluation: BeginEvaluat
         needed = len(token_ids) + config.n_predict
         if needed > config.n_ctx:
             raise InspectorError(f"prompt ({len(token_ids)} tokens) plus --n-predict needs --ctx {needed} or more")
-        if on_tokens:
-            on_tokens(token_ids)
         step = min(config.n_batch, config.n_ubatch)
         logit_rows = []
         evaluations = 0
         for start in range(0, len(token_ids), step):
             chunk = token_ids[start:start + step]
-            eval_index = begin_evaluation("prompt", {"token_ids": chunk, "pos0": start, "n_tokens": len(chunk)})
-            hook.begin_evaluation(eval_index)
+            start_evaluation("prompt", chunk, start)
             logit_rows.append(session.decode(chunk, start, want_logits=True))
             evaluations += 1
         prompt_logits = np.concatenate(logit_rows)
@@ -265,8 +275,7 @@ def run(config: LlamaRunConfig, hook: TensorHook, begin_evaluation: BeginEvaluat
             if token == eos or step_index == config.n_predict - 1:
                 break
             pos = len(token_ids) + step_index
-            eval_index = begin_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1})
-            hook.begin_evaluation(eval_index)
+            start_evaluation("generate", [token], pos)
             last = session.decode([token], pos, want_logits=True)[-1]
             evaluations += 1
         return LlamaRunResult(

@@ -1,0 +1,137 @@
+"""Capture overhead and dump listing speed, as ratios against baselines measured in the same run.
+
+Run: ``python benchmarks/bench_capture.py [--quick] [--json OUT]``.  Numbers go
+into docs/performance.md.  Nothing here asserts a time: it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from inspector import open_dump
+from inspector.hook import TensorHook
+from inspector.models import TinyLlamaSpec, write_tiny_llama
+from inspector.record import TensorRecord
+from inspector.runners import llama as llama_runner
+from inspector.selection import Selection
+from inspector.store import DumpWriter
+
+PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
+
+
+def timed(function, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls (after one warm-up call)."""
+    function()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def bench_capture_overhead(folder: Path, spec: TinyLlamaSpec, repeats: int) -> dict[str, float]:
+    model = write_tiny_llama(folder / "bench.gguf", spec)
+    config = llama_runner.LlamaRunConfig(model=str(model), prompt=PROMPT, threads=2, n_ctx=512, flash_attn="off")
+    log = llama_runner.install_log(False)
+
+    def run(selection: Selection | None, store: bool) -> None:
+        writer = DumpWriter(folder / "b.h5", {}, {}, overwrite=True) if store else None
+        sink = writer.write if writer else (lambda record, array: None)
+        hook = TensorHook(selection, sink) if selection is not None else None
+        begin = writer.begin_evaluation if writer else (lambda kind, info: 0)
+        llama_runner.run(config, hook, begin, log)
+        if writer:
+            writer.close(True)
+
+    baseline = timed(lambda: run(None, False), repeats)
+    results = {"no_callback_s": baseline}
+    cases = {
+        "ask_only_nothing_selected": (Selection(globs=("no-such-tensor",)), False),
+        "l_out_copied_not_stored": (Selection(globs=("l_out-*",)), False),
+        "l_out_stored": (Selection(globs=("l_out-*",)), True),
+        "all_copied_not_stored": (Selection(), False),
+        "all_stored": (Selection(), True),
+    }
+    for label, (selection, store) in cases.items():
+        results[label] = timed(lambda s=selection, w=store: run(s, w), repeats) / baseline
+    return results
+
+
+def bench_listing(folder: Path, count: int) -> dict[str, float]:
+    path = folder / "many.h5"
+    with DumpWriter(path, {}, {}, overwrite=True) as writer:
+        writer.begin_evaluation("prompt", {})
+        small = np.zeros((4, 8), np.float32)
+        for index in range(count):
+            record = TensorRecord(f"t-{index}", 0, index, 0, "ADD", "f32", (8, 4, 1, 1), (4, 32, 128, 128),
+                                  "CPU", "native")
+            writer.write(record, small)
+
+    def with_index() -> None:
+        with open_dump(path) as dump:
+            assert len(dump.entries()) == count
+
+    def walking_datasets() -> None:
+        with h5py.File(path, "r") as handle:
+            names = [dataset.attrs["record"] for group in handle["evals"].values() for dataset in group.values()]
+            assert len(names) == count
+
+    indexed = timed(with_index, 3)
+    walked = timed(walking_datasets, 3)
+    return {"tensors": count, "list_with_index_s": indexed, "walk_datasets_s": walked,
+            "walk_over_index_ratio": walked / indexed}
+
+
+def bench_write(folder: Path, count: int) -> dict[str, float]:
+    """Writer throughput (flush after every tensor) against np.save of the same arrays."""
+    arrays = [np.random.default_rng(i).standard_normal((64, 1024)).astype(np.float32) for i in range(count)]
+
+    def dump() -> None:
+        with DumpWriter(folder / "w.h5", {}, {}, overwrite=True) as writer:
+            writer.begin_evaluation("prompt", {})
+            for index, array in enumerate(arrays):
+                writer.write(TensorRecord(f"t{index}", 0, index, 0, "ADD", "f32", (1024, 64, 1, 1),
+                                          (4, 4096, 262144, 262144), "CPU", "native"), array)
+
+    def npy() -> None:
+        for index, array in enumerate(arrays):
+            np.save(folder / f"t{index}.npy", array)
+
+    dump_s, npy_s = timed(dump, 3), timed(npy, 3)
+    return {"tensors": count, "bytes_per_tensor": arrays[0].nbytes, "dump_s": dump_s, "npy_s": npy_s,
+            "dump_over_npy_ratio": dump_s / npy_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller model and fewer repeats")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    spec = TinyLlamaSpec(n_embd=256, n_layer=4, n_head=8, n_head_kv=4, n_ff=768) if args.quick else \
+        TinyLlamaSpec(n_embd=1024, n_layer=8, n_head=16, n_head_kv=8, n_ff=4096, dtype="f16")
+    repeats = 3 if args.quick else 5
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        results = {
+            "model": {"n_embd": spec.n_embd, "n_layer": spec.n_layer, "n_ff": spec.n_ff, "dtype": spec.dtype,
+                      "prompt_tokens": len(PROMPT) + 1},
+            "capture_overhead_ratio_vs_no_callback": bench_capture_overhead(folder, spec, repeats),
+            "listing": bench_listing(folder, 10_000),
+            "writing": bench_write(folder, 200),
+        }
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
