@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inspector import rpc
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.ggml import load
 from inspector.hook import HookCounters, TensorHook
@@ -51,6 +52,8 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     config.validate()
     started = time.perf_counter()
     lib = load()
+    if config.rpc:
+        rpc.add_servers(config.rpc)  # before system_facts, so the dump lists the RPC devices
     run_config = {**llama_runner.describe_config(config), "model_facts": llama_runner.model_facts(config.model),
                   "select": {"globs": list(selection.globs), "regexes": list(selection.regexes)}}
     log = llama_runner.install_log(verbose)

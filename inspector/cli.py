@@ -88,13 +88,18 @@ def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
 @click.option("--cache-type-k", "type_k", default="f16", show_default=True, help="K cache type (f16, q8_0, ...).")
 @click.option("--cache-type-v", "type_v", default="f16", show_default=True, help="V cache type.")
 @click.option("--n-predict", default=0, show_default=True, help="Tokens to generate greedily after the prompt.")
+@click.option("--rpc", "rpc_endpoints", multiple=True, metavar="HOST:PORT",
+              help="Register a ggml RPC server's devices before loading (repeatable).")
+@click.option("--op-offload/--no-op-offload", default=True, show_default=True,
+              help="Let llama.cpp run large-batch ops of CPU-resident weights on an offload device.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Dump file (default: dumps/<model>-<time>.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 def capture(model: Path, prompt: str, globs: tuple[str, ...], regexes: tuple[str, ...], n_gpu_layers: int,
             threads: int | None, n_ctx: int, n_batch: int, n_ubatch: int, flash_attn: str, type_k: str,
-            type_v: str, n_predict: int, output: Path | None, overwrite: bool, verbose: bool) -> None:
+            type_v: str, n_predict: int, rpc_endpoints: tuple[str, ...], op_offload: bool, output: Path | None,
+            overwrite: bool, verbose: bool) -> None:
     """Run MODEL on a prompt and store the selected tensors as they are computed."""
     from inspector.capture import capture_llama
     from inspector.runners.llama import LlamaRunConfig
@@ -103,7 +108,7 @@ def capture(model: Path, prompt: str, globs: tuple[str, ...], regexes: tuple[str
     config = LlamaRunConfig(model=str(model), prompt=prompt, n_gpu_layers=n_gpu_layers,
                             threads=threads or os.cpu_count() or 1, n_ctx=n_ctx, n_batch=n_batch,
                             n_ubatch=n_ubatch, flash_attn=flash_attn, type_k=type_k, type_v=type_v,
-                            n_predict=n_predict)
+                            n_predict=n_predict, rpc=list(rpc_endpoints), op_offload=op_offload)
     selection = Selection(globs=globs, regexes=regexes)
     output = output or _default_output(model.stem)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -247,3 +252,108 @@ def demo(output_dir: Path) -> None:
     from inspector.demo import run_demo
 
     run_demo(output_dir, echo=click.echo)
+
+
+@main.command("rpc-server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=50052, show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--device", default=None, help="ggml device to serve (default: the CPU).")
+def rpc_server(host: str, port: int, threads: int | None, device: str | None) -> None:
+    """Serve this host's CPU (or DEVICE) over ggml's RPC backend until stopped."""
+    from inspector import rpc
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo("warning: ggml's RPC protocol has no authentication; serve only on trusted networks", err=True)
+    # The server blocks inside C: let Ctrl-C and SIGTERM end the process directly.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    click.echo(f"serving on {host}:{port} (Ctrl-C to stop)", err=True)
+    rpc.serve(host, port, threads or os.cpu_count() or 1, device)
+
+
+def _parse_maps(pairs: tuple[str, ...]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        name_a, sep, name_b = pair.partition("=")
+        if not sep or not name_a or not name_b:
+            raise InspectorError(f"--map takes NAME_A=NAME_B, not {pair!r}")
+        mapping[name_a] = name_b
+    return mapping
+
+
+@main.command()
+@click.argument("dump_a", type=click.Path(path_type=Path))
+@click.argument("dump_b", type=click.Path(path_type=Path))
+@click.option("-t", "--tensor", "globs", multiple=True, help="Only tensors whose A name matches (repeatable).")
+@click.option("--tolerance", "preset_name", type=click.Choice(["exact", "f32", "f16", "quant"]), default="f32",
+              show_default=True, help="Threshold preset (docs/compare.md).")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance, element-wise.")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance, element-wise.")
+@click.option("--nmse", type=float, default=None, help="Maximum normalised mean squared error.")
+@click.option("--map", "maps", multiple=True, metavar="NAME_A=NAME_B", help="Pair differently named tensors.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/compare.md).")
+@click.option("--csv", "as_csv", is_flag=True, help="One CSV row per tensor.")
+@click.option("--all", "show_all", is_flag=True, help="List identical tensors too.")
+def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str, atol: float | None,
+            rtol: float | None, nmse: float | None, maps: tuple[str, ...], as_json: bool, as_csv: bool,
+            show_all: bool) -> None:
+    """Compare run B against reference run A tensor by tensor; report the first divergence.
+
+    Exit code 0 when every compared tensor is within tolerance, 1 when any
+    diverged or is missing, 2 on error.
+    """
+    from inspector import compare_report
+    from inspector.compare import compare_dumps
+    from inspector.tolerance import preset
+
+    if as_json and as_csv:
+        raise InspectorError("choose one of --json and --csv")
+    tolerance = preset(preset_name).with_overrides(nmse, atol, rtol)
+    comparison = compare_dumps(dump_a, dump_b, tolerance, list(globs) or None, _parse_maps(maps))
+    if as_json:
+        click.echo(json.dumps(compare_report.to_json(comparison), indent=1))
+    elif as_csv:
+        click.echo(compare_report.to_csv(comparison), nl=False)
+    else:
+        click.echo(compare_report.render_text(comparison, show_all, colour=sys.stdout.isatty()))
+    sys.exit(0 if comparison.passed else 1)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-p", "--prompt", required=True)
+@click.option("--n-gpu-layers", "layers", default="0,all", show_default=True,
+              help="Comma-separated offload counts; 'all' offloads everything.")
+@click.option("--vary", "varies", multiple=True, metavar="SETTING=V1,V2",
+              help="Also vary flash_attn, threads, type_k, type_v, n_ubatch, n_batch or op_offload.")
+@click.option("--rpc", "rpc_mode", default="auto", show_default=True,
+              help="'auto' (loopback server when there is no GPU), 'none', or HOST:PORT.")
+@click.option("-t", "--tensor", "globs", multiple=True, help="Glob over tensor names (default: l_out-* and logits).")
+@click.option("--threads", type=int, default=None)
+@click.option("--ctx", "n_ctx", default=DEFAULT_N_CTX, show_default=True)
+@click.option("--tolerance", "preset_name", type=click.Choice(["exact", "f32", "f16", "quant"]), default="f32",
+              show_default=True)
+@click.option("--per-layer", is_flag=True, help="Aggregate the matrix per layer (worst status, largest NMSE).")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the dumps and summary.json (default: dumps/sweep-<model>-<time>/).")
+@click.option("--overwrite", is_flag=True)
+def sweep(model: Path, prompt: str, layers: str, varies: tuple[str, ...], rpc_mode: str, globs: tuple[str, ...],
+          threads: int | None, n_ctx: int, preset_name: str, per_layer: bool, output_dir: Path | None,
+          overwrite: bool) -> None:
+    """Capture MODEL under every configuration and compare each with the first."""
+    from inspector.runners.llama import LlamaRunConfig
+    from inspector.selection import Selection
+    from inspector.sweep import parse_layers, parse_vary, render_matrix, run_sweep
+    from inspector.tolerance import preset
+
+    base = LlamaRunConfig(model=str(model), prompt=prompt, threads=threads or os.cpu_count() or 1, n_ctx=n_ctx)
+    selection = Selection(globs=globs or ("l_out-*", "result_output"))
+    output_dir = output_dir or Path(DEFAULT_DUMP_DIR) / f"sweep-{model.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    result = run_sweep(base, parse_layers(layers), [parse_vary(v) for v in varies], rpc_mode, selection,
+                       output_dir, preset(preset_name), overwrite=overwrite,
+                       progress=lambda message: click.echo(message, err=True))
+    click.echo(render_matrix(result.summary, per_layer))
+    click.echo(f"summary: {result.summary_path}", err=True)
+    sys.exit(0 if result.summary["passed"] else 1)

@@ -1,8 +1,9 @@
-"""``ggml-inspector demo``: the whole capture path on an embedded default model."""
+"""``ggml-inspector demo``: capture and an offload sweep on an embedded default model."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from inspector.capture import capture_llama
@@ -11,6 +12,8 @@ from inspector.models import TinyLlamaSpec, write_tiny_llama
 from inspector.runners.llama import LlamaRunConfig
 from inspector.selection import Selection
 from inspector.store import open_dump
+from inspector.sweep import ALL_LAYERS, render_matrix, run_sweep
+from inspector.tolerance import preset
 
 DEMO_PROMPT = "The quick brown fox"
 DEMO_PATTERNS = ("inp_tokens", "embd", "attn_norm-*", "l_out-*", "result_output")
@@ -33,5 +36,12 @@ def run_demo(output_dir: Path, echo: Callable[[str], None] = print) -> Path:
                  number(e.stats.mean), number(e.stats.std)]
                 for e in dump.entries() if e.eval_index == 0]
     echo(table(["node", "name", "op", "type", "shape", "buffer", "mean", "std"], rows, right_align={0, 6, 7}))
-    echo(f"next: ggml-inspector ls {dump_path}  |  ggml-inspector show {dump_path} l_out-3")
+    echo("4. offload sweep: 0, 2 and all layers on a loopback ggml RPC server standing in for a GPU,")
+    echo("   each run compared with the CPU-only one (l_out-* and the logits):")
+    result = run_sweep(replace(config, n_predict=0), [0, 2, ALL_LAYERS], [], "auto",
+                       Selection(globs=("l_out-*", "result_output")), output_dir / "sweep", preset("f32"),
+                       overwrite=True, progress=lambda message: echo(f"   {message}"))
+    echo(render_matrix(result.summary))
+    echo(f"next: ggml-inspector ls {dump_path}  |  ggml-inspector show {dump_path} l_out-3  |  "
+         f"ggml-inspector compare {result.runs[0].dump} {result.runs[-1].dump}")
     return dump_path

@@ -22,7 +22,7 @@ import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from inspector import gguf_info
+from inspector import gguf_info, rpc
 from inspector.constants import DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, DEFAULT_SEED
 from inspector.errors import CaptureInterrupted, InspectorError, ModelError
 from inspector.hook import TensorHook
@@ -54,6 +54,8 @@ class LlamaRunConfig:
     type_v: str = "f16"
     n_predict: int = 0
     seed: int = DEFAULT_SEED
+    rpc: list[str] = field(default_factory=list)
+    op_offload: bool = True
 
     def validate(self) -> None:
         if self.flash_attn not in FLASH_ATTN_MODES:
@@ -145,6 +147,8 @@ class LlamaSession:
         self.hook = hook
         self.log = log
         llama_cpp.llama_backend_init()
+        if config.rpc:
+            rpc.add_servers(config.rpc)
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = config.n_gpu_layers
         self.model = llama_cpp.llama_model_load_from_file(config.model.encode(), model_params)
@@ -159,6 +163,7 @@ class LlamaSession:
         params.n_threads = config.threads
         params.n_threads_batch = config.threads
         params.flash_attn_type = FLASH_ATTN_MODES[config.flash_attn]
+        params.op_offload = config.op_offload
         params.type_k = _ggml_type_id(config.type_k)
         params.type_v = _ggml_type_id(config.type_v)
         if hook is not None:

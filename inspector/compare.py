@@ -1,0 +1,183 @@
+"""Align two dumps tensor by tensor and find the first divergence.
+
+Tensors are paired by (evaluation, name, occurrence), the identity that
+survives offload changes and graph edits; ``name_map`` pairs tensors whose
+names differ between the runs.  Only one pair of arrays is in memory at a
+time, so two multi-GB dumps compare in bounded RAM.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inspector.metrics import PairMetrics, compare_arrays
+from inspector.store import Dump, Entry, open_dump
+from inspector.tolerance import Tolerance
+
+IDENTICAL = "identical"
+WITHIN = "within"
+DIVERGED = "diverged"
+MISSING = "missing"
+MISMATCHED = "mismatched"
+STATUSES = (IDENTICAL, WITHIN, DIVERGED, MISSING, MISMATCHED)
+FAILING = (DIVERGED, MISMATCHED)
+CONTEXT_ROWS = 3
+
+
+@dataclass
+class TensorComparison:
+    """One aligned pair (or a tensor found in one run only) and its verdict."""
+
+    eval_index: int
+    name: str
+    occurrence: int
+    status: str
+    name_b: str = ""
+    node_a: int | None = None
+    node_b: int | None = None
+    op_a: str = ""
+    op_b: str = ""
+    shape_a: tuple[int, ...] | None = None
+    shape_b: tuple[int, ...] | None = None
+    type_a: str = ""
+    type_b: str = ""
+    buffer_a: str = ""
+    buffer_b: str = ""
+    note: str = ""
+    metrics: PairMetrics | None = None
+
+    @property
+    def present_in(self) -> str:
+        return "both" if self.node_a is not None and self.node_b is not None else ("a" if self.node_b is None else "b")
+
+
+@dataclass
+class Comparison:
+    """The whole comparison: rows in execution order, the first divergence, counts."""
+
+    path_a: str
+    path_b: str
+    tolerance: Tolerance
+    rows: list[TensorComparison]
+    config_differences: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    incomplete: list[str] = field(default_factory=list)
+
+    @property
+    def first_divergence(self) -> int | None:
+        """Index into ``rows`` of the first diverged or mismatched tensor in execution order."""
+        return next((i for i, row in enumerate(self.rows) if row.status in FAILING), None)
+
+    def context_before(self, index: int, count: int = CONTEXT_ROWS) -> list[TensorComparison]:
+        """The compared tensors just before ``index``, to show whether they still agreed."""
+        earlier = [row for row in self.rows[:index] if row.present_in == "both"]
+        return earlier[-count:]
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(1 for row in self.rows if row.status == status) for status in STATUSES}
+
+    @property
+    def passed(self) -> bool:
+        counts = self.counts()
+        return counts[DIVERGED] == counts[MISMATCHED] == counts[MISSING] == 0
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Run-configuration keys whose values differ, e.g. ``n_gpu_layers: (0, 8)``."""
+    flat_a, flat_b = _flatten(a), _flatten(b)
+    return {key: (flat_a.get(key), flat_b.get(key)) for key in sorted(set(flat_a) | set(flat_b))
+            if flat_a.get(key) != flat_b.get(key)}
+
+
+def _judge(metrics: PairMetrics, tolerance: Tolerance) -> str:
+    if metrics.identical:
+        return IDENTICAL
+    if tolerance.exact or metrics.nonfinite_mismatch:
+        return DIVERGED
+    if tolerance.nmse is not None and metrics.nmse > tolerance.nmse:
+        return DIVERGED
+    if (tolerance.atol or tolerance.rtol) and not metrics.allclose:
+        return DIVERGED
+    return WITHIN
+
+
+def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tolerance) -> TensorComparison:
+    row = TensorComparison(
+        eval_index=a.eval_index, name=a.name, occurrence=a.occurrence, status=IDENTICAL,
+        name_b=b.name if b.name != a.name else "", node_a=a.node_index, node_b=b.node_index,
+        op_a=a.op, op_b=b.op, shape_a=a.shape, shape_b=b.shape, type_a=a.ggml_type, type_b=b.ggml_type,
+        buffer_a=a.buffer, buffer_b=b.buffer,
+    )
+    notes = []
+    if a.op != b.op:
+        notes.append(f"op {a.op} vs {b.op}")
+    if a.ggml_type != b.ggml_type:
+        notes.append(f"type {a.ggml_type} vs {b.ggml_type}")
+    if a.shape != b.shape:
+        row.status = MISMATCHED
+        row.note = "; ".join([f"shape {a.shape} vs {b.shape}", *notes])
+        return row
+    array_a = dump_a.read(a)
+    array_b = dump_b.read(b)
+    row.metrics = compare_arrays(array_a, array_b, tolerance.atol, tolerance.rtol)
+    del array_a, array_b
+    row.status = MISMATCHED if a.op != b.op else _judge(row.metrics, tolerance)
+    row.note = "; ".join(notes)
+    return row
+
+
+def _one_sided(entry: Entry, side: str) -> TensorComparison:
+    row = TensorComparison(eval_index=entry.eval_index, name=entry.name, occurrence=entry.occurrence,
+                           status=MISSING, note=f"only in run {side.upper()}")
+    if side == "a":
+        row.node_a, row.op_a, row.shape_a, row.type_a, row.buffer_a = (
+            entry.node_index, entry.op, entry.shape, entry.ggml_type, entry.buffer)
+    else:
+        row.node_b, row.op_b, row.shape_b, row.type_b, row.buffer_b = (
+            entry.node_index, entry.op, entry.shape, entry.ggml_type, entry.buffer)
+    return row
+
+
+def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, patterns: list[str] | None = None,
+                  name_map: dict[str, str] | None = None) -> Comparison:
+    """Compare dump B against reference dump A.
+
+    ``patterns`` (globs) filter by A's names; ``name_map`` maps an A name to
+    the B name it should be paired with.
+    """
+    name_map = name_map or {}
+    b_to_a = {b: a for a, b in name_map.items()}
+    with open_dump(path_a) as dump_a, open_dump(path_b) as dump_b:
+        entries_a = dump_a.entries(patterns)
+        by_key_b: dict[tuple[int, str, int], Entry] = {}
+        for entry in dump_b.entries():
+            name_as_a = b_to_a.get(entry.name, entry.name)
+            if not patterns or any(fnmatch.fnmatchcase(name_as_a, p) for p in patterns):
+                by_key_b[(entry.eval_index, name_as_a, entry.occurrence)] = entry
+        ordered: list[tuple[tuple[int, int, int], TensorComparison]] = []
+        for position, entry in enumerate(entries_a):
+            partner = by_key_b.pop(entry.key, None)
+            row = _one_sided(entry, "a") if partner is None else _compare_pair(dump_a, entry, dump_b, partner,
+                                                                                 tolerance)
+            ordered.append(((entry.eval_index, entry.node_index, position), row))
+        for position, entry in enumerate(by_key_b.values()):
+            ordered.append(((entry.eval_index, entry.node_index, len(entries_a) + position), _one_sided(entry, "b")))
+        ordered.sort(key=lambda item: item[0])
+        incomplete = [str(d.path) for d in (dump_a, dump_b) if not d.complete]
+        return Comparison(path_a=str(path_a), path_b=str(path_b), tolerance=tolerance,
+                          rows=[row for _, row in ordered],
+                          config_differences=config_differences(dump_a.config, dump_b.config),
+                          incomplete=incomplete)
+

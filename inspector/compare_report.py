@@ -1,0 +1,149 @@
+"""Presentation of a Comparison: terminal table, JSON (documented schema) and CSV.
+
+The first divergence is printed first, because it is the answer most users
+came for.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from inspector.compare import DIVERGED, IDENTICAL, MISMATCHED, MISSING, WITHIN, Comparison, TensorComparison
+from inspector.formatting import number, shape_text, table
+
+JSON_SCHEMA_VERSION = 1
+STATUS_COLOURS = {IDENTICAL: "green", WITHIN: "cyan", DIVERGED: "red", MISSING: "yellow", MISMATCHED: "magenta"}
+
+
+def _label(row: TensorComparison) -> str:
+    label = row.name if row.occurrence == 0 else f"{row.name} #{row.occurrence}"
+    return f"{label} = {row.name_b}" if row.name_b else label
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def row_json(row: TensorComparison) -> dict[str, Any]:
+    metrics = None
+    if row.metrics is not None:
+        metrics = {key: (_finite(value) if isinstance(value, float) else value)
+                   for key, value in asdict(row.metrics).items()}
+        metrics["max_abs_index"] = list(row.metrics.max_abs_index)
+    return {
+        "eval": row.eval_index, "name": row.name, "name_b": row.name_b or row.name, "occurrence": row.occurrence,
+        "status": row.status, "present_in": row.present_in, "node_a": row.node_a, "node_b": row.node_b,
+        "op_a": row.op_a, "op_b": row.op_b,
+        "shape_a": list(row.shape_a) if row.shape_a is not None else None,
+        "shape_b": list(row.shape_b) if row.shape_b is not None else None,
+        "type_a": row.type_a, "type_b": row.type_b, "buffer_a": row.buffer_a, "buffer_b": row.buffer_b,
+        "note": row.note, "metrics": metrics,
+    }
+
+
+def first_divergence_json(comparison: Comparison) -> dict[str, Any] | None:
+    index = comparison.first_divergence
+    if index is None:
+        return None
+    return {**row_json(comparison.rows[index]),
+            "preceding": [row_json(row) for row in comparison.context_before(index)]}
+
+
+def to_json(comparison: Comparison) -> dict[str, Any]:
+    """The ``compare --json`` document (schema in docs/compare.md)."""
+    tolerance = comparison.tolerance
+    return {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "a": comparison.path_a,
+        "b": comparison.path_b,
+        "tolerance": {"name": tolerance.name, "nmse": tolerance.nmse, "atol": tolerance.atol,
+                      "rtol": tolerance.rtol},
+        "passed": comparison.passed,
+        "counts": comparison.counts(),
+        "config_differences": {k: list(v) for k, v in comparison.config_differences.items()},
+        "incomplete_dumps": comparison.incomplete,
+        "first_divergence": first_divergence_json(comparison),
+        "tensors": [row_json(row) for row in comparison.rows],
+    }
+
+
+CSV_COLUMNS = ["eval", "name", "name_b", "occurrence", "status", "present_in", "node_a", "node_b", "op_a", "op_b",
+               "shape_a", "shape_b", "type_a", "type_b", "buffer_a", "buffer_b", "identical", "max_abs_diff",
+               "max_abs_index", "mean_abs_diff", "rmse", "nmse", "cosine", "nan_a", "nan_b", "inf_a", "inf_b", "note"]
+
+
+def to_csv(comparison: Comparison) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in comparison.rows:
+        data = row_json(row)
+        metrics = data.pop("metrics") or {}
+        flat = {key: data.get(key, metrics.get(key)) for key in CSV_COLUMNS}
+        for key in ("shape_a", "shape_b", "max_abs_index"):
+            value = data.get(key, metrics.get(key))
+            flat[key] = "x".join(str(n) for n in value) if value else ""
+        writer.writerow(flat)
+    return out.getvalue()
+
+
+def _describe(row: TensorComparison) -> str:
+    where = f"eval {row.eval_index}, node {row.node_a if row.node_a is not None else row.node_b}"
+    buffers = f"buffer A {row.buffer_a or '-'}, B {row.buffer_b or '-'}"
+    if row.metrics is None:
+        return f"{_label(row)} ({where}): {row.status}: {row.note}; {buffers}"
+    m = row.metrics
+    return (f"{_label(row)} ({where}, {row.op_a}): {row.status}: nmse {number(m.nmse)}, max |a-b| "
+            f"{number(m.max_abs_diff)} at ne{list(m.max_abs_index)}, cosine {number(m.cosine)}"
+            + (f"; {row.note}" if row.note else "") + f"; {buffers}")
+
+
+def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
+    """First divergence, then the table (only non-identical rows unless ``show_all``), then a summary."""
+    def paint(text: str, status: str) -> str:
+        return click.style(text, fg=STATUS_COLOURS[status]) if colour else text
+
+    lines = []
+    if comparison.config_differences:
+        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in comparison.config_differences.items()
+                            if not k.startswith("model_facts.path"))
+        lines.append(f"runs differ in: {changes}")
+    for path in comparison.incomplete:
+        lines.append(f"warning: {path} is incomplete")
+    index = comparison.first_divergence
+    if index is None:
+        lines.append("first divergence: none")
+    else:
+        lines.append("first divergence: " + paint(_describe(comparison.rows[index]), comparison.rows[index].status))
+        for row in comparison.context_before(index):
+            lines.append("  preceded by " + paint(_describe(row), row.status))
+    shown = [row for row in comparison.rows if show_all or row.status != IDENTICAL]
+    if shown:
+        cells = []
+        for row in shown:
+            m = row.metrics
+            cells.append([
+                str(row.eval_index), str(row.node_a if row.node_a is not None else row.node_b), _label(row),
+                row.status, shape_text(row.shape_a or row.shape_b or ()),
+                number(m.nmse) if m else "", number(m.max_abs_diff) if m else "", number(m.cosine) if m else "",
+                row.buffer_a or "-", row.buffer_b or "-", row.note,
+            ])
+        rendered = table(["eval", "node", "tensor", "status", "shape", "nmse", "max|a-b|", "cosine", "buffer A",
+                          "buffer B", "note"], cells, right_align={0, 1, 5, 6, 7})
+        status_column = rendered.splitlines()
+        if colour:
+            status_column = status_column[:2] + [line.replace(row.status, paint(row.status, row.status), 1)
+                                                 for line, row in zip(status_column[2:], shown, strict=True)]
+        lines.extend(status_column)
+    counts = comparison.counts()
+    summary = ", ".join(f"{counts[s]} {s}" for s in (IDENTICAL, WITHIN, DIVERGED, MISSING, MISMATCHED))
+    verdict = "PASS" if comparison.passed else "FAIL"
+    lines.append(f"{verdict}: {len(comparison.rows)} tensors: {summary} "
+                 f"(tolerance {comparison.tolerance.name})")
+    return "\n".join(lines)
