@@ -110,12 +110,6 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         return click.style(text, fg=STATUS_COLOURS[status]) if colour else text
 
     lines = []
-    if comparison.config_differences:
-        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in comparison.config_differences.items()
-                            if not k.startswith("model_facts.path"))
-        lines.append(f"runs differ in: {changes}")
-    for path in comparison.incomplete:
-        lines.append(f"warning: {path} is incomplete")
     index = comparison.first_divergence
     if index is None:
         lines.append("first divergence: none")
@@ -123,6 +117,11 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         lines.append("first divergence: " + paint(_describe(comparison.rows[index]), comparison.rows[index].status))
         for row in comparison.context_before(index):
             lines.append("  preceded by " + paint(_describe(row), row.status))
+    if comparison.config_differences:
+        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in comparison.config_differences.items())
+        lines.append(f"runs differ in: {changes}")
+    for path in comparison.incomplete:
+        lines.append(f"warning: {path} is incomplete")
     shown = [row for row in comparison.rows if show_all or row.status != IDENTICAL]
     if shown:
         cells = []

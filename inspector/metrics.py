@@ -66,7 +66,7 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float 
     # Same non-finite value in the same place counts as agreement (inf == inf, nan vs nan).
     same_nonfinite = (nan_a & nan_b) | (inf_a & inf_b & (a64 == b64))
     nonfinite_mismatch = bool(np.any(~finite & ~same_nonfinite))
-    diff = np.where(finite, a64 - b64, 0.0)
+    diff = np.subtract(a64, b64, out=np.zeros(a64.shape), where=finite)
     abs_diff = np.abs(diff)
     count = int(finite.sum())
     if count:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from inspector.capture import capture_llama
 from inspector.compare import FAILING, Comparison, compare_dumps

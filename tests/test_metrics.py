@@ -1,0 +1,73 @@
+"""Comparison metrics against hand-written numpy formulas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from inspector.compare import DIVERGED, IDENTICAL, WITHIN, _judge
+from inspector.metrics import byte_digest, compare_arrays
+from inspector.tolerance import PRESETS, preset
+
+
+def test_identical_arrays():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    metrics = compare_arrays(a, a.copy())
+    assert metrics.identical and metrics.max_abs_diff == 0 and metrics.nmse == 0 and metrics.cosine == 1
+    assert byte_digest(a) == byte_digest(a.copy())
+
+
+def test_metrics_match_their_definitions():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 7)).astype(np.float32)
+    b = a + rng.standard_normal((5, 7)).astype(np.float32) * 1e-3
+    metrics = compare_arrays(a, b)
+    d = a.astype(np.float64) - b
+    assert metrics.nmse == pytest.approx(np.sum(d**2) / np.sum(a.astype(np.float64) ** 2))
+    assert metrics.rmse == pytest.approx(math.sqrt(np.mean(d**2)))
+    assert metrics.mean_abs_diff == pytest.approx(np.mean(np.abs(d)))
+    cosine = np.dot(a.ravel().astype(np.float64), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert metrics.cosine == pytest.approx(cosine)
+    row, col = np.unravel_index(np.argmax(np.abs(d)), d.shape)
+    assert metrics.max_abs_index == (col, row)  # ggml ne order: fastest dimension first
+    assert metrics.max_abs_diff == pytest.approx(np.abs(d).max())
+    assert not metrics.identical
+
+
+def test_nan_in_one_run_is_a_nonfinite_mismatch():
+    a = np.ones(4, np.float32)
+    b = a.copy()
+    b[2] = np.nan
+    metrics = compare_arrays(a, b)
+    assert metrics.nonfinite_mismatch and metrics.nan_b == 1 and metrics.nan_a == 0
+    assert _judge(metrics, preset("quant")) == DIVERGED
+    same_nan = compare_arrays(b, b.copy())
+    assert not same_nan.nonfinite_mismatch and same_nan.identical
+
+
+def test_presets_judge_by_nmse():
+    a = np.linspace(1, 2, 100).astype(np.float32)
+    small = compare_arrays(a, a * np.float32(1 + 1e-5))
+    assert small.nmse < 1e-7
+    assert _judge(small, PRESETS["f32"]) == WITHIN
+    assert _judge(small, PRESETS["exact"]) == DIVERGED
+    large = compare_arrays(a, a * np.float32(1.05))  # NMSE 2.5e-3
+    assert _judge(large, PRESETS["f16"]) == DIVERGED
+    assert _judge(large, PRESETS["quant"]) == WITHIN
+    assert _judge(compare_arrays(a, a.copy()), PRESETS["exact"]) == IDENTICAL
+
+
+def test_atol_rtol_override():
+    a = np.zeros(3, np.float32)
+    b = np.array([0, 0, 0.5], np.float32)
+    tolerance = preset("f32").with_overrides(nmse=math.inf, atol=0.1, rtol=None)
+    assert _judge(compare_arrays(a, b, tolerance.atol, tolerance.rtol), tolerance) == DIVERGED
+    loose = preset("f32").with_overrides(nmse=math.inf, atol=1.0, rtol=None)
+    assert _judge(compare_arrays(a, b, loose.atol, loose.rtol), loose) == WITHIN
+
+
+def test_shapes_must_agree():
+    with pytest.raises(ValueError):
+        compare_arrays(np.zeros(3), np.zeros(4))
