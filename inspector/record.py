@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+# numpy dtype -> ggml type name, for arrays that did not come out of a ggml graph.
+GGML_TYPE_NAME_OF_DTYPE = {"float32": "f32", "float16": "f16", "float64": "f64", "int8": "i8", "int16": "i16",
+                           "int32": "i32", "int64": "i64"}
+
 
 @dataclass
 class TensorRecord:
@@ -41,3 +47,21 @@ class TensorRecord:
     def key(self) -> tuple[int, str, int]:
         """The identity used to align two runs: (evaluation, name, occurrence)."""
         return (self.eval_index, self.name, self.occurrence)
+
+    @classmethod
+    def for_array(cls, name: str, array: np.ndarray, eval_index: int, node_index: int, op: str) -> TensorRecord:
+        """A record for an array made outside ggml (preprocessing, an imported file).
+
+        ``ne`` is the numpy shape reversed and padded to four dimensions; ``nb``
+        the strides of the contiguous layout, as ggml would have them.
+        """
+        type_name = GGML_TYPE_NAME_OF_DTYPE.get(array.dtype.name)
+        if type_name is None:
+            raise ValueError(f"no ggml type for numpy dtype {array.dtype}")
+        ne = tuple(reversed(array.shape)) + (1,) * (4 - array.ndim)
+        nb = [array.dtype.itemsize]
+        for n in ne[:-1]:
+            nb.append(nb[-1] * n)
+        return cls(name=name, eval_index=eval_index, node_index=node_index, occurrence=0, op=op,
+                   ggml_type=type_name, ne=ne, nb=tuple(nb), buffer="", storage="native", is_leaf=True,
+                   flags=["input"])

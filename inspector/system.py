@@ -43,17 +43,24 @@ def ggml_devices(lib: GgmlLibraries) -> list[dict[str, Any]]:
     return devices
 
 
-def system_facts(lib: GgmlLibraries) -> dict[str, Any]:
-    """Platform, package versions, llama.cpp's system info and the ggml devices."""
-    import llama_cpp
-
+def host_facts() -> dict[str, Any]:
+    """Platform and package versions: what every dump records, ggml involved or not."""
     return {
         "tool_version": TOOL_VERSION,
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
-        "packages": {name: _version(name) for name in ("llama-cpp-python", "numpy", "h5py", "gguf")},
+        "packages": {name: _version(name) for name in ("llama-cpp-python", "numpy", "h5py", "gguf", "Pillow")},
+    }
+
+
+def system_facts(lib: GgmlLibraries) -> dict[str, Any]:
+    """Host facts plus llama.cpp's system info and the ggml devices."""
+    import llama_cpp
+
+    return {
+        **host_facts(),
         "llama_cpp_lib_dir": str(lib.directory),
         "llama_system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
         "ggml_devices": ggml_devices(lib),
