@@ -7,8 +7,11 @@ callback) into the dump's ``complete`` flag and a summary.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +40,28 @@ class CaptureSummary:
     counters: HookCounters
     unmatched: dict[str, list[str]] = field(default_factory=dict)
     result: llama_runner.LlamaRunResult | None = None
+
+
+@contextmanager
+def _signals_stop(hook: TensorHook) -> Iterator[None]:
+    """While the graph computes, Ctrl-C and SIGTERM ask the hook to stop instead of raising.
+
+    A KeyboardInterrupt raised by Python's default handler can surface at the
+    very entry of the ctypes callback, where ctypes swallows it ("Exception
+    ignored on calling ctypes callback"); a flag cannot be lost that way.  The
+    hook's flag also feeds llama.cpp's abort callback, which ends the compute.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda _signum, _frame: hook.request_stop())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, output: str | Path,
@@ -71,7 +96,8 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
         return index
 
     try:
-        result = llama_runner.run(config, hook, begin_evaluation, log)
+        with _signals_stop(hook):
+            result = llama_runner.run(config, hook, begin_evaluation, log)
         writer.set_result({
             "token_ids": result.token_ids,
             "generated_ids": result.generated_ids,

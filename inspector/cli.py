@@ -48,6 +48,10 @@ class InspectorGroup(click.Group):
             fail(str(error))
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            # stdout closed early (``| head``): not an error worth a message.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except OSError as error:
             if os.environ.get("GGML_INSPECTOR_DEBUG"):
                 raise
@@ -357,3 +361,147 @@ def sweep(model: Path, prompt: str, layers: str, varies: tuple[str, ...], rpc_mo
     click.echo(render_matrix(result.summary, per_layer))
     click.echo(f"summary: {result.summary_path}", err=True)
     sys.exit(0 if result.summary["passed"] else 1)
+
+
+def _preprocess_config(convention: str, tile_size: int, max_tiles: int):
+    from inspector.mllama.preprocess import PreprocessConfig
+
+    config = PreprocessConfig(tile_size=tile_size, max_tiles=max_tiles, convention=convention)
+    config.validate()
+    return config
+
+
+@main.command("preprocess")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--convention", type=click.Choice(["hf", "ollama"]), default="hf", show_default=True)
+@click.option("--tile-size", default=560, show_default=True)
+@click.option("--max-tiles", default=4, show_default=True)
+@click.option("--loader", type=click.Choice(["pil", "hf-path"]), default="pil", show_default=True,
+              help="'hf-path' mimics transformers' load_image (EXIF rotation, alpha dropped).")
+@click.option("--explain", is_flag=True, help="Print every step with its sizes (w×h).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Dump file (default: dumps/<image>-<convention>.h5).")
+@click.option("--overwrite", is_flag=True)
+def preprocess_command(image: Path, convention: str, tile_size: int, max_tiles: int, loader: str, explain: bool,
+                       output: Path | None, overwrite: bool) -> None:
+    """Preprocess IMAGE for mllama and write inp_raw, aspect_ratio_ids and aspect_ratio_mask to a dump."""
+    from dataclasses import asdict
+
+    from inspector.importer import write_arrays
+    from inspector.mllama.preprocess import load_image, preprocess
+
+    config = _preprocess_config(convention, tile_size, max_tiles)
+    result = preprocess(load_image(image, loader), config)
+    output = output or Path(DEFAULT_DUMP_DIR) / f"{image.stem}-{convention}.h5"
+    geometry = result.geometry.as_dict()
+    write_arrays(output, {"inp_raw": result.inp_raw, "aspect_ratio_ids": result.aspect_ratio_ids,
+                          "aspect_ratio_mask": result.aspect_ratio_mask},
+                 "preprocess", {"geometry": geometry, "steps": result.steps},
+                 {"runner": "preprocess", "image": str(image), "loader": loader, "preprocess": asdict(config),
+                  "geometry": geometry}, overwrite=overwrite, op="PREPROCESS")
+    if explain:
+        for step in result.steps:
+            click.echo(step)
+    g = result.geometry
+    click.echo(f"{image}: {g.original_wh[0]}×{g.original_wh[1]} (w×h) -> resized {g.resized_wh[0]}×{g.resized_wh[1]}"
+               f" on canvas {g.canvas_wh[0]}×{g.canvas_wh[1]} ({g.grid_rows}×{g.grid_cols} tiles, rows×columns), "
+               f"aspect ratio id {g.aspect_ratio_id} -> {output}", err=True)
+
+
+@main.command("import-raw")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Tensor name to give it (e.g. inp_raw).")
+@click.option("--dtype", default="f32", show_default=True, help="f32, f16, f64, i8, i16, i32, i64 (raw files).")
+@click.option("--ne", default=None, help="ggml dimensions, fastest first, e.g. 560,560,3,4.")
+@click.option("--shape", default=None, help="numpy shape, slowest first, e.g. 4,3,560,560.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--overwrite", is_flag=True)
+def import_raw(file: Path, name: str, dtype: str, ne: str | None, shape: str | None, output: Path,
+               overwrite: bool) -> None:
+    """Import a raw tensor file (fwrite of a tensor's data) or a .npy as a one-tensor dump."""
+    from inspector.importer import parse_dims, read_npy, read_raw, write_arrays
+
+    if file.suffix == ".npy":
+        if ne or shape:
+            raise InspectorError(".npy files carry their own shape; drop --ne/--shape")
+        array = read_npy(file)
+    else:
+        if bool(ne) == bool(shape):
+            raise InspectorError("give the size of a raw file with exactly one of --ne or --shape")
+        dims = tuple(reversed(parse_dims(ne))) if ne else parse_dims(shape)
+        array = read_raw(file, dtype, dims)
+    write_arrays(output, {name: array}, "import", {"source": str(file)},
+                 {"runner": "import", "source": str(file), "dtype": str(array.dtype), "shape": list(array.shape)},
+                 overwrite=overwrite, op="IMPORT")
+    click.echo(f"imported {name} {shape_text(array.shape)} {array.dtype} -> {output}", err=True)
+
+
+def _load_other_inp_raw(path: Path, name: str, expected_shape: tuple[int, ...]) -> np.ndarray:
+    """inp_raw from a dump, a .npy, or a raw f32 file of the reference's size."""
+    import h5py
+
+    from inspector.importer import read_npy, read_raw
+
+    if path.suffix == ".npy":
+        return read_npy(path)
+    if path.exists() and h5py.is_hdf5(path):
+        with open_dump(path) as dump:
+            return dump.read(name)
+    return read_raw(path, "f32", expected_shape)
+
+
+@main.command("diff-preprocess")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--against", "against", type=click.Path(path_type=Path), required=True,
+              help="The other implementation's inp_raw: a dump, a .npy or a raw f32 file.")
+@click.option("--name", default="inp_raw", show_default=True, help="Tensor name inside a dump.")
+@click.option("--tile-size", default=560, show_default=True)
+@click.option("--max-tiles", default=4, show_default=True)
+@click.option("--loader", type=click.Choice(["pil", "hf-path"]), default="pil", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def diff_preprocess(image: Path, against: Path, name: str, tile_size: int, max_tiles: int, loader: str,
+                    as_json: bool) -> None:
+    """Explain how another implementation's inp_raw differs from the Hugging Face reference of IMAGE."""
+    from dataclasses import asdict
+
+    from inspector.mllama.diagnose import diagnose
+    from inspector.mllama.preprocess import load_image
+
+    config = _preprocess_config("hf", tile_size, max_tiles)
+    picture = load_image(image, loader)
+    expected = (max_tiles, 3, tile_size, tile_size)
+    other = _load_other_inp_raw(against, name, expected)
+    diagnosis = diagnose(picture, other, config)
+    best = diagnosis.best
+    if as_json:
+        click.echo(json.dumps({
+            "identical": diagnosis.baseline.identical,
+            "baseline": asdict(diagnosis.baseline),
+            "explanation": asdict(best) if best else None,
+            "hypotheses": [asdict(h) for h in diagnosis.ranked],
+            "geometry": diagnosis.reference.geometry.as_dict(),
+            "tile_channel_stats": [asdict(s) for s in diagnosis.stats],
+        }, indent=1, default=str))
+        sys.exit(0 if diagnosis.baseline.identical else 1)
+    if diagnosis.baseline.identical:
+        click.echo("identical: the other inp_raw is bit-identical to the Hugging Face reference")
+        sys.exit(0)
+    if best:
+        exact = "exactly" if best.identical else f"to NMSE {number(best.nmse)}"
+        click.echo(f"most likely: {best.name}: {best.explanation} (reproduces the other inp_raw {exact})")
+    else:
+        click.echo("no single known cause reproduces the other inp_raw; closest hypotheses below")
+    click.echo(f"reference vs other: NMSE {number(diagnosis.baseline.nmse)}, "
+               f"max |a-b| {number(diagnosis.baseline.max_abs_diff)}")
+    g = diagnosis.reference.geometry
+    click.echo(f"reference geometry: {g.original_wh[0]}×{g.original_wh[1]} (w×h) -> {g.resized_wh[0]}×"
+               f"{g.resized_wh[1]} on {g.canvas_wh[0]}×{g.canvas_wh[1]}, {g.num_tiles} tiles, aspect ratio id "
+               f"{g.aspect_ratio_id}")
+    click.echo(table(["hypothesis", "nmse", "max|a-b|", "explanation"],
+                     [[h.name, number(h.nmse), number(h.max_abs_diff), h.explanation] for h in diagnosis.ranked[:8]],
+                     right_align={1, 2}))
+    click.echo(table(["tile", "channel", "mean ref", "mean other", "std ref", "std other", "nmse"],
+                     [[str(s.tile), "RGB"[s.channel], number(s.mean_reference), number(s.mean_other),
+                       number(s.std_reference), number(s.std_other), number(s.nmse)] for s in diagnosis.stats],
+                     right_align={0, 2, 3, 4, 5, 6}))
+    sys.exit(1)

@@ -18,6 +18,7 @@ from inspector.compare import DIVERGED, IDENTICAL, MISMATCHED, MISSING, WITHIN, 
 from inspector.formatting import number, shape_text, table
 
 JSON_SCHEMA_VERSION = 1
+MAX_CONFIG_CHANGES = 6
 STATUS_COLOURS = {IDENTICAL: "green", WITHIN: "cyan", DIVERGED: "red", MISSING: "yellow", MISMATCHED: "magenta"}
 
 
@@ -118,8 +119,11 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         for row in comparison.context_before(index):
             lines.append("  preceded by " + paint(_describe(row), row.status))
     if comparison.config_differences:
-        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in comparison.config_differences.items())
-        lines.append(f"runs differ in: {changes}")
+        items = list(comparison.config_differences.items())
+        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in items[:MAX_CONFIG_CHANGES])
+        hidden = len(items) - MAX_CONFIG_CHANGES
+        more = f" (+{hidden} more; --json lists all)" if hidden > 0 else ""
+        lines.append(f"runs differ in: {changes}{more}")
     for path in comparison.incomplete:
         lines.append(f"warning: {path} is incomplete")
     shown = [row for row in comparison.rows if show_all or row.status != IDENTICAL]

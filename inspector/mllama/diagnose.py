@@ -12,23 +12,15 @@ array exactly, or nearly, is the explanation.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from inspector.errors import InspectorError
 from inspector.metrics import compare_arrays
-from inspector.mllama.preprocess import (
-    PreprocessConfig,
-    Preprocessed,
-    fit_to_canvas_hf,
-    optimal_canvas_hf,
-    preprocess,
-    render,
-    to_rgb,
-)
+from inspector.mllama.preprocess import DEFAULT_CONFIG, PreprocessConfig, Preprocessed, preprocess, render, to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,7 +89,6 @@ def _hypotheses(image: Image.Image, reference: Preprocessed, other: np.ndarray
     g = reference.geometry
     tile = config.tile_size
     rgb = to_rgb(image, "hf")
-    width, height = g.original_wh
     canvas_w, canvas_h = g.canvas_wh
     new_w, new_h = g.resized_wh
     raw = reference.inp_raw
@@ -121,13 +112,11 @@ def _hypotheses(image: Image.Image, reference: Preprocessed, other: np.ndarray
     found.append(("each tile transposed", "width and height are swapped inside each tile (x and y indices exchanged)",
                   lambda: raw.transpose(0, 1, 3, 2).copy()))
     # Geometry mistakes: re-run the numeric core with another size.
-    swapped_canvas_h, swapped_canvas_w = optimal_canvas_hf(width, height, config.max_tiles, tile)
-    swapped_h, swapped_w = fit_to_canvas_hf(width, height, swapped_canvas_h, swapped_canvas_w, tile)
-    if swapped_w <= canvas_w and swapped_h <= canvas_h and (swapped_h, swapped_w) != (new_h, new_w):
+    if new_w != new_h and new_w <= canvas_h and new_h <= canvas_w:
         found.append(("width/height transposed",
-                      f"the resize size was computed with width and height exchanged: {swapped_h}×{swapped_w} "
-                      f"(w×h) instead of {new_w}×{new_h}",
-                      lambda: render(rgb, (canvas_h, canvas_w), (swapped_w, swapped_h), config)))
+                      f"the resize target had width and height exchanged: {new_h}×{new_w} (w×h) instead of "
+                      f"{new_w}×{new_h}",
+                      lambda: render(rgb, (canvas_h, canvas_w), (new_w, new_h), config)))
     if (new_h, new_w) != (canvas_h, canvas_w):
         found.append(("stretched, not padded",
                       f"the image was resized to the whole canvas {canvas_w}×{canvas_h} (aspect ratio lost) "
@@ -163,8 +152,8 @@ def _hypotheses(image: Image.Image, reference: Preprocessed, other: np.ndarray
     found.append(("ImageNet normalisation", "ImageNet mean/std were used instead of CLIP's",
                   lambda: render(rgb, (canvas_h, canvas_w), (new_h, new_w),
                                  replace(config, mean=IMAGENET_MEAN, std=IMAGENET_STD))))
-    found.append(("Ollama convention", "the whole pipeline follows Ollama's Go code (canvas, flooring, alpha, "
-                  "float32 rescale; see docs/mllama-preprocessing.md)",
+    found.append(("Ollama convention", "the whole pipeline follows Ollama's Go code (canvas, flooring, alpha; "
+                  "see docs/mllama-preprocessing.md)",
                   lambda: preprocess(image, replace(config, convention="ollama")).inp_raw))
     if image.mode in ("RGBA", "LA", "P", "PA"):
         found.append(("alpha over black", "transparent pixels were made black instead of composited onto white",
@@ -184,7 +173,7 @@ def channel_stats(reference: np.ndarray, other: np.ndarray) -> list[ChannelStats
     return stats
 
 
-def diagnose(image: Image.Image, other: np.ndarray, config: PreprocessConfig = PreprocessConfig()) -> Diagnosis:
+def diagnose(image: Image.Image, other: np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG) -> Diagnosis:
     """Rank explanations of how ``other`` differs from the HF reference preprocessing of ``image``."""
     reference = preprocess(image, replace(config, convention="hf"))
     expected = reference.inp_raw.shape

@@ -66,6 +66,9 @@ class PreprocessConfig:
             raise InspectorError(f"tile size {self.tile_size} is not a multiple of the patch size {self.patch_size}")
 
 
+DEFAULT_CONFIG = PreprocessConfig()
+
+
 @dataclass
 class Geometry:
     """Every size of the pipeline, with its axis order spelled out in the field name."""
@@ -220,7 +223,7 @@ def render(rgb: Image.Image, canvas_hw: tuple[int, int], size_hw: tuple[int, int
     return inp_raw
 
 
-def preprocess(image: Image.Image, config: PreprocessConfig = PreprocessConfig()) -> Preprocessed:
+def preprocess(image: Image.Image, config: PreprocessConfig = DEFAULT_CONFIG) -> Preprocessed:
     """Turn one image into mllama's ``inp_raw``, ``aspect_ratio_ids`` and ``aspect_ratio_mask``."""
     config.validate()
     tile, hf = config.tile_size, config.convention == "hf"
