@@ -73,6 +73,8 @@ class TensorHook:
         self.counters = HookCounters()
         self.error: str | None = None
         self.interrupted = False
+        # Address of the tensor being handed to the sink, for checks that re-read it later.
+        self.last_address = 0
         self._eval_index = -1
         self._reset_evaluation()
         self.callback = EvalCallback(self._on_eval)
@@ -163,6 +165,7 @@ class TensorHook:
 
     def _capture(self, tensor: Tensor, node_index: int, occurrence: int, is_leaf: bool, consumer: str) -> None:
         readout = read_tensor(tensor)
+        self.last_address = tensor.address
         view_source = tensor.view_source
         record = TensorRecord(
             name=tensor.name,

@@ -1,0 +1,321 @@
+"""build_mllama: the Llama 3.2 Vision encoder and projector as a ggml graph.
+
+Mirrors transformers' ``MllamaVisionModel.forward`` plus
+``multi_modal_projector`` op for op (``docs/mllama.md`` lists every named
+tensor).  Dimensions below are ggml ``ne`` (fastest first): ``H`` hidden
+size, ``P`` patches per tile + 1 class token, ``Pp`` that padded to a
+multiple of 8, ``T`` max tiles, ``N = T * Pp`` the sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from inspector import gguf_info
+from inspector.errors import InspectorError, ModelError
+from inspector.ggml.graph import (
+    GGML_BACKEND_BUFFER_USAGE_WEIGHTS,
+    Backend,
+    Context,
+    set_data,
+)
+from inspector.ggml.tensor import Tensor
+from inspector.mllama import gguf_layout as L
+
+GRAPH_SIZE = 16384
+F32_MIN = float(np.finfo(np.float32).min)
+
+
+@dataclass(frozen=True)
+class VisionHParams:
+    image_size: int
+    patch_size: int
+    max_tiles: int
+    hidden: int
+    ffn: int
+    heads: int
+    eps: float
+    n_layers: int
+    n_global_layers: int
+    intermediate: tuple[int, ...]
+    projection_dim: int
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_positions(self) -> int:
+        """Patches per tile plus the class token."""
+        return self.patches + 1
+
+    @property
+    def num_padding(self) -> int:
+        return (8 - self.num_positions % 8) % 8
+
+    @property
+    def padded_positions(self) -> int:
+        return self.num_positions + self.num_padding
+
+    @property
+    def sequence(self) -> int:
+        return self.max_tiles * self.padded_positions
+
+
+def read_hparams(reader) -> VisionHParams:
+    def value(key: str):
+        found = gguf_info.field_value(reader, key)
+        if found is None:
+            raise ModelError(f"the GGUF has no {key}: not an mllama vision GGUF (ggml-inspector mllama convert)")
+        return found
+
+    if gguf_info.field_value(reader, "general.architecture") != L.ARCH:
+        raise ModelError(f"the GGUF's architecture is not {L.ARCH!r}; convert a checkpoint with "
+                         "'ggml-inspector mllama convert'")
+    intermediate = reader.get_field(L.KEY_INTERMEDIATE)
+    return VisionHParams(
+        image_size=int(value(L.KEY_IMAGE_SIZE)), patch_size=int(value(L.KEY_PATCH_SIZE)),
+        max_tiles=int(value(L.KEY_MAX_TILES)), hidden=int(value(L.KEY_HIDDEN)), ffn=int(value(L.KEY_FFN)),
+        heads=int(value(L.KEY_HEADS)), eps=float(value(L.KEY_EPS)), n_layers=int(value(L.KEY_LAYERS)),
+        n_global_layers=int(value(L.KEY_GLOBAL_LAYERS)),
+        intermediate=tuple(int(intermediate.parts[i][0]) for i in intermediate.data),
+        projection_dim=int(value(L.KEY_PROJECTION_DIM)),
+    )
+
+
+@dataclass
+class VisionWeights:
+    """The GGUF's tensors, allocated in backend buffers; layers below ``offload_layers`` on ``offload``."""
+
+    hparams: VisionHParams
+    tensors: dict[str, int]
+    placement: dict[str, str]
+    contexts: list[Context] = field(default_factory=list)
+    buffers: list[int] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> int:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise ModelError(f"the GGUF lacks tensor {name!r}") from None
+
+    def free(self) -> None:
+        for buffer in self.buffers:
+            self.contexts[0].lib.base.ggml_backend_buffer_free(buffer)
+        for context in self.contexts:
+            context.free()
+        self.buffers.clear()
+        self.contexts.clear()
+
+
+def _on_offload(name: str, offload_layers: int) -> bool:
+    """Local layers 0..n-1 go to the offload backend, like llama.cpp's n_gpu_layers."""
+    parts = name.split(".")
+    return len(parts) > 2 and parts[1] == "blk" and int(parts[2]) < offload_layers
+
+
+def load_weights(path: str | Path, cpu: Backend, offload: Backend | None = None,
+                 offload_layers: int = 0) -> VisionWeights:
+    """Read the GGUF (validated) and upload its tensors to the CPU and, optionally, an offload backend."""
+    reader = gguf_info.open_gguf(path)
+    hparams = read_hparams(reader)
+    groups: dict[str, list] = {"cpu": [], "offload": []}
+    for tensor in reader.tensors:
+        target = "offload" if offload is not None and _on_offload(tensor.name, offload_layers) else "cpu"
+        groups[target].append(tensor)
+    weights = VisionWeights(hparams, {}, {})
+    for target, members in groups.items():
+        if not members:
+            continue
+        backend = offload if target == "offload" else cpu
+        context = Context(len(members) + 1)
+        weights.contexts.append(context)
+        for tensor in members:
+            if tensor.tensor_type.name not in ("F32", "F16"):
+                raise ModelError(f"tensor {tensor.name} is {tensor.tensor_type.name}; only F32/F16 are supported")
+            dtype = np.float32 if tensor.tensor_type.name == "F32" else np.float16
+            ne = tuple(int(n) for n in tensor.shape)
+            weights.tensors[tensor.name] = context.tensor(dtype, ne, tensor.name)
+        buffer = context.lib.base.ggml_backend_alloc_ctx_tensors_from_buft(context.address, backend.buffer_type)
+        if not buffer:
+            raise InspectorError(f"cannot allocate the weights on {backend.name}")
+        context.lib.base.ggml_backend_buffer_set_usage(buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+        weights.buffers.append(buffer)
+        for tensor in members:
+            set_data(context.lib, weights.tensors[tensor.name], np.asarray(tensor.data))
+            weights.placement[tensor.name] = backend.name
+    return weights
+
+
+def attention_mask(hparams: VisionHParams, aspect_ratio_mask: np.ndarray) -> np.ndarray:
+    """HF's ``_prepare_aspect_ratio_attention_mask``: (N, N) additive mask, numpy (query, key).
+
+    A pair is masked (float32 min) when *both* positions are padding patches or
+    lie in masked tiles; so real positions attend to everything, as in HF.
+    HF slices ``[-pad:]``, which with no padding selects every position: kept.
+    """
+    tiles = hparams.max_tiles
+    keep = np.repeat(aspect_ratio_mask.reshape(tiles, 1).astype(np.float32), hparams.padded_positions, axis=1)
+    if hparams.num_padding:
+        keep[:, -hparams.num_padding:] = 0
+    else:
+        keep[:] = 0  # HF's attention_mask[..., -0:] selects every position
+    inverted = (1 - keep).reshape(-1, 1)
+    return (inverted @ inverted.T * np.float32(F32_MIN)).astype(np.float32)
+
+
+@dataclass
+class MllamaGraph:
+    """A built graph: its context, cgraph, named input tensors and selected outputs."""
+
+    context: Context
+    graph: int
+    inputs: dict[str, int]
+    outputs: dict[str, int]
+
+    def free(self) -> None:
+        self.context.free()
+
+
+class _Builder:
+    def __init__(self, context: Context, weights: VisionWeights) -> None:
+        self.c = context
+        self.w = weights
+        self.h = weights.hparams
+
+    def named(self, tensor: int, name: str) -> int:
+        return self.c.name(tensor, name)
+
+    def layer_norm(self, x: int, prefix: str, eps: float) -> int:
+        c = self.c
+        return c.add(c.mul(c.norm(x, eps), self.w[prefix + "weight"]), self.w[prefix + "bias"])
+
+    def linear(self, x: int, prefix: str, bias: bool) -> int:
+        y = self.c.mul_mat(self.w[prefix + "weight"], x)
+        return self.c.add(y, self.w[prefix + "bias"]) if bias else y
+
+    def layer(self, x: int, mask: int, prefix: str, gated: bool, suffix: str) -> int:
+        c, h = self.c, self.h
+        head_dim = h.hidden // h.heads
+        n = h.sequence
+        y = self.named(self.layer_norm(x, prefix + "ln1.", h.eps), f"attn_norm{suffix}")
+        q = c.permute(c.reshape_3d(self.linear(y, prefix + "attn_q.", False), head_dim, h.heads, n), 0, 2, 1, 3)
+        k = c.permute(c.reshape_3d(self.linear(y, prefix + "attn_k.", False), head_dim, h.heads, n), 0, 2, 1, 3)
+        v = c.cont(c.permute(c.reshape_3d(self.linear(y, prefix + "attn_v.", False), head_dim, h.heads, n),
+                             1, 2, 0, 3))
+        scores = self.named(c.mul_mat(k, q), f"kq{suffix}")
+        probs = self.named(c.soft_max_ext(scores, mask, 1.0 / math.sqrt(head_dim), 0.0), f"kq_soft_max{suffix}")
+        attended = c.cont(c.permute(c.mul_mat(v, probs), 0, 2, 1, 3))
+        out = self.named(self.linear(c.reshape_2d(attended, h.hidden, n), prefix + "attn_out.", False),
+                         f"attn_out{suffix}")
+        if gated:
+            out = c.mul(out, c.tanh(self.w[prefix + "gate_attn"]))
+        x = self.named(c.add(x, out), f"ffn_inp{suffix}")
+        y = self.layer_norm(x, prefix + "ln2.", h.eps)
+        y = self.named(c.gelu_erf(self.linear(y, prefix + "ffn_up.", True)), f"ffn_act{suffix}")
+        y = self.named(self.linear(y, prefix + "ffn_down.", True), f"ffn_out{suffix}")
+        if gated:
+            y = c.mul(y, c.tanh(self.w[prefix + "gate_ffn"]))
+        return c.add(x, y)
+
+    def patch_embedding(self, inp_raw: int, grid: int) -> int:
+        """The stride-14 convolution as im2col + mul_mat, like ``ggml_conv_2d`` but in f32.
+
+        ``ggml_conv_2d`` always builds its im2col in f16, rounding every pixel
+        of the image to f16 before the matmul: NMSE ~7e-8 against HF at the
+        first tensor.  An f32 im2col (f16 only for an f16 kernel) keeps parity.
+        """
+        c, h = self.c, self.h
+        kernel = self.w["v.patch_embd.weight"]
+        im2col_type = 1 if Tensor(c.lib, kernel).ggml_type == 1 else 0
+        columns = c.im2col(kernel, inp_raw, h.patch_size, h.patch_size, 0, 0, 1, 1, True, im2col_type)
+        k = h.patch_size * h.patch_size * 3
+        patches = c.mul_mat(c.reshape_2d(columns, k, grid * grid * h.max_tiles), c.reshape_2d(kernel, k, h.hidden))
+        # [patches * T, H] -> [H, patches, T]
+        return c.cont(c.permute(c.reshape_3d(patches, grid * grid, h.max_tiles, h.hidden), 1, 2, 0, 3))
+
+    def tile_embedding(self, x: int, table: str, gate: str, positions: int) -> int:
+        """Gated per-aspect-ratio embedding (one row per id) broadcast over positions."""
+        c, h = self.c, self.h
+        rows = c.get_rows(self.w[table], self.ids)
+        rows = c.reshape_3d(rows, h.hidden, positions, h.max_tiles)
+        return c.add(x, c.mul(rows, c.tanh(self.w[gate])))
+
+    def remove_padding(self, x: int, width: int) -> int:
+        """[width, Pp, T] -> [width, P, T]."""
+        c, h = self.c, self.h
+        padded = c.reshape_3d(x, width, h.padded_positions, h.max_tiles)
+        element = 4
+        view = c.view_3d(padded, width, h.num_positions, h.max_tiles, width * element,
+                         width * element * h.padded_positions, 0)
+        return c.cont(view)
+
+    def build(self, probes: tuple[str, ...]) -> tuple[dict[str, int], dict[str, int], list[int]]:
+        c, h, w = self.c, self.h, self.w
+        s, t = h.image_size, h.max_tiles
+        inp_raw = c.tensor(np.float32, (s, s, 3, t), "inp_raw")
+        self.ids = c.tensor(np.int32, (1,), "aspect_ratio_ids")
+        mask = c.tensor(np.float32, (h.sequence, h.sequence), "attn_mask")
+        for tensor in (inp_raw, self.ids, mask):
+            c.lib.base.ggml_set_input(tensor)
+        named: dict[str, int] = {}
+
+        def keep(tensor: int, name: str) -> int:
+            named[name] = self.named(tensor, name)
+            return tensor
+
+        grid = s // h.patch_size
+        x = keep(self.patch_embedding(inp_raw, grid), "patch_embd")  # [H, patches, T]
+        x = keep(self.tile_embedding(x, "v.pre_tile_embd", "v.pre_tile_gate", 1), "pre_tile_pos_embd")
+        row_bytes = h.hidden * 4
+        template = c.view_3d(x, h.hidden, 1, t, row_bytes, row_bytes * h.patches, 0)  # shape [H, 1, T]
+        cls = c.repeat(c.reshape_3d(w["v.class_embd"], h.hidden, 1, 1), template)
+        x = keep(c.concat(cls, x, 1), "cls_embd")  # [H, P, T]
+        gate = c.tanh(w["v.pos_gate"])
+        x = c.add(x, c.mul(w["v.pos_embd"], c.scale_bias(gate, -1.0, 1.0)))
+        x = keep(self.tile_embedding(x, "v.tile_pos_embd", "v.pos_gate", h.num_positions), "pos_embd")
+        x = keep(self.layer_norm(x, "v.ln_pre.", 1e-5), "ln_pre")
+        x = c.reshape_2d(c.pad(x, 0, h.num_padding, 0, 0), h.hidden, h.sequence)
+        intermediates = {}
+        for index in range(h.n_layers):
+            x = keep(self.layer(x, mask, L.layer_prefix(False, index), False, f"-{index}"), f"layer_out-{index}")
+            if index in h.intermediate:
+                intermediates[index] = x
+        x = keep(self.layer_norm(x, "v.ln_post.", 1e-5), "ln_post")
+        x = c.reshape_3d(x, h.hidden, h.padded_positions, t)
+        x = keep(self.tile_embedding(x, "v.post_tile_embd", "v.post_tile_gate", 1), "post_tile_pos_embd")
+        x = c.reshape_2d(x, h.hidden, h.sequence)
+        for index in range(h.n_global_layers):
+            x = keep(self.layer(x, mask, L.layer_prefix(True, index), True, f"-g{index}"),
+                     f"global_layer_out-{index}")
+        final = self.remove_padding(x, h.hidden)
+        stacked = None
+        for index in h.intermediate:
+            column = c.reshape_3d(intermediates[index], 1, h.hidden, h.sequence)
+            stacked = column if stacked is None else c.concat(stacked, column, 0)
+        stacked = keep(self.remove_padding(stacked, h.hidden * len(h.intermediate)), "intermediate_out")
+        vision = keep(c.concat(final, stacked, 0), "vision_out")
+        projected = keep(self.linear(vision, "mm.proj.", True), "ca_patch_embd")
+        extra = []
+        for probe in probes:
+            if probe not in named:
+                raise InspectorError(f"--probe {probe!r}: no such tensor; choose from {', '.join(named)}")
+            extra.append(self.named(c.dup(named[probe]), f"{probe}_copy"))
+        inputs = {"inp_raw": inp_raw, "aspect_ratio_ids": self.ids, "attn_mask": mask}
+        return inputs, {**named, "ca_patch_embd": projected}, extra
+
+
+def build_mllama(weights: VisionWeights, probes: tuple[str, ...] = ()) -> MllamaGraph:
+    """Build the vision encoder + projector graph on ``weights`` (inputs unallocated)."""
+    context = Context(GRAPH_SIZE, weights.contexts[0].lib)
+    inputs, outputs, extra = _Builder(context, weights).build(probes)
+    lib = context.lib.base
+    graph = lib.ggml_new_graph_custom(context.address, GRAPH_SIZE, False)
+    lib.ggml_build_forward_expand(graph, outputs["ca_patch_embd"])
+    for probe in extra:
+        lib.ggml_build_forward_expand(graph, probe)
+    return MllamaGraph(context, graph, inputs, outputs)

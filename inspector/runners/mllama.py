@@ -1,0 +1,180 @@
+"""Run build_mllama on a real ggml_backend_sched with a TensorHook, optionally offloading layers.
+
+Offload works like llama.cpp's ``n_gpu_layers``: the weights of the first N
+local layers live in the second backend's buffers (an RPC server, or a GPU
+device), so the scheduler runs those layers there and copies activations
+across the boundary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from inspector import rpc
+from inspector.errors import InspectorError
+from inspector.ggml import load, read_tensor
+from inspector.ggml.graph import Backend, init_backend, set_data
+from inspector.ggml.tensor import Tensor
+from inspector.hook import HookCounters, TensorHook
+from inspector.metrics import compare_arrays
+from inspector.mllama.model import MllamaGraph, VisionWeights, attention_mask, build_mllama, load_weights
+from inspector.mllama.preprocess import PreprocessConfig, Preprocessed, load_image, preprocess
+from inspector.record import TensorRecord
+from inspector.selection import Selection
+from inspector.store import DumpWriter
+from inspector.system import system_facts
+
+
+@dataclass
+class EncodeConfig:
+    model: str
+    image: str
+    threads: int = 1
+    offload_layers: int = 0
+    rpc: list[str] = field(default_factory=list)
+    device: str | None = None
+    probes: list[str] = field(default_factory=list)
+    loader: str = "pil"
+
+
+@dataclass
+class LateRead:
+    """A captured tensor re-read from the scheduler's buffer after the run."""
+
+    name: str
+    occurrence: int
+    overwritten: bool
+    nmse: float
+
+
+@dataclass
+class EncodeSummary:
+    path: Path
+    tensors: int
+    seconds: float
+    counters: HookCounters
+    geometry: dict
+    placement: dict[str, str]
+    late_reads: list[LateRead] = field(default_factory=list)
+
+
+class Session:
+    """Backends, weights and scheduler for repeated graph computations on one model."""
+
+    def __init__(self, config: EncodeConfig) -> None:
+        self.lib = load()
+        self.config = config
+        self.backends: list[Backend] = []
+        self.sched = None
+        if config.rpc:
+            devices = rpc.add_servers(config.rpc)
+            offload_name = config.device or devices[0]
+        else:
+            offload_name = config.device
+        if config.offload_layers and offload_name is None:
+            raise InspectorError("--offload-layers needs --rpc HOST:PORT or --device NAME")
+        self.cpu = init_backend(self.lib, None, config.threads)
+        self.offload = init_backend(self.lib, offload_name, config.threads) if offload_name else None
+        self.backends = [b for b in (self.offload, self.cpu) if b is not None]  # CPU last, as ggml requires
+        self.weights: VisionWeights = load_weights(config.model, self.cpu, self.offload, config.offload_layers)
+        array = (ctypes.c_void_p * len(self.backends))(*[b.address for b in self.backends])
+        self.sched = self.lib.ggml.ggml_backend_sched_new(array, None, len(self.backends), 16384, False, False)
+        if not self.sched:
+            raise InspectorError("ggml_backend_sched_new failed")
+
+    def preprocess(self, image_path: str) -> Preprocessed:
+        h = self.weights.hparams
+        config = PreprocessConfig(tile_size=h.image_size, max_tiles=h.max_tiles,
+                                  patch_size=h.patch_size)
+        return preprocess(load_image(image_path, self.config.loader), config)
+
+    def compute(self, graph: MllamaGraph, inputs: Preprocessed, hook: TensorHook | None) -> None:
+        """Allocate ``graph`` on the scheduler, set its inputs, compute it (the hook sees every node)."""
+        lib = self.lib
+        lib.ggml.ggml_backend_sched_reset(self.sched)
+        callback = hook.callback if hook is not None else None
+        lib.ggml.ggml_backend_sched_set_eval_callback(self.sched, ctypes.cast(callback, ctypes.c_void_p)
+                                                      if callback else None, None)
+        if not lib.ggml.ggml_backend_sched_alloc_graph(self.sched, graph.graph):
+            raise InspectorError("the scheduler could not allocate the graph")
+        h = self.weights.hparams
+        set_data(lib, graph.inputs["inp_raw"], inputs.inp_raw)
+        set_data(lib, graph.inputs["aspect_ratio_ids"], inputs.aspect_ratio_ids.astype(np.int32))
+        set_data(lib, graph.inputs["attn_mask"], attention_mask(h, inputs.aspect_ratio_mask))
+        status = lib.ggml.ggml_backend_sched_graph_compute(self.sched, graph.graph)
+        if status != 0:
+            raise InspectorError(f"graph compute failed with status {status}")
+
+    def close(self) -> None:
+        if self.sched:
+            self.lib.ggml.ggml_backend_sched_free(self.sched)
+            self.sched = None
+        self.weights.free()
+        for backend in self.backends:
+            self.lib.ggml.ggml_backend_free(backend.address)
+        self.backends = []
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def late_read(lib, kept: dict[int, tuple[TensorRecord, np.ndarray]]) -> list[LateRead]:
+    """Re-read every kept tensor from its buffer now and compare with the copy taken at compute time."""
+    results = []
+    for address, (record, captured) in kept.items():
+        now = read_tensor(Tensor(lib, address)).array
+        metrics = compare_arrays(captured, now)
+        results.append(LateRead(record.name, record.occurrence, not metrics.identical, metrics.nmse))
+    return results
+
+
+def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, overwrite: bool = False,
+           sched_check: bool = False, progress: Callable[[str], None] = lambda _m: None) -> EncodeSummary:
+    """Preprocess, build, compute and capture; with ``sched_check``, run a second graph and re-read."""
+    started = time.perf_counter()
+    with Session(config) as session:
+        inputs = session.preprocess(config.image)
+        geometry = inputs.geometry.as_dict()
+        run_config = {"runner": "mllama", **asdict(config), "hparams": asdict(session.weights.hparams),
+                      "backends": [b.name for b in session.backends], "geometry": geometry,
+                      "select": {"globs": list(selection.globs), "regexes": list(selection.regexes)}}
+        kept: dict[int, tuple[TensorRecord, np.ndarray]] = {}
+        with DumpWriter(output, run_config, system_facts(session.lib), overwrite=overwrite) as writer:
+            def sink(record: TensorRecord, array: np.ndarray) -> None:
+                writer.write(record, array)
+                if sched_check and not record.is_leaf:
+                    kept[hook.last_address] = (record, array)
+
+            hook = TensorHook(selection, sink, session.lib)
+            graph = build_mllama(session.weights, tuple(config.probes))
+            try:
+                eval_index = writer.begin_evaluation("encode", {"geometry": geometry, "image": config.image})
+                hook.begin_evaluation(eval_index)
+                progress(f"computing the vision graph on {', '.join(b.name for b in session.backends)}")
+                session.compute(graph, inputs, hook)
+                if hook.error:
+                    raise InspectorError(f"capture stopped: {hook.error.splitlines()[-1]}")
+                late_reads = []
+                if sched_check:
+                    progress("running a second, different graph on the same scheduler, then re-reading")
+                    other = build_mllama(session.weights, ("ln_pre",))
+                    flipped = session.preprocess(config.image)
+                    flipped.inp_raw = np.ascontiguousarray(flipped.inp_raw[..., ::-1])
+                    session.compute(other, flipped, None)
+                    late_reads = late_read(session.lib, kept)
+                    other.free()
+                writer.set_result({"late_reads": [asdict(r) for r in late_reads]} if sched_check else {})
+            finally:
+                graph.free()
+        return EncodeSummary(Path(output), writer.tensor_count, time.perf_counter() - started, hook.counters,
+                             geometry, session.weights.placement, late_reads)
+
