@@ -505,3 +505,93 @@ def diff_preprocess(image: Path, against: Path, name: str, tile_size: int, max_t
                        number(s.std_reference), number(s.std_other), number(s.nmse)] for s in diagnosis.stats],
                      right_align={0, 2, 3, 4, 5, 6}))
     sys.exit(1)
+
+
+@main.group()
+def mllama() -> None:
+    """Llama 3.2 Vision: convert the vision tower, encode images with build_mllama, scheduler checks."""
+
+
+@mllama.command("convert")
+@click.argument("hf_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True)
+@click.option("--overwrite", is_flag=True)
+def mllama_convert(hf_dir: Path, output: Path, dtype: str, overwrite: bool) -> None:
+    """Convert a Hugging Face Mllama checkpoint's vision tower and projector to GGUF (no torch needed)."""
+    from inspector.mllama.convert import convert
+
+    if output.exists() and not overwrite:
+        raise InspectorError(f"{output} exists; pass --overwrite to replace it")
+    path = convert(hf_dir, output, dtype)
+    click.echo(f"wrote {path} ({human_bytes(path.stat().st_size)})", err=True)
+
+
+def _encode_options(function):
+    options = [
+        click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--image", type=click.Path(path_type=Path), required=True),
+        click.option("-t", "--tensor", "globs", multiple=True, help="Glob over tensor names (default: all)."),
+        click.option("--offload-layers", default=0, show_default=True,
+                     help="Local layers whose weights live on the offload backend."),
+        click.option("--rpc", "rpc_endpoints", multiple=True, metavar="HOST:PORT",
+                     help="Offload to a ggml RPC server."),
+        click.option("--device", default=None, help="Offload to this ggml device (e.g. CUDA0)."),
+        click.option("--threads", type=int, default=None),
+        click.option("--loader", type=click.Choice(["pil", "hf-path"]), default="pil", show_default=True),
+        click.option("-o", "--output", type=click.Path(path_type=Path), default=None),
+        click.option("--overwrite", is_flag=True),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _encode(model: Path, image: Path, globs: tuple[str, ...], offload_layers: int, rpc_endpoints: tuple[str, ...],
+            device: str | None, threads: int | None, loader: str, output: Path | None, overwrite: bool,
+            probes: tuple[str, ...], sched_check: bool):
+    from inspector.runners.mllama import EncodeConfig, encode
+    from inspector.selection import Selection
+
+    config = EncodeConfig(model=str(model), image=str(image), threads=threads or os.cpu_count() or 1,
+                          offload_layers=offload_layers, rpc=list(rpc_endpoints), device=device,
+                          probes=list(probes), loader=loader)
+    output = output or Path(DEFAULT_DUMP_DIR) / f"mllama-{image.stem}.h5"
+    summary = encode(config, Selection(globs=globs), output, overwrite=overwrite, sched_check=sched_check,
+                     progress=lambda message: click.echo(message, err=True))
+    placed = sorted(set(summary.placement.values()))
+    click.echo(f"captured {summary.tensors} tensors in {summary.seconds:.2f} s (weights on {', '.join(placed)}) "
+               f"-> {summary.path}", err=True)
+    return summary
+
+
+@mllama.command("encode")
+@_encode_options
+@click.option("--probe", "probes", multiple=True, help="Add a copy of this tensor to the graph (NAME_copy).")
+def mllama_encode(probes: tuple[str, ...], **options: Any) -> None:
+    """Preprocess IMAGE, run build_mllama on a scheduler and capture the selected tensors."""
+    _encode(probes=probes, sched_check=False, **options)
+
+
+@mllama.command("sched-check")
+@_encode_options
+def mllama_sched_check(**options: Any) -> None:
+    """Show scheduler buffer reuse: re-read captured tensors after a second graph ran on the same scheduler.
+
+    Exit code 0 always (overwritten tensors are the expected finding); the
+    table says which tensors' memory no longer holds what was computed.
+    """
+    summary = _encode(probes=(), sched_check=True, **options)
+    reads = summary.late_reads
+
+    def state(overwritten: bool) -> str:
+        return "OVERWRITTEN" if overwritten else "intact"
+
+    click.echo(table(["tensor", "after its own graph", "after the next graph", "nmse vs capture"],
+                     [[r.name + (f" #{r.occurrence}" if r.occurrence else ""), state(r.overwritten_by_own_graph),
+                       state(r.overwritten_by_next_graph), number(r.nmse_after_next_graph)] for r in reads],
+                     right_align={3}))
+    own = sum(r.overwritten_by_own_graph for r in reads)
+    later = sum(r.overwritten_by_next_graph for r in reads)
+    click.echo(f"{own} of {len(reads)} captured tensors were overwritten by later nodes of their own graph, "
+               f"{later} after the next graph ran on the same scheduler; the hook's copies in the dump are intact")

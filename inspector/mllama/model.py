@@ -262,7 +262,7 @@ class _Builder:
         mask = c.tensor(np.float32, (h.sequence, h.sequence), "attn_mask")
         for tensor in (inp_raw, self.ids, mask):
             c.lib.base.ggml_set_input(tensor)
-        named: dict[str, int] = {}
+        named: dict[str, int] = {"inp_raw": inp_raw, "aspect_ratio_ids": self.ids}
 
         def keep(tensor: int, name: str) -> int:
             named[name] = self.named(tensor, name)
@@ -299,14 +299,14 @@ class _Builder:
             stacked = column if stacked is None else c.concat(stacked, column, 0)
         stacked = keep(self.remove_padding(stacked, h.hidden * len(h.intermediate)), "intermediate_out")
         vision = keep(c.concat(final, stacked, 0), "vision_out")
-        projected = keep(self.linear(vision, "mm.proj.", True), "ca_patch_embd")
+        keep(self.linear(vision, "mm.proj.", True), "ca_patch_embd")
         extra = []
         for probe in probes:
             if probe not in named:
                 raise InspectorError(f"--probe {probe!r}: no such tensor; choose from {', '.join(named)}")
             extra.append(self.named(c.dup(named[probe]), f"{probe}_copy"))
         inputs = {"inp_raw": inp_raw, "aspect_ratio_ids": self.ids, "attn_mask": mask}
-        return inputs, {**named, "ca_patch_embd": projected}, extra
+        return inputs, named, extra
 
 
 def build_mllama(weights: VisionWeights, probes: tuple[str, ...] = ()) -> MllamaGraph:

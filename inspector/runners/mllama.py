@@ -45,12 +45,13 @@ class EncodeConfig:
 
 @dataclass
 class LateRead:
-    """A captured tensor re-read from the scheduler's buffer after the run."""
+    """A captured tensor re-read from the scheduler's buffer: right after its graph, and after another graph."""
 
     name: str
     occurrence: int
-    overwritten: bool
-    nmse: float
+    overwritten_by_own_graph: bool
+    overwritten_by_next_graph: bool
+    nmse_after_next_graph: float
 
 
 @dataclass
@@ -127,13 +128,12 @@ class Session:
         self.close()
 
 
-def late_read(lib, kept: dict[int, tuple[TensorRecord, np.ndarray]]) -> list[LateRead]:
-    """Re-read every kept tensor from its buffer now and compare with the copy taken at compute time."""
-    results = []
-    for address, (record, captured) in kept.items():
-        now = read_tensor(Tensor(lib, address)).array
-        metrics = compare_arrays(captured, now)
-        results.append(LateRead(record.name, record.occurrence, not metrics.identical, metrics.nmse))
+def late_read(lib, kept: dict[int, tuple[TensorRecord, np.ndarray]]) -> dict[int, tuple[bool, float]]:
+    """Re-read every kept tensor from its buffer now: (overwritten?, NMSE) against the compute-time copy."""
+    results = {}
+    for address, (_record, captured) in kept.items():
+        metrics = compare_arrays(captured, read_tensor(Tensor(lib, address)).array)
+        results[address] = (not metrics.identical, metrics.nmse)
     return results
 
 
@@ -165,13 +165,17 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
                     raise InspectorError(f"capture stopped: {hook.error.splitlines()[-1]}")
                 late_reads = []
                 if sched_check:
+                    after_own = late_read(session.lib, kept)
                     progress("running a second, different graph on the same scheduler, then re-reading")
                     other = build_mllama(session.weights, ("ln_pre",))
                     flipped = session.preprocess(config.image)
                     flipped.inp_raw = np.ascontiguousarray(flipped.inp_raw[..., ::-1])
                     session.compute(other, flipped, None)
-                    late_reads = late_read(session.lib, kept)
+                    after_next = late_read(session.lib, kept)
                     other.free()
+                    late_reads = [LateRead(record.name, record.occurrence, after_own[address][0],
+                                           after_next[address][0], after_next[address][1])
+                                  for address, (record, _array) in kept.items()]
                 writer.set_result({"late_reads": [asdict(r) for r in late_reads]} if sched_check else {})
             finally:
                 graph.free()
