@@ -9,6 +9,7 @@ from pathlib import Path
 from inspector.capture import capture_llama
 from inspector.formatting import human_bytes, number, shape_text, table
 from inspector.models import TinyLlamaSpec, write_tiny_llama
+from inspector.rpc import LoopbackServer
 from inspector.runners.llama import LlamaRunConfig
 from inspector.selection import Selection
 from inspector.store import open_dump
@@ -38,10 +39,40 @@ def run_demo(output_dir: Path, echo: Callable[[str], None] = print) -> Path:
     echo(table(["node", "name", "op", "type", "shape", "buffer", "mean", "std"], rows, right_align={0, 6, 7}))
     echo("4. offload sweep: 0, 2 and all layers on a loopback ggml RPC server standing in for a GPU,")
     echo("   each run compared with the CPU-only one (l_out-* and the logits):")
-    result = run_sweep(replace(config, n_predict=0), [0, 2, ALL_LAYERS], [], "auto",
-                       Selection(globs=("l_out-*", "result_output")), output_dir / "sweep", preset("f32"),
-                       overwrite=True, progress=lambda message: echo(f"   {message}"))
-    echo(render_matrix(result.summary))
+    # One server for the whole demo: ggml cannot unregister an RPC device once added.
+    with LoopbackServer(threads=1) as server:
+        echo(f"   loopback RPC server on {server.endpoint}")
+        result = run_sweep(replace(config, n_predict=0), [0, 2, ALL_LAYERS], [], server.endpoint,
+                           Selection(globs=("l_out-*", "result_output")), output_dir / "sweep", preset("f32"),
+                           overwrite=True, progress=lambda message: echo(f"   {message}"))
+        echo(render_matrix(result.summary))
+        echo("5. a tiny mllama vision encoder (build_mllama) on a generated image, offloading 2 of 4 layers")
+        echo("   to the same RPC server; the layer outputs and the projector output ca_patch_embd:")
+        encode_path = _mllama_demo(output_dir, server.endpoint, echo)
     echo(f"next: ggml-inspector ls {dump_path}  |  ggml-inspector show {dump_path} l_out-3  |  "
-         f"ggml-inspector compare {result.runs[0].dump} {result.runs[-1].dump}")
+         f"ggml-inspector compare {result.runs[0].dump} {result.runs[-1].dump}  |  "
+         f"ggml-inspector ls {encode_path}")
+    return dump_path
+
+
+def _mllama_demo(output_dir: Path, endpoint: str, echo: Callable[[str], None]) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    from inspector.models.tiny_mllama import write_tiny_mllama
+    from inspector.runners.mllama import EncodeConfig, encode
+
+    model = write_tiny_mllama(output_dir / "tiny-mllama-vision.gguf")
+    image = output_dir / "demo-image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)).save(image)
+    dump_path = output_dir / "mllama-encode.h5"
+    summary = encode(EncodeConfig(model=str(model), image=str(image), offload_layers=2, rpc=[endpoint]),
+                     Selection(globs=("inp_raw", "layer_out-?", "ca_patch_embd")), dump_path, overwrite=True)
+    g = summary.geometry
+    echo(f"   image {g['original_wh'][0]}×{g['original_wh'][1]} (w×h) -> {g['num_tiles']} tiles, aspect ratio id "
+         f"{g['aspect_ratio_id']}; captured {summary.tensors} tensors -> {dump_path}")
+    with open_dump(dump_path) as dump:
+        rows = [[str(e.node_index), e.name, e.op, shape_text(e.shape), e.buffer, number(e.stats.std)]
+                for e in dump.entries()]
+    echo(table(["node", "name", "op", "shape", "buffer", "std"], rows, right_align={0, 5}))
     return dump_path

@@ -30,11 +30,15 @@ def ggml_devices(lib: GgmlLibraries) -> list[dict[str, Any]]:
     devices = []
     for index in range(registry.ggml_backend_dev_count()):
         device = registry.ggml_backend_dev_get(index)
+        name = registry.ggml_backend_dev_name(device).decode(errors="replace")
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        registry.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
+        # Asking an RPC device for its memory is a network call, and ggml aborts the
+        # process if that server has gone away (a registered device cannot be removed).
+        if not name.startswith("RPC"):
+            registry.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
         kind = registry.ggml_backend_dev_type(device)
         devices.append({
-            "name": registry.ggml_backend_dev_name(device).decode(errors="replace"),
+            "name": name,
             "description": registry.ggml_backend_dev_description(device).decode(errors="replace"),
             "type": GGML_BACKEND_DEVICE_TYPES.get(kind, str(kind)),
             "memory_free": free.value,
