@@ -66,6 +66,9 @@ class InspectorGroup(click.Group):
 @click.version_option(TOOL_VERSION, prog_name="ggml-inspector")
 def main() -> None:
     """Capture, inspect and compare the tensors of ggml compute graphs."""
+    if not os.environ.get("GGML_INSPECTOR_DEBUG"):
+        # ggml prints a gdb backtrace on an internal abort; its one-line assertion is enough here.
+        os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
 
 def _default_output(stem: str) -> Path:
