@@ -598,3 +598,159 @@ def mllama_sched_check(**options: Any) -> None:
     later = sum(r.overwritten_by_next_graph for r in reads)
     click.echo(f"{own} of {len(reads)} captured tensors were overwritten by later nodes of their own graph, "
                f"{later} after the next graph ran on the same scheduler; the hook's copies in the dump are intact")
+
+
+PLOT_DIR = Path(DEFAULT_DUMP_DIR) / "plots"
+
+
+def _plot_output(output: Path | None, stem: str) -> Path:
+    return output or PLOT_DIR / f"{stem}.png"
+
+
+def _saved(plot, output: Path) -> None:
+    path = plot.save(output)
+    click.echo(f"wrote {path}", err=True)
+
+
+def _plot_common(function):
+    function = click.option("--title", default=None, help="Figure title.")(function)
+    function = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                            help="Image file: .png, .svg or .pdf (default: dumps/plots/...).")(function)
+    return function
+
+
+@main.group()
+def plot() -> None:
+    """Plot activations, differences, mllama tiles and sweeps (matplotlib, headless)."""
+
+
+@plot.command("stats")
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.option("-t", "--tensor", "globs", multiple=True, help="Tensors to plot (default: all of the evaluation).")
+@click.option("--eval", "eval_index", default=0, show_default=True)
+@click.option("--stat", "statistic", default=None, help="Only this statistic: mean, std, min, max, absmax, rms.")
+@_plot_common
+def plot_stats(dump: Path, globs: tuple[str, ...], eval_index: int, statistic: str | None, output: Path | None,
+               title: str | None) -> None:
+    """Per-layer mean, std, min, max, abs-max and RMS: where activations blow up."""
+    from inspector import plots
+
+    with open_dump(dump) as opened:
+        _saved(plots.stats(opened, list(globs), eval_index, statistic, title),
+               _plot_output(output, f"{dump.stem}-stats"))
+
+
+@plot.command("hist")
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.argument("tensor")
+@click.option("--eval", "eval_index", type=int, default=None)
+@click.option("--occurrence", default=0, show_default=True)
+@click.option("--log", is_flag=True, help="Logarithmic counts.")
+@_plot_common
+def plot_hist(dump: Path, tensor: str, eval_index: int | None, occurrence: int, log: bool, output: Path | None,
+              title: str | None) -> None:
+    """Value histogram of one tensor, NaN/Inf counts in the legend."""
+    from inspector import plots
+
+    with open_dump(dump) as opened:
+        entry = opened.find(tensor, eval_index, occurrence)
+        _saved(plots.histogram(opened, entry, log, title=title), _plot_output(output, f"{dump.stem}-hist"))
+
+
+@plot.command("heatmap")
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.argument("tensor")
+@click.option("--eval", "eval_index", type=int, default=None)
+@click.option("--occurrence", default=0, show_default=True)
+@click.option("--slice", "slicing", default=None,
+              help="numpy-order index per axis leaving two ranges, e.g. '0,:,:' (docs/plots.md).")
+@_plot_common
+def plot_heatmap(dump: Path, tensor: str, eval_index: int | None, occurrence: int, slicing: str | None,
+                 output: Path | None, title: str | None) -> None:
+    """2-D view of a tensor (e.g. tokens × channels) with robust colour limits."""
+    from inspector import plots
+
+    with open_dump(dump) as opened:
+        entry = opened.find(tensor, eval_index, occurrence)
+        _saved(plots.heatmap(opened, entry, slicing, title), _plot_output(output, f"{dump.stem}-heatmap"))
+
+
+@plot.command("diff")
+@click.argument("dump_a", type=click.Path(path_type=Path))
+@click.argument("dump_b", type=click.Path(path_type=Path))
+@click.argument("tensor", required=False)
+@click.option("-t", "--tensor-glob", "globs", multiple=True, help="Tensors to compare (A names).")
+@click.option("--tolerance", "preset_name", type=click.Choice(["exact", "f32", "f16", "quant"]), default="f32")
+@click.option("--eval", "eval_index", type=int, default=None)
+@click.option("--occurrence", default=0, show_default=True)
+@click.option("--slice", "slicing", default=None)
+@_plot_common
+def plot_diff(dump_a: Path, dump_b: Path, tensor: str | None, globs: tuple[str, ...], preset_name: str,
+              eval_index: int | None, occurrence: int, slicing: str | None, output: Path | None,
+              title: str | None) -> None:
+    """NMSE and max |a-b| along execution order with the first divergence; with TENSOR, B - A as a heatmap."""
+    from inspector import plots
+    from inspector.tolerance import preset
+
+    if tensor:
+        with open_dump(dump_a) as a, open_dump(dump_b) as b:
+            result = plots.element_difference(a, b, tensor, eval_index, occurrence, slicing, title)
+        _saved(result, _plot_output(output, f"{dump_a.stem}-vs-{dump_b.stem}-{tensor}"))
+        return
+    result = plots.difference_along_execution(dump_a, dump_b, preset(preset_name), list(globs) or None, title)
+    _saved(result, _plot_output(output, f"{dump_a.stem}-vs-{dump_b.stem}"))
+
+
+@plot.command("image")
+@click.argument("dumps", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--name", default="inp_raw", show_default=True)
+@_plot_common
+def plot_image(dumps: tuple[Path, ...], name: str, output: Path | None, title: str | None) -> None:
+    """inp_raw tiles rendered back to RGB in their grid; two dumps side by side with a difference panel."""
+    from inspector import plots
+
+    if len(dumps) > 2:
+        raise InspectorError("plot image takes one or two dumps")
+    opened = [open_dump(d) for d in dumps]
+    try:
+        result = plots.image(opened, name, title)
+    finally:
+        for dump in opened:
+            dump.close()
+    _saved(result, _plot_output(output, "-vs-".join(d.stem for d in dumps) + "-image"))
+
+
+@plot.command("sweep")
+@click.argument("summary", type=click.Path(path_type=Path))
+@click.option("--per-layer", is_flag=True)
+@_plot_common
+def plot_sweep(summary: Path, per_layer: bool, output: Path | None, title: str | None) -> None:
+    """The sweep matrix (tensors or layers × configurations) as an NMSE heatmap with buffer placement."""
+    from inspector import plots
+
+    if summary.is_dir():
+        summary = summary / "summary.json"
+    if not summary.is_file():
+        raise InspectorError(f"{summary}: no such sweep summary")
+    try:
+        document = json.loads(summary.read_text())
+        result = plots.sweep(document, per_layer, title)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InspectorError(f"{summary} is not a sweep summary: {error}") from None
+    _saved(result, _plot_output(output, f"{summary.parent.name}-sweep"))
+
+
+@main.command()
+@click.argument("dump_a", type=click.Path(path_type=Path))
+@click.argument("dump_b", type=click.Path(path_type=Path), required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file (default: dumps/report-<A>.html).")
+@click.option("--tolerance", "preset_name", type=click.Choice(["exact", "f32", "f16", "quant"]), default="f32")
+def report(dump_a: Path, dump_b: Path | None, output: Path | None, preset_name: str) -> None:
+    """Write one self-contained HTML report of run A, or of A compared with B (opens offline)."""
+    from inspector.report import write_report
+    from inspector.tolerance import preset
+
+    output = output or Path(DEFAULT_DUMP_DIR) / f"report-{dump_a.stem}{'-vs-' + dump_b.stem if dump_b else ''}.html"
+    path = write_report(dump_a, dump_b, output, preset(preset_name))
+    click.echo(f"wrote {path}", err=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from inspector.capture import capture_llama
 from inspector.formatting import human_bytes, number, shape_text, table
 from inspector.models import TinyLlamaSpec, write_tiny_llama
+from inspector.report import write_report
 from inspector.rpc import LoopbackServer
 from inspector.runners.llama import LlamaRunConfig
 from inspector.selection import Selection
@@ -49,6 +50,8 @@ def run_demo(output_dir: Path, echo: Callable[[str], None] = print) -> Path:
         echo("5. a tiny mllama vision encoder (build_mllama) on a generated image, offloading 2 of 4 layers")
         echo("   to the same RPC server; the layer outputs and the projector output ca_patch_embd:")
         encode_path = _mllama_demo(output_dir, server.endpoint, echo)
+    report = write_report(result.runs[0].dump, result.runs[-1].dump, output_dir / "report.html", preset("f32"))
+    echo(f"6. HTML report (CPU-only vs all layers offloaded), self-contained: {report}")
     echo(f"next: ggml-inspector ls {dump_path}  |  ggml-inspector show {dump_path} l_out-3  |  "
          f"ggml-inspector compare {result.runs[0].dump} {result.runs[-1].dump}  |  "
          f"ggml-inspector ls {encode_path}")
