@@ -20,6 +20,7 @@ import time
 
 from inspector.errors import InspectorError
 from inspector.ggml import load
+from inspector.ggml.graph import find_device
 
 CONNECT_TIMEOUT_S = 5.0
 SERVER_START_TIMEOUT_S = 60.0
@@ -75,18 +76,7 @@ def serve(host: str, port: int, threads: int, device: str | None = None) -> None
     """Serve a local ggml device over RPC until the process is stopped (blocks)."""
     lib = load()
     rpc = lib.require_rpc()
-    registry = lib.ggml
-    chosen = None
-    available = []
-    for index in range(registry.ggml_backend_dev_count()):
-        candidate = registry.ggml_backend_dev_get(index)
-        name = registry.ggml_backend_dev_name(candidate).decode()
-        available.append(name)
-        if (device is None and registry.ggml_backend_dev_type(candidate) == 0) or name == device:
-            chosen = candidate
-            break
-    if chosen is None:
-        raise InspectorError(f"no ggml device {device!r}; available: {', '.join(available)}")
+    chosen = find_device(lib, device)
     devices = (ctypes.c_void_p * 1)(chosen)
     rpc.ggml_backend_rpc_start_server.restype = None
     rpc.ggml_backend_rpc_start_server.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,

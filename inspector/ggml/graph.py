@@ -132,21 +132,24 @@ class Backend:
     buffer_type: int
 
 
-def init_backend(lib: GgmlLibraries, device_name: str | None, threads: int) -> Backend:
-    """Initialise the CPU backend (``device_name=None``) or the named ggml device."""
-    _declare(lib)
+def find_device(lib: GgmlLibraries, device_name: str | None) -> int:
+    """The ggml device named ``device_name``, or the first CPU device for None."""
     registry = lib.ggml
-    device = None
     names = []
     for index in range(registry.ggml_backend_dev_count()):
         candidate = registry.ggml_backend_dev_get(index)
         name = registry.ggml_backend_dev_name(candidate).decode()
         names.append(name)
         if (device_name is None and registry.ggml_backend_dev_type(candidate) == 0) or name == device_name:
-            device = candidate
-            break
-    if device is None:
-        raise InspectorError(f"no ggml device {device_name!r}; available: {', '.join(names)}")
+            return candidate
+    raise InspectorError(f"no ggml device {device_name!r}; available: {', '.join(names)}")
+
+
+def init_backend(lib: GgmlLibraries, device_name: str | None, threads: int) -> Backend:
+    """Initialise the CPU backend (``device_name=None``) or the named ggml device."""
+    _declare(lib)
+    registry = lib.ggml
+    device = find_device(lib, device_name)
     address = registry.ggml_backend_dev_init(device, None)
     if not address:
         raise InspectorError(f"cannot initialise ggml device {device_name or 'CPU'}")
