@@ -45,50 +45,69 @@ def byte_digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+CHUNK_ELEMENTS = 1 << 20
+
+
 def _bit_identical(a: np.ndarray, b: np.ndarray) -> bool:
     if a.dtype != b.dtype:
         return False
-    a_bytes = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-    b_bytes = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
-    return bool(np.array_equal(a_bytes, b_bytes))
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    for start in range(0, flat_a.size, CHUNK_ELEMENTS):
+        chunk_a = np.ascontiguousarray(flat_a[start:start + CHUNK_ELEMENTS]).view(np.uint8)
+        chunk_b = np.ascontiguousarray(flat_b[start:start + CHUNK_ELEMENTS]).view(np.uint8)
+        if not np.array_equal(chunk_a, chunk_b):
+            return False
+    return True
 
 
 def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0) -> PairMetrics:
-    """Metrics of ``b`` against reference ``a`` (same shape required)."""
+    """Metrics of ``b`` against reference ``a`` (same shape required).
+
+    Computed in float64 over chunks of ``CHUNK_ELEMENTS``, so the memory on top
+    of the two arrays stays a few MB whatever their size.
+    """
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    identical = _bit_identical(a, b)
-    a64 = a.astype(np.float64, copy=False)
-    b64 = b.astype(np.float64, copy=False)
-    nan_a, nan_b = np.isnan(a64), np.isnan(b64)
-    inf_a, inf_b = np.isinf(a64), np.isinf(b64)
-    finite = ~(nan_a | nan_b | inf_a | inf_b)
-    # Same non-finite value in the same place counts as agreement (inf == inf, nan vs nan).
-    same_nonfinite = (nan_a & nan_b) | (inf_a & inf_b & (a64 == b64))
-    nonfinite_mismatch = bool(np.any(~finite & ~same_nonfinite))
-    diff = np.subtract(a64, b64, out=np.zeros(a64.shape), where=finite)
-    abs_diff = np.abs(diff)
-    count = int(finite.sum())
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    squared = absolute = reference = other = dot = 0.0
+    count = nan_a = nan_b = inf_a = inf_b = 0
+    max_abs, max_index = -1.0, 0
+    nonfinite_mismatch = False
+    close = True
+    for start in range(0, flat_a.size, CHUNK_ELEMENTS):
+        x = flat_a[start:start + CHUNK_ELEMENTS].astype(np.float64)
+        y = flat_b[start:start + CHUNK_ELEMENTS].astype(np.float64)
+        x_nan, y_nan, x_inf, y_inf = np.isnan(x), np.isnan(y), np.isinf(x), np.isinf(y)
+        nan_a, nan_b = nan_a + int(x_nan.sum()), nan_b + int(y_nan.sum())
+        inf_a, inf_b = inf_a + int(x_inf.sum()), inf_b + int(y_inf.sum())
+        finite = ~(x_nan | y_nan | x_inf | y_inf)
+        # The same non-finite value in the same place counts as agreement (inf == inf, nan vs nan).
+        same_nonfinite = (x_nan & y_nan) | (x_inf & y_inf & (x == y))
+        nonfinite_mismatch = nonfinite_mismatch or bool(np.any(~finite & ~same_nonfinite))
+        x = np.where(finite, x, 0.0)
+        y = np.where(finite, y, 0.0)
+        difference = np.abs(x - y)
+        if difference.size:
+            local = int(np.argmax(difference))
+            if difference[local] > max_abs:
+                max_abs, max_index = float(difference[local]), start + local
+        count += int(finite.sum())
+        absolute += float(difference.sum())
+        squared += float(np.dot(difference, difference))
+        reference += float(np.dot(x, x))
+        other += float(np.dot(y, y))
+        dot += float(np.dot(x, y))
+        close = close and bool(np.all(difference <= atol + rtol * np.abs(y)))
     if count:
-        flat_index = int(np.argmax(abs_diff))
-        max_abs = float(abs_diff.reshape(-1)[flat_index])
-        index = tuple(int(i) for i in reversed(np.unravel_index(flat_index, a.shape))) if a.ndim else ()
-        mean_abs = float(abs_diff.sum() / count)
-        squared = float(np.square(diff).sum())
-        rmse = math.sqrt(squared / count)
-        a_finite = np.where(finite, a64, 0.0)
-        b_finite = np.where(finite, b64, 0.0)
-        reference = float(np.square(a_finite).sum())
+        index = tuple(int(i) for i in reversed(np.unravel_index(max_index, a.shape))) if a.ndim else ()
         nmse = squared / reference if reference > 0 else (0.0 if squared == 0 else math.inf)
-        norms = math.sqrt(reference) * math.sqrt(float(np.square(b_finite).sum()))
-        cosine = float(np.dot(a_finite.reshape(-1), b_finite.reshape(-1)) / norms) if norms > 0 else \
-            (1.0 if squared == 0 else 0.0)
-        close = bool(np.all(abs_diff <= atol + rtol * np.abs(np.where(finite, b64, 0.0))))
+        norms = math.sqrt(reference) * math.sqrt(other)
+        cosine = dot / norms if norms > 0 else (1.0 if squared == 0 else 0.0)
+        mean_abs, rmse = absolute / count, math.sqrt(squared / count)
     else:
-        max_abs, index, mean_abs, rmse, nmse, cosine, close = 0.0, (), 0.0, 0.0, 0.0, 1.0, True
+        max_abs, index, mean_abs, rmse, nmse, cosine = 0.0, (), 0.0, 0.0, 0.0, 1.0
     return PairMetrics(
-        identical=bool(identical), max_abs_diff=max_abs, max_abs_index=index, mean_abs_diff=mean_abs,
+        identical=_bit_identical(a, b), max_abs_diff=max_abs, max_abs_index=index, mean_abs_diff=mean_abs,
         rmse=rmse, nmse=nmse, cosine=cosine, allclose=close and not nonfinite_mismatch,
-        nan_a=int(nan_a.sum()), nan_b=int(nan_b.sum()), inf_a=int(inf_a.sum()), inf_b=int(inf_b.sum()),
-        nonfinite_mismatch=nonfinite_mismatch,
+        nan_a=nan_a, nan_b=nan_b, inf_a=inf_a, inf_b=inf_b, nonfinite_mismatch=nonfinite_mismatch,
     )
