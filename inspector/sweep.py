@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from inspector import gguf_info
 from inspector.capture import capture_llama
 from inspector.compare import FAILING, Comparison, compare_dumps
 from inspector.errors import InspectorError
@@ -147,6 +148,7 @@ def run_sweep(base: LlamaRunConfig, layer_counts: list[int], varies: list[tuple[
               rpc_mode: str, selection: Selection, out_dir: Path, tolerance: Tolerance, *,
               overwrite: bool = False, progress: Callable[[str], None] = lambda _m: None) -> SweepResult:
     """Capture every configuration into ``out_dir``, compare each with the first, write summary.json."""
+    gguf_info.open_gguf(base.model)  # a bad model fails before any server starts or dump is written
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = ["n_gpu_layers"] + [key for key, _ in varies]
     grid = [dict(zip(keys, values, strict=True))
