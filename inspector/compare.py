@@ -87,11 +87,11 @@ class Comparison:
         return counts[DIVERGED] == counts[MISMATCHED] == counts[MISSING] == 0
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_config(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -99,7 +99,7 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Run-configuration keys whose values differ, e.g. ``n_gpu_layers: (0, 8)``."""
-    flat_a, flat_b = _flatten(a), _flatten(b)
+    flat_a, flat_b = flatten_config(a), flatten_config(b)
     return {key: (flat_a.get(key), flat_b.get(key)) for key in sorted(set(flat_a) | set(flat_b))
             if flat_a.get(key) != flat_b.get(key)}
 

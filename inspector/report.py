@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inspector import plots
-from inspector.compare import _flatten
+from inspector.compare import flatten_config
 from inspector.compare_report import STATUS_COLOURS
 from inspector.constants import TOOL_VERSION
 from inspector.errors import InspectorError
@@ -47,7 +47,7 @@ def _e(value: Any) -> str:
 
 
 def _config_table(dumps: list[Dump]) -> str:
-    flats = [_flatten({"config": d.config, "system": {k: v for k, v in d.system.items() if k != "ggml_devices"}})
+    flats = [flatten_config({"config": d.config, "system": {k: v for k, v in d.system.items() if k != "ggml_devices"}})
              for d in dumps]
     keys = sorted(set().union(*flats))
     head = "".join(f"<th>{_e(d.path.name)}</th>" for d in dumps)
