@@ -7,19 +7,15 @@ callback) into the dump's ``complete`` flag and a summary.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from inspector import rpc
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.ggml import load
-from inspector.hook import HookCounters, TensorHook
-from inspector.record import TensorRecord
+from inspector.hook import HookCounters, TensorHook, stop_on_signals
 from inspector.runners import llama as llama_runner
 from inspector.selection import Selection
 from inspector.store import DumpWriter
@@ -40,28 +36,6 @@ class CaptureSummary:
     counters: HookCounters
     unmatched: dict[str, list[str]] = field(default_factory=dict)
     result: llama_runner.LlamaRunResult | None = None
-
-
-@contextmanager
-def _signals_stop(hook: TensorHook) -> Iterator[None]:
-    """While the graph computes, Ctrl-C and SIGTERM ask the hook to stop instead of raising.
-
-    A KeyboardInterrupt raised by Python's default handler can surface at the
-    very entry of the ctypes callback, where ctypes swallows it ("Exception
-    ignored on calling ctypes callback"); a flag cannot be lost that way.  The
-    hook's flag also feeds llama.cpp's abort callback, which ends the compute.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda _signum, _frame: hook.request_stop())
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, output: str | Path,
@@ -85,10 +59,7 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     writer = DumpWriter(output, run_config, system_facts(lib), overwrite=overwrite)
     say = progress or (lambda _message: None)
 
-    def sink(record: TensorRecord, array) -> None:
-        writer.write(record, array)
-
-    hook = TensorHook(selection, sink, lib)
+    hook = TensorHook(selection, writer.write, lib)
 
     def begin_evaluation(kind: str, info: dict) -> int:
         index = writer.begin_evaluation(kind, info)
@@ -96,7 +67,7 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
         return index
 
     try:
-        with _signals_stop(hook):
+        with stop_on_signals(hook):
             result = llama_runner.run(config, hook, begin_evaluation, log)
         writer.set_result({
             "token_ids": result.token_ids,

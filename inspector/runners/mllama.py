@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from inspector import rpc
-from inspector.errors import InspectorError
+from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.ggml import load, read_tensor
 from inspector.ggml.graph import Backend, init_backend, set_data
 from inspector.ggml.tensor import Tensor
-from inspector.hook import HookCounters, TensorHook
+from inspector.hook import HookCounters, TensorHook, stop_on_signals
 from inspector.metrics import compare_arrays
 from inspector.mllama.model import MllamaGraph, VisionWeights, attention_mask, build_mllama, load_weights
 from inspector.mllama.preprocess import PreprocessConfig, Preprocessed, load_image, preprocess
@@ -160,7 +160,11 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
                 eval_index = writer.begin_evaluation("encode", {"geometry": geometry, "image": config.image})
                 hook.begin_evaluation(eval_index)
                 progress(f"computing the vision graph on {', '.join(b.name for b in session.backends)}")
-                session.compute(graph, inputs, hook)
+                with stop_on_signals(hook):
+                    session.compute(graph, inputs, hook)
+                if hook.interrupted:
+                    raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {output} "
+                                             "(marked incomplete)")
                 if hook.error:
                     raise InspectorError(f"capture stopped: {hook.error.splitlines()[-1]}")
                 late_reads = []
