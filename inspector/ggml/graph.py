@@ -2,7 +2,7 @@
 
 A thin layer over the C API (as h5py is over HDF5): every op is the ggml
 function of the same name, tensors are plain addresses, and names are set
-with :meth:`Graph.name`.  It exists so that graphs ggml users write in C
+with :meth:`Context.name`.  It exists so that graphs ggml users write in C
 (here, the mllama vision encoder) can be rebuilt, hooked and compared
 without a compiler.
 """
@@ -25,11 +25,9 @@ _i = ctypes.c_int
 _sz = ctypes.c_size_t
 
 OPS: dict[str, tuple[object, list[object]]] = {
-    "ggml_conv_2d": (_p, [_p, _p, _p, _i, _i, _i, _i, _i, _i]),
     "ggml_im2col": (_p, [_p, _p, _p, _i, _i, _i, _i, _i, _i, _c.c_bool, _i]),
     "ggml_get_rows": (_p, [_p, _p, _p]),
     "ggml_tanh": (_p, [_p, _p]),
-    "ggml_scale": (_p, [_p, _p, _f]),
     "ggml_scale_bias": (_p, [_p, _p, _f, _f]),
     "ggml_norm": (_p, [_p, _p, _f]),
     "ggml_soft_max_ext": (_p, [_p, _p, _p, _f, _f]),
@@ -40,13 +38,11 @@ OPS: dict[str, tuple[object, list[object]]] = {
     "ggml_cont": (_p, [_p, _p]),
     "ggml_reshape_2d": (_p, [_p, _p, _i64, _i64]),
     "ggml_reshape_3d": (_p, [_p, _p, _i64, _i64, _i64]),
-    "ggml_reshape_4d": (_p, [_p, _p, _i64, _i64, _i64, _i64]),
     "ggml_repeat": (_p, [_p, _p, _p]),
     "ggml_mul": (_p, [_p, _p, _p]),
     "ggml_dup": (_p, [_p, _p]),
     "ggml_new_graph_custom": (_p, [_p, _sz, _c.c_bool]),
     "ggml_build_forward_expand": (None, [_p, _p]),
-    "ggml_graph_n_nodes": (_i, [_p]),
     "ggml_backend_alloc_ctx_tensors_from_buft": (_p, [_p, _p]),
     "ggml_backend_tensor_set": (None, [_p, _p, _sz, _sz]),
     "ggml_backend_buffer_free": (None, [_p]),
@@ -54,7 +50,6 @@ OPS: dict[str, tuple[object, list[object]]] = {
 }
 SCHED: dict[str, tuple[object, list[object]]] = {
     "ggml_backend_dev_init": (_p, [_p, _c.c_char_p]),
-    "ggml_backend_dev_by_type": (_p, [_i]),
     "ggml_backend_get_default_buffer_type": (_p, [_p]),
     "ggml_backend_free": (None, [_p]),
     "ggml_backend_name": (_c.c_char_p, [_p]),
@@ -64,7 +59,6 @@ SCHED: dict[str, tuple[object, list[object]]] = {
     "ggml_backend_sched_alloc_graph": (_c.c_bool, [_p, _p]),
     "ggml_backend_sched_graph_compute": (_i, [_p, _p]),
     "ggml_backend_sched_reset": (None, [_p]),
-    "ggml_backend_sched_get_n_splits": (_i, [_p]),
 }
 GGML_BACKEND_BUFFER_USAGE_WEIGHTS = 1
 DTYPE_TO_GGML = {np.dtype("float32"): 0, np.dtype("float16"): 1, np.dtype("int32"): 26}
