@@ -39,7 +39,7 @@ from inspector.constants import (
     DUMP_FORMAT_VERSION,
     TOOL_VERSION,
 )
-from inspector.errors import DumpError, InspectorError
+from inspector.errors import CaptureInterrupted, DumpError, InspectorError
 from inspector.record import TensorRecord
 
 _STR = h5py.string_dtype("utf-8")
@@ -213,7 +213,7 @@ class DumpWriter:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None:
             self.close(True)
-        elif isinstance(exc, KeyboardInterrupt):
+        elif isinstance(exc, (KeyboardInterrupt, CaptureInterrupted)):
             self.close(False, "interrupted")
         else:
             self.close(False, f"{type(exc).__name__}: {exc}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +172,7 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
                     after_own = late_read(session.lib, kept)
                     progress("running a second, different graph on the same scheduler, then re-reading")
                     other = build_mllama(session.weights, ("ln_pre",))
-                    flipped = session.preprocess(config.image)
-                    flipped.inp_raw = np.ascontiguousarray(flipped.inp_raw[..., ::-1])
+                    flipped = replace(inputs, inp_raw=np.ascontiguousarray(inputs.inp_raw[..., ::-1]))
                     session.compute(other, flipped, None)
                     after_next = late_read(session.lib, kept)
                     other.free()
