@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from inspector.compare import FAILING, compare_dumps  # noqa: E402
 from inspector.errors import InspectorError  # noqa: E402
 from inspector.mllama.preprocess import CLIP_MEAN, CLIP_STD  # noqa: E402
-from inspector.store import Dump, Entry  # noqa: E402
+from inspector.store import Dump, Entry, TensorStats  # noqa: E402
 from inspector.tolerance import Tolerance  # noqa: E402
 
 STATISTICS = ("mean", "std", "min", "max", "absmax", "rms")
@@ -49,15 +49,15 @@ class Plot:
         return path
 
 
-def tensor_statistics(array: np.ndarray) -> dict[str, float]:
-    """The statistics ``plot stats`` draws, over the finite elements, in float64."""
-    values = array.astype(np.float64).ravel()
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return {name: math.nan for name in STATISTICS}
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-            "max": float(values.max()), "absmax": float(np.abs(values).max()),
-            "rms": float(np.sqrt(np.mean(values * values)))}
+def plotted_statistics(stats: TensorStats) -> dict[str, float]:
+    """What ``plot stats`` draws, derived from the statistics stored at capture time.
+
+    The store already holds min, max, mean and std over the finite elements
+    (float64); abs-max and RMS follow from them (RMS² = std² + mean²), so the
+    plot reads the index only, never the tensors.
+    """
+    return {"mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max,
+            "absmax": max(abs(stats.min), abs(stats.max)), "rms": math.sqrt(stats.std ** 2 + stats.mean ** 2)}
 
 
 def _x_positions(entries: list[Entry]) -> tuple[list[float], str]:
@@ -78,8 +78,8 @@ def stats(dump: Dump, patterns: list[str], eval_index: int = 0, statistic: str |
     if statistic and statistic not in STATISTICS:
         raise InspectorError(f"--stat must be one of {', '.join(STATISTICS)}")
     values = {name: [] for name in STATISTICS}
-    for entry in entries:  # one tensor in memory at a time
-        for name, value in tensor_statistics(dump.read(entry)).items():
+    for entry in entries:
+        for name, value in plotted_statistics(entry.stats).items():
             values[name].append(value)
     x, x_label = _x_positions(entries)
     figure, axes = plt.subplots(len(chosen), 1, figsize=(8, 1.9 * len(chosen) + 0.6), sharex=True, squeeze=False)
