@@ -351,7 +351,8 @@ def sweep(model: Path, prompt: str, layers: str, varies: tuple[str, ...], rpc_mo
     """Capture MODEL under every configuration and compare each with the first."""
     from inspector.runners.llama import LlamaRunConfig
     from inspector.selection import Selection
-    from inspector.sweep import parse_layers, parse_vary, render_matrix, run_sweep
+    from inspector.sweep import parse_layers, parse_vary, run_sweep
+    from inspector.sweep_summary import render_matrix
     from inspector.tolerance import preset
 
     base = LlamaRunConfig(model=str(model), prompt=prompt, threads=threads or os.cpu_count() or 1, n_ctx=n_ctx)

@@ -14,7 +14,8 @@ from inspector.rpc import LoopbackServer
 from inspector.runners.llama import LlamaRunConfig
 from inspector.selection import Selection
 from inspector.store import open_dump
-from inspector.sweep import ALL_LAYERS, render_matrix, run_sweep
+from inspector.sweep import ALL_LAYERS, run_sweep
+from inspector.sweep_summary import render_matrix
 from inspector.tolerance import preset
 
 DEMO_PROMPT = "The quick brown fox"

@@ -9,7 +9,6 @@ computations.  Tensors are loaded one at a time.  Rendering is headless (Agg).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ from inspector.compare import FAILING, compare_dumps  # noqa: E402
 from inspector.errors import InspectorError  # noqa: E402
 from inspector.mllama.preprocess import CLIP_MEAN, CLIP_STD  # noqa: E402
 from inspector.store import Dump, Entry, TensorStats  # noqa: E402
+from inspector.sweep_summary import layer_of, sweep_matrix  # noqa: E402
 from inspector.tolerance import Tolerance  # noqa: E402
 
 STATISTICS = ("mean", "std", "min", "max", "absmax", "rms")
 FORMATS = (".png", ".svg", ".pdf")
-LAYER_SUFFIX = re.compile(r"-(\d+)$")
 HEATMAP_PERCENTILES = (1.0, 99.0)
 
 
@@ -62,9 +61,9 @@ def plotted_statistics(stats: TensorStats) -> dict[str, float]:
 
 def _x_positions(entries: list[Entry]) -> tuple[list[float], str]:
     """Layer index from a ``-N`` name suffix when every tensor has one, else execution order."""
-    layers = [LAYER_SUFFIX.search(e.name) for e in entries]
-    if all(layers) and len({m.group(1) for m in layers}) == len(layers):
-        return [int(m.group(1)) for m in layers], "layer"
+    layers = [layer_of(e.name) for e in entries]
+    if None not in layers and len(set(layers)) == len(layers):
+        return layers, "layer"
     return list(range(len(entries))), "execution order"
 
 
@@ -273,31 +272,14 @@ def image(dumps: list[Dump], name: str = "inp_raw", title: str | None = None) ->
 
 def sweep(summary: dict[str, Any], per_layer: bool = False, title: str | None = None) -> Plot:
     """The sweep matrix as an NMSE heatmap (log10), cells annotated with the buffer kind."""
-    labels = [c["label"] for c in summary["configurations"] if not c["reference"]]
-    tensors = summary["tensors"]
-    if not labels or not tensors:
+    grid = sweep_matrix(summary, per_layer)
+    labels, row_names = grid.columns, grid.rows
+    if not labels or not row_names:
         raise InspectorError("the sweep summary has nothing to plot")
     floor = 1e-30
-    if per_layer:
-        layers = sorted({t["layer"] for t in tensors if t["layer"] is not None})
-        row_names = [f"layer {layer}" for layer in layers]
-        matrix = np.full((len(layers), len(labels)), floor)
-        buffers = [["" for _ in labels] for _ in layers]
-        for tensor in tensors:
-            if tensor["layer"] is None:
-                continue
-            row = layers.index(tensor["layer"])
-            for column, label in enumerate(labels):
-                cell = tensor["cells"].get(label)
-                if cell:
-                    matrix[row, column] = max(matrix[row, column], cell["nmse"] or floor)
-                    buffers[row][column] = cell["buffer"].split("[")[0]
-    else:
-        row_names = [f"{t['eval']}:{t['name']}" for t in tensors]
-        matrix = np.array([[max((t["cells"].get(label) or {}).get("nmse") or floor, floor) for label in labels]
-                           for t in tensors])
-        buffers = [[((t["cells"].get(label) or {}).get("buffer") or "").split("[")[0] for label in labels]
-                   for t in tensors]
+    matrix = np.array([[floor if cell is None else max(cell.nmse or floor, floor) for cell in cells]
+                       for cells in grid.cells])
+    buffers = [["" if cell is None else cell.buffer for cell in cells] for cells in grid.cells]
     values = np.log10(matrix)
     figure, axis = plt.subplots(figsize=(2 + 1.6 * len(labels), 1 + 0.35 * len(row_names)))
     image = axis.imshow(values, aspect="auto", cmap="viridis", vmin=-30, vmax=max(0.0, float(values.max())))
