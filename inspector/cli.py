@@ -23,7 +23,16 @@ from inspector import gguf_info
 from inspector.constants import DEFAULT_DUMP_DIR, DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, TOOL_VERSION
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.formatting import human_bytes, number, shape_text, table
+from inspector.mllama.preprocess import LOADERS
 from inspector.store import Entry, open_dump
+from inspector.tolerance import DEFAULT_PRESET, PRESETS
+
+tolerance_option = click.option(
+    "--tolerance", "preset_name", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+    help="Threshold preset (docs/compare.md).")
+loader_option = click.option(
+    "--loader", type=click.Choice(list(LOADERS)), default=LOADERS[0], show_default=True,
+    help="'hf-path' mimics transformers' load_image (EXIF rotation, alpha dropped).")
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -293,8 +302,7 @@ def _parse_maps(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.argument("dump_a", type=click.Path(path_type=Path))
 @click.argument("dump_b", type=click.Path(path_type=Path))
 @click.option("-t", "--tensor", "globs", multiple=True, help="Only tensors whose A name matches (repeatable).")
-@click.option("--tolerance", "preset_name", type=click.Choice(["exact", "f32", "f16", "quant"]), default="f32",
-              show_default=True, help="Threshold preset (docs/compare.md).")
+@tolerance_option
 @click.option("--atol", type=float, default=None, help="Absolute tolerance, element-wise.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance, element-wise.")
 @click.option("--nmse", type=float, default=None, help="Maximum normalised mean squared error.")
@@ -339,8 +347,7 @@ def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str
 @click.option("-t", "--tensor", "globs", multiple=True, help="Glob over tensor names (default: l_out-* and logits).")
 @click.option("--threads", type=int, default=None)
 @click.option("--ctx", "n_ctx", default=DEFAULT_N_CTX, show_default=True)
-@click.option("--tolerance", "preset_name", type=click.Choice(["exact", "f32", "f16", "quant"]), default="f32",
-              show_default=True)
+@tolerance_option
 @click.option("--per-layer", is_flag=True, help="Aggregate the matrix per layer (worst status, largest NMSE).")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the dumps and summary.json (default: dumps/sweep-<model>-<time>/).")
@@ -380,8 +387,7 @@ def _preprocess_config(convention: str, tile_size: int, max_tiles: int):
 @click.option("--convention", type=click.Choice(["hf", "ollama"]), default="hf", show_default=True)
 @click.option("--tile-size", default=560, show_default=True)
 @click.option("--max-tiles", default=4, show_default=True)
-@click.option("--loader", type=click.Choice(["pil", "hf-path"]), default="pil", show_default=True,
-              help="'hf-path' mimics transformers' load_image (EXIF rotation, alpha dropped).")
+@loader_option
 @click.option("--explain", is_flag=True, help="Print every step with its sizes (w×h).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Dump file (default: dumps/<image>-<convention>.h5).")
@@ -461,7 +467,7 @@ def _load_other_inp_raw(path: Path, name: str, expected_shape: tuple[int, ...]) 
 @click.option("--name", default="inp_raw", show_default=True, help="Tensor name inside a dump.")
 @click.option("--tile-size", default=560, show_default=True)
 @click.option("--max-tiles", default=4, show_default=True)
-@click.option("--loader", type=click.Choice(["pil", "hf-path"]), default="pil", show_default=True)
+@loader_option
 @click.option("--json", "as_json", is_flag=True)
 def diff_preprocess(image: Path, against: Path, name: str, tile_size: int, max_tiles: int, loader: str,
                     as_json: bool) -> None:
@@ -542,7 +548,7 @@ def _encode_options(function):
                      help="Offload to a ggml RPC server."),
         click.option("--device", default=None, help="Offload to this ggml device (e.g. CUDA0)."),
         click.option("--threads", type=int, default=None),
-        click.option("--loader", type=click.Choice(["pil", "hf-path"]), default="pil", show_default=True),
+        loader_option,
         click.option("-o", "--output", type=click.Path(path_type=Path), default=None),
         click.option("--overwrite", is_flag=True),
     ]
@@ -681,7 +687,7 @@ def plot_heatmap(dump: Path, tensor: str, eval_index: int | None, occurrence: in
 @click.argument("dump_b", type=click.Path(path_type=Path))
 @click.argument("tensor", required=False)
 @click.option("-t", "--tensor-glob", "globs", multiple=True, help="Tensors to compare (A names).")
-@click.option("--tolerance", "preset_name", type=click.Choice(["exact", "f32", "f16", "quant"]), default="f32")
+@tolerance_option
 @click.option("--eval", "eval_index", type=int, default=None)
 @click.option("--occurrence", default=0, show_default=True)
 @click.option("--slice", "slicing", default=None)
@@ -746,7 +752,7 @@ def plot_sweep(summary: Path, per_layer: bool, output: Path | None, title: str |
 @click.argument("dump_b", type=click.Path(path_type=Path), required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file (default: dumps/report-<A>.html).")
-@click.option("--tolerance", "preset_name", type=click.Choice(["exact", "f32", "f16", "quant"]), default="f32")
+@tolerance_option
 def report(dump_a: Path, dump_b: Path | None, output: Path | None, preset_name: str) -> None:
     """Write one self-contained HTML report of run A, or of A compared with B (opens offline)."""
     from inspector.report import write_report

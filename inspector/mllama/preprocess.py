@@ -44,6 +44,7 @@ MAX_TILES = 4
 PATCH_SIZE = 14
 RESCALE_FACTOR = 1 / 255
 CONVENTIONS = ("hf", "ollama")
+LOADERS = ("pil", "hf-path")
 # Refuse images beyond this many pixels (decompression bombs): ~16k x 16k.
 MAX_IMAGE_PIXELS = 16384 * 16384
 
@@ -184,10 +185,10 @@ def load_image(path: str | os.PathLike[str], loader: str = "pil") -> Image.Image
         raise InspectorError(f"{path} cannot be decoded (truncated or corrupt: {error})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+    if loader not in LOADERS:
+        raise InspectorError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
     if loader == "hf-path":
         image = ImageOps.exif_transpose(image).convert("RGB")
-    elif loader != "pil":
-        raise InspectorError(f"unknown loader {loader!r}")
     return image
 
 
