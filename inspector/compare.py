@@ -8,13 +8,12 @@ time, so two multi-GB dumps compare in bounded RAM.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inspector.metrics import PairMetrics, compare_arrays
-from inspector.store import Dump, Entry, open_dump
+from inspector.store import Dump, Entry, matches_globs, open_dump
 from inspector.tolerance import Tolerance
 
 IDENTICAL = "identical"
@@ -168,7 +167,7 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
         by_key_b: dict[tuple[int, str, int], Entry] = {}
         for entry in dump_b.entries():
             name_as_a = b_to_a.get(entry.name, entry.name)
-            if not patterns or any(fnmatch.fnmatchcase(name_as_a, p) for p in patterns):
+            if not patterns or matches_globs(name_as_a, patterns):
                 by_key_b[(entry.eval_index, name_as_a, entry.occurrence)] = entry
         ordered: list[tuple[tuple[int, int, int], TensorComparison]] = []
         for position, entry in enumerate(entries_a):

@@ -102,6 +102,11 @@ def _finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
+def matches_globs(name: str, patterns: list[str]) -> bool:
+    """True when a tensor name matches any of the glob patterns (case-sensitive, as ggml names are)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -367,7 +372,7 @@ class Dump:
         """Index rows in execution order, optionally filtered by glob patterns on the name."""
         if not patterns:
             return list(self._entries)
-        return [e for e in self._entries if any(fnmatch.fnmatchcase(e.name, p) for p in patterns)]
+        return [e for e in self._entries if matches_globs(e.name, patterns)]
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries)
