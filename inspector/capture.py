@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inspector import rpc
-from inspector.errors import CaptureInterrupted, InspectorError
+from inspector.disk_space import DiskFull
+from inspector.errors import CaptureInterrupted, InspectorError, ModelError
 from inspector.ggml import load
-from inspector.hook import HookCounters, TensorHook, stop_on_signals
+from inspector.hook import HookCounters, SkippedTensor, TensorHook, stop_on_signals
 from inspector.runners import llama as llama_runner
 from inspector.selection import Selection
 from inspector.store import DumpWriter
 from inspector.system import system_facts
+from inspector.weight_file import WeightFile
 
 Progress = Callable[[str], None]
 
@@ -36,6 +38,7 @@ class CaptureSummary:
     counters: HookCounters
     unmatched: dict[str, list[str]] = field(default_factory=dict)
     result: llama_runner.LlamaRunResult | None = None
+    skipped: list[SkippedTensor] = field(default_factory=list)
 
 
 def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, output: str | Path,
@@ -46,7 +49,9 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     On Ctrl-C the dump is closed with ``complete=False`` and
     :class:`~inspector.errors.CaptureInterrupted` is raised; an exception
     inside the eval callback ends capturing, keeps the dump (incomplete) and
-    is raised as an InspectorError once the run has finished.
+    is raised as an InspectorError once the run has finished; a full disk
+    raises :class:`~inspector.disk_space.DiskFull` saying how much was kept.
+    A model llama.cpp refuses leaves no dump behind.
     """
     config.validate()
     started = time.perf_counter()
@@ -59,16 +64,21 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     writer = DumpWriter(output, run_config, system_facts(lib), overwrite=overwrite)
     say = progress or (lambda _message: None)
 
-    hook = TensorHook(selection, writer.write, lib)
+    hook = TensorHook(selection, writer.write, lib, weights=WeightFile(config.model))
 
     def begin_evaluation(kind: str, info: dict) -> int:
         index = writer.begin_evaluation(kind, info)
         say(f"evaluation {index} ({kind}, {info['n_tokens']} tokens); {writer.tensor_count} tensors so far")
         return index
 
+    def keep_skipped() -> None:
+        if hook.skipped:
+            writer.set_skipped([asdict(skip) for skip in hook.skipped])
+
     try:
         with stop_on_signals(hook):
             result = llama_runner.run(config, hook, begin_evaluation, log)
+        keep_skipped()
         writer.set_result({
             "token_ids": result.token_ids,
             "generated_ids": result.generated_ids,
@@ -77,12 +87,22 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
             "seconds": round(result.seconds, 3),
         })
     except (KeyboardInterrupt, CaptureInterrupted):
+        keep_skipped()
         writer.close(False, "interrupted")
         raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {writer.path} "
                                  "(marked incomplete)") from None
+    except ModelError:
+        if writer.tensor_count == 0:
+            writer.close(False, "model refused")
+            writer.path.unlink(missing_ok=True)
+        raise
     except BaseException as error:
         writer.close(False, f"{type(error).__name__}: {error}")
         raise
+    if isinstance(hook.failure, DiskFull):
+        writer.close(False, f"{hook.failure} after {writer.tensor_count} tensors")
+        raise DiskFull(f"{hook.failure} after {writer.tensor_count} tensors; kept in {writer.path}, "
+                       "marked incomplete")
     if hook.error is not None:
         last_line = hook.error.splitlines()[-1]
         writer.close(False, f"capture stopped: {last_line}")
@@ -93,5 +113,5 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     return CaptureSummary(
         path=writer.path, tensors=writer.tensor_count, bytes=writer.byte_count,
         evaluations=result.evaluations, seconds=time.perf_counter() - started,
-        counters=hook.counters, unmatched=unmatched, result=result,
+        counters=hook.counters, unmatched=unmatched, result=result, skipped=hook.skipped,
     )

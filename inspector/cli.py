@@ -19,7 +19,6 @@ from typing import Any, NoReturn
 import click
 import numpy as np
 
-from inspector import gguf_info
 from inspector.constants import DEFAULT_DUMP_DIR, DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, TOOL_VERSION
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.formatting import human_bytes, number, shape_text, table
@@ -78,6 +77,10 @@ def main() -> None:
     if not os.environ.get("GGML_INSPECTOR_DEBUG"):
         # ggml prints a gdb backtrace on an internal abort; its one-line assertion is enough here.
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+    if hasattr(signal, "SIGXFSZ"):
+        # Past a file-size limit (ulimit -f) a write fails with EFBIG, which the writer turns
+        # into a clean incomplete dump, instead of the signal killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def _default_output(stem: str) -> Path:
@@ -149,7 +152,8 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
     return {
         "eval": entry.eval_index, "node": entry.node_index, "name": entry.name, "occurrence": entry.occurrence,
         "op": entry.op, "type": entry.ggml_type, "shape": list(entry.shape), "buffer": entry.buffer,
-        "storage": entry.storage, "is_leaf": entry.is_leaf, "nbytes": entry.nbytes,
+        "buffer_type": entry.buffer_type, "storage": entry.storage, "is_leaf": entry.is_leaf,
+        "nbytes": entry.nbytes, "digest": entry.digest,
         "min": finite(stats.min), "max": finite(stats.max), "mean": finite(stats.mean), "std": finite(stats.std),
         "n_nan": stats.n_nan, "n_inf": stats.n_inf,
     }
@@ -166,10 +170,15 @@ def list_tensors(dump: Path, globs: tuple[str, ...], as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({"path": str(dump), "complete": opened.complete,
                                    "incomplete_reason": opened.incomplete_reason,
+                                   "dropped_half_written": opened.dropped, "skipped": opened.skipped,
                                    "tensors": [_entry_json(e) for e in entries]}, indent=1))
             return
         if not opened.complete:
-            click.echo(f"warning: {dump} is incomplete ({opened.incomplete_reason})", err=True)
+            dropped = f"; dropped {opened.dropped} half-written tensor(s)" if opened.dropped else ""
+            click.echo(f"warning: {dump} is incomplete ({opened.incomplete_reason}){dropped}", err=True)
+        for skip in opened.skipped:
+            click.echo(f"note: {skip['name']} (eval {skip['eval_index']}) was not captured: {skip['reason']}",
+                       err=True)
         rows = [[str(e.eval_index), str(e.node_index), e.name + ("" if e.occurrence == 0 else f" #{e.occurrence}"),
                  e.op, e.ggml_type, shape_text(e.shape), e.buffer, number(e.stats.min), number(e.stats.max),
                  number(e.stats.mean), number(e.stats.std), str(e.stats.n_nan), str(e.stats.n_inf)]
@@ -180,8 +189,13 @@ def list_tensors(dump: Path, globs: tuple[str, ...], as_json: bool) -> None:
 
 
 def _edge_values(array: np.ndarray, count: int) -> tuple[list[float], list[float]]:
+    """The first and the last ``count`` values (no tail when the head already holds every value).
+
+    The tail slice starts at ``size - count`` rather than ``-count``: ``flat[-0:]``
+    is the whole array, so ``-n 0`` would print every value instead of none.
+    """
     flat = array.reshape(-1)
-    return flat[:count].tolist(), flat[-count:].tolist() if flat.size > count else []
+    return flat[:count].tolist(), flat[flat.size - count:].tolist() if flat.size > count else []
 
 
 @main.command()
@@ -189,7 +203,8 @@ def _edge_values(array: np.ndarray, count: int) -> tuple[list[float], list[float
 @click.argument("tensor")
 @click.option("--eval", "eval_index", type=int, default=None, help="Evaluation index (default: first holding it).")
 @click.option("--occurrence", default=0, show_default=True, help="Which same-named tensor of the evaluation.")
-@click.option("-n", "--values", "count", default=6, show_default=True, help="Leading/trailing values to print.")
+@click.option("-n", "--values", "count", type=click.IntRange(min=0), default=6, show_default=True,
+              help="Leading/trailing values to print (0: none).")
 @click.option("--json", "as_json", is_flag=True)
 def show(dump: Path, tensor: str, eval_index: int | None, occurrence: int, count: int, as_json: bool) -> None:
     """Show one tensor's metadata, statistics and leading/trailing values."""
@@ -211,7 +226,8 @@ def show(dump: Path, tensor: str, eval_index: int | None, occurrence: int, count
                + (f"; view of {metadata['view_source']}" if metadata.get("view_source") else ""))
     click.echo(f"  min {number(stats.min)}  max {number(stats.max)}  mean {number(stats.mean)}  "
                f"std {number(stats.std)}  sum {number(total)}  nan {stats.n_nan}  inf {stats.n_inf}")
-    click.echo("  first: " + " ".join(number(float(v)) for v in head))
+    if head:
+        click.echo("  first: " + " ".join(number(float(v)) for v in head))
     if tail:
         click.echo("  last:  " + " ".join(number(float(v)) for v in tail))
 
@@ -241,23 +257,29 @@ def export(dump: Path, tensor: str, output: Path, eval_index: int | None, occurr
 @click.option("--tensors", "with_tensors", is_flag=True, help="Also list the tensors.")
 @click.option("--json", "as_json", is_flag=True)
 def gguf_command(model: Path, with_tensors: bool, as_json: bool) -> None:
-    """Show a GGUF file's metadata (and tensor table) without loading it into llama.cpp."""
-    reader = gguf_info.open_gguf(model)
-    metadata = gguf_info.metadata(reader)
-    tensors = gguf_info.tensors(reader) if with_tensors else []
+    """Show a GGUF file's metadata (and tensor table) without loading it into llama.cpp.
+
+    Arrays longer than 16 items (a vocabulary) show as ``[262144 items]``: the
+    header is parsed by ggml's C parser and no array is materialised in Python.
+    """
+    from inspector.gguf_header import read_header
+
+    header = read_header(model)
+    tensors = list(header.tensors.values()) if with_tensors else []
     if as_json:
-        payload: dict[str, Any] = {"path": str(model), "metadata": metadata}
+        payload: dict[str, Any] = {"path": str(model), "version": header.version, "metadata": header.metadata}
         if with_tensors:
-            payload["tensors"] = [t.__dict__ for t in tensors]
+            payload["tensors"] = [{"name": t.name, "ggml_type": t.type_name, "ne": list(t.shape), "n_bytes": t.n_bytes,
+                                   "offset": t.offset} for t in tensors]
         click.echo(json.dumps(payload, indent=1, default=str))
         return
-    click.echo(table(["key", "value"], [[key, str(value)] for key, value in metadata.items()]))
+    click.echo(table(["key", "value"], [[key, str(value)] for key, value in header.metadata.items()]))
     if with_tensors:
         click.echo()
         click.echo(table(["name", "type", "ne", "bytes"],
-                         [[t.name, t.ggml_type, shape_text(t.ne), str(t.n_bytes)] for t in tensors],
+                         [[t.name, t.type_name, shape_text(t.shape), str(t.n_bytes)] for t in tensors],
                          right_align={3}))
-    click.echo(f"{len(reader.tensors)} tensors", err=True)
+    click.echo(f"{len(header.tensors)} tensors", err=True)
 
 
 @main.command()
@@ -341,7 +363,8 @@ def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str
 @click.option("--n-gpu-layers", "layers", default="0,all", show_default=True,
               help="Comma-separated offload counts; 'all' offloads everything.")
 @click.option("--vary", "varies", multiple=True, metavar="SETTING=V1,V2",
-              help="Also vary flash_attn, threads, type_k, type_v, n_ubatch, n_batch or op_offload.")
+              help="Also vary flash_attn, threads, type_k, type_v or op_offload (not n_batch/n_ubatch: they "
+                   "change the evaluations, so runs could not be paired).")
 @click.option("--rpc", "rpc_mode", default="auto", show_default=True,
               help="'auto' (loopback server when there is no GPU), 'none', or HOST:PORT.")
 @click.option("-t", "--tensor", "globs", multiple=True, help="Glob over tensor names (default: l_out-* and logits).")
@@ -597,14 +620,22 @@ def mllama_sched_check(**options: Any) -> None:
     def state(overwritten: bool) -> str:
         return "OVERWRITTEN" if overwritten else "intact"
 
-    click.echo(table(["tensor", "after its own graph", "after the next graph", "nmse vs capture"],
-                     [[r.name + (f" #{r.occurrence}" if r.occurrence else ""), state(r.overwritten_by_own_graph),
-                       state(r.overwritten_by_next_graph), number(r.nmse_after_next_graph)] for r in reads],
-                     right_align={3}))
-    own = sum(r.overwritten_by_own_graph for r in reads)
-    later = sum(r.overwritten_by_next_graph for r in reads)
-    click.echo(f"{own} of {len(reads)} captured tensors were overwritten by later nodes of their own graph, "
-               f"{later} after the next graph ran on the same scheduler; the hook's copies in the dump are intact")
+    if summary.reallocated:
+        click.echo("the scheduler reallocated its compute buffers for the next graph: the captured tensors' "
+                   "memory was freed, so they were not re-read")
+    else:
+        click.echo(table(["tensor", "after its own graph", "after the next graph", "nmse vs capture"],
+                         [[r.name + (f" #{r.occurrence}" if r.occurrence else ""), state(r.overwritten_by_own_graph),
+                           state(r.overwritten_by_next_graph), number(r.nmse_after_next_graph)] for r in reads],
+                         right_align={3}))
+        own = sum(r.overwritten_by_own_graph for r in reads)
+        later = sum(r.overwritten_by_next_graph for r in reads)
+        click.echo(f"{own} of {len(reads)} captured tensors were overwritten by later nodes of their own graph, "
+                   f"{later} after the next graph ran on the same scheduler; the hook's copies in the dump are "
+                   "intact")
+    for buffer in summary.compute_buffers:
+        click.echo(f"{buffer.backend} compute buffer: {human_bytes(buffer.after_own_graph)} after its own graph, "
+                   f"{human_bytes(buffer.after_next_graph)} after the next graph")
 
 
 PLOT_DIR = Path(DEFAULT_DUMP_DIR) / "plots"

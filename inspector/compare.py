@@ -12,17 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inspector import verdict
+from inspector.errors import InspectorError
+from inspector.identity import tensor_key
 from inspector.metrics import PairMetrics, compare_arrays
 from inspector.store import Dump, Entry, matches_globs, open_dump
 from inspector.tolerance import Tolerance
+from inspector.verdict import DIVERGED, IDENTICAL, MISMATCHED, MISSING, STATUSES, WITHIN
 
-IDENTICAL = "identical"
-WITHIN = "within"
-DIVERGED = "diverged"
-MISSING = "missing"
-MISMATCHED = "mismatched"
-STATUSES = (IDENTICAL, WITHIN, DIVERGED, MISSING, MISMATCHED)
-FAILING = (DIVERGED, MISMATCHED)
+__all__ = ["DIVERGED", "IDENTICAL", "MISMATCHED", "MISSING", "STATUSES", "WITHIN", "Comparison", "TensorComparison",
+           "compare_dumps", "config_differences", "flatten_config"]
 CONTEXT_ROWS = 3
 # Ops given to arrays that no ggml graph computed (preprocessing, imports): they
 # match any op, so an imported inp_raw compares with a captured one.
@@ -70,7 +69,7 @@ class Comparison:
     @property
     def first_divergence(self) -> int | None:
         """Index into ``rows`` of the first diverged or mismatched tensor in execution order."""
-        return next((i for i, row in enumerate(self.rows) if row.status in FAILING), None)
+        return verdict.first_divergence(self.rows)
 
     def context_before(self, index: int, count: int = CONTEXT_ROWS) -> list[TensorComparison]:
         """The compared tensors just before ``index``, to show whether they still agreed."""
@@ -78,12 +77,11 @@ class Comparison:
         return earlier[-count:]
 
     def counts(self) -> dict[str, int]:
-        return {status: sum(1 for row in self.rows if row.status == status) for status in STATUSES}
+        return verdict.count(self.rows)
 
     @property
     def passed(self) -> bool:
-        counts = self.counts()
-        return counts[DIVERGED] == counts[MISMATCHED] == counts[MISSING] == 0
+        return verdict.passed(self.rows)
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -101,18 +99,6 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[
     flat_a, flat_b = flatten_config(a), flatten_config(b)
     return {key: (flat_a.get(key), flat_b.get(key)) for key in sorted(set(flat_a) | set(flat_b))
             if flat_a.get(key) != flat_b.get(key)}
-
-
-def _judge(metrics: PairMetrics, tolerance: Tolerance) -> str:
-    if metrics.identical:
-        return IDENTICAL
-    if tolerance.exact or metrics.nonfinite_mismatch:
-        return DIVERGED
-    if tolerance.nmse is not None and metrics.nmse > tolerance.nmse:
-        return DIVERGED
-    if (tolerance.atol or tolerance.rtol) and not metrics.allclose:
-        return DIVERGED
-    return WITHIN
 
 
 def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tolerance) -> TensorComparison:
@@ -136,7 +122,7 @@ def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tol
     array_b = dump_b.read(b)
     row.metrics = compare_arrays(array_a, array_b, tolerance.atol, tolerance.rtol)
     del array_a, array_b
-    row.status = MISMATCHED if ops_differ else _judge(row.metrics, tolerance)
+    row.status = MISMATCHED if ops_differ else verdict.judge(row.metrics, tolerance)
     row.note = "; ".join(notes)
     return row
 
@@ -153,6 +139,27 @@ def _one_sided(entry: Entry, side: str) -> TensorComparison:
     return row
 
 
+def _check_evaluation_boundaries(dump_a: Dump, dump_b: Dump) -> None:
+    """Refuse runs that fed the same tokens in differently sized evaluations.
+
+    Tensors pair by evaluation index; when ``n_batch``/``n_ubatch`` differ,
+    evaluation 0 of one run holds other tokens than evaluation 0 of the
+    other, so every pair would compare different positions.
+    """
+    def split(dump: Dump) -> list[list[int]]:
+        return [list(e["token_ids"]) for e in dump.evaluations if isinstance(e.get("token_ids"), list)]
+
+    split_a, split_b = split(dump_a), split(dump_b)
+    tokens_a = [t for chunk in split_a for t in chunk]
+    tokens_b = [t for chunk in split_b for t in chunk]
+    sizes_a, sizes_b = [len(c) for c in split_a], [len(c) for c in split_b]
+    if tokens_a and tokens_a == tokens_b and sizes_a != sizes_b:
+        raise InspectorError(
+            f"the runs split the same {len(tokens_a)} tokens into evaluations of {sizes_a[:4]} and {sizes_b[:4]} "
+            "tokens, so evaluation N holds different positions in each; capture both with the same "
+            "--batch/--ubatch to compare them")
+
+
 def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, patterns: list[str] | None = None,
                   name_map: dict[str, str] | None = None) -> Comparison:
     """Compare dump B against reference dump A.
@@ -163,15 +170,16 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
     name_map = name_map or {}
     b_to_a = {b: a for a, b in name_map.items()}
     with open_dump(path_a) as dump_a, open_dump(path_b) as dump_b:
+        _check_evaluation_boundaries(dump_a, dump_b)
         entries_a = dump_a.entries(patterns)
         by_key_b: dict[tuple[int, str, int], Entry] = {}
         for entry in dump_b.entries():
             name_as_a = b_to_a.get(entry.name, entry.name)
             if not patterns or matches_globs(name_as_a, patterns):
-                by_key_b[(entry.eval_index, name_as_a, entry.occurrence)] = entry
+                by_key_b[tensor_key(entry.eval_index, name_as_a, entry.occurrence)] = entry
         ordered: list[tuple[tuple[int, int, int], TensorComparison]] = []
         for position, entry in enumerate(entries_a):
-            partner = by_key_b.pop(entry.key, None)
+            partner = by_key_b.pop(tensor_key(*entry.key), None)
             row = _one_sided(entry, "a") if partner is None else _compare_pair(dump_a, entry, dump_b, partner,
                                                                                  tolerance)
             ordered.append(((entry.eval_index, entry.node_index, position), row))

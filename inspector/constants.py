@@ -8,7 +8,7 @@ TOOL_VERSION = "0.1.0"
 
 # -- dump format ---------------------------------------------------------------
 DUMP_FORMAT_NAME = "ggml-inspector-dump"
-DUMP_FORMAT_VERSION = 1
+DUMP_FORMAT_VERSION = 2
 DEFAULT_DUMP_DIR = "dumps"
 
 # Refuse to load one dataset larger than this from an untrusted dump unless asked.

@@ -1,48 +1,27 @@
-"""Validate and describe GGUF files with ``gguf.GGUFReader`` (no llama.cpp involved).
+"""Read whole small GGUF files with ``gguf.GGUFReader``: our own mllama vision models, and tests.
 
-Checking a file here first turns "llama.cpp returned NULL" into a message that
-says what is wrong with the file, and keeps untrusted files away from the
-native loader until they at least parse.
+``GGUFReader`` materialises every element of every metadata array, which on a
+real model's 262k-token vocabulary takes tens of seconds: anything that opens
+a user's model on a hot path uses :mod:`inspector.gguf_header` instead.  Here
+it is the right tool: the files are small, and in tests it is a reader
+independent of llama.cpp's own.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
 from inspector.errors import ModelError
-
-GGUF_MAGIC = b"GGUF"
-# Arrays longer than this are summarised (a vocabulary has 100k+ entries).
-MAX_LISTED_ARRAY = 16
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    ggml_type: str
-    ne: tuple[int, ...]
-    n_bytes: int
-    offset: int
+from inspector.gguf_header import MAX_LISTED_ARRAY, check_gguf_file
 
 
 def open_gguf(path: str | os.PathLike[str]) -> GGUFReader:
     """Parse a GGUF file, or raise ModelError saying why it is not one."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelError(f"{path} is a folder, not a GGUF file")
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic != GGUF_MAGIC:
-        raise ModelError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
+    path = check_gguf_file(path)
     try:
         reader = GGUFReader(path, "r")
     except (ValueError, IndexError, KeyError, OSError, OverflowError, TypeError) as error:
@@ -73,27 +52,6 @@ def _scalar(field: Any, index: int) -> Any:
         return bytes(part).decode("utf-8", errors="replace")
     value = part.tolist()
     return value[0] if isinstance(value, list) and len(value) == 1 else value
-
-
-def metadata(reader: GGUFReader) -> dict[str, Any]:
-    """All metadata keys except the GGUF header bookkeeping."""
-    return {key: field_value(reader, key) for key in reader.fields if not key.startswith("GGUF.")}
-
-
-def tensors(reader: GGUFReader) -> list[TensorInfo]:
-    return [
-        TensorInfo(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes), int(t.data_offset))
-        for t in reader.tensors
-    ]
-
-
-def sha256_of(path: str | os.PathLike[str], chunk: int = 16 * 1024 * 1024) -> str:
-    """Hash a (possibly multi-GB) file in bounded memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tensor_array(reader: GGUFReader, name: str) -> np.ndarray:

@@ -11,7 +11,16 @@ scheduler can reuse the memory for a later node or graph.
 
 Leafs (graph inputs such as ``inp_tokens``) are never asked about; we notice
 them in the ``src[]`` of the first node that consumes them and copy them when
-that node is observed.
+that node is observed.  When that consumer runs on another backend, the
+scheduler has replaced the leaf in ``src[]`` by its per-backend copy
+(``RPC0#inp_pos#0``): we capture the copy under the original's name, once,
+and record the copy's name, so runs at any offload count hold the same
+tensors.
+
+Weights in a buffer that cannot be read back (the CPU's repacked
+``CPU_REPACK`` layout has no ``get_tensor``) are read from the model file by
+name and offset instead, or skipped with the reason recorded; never read
+through a null function pointer.
 """
 
 from __future__ import annotations
@@ -29,14 +38,28 @@ import numpy as np
 
 from inspector.constants import GGML_TENSOR_FLAG_INPUT
 from inspector.ggml import GgmlLibraries, Tensor, load, read_tensor
+from inspector.ggml.readout import UnreadableTensor
 from inspector.ggml.tensor import flag_names
+from inspector.identity import is_model_state, parse_sched_copy
 from inspector.record import TensorRecord
 from inspector.selection import Selection
+from inspector.weight_file import WeightFile
 
 # bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data)
 EvalCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p)
 
 TensorSink = Callable[[TensorRecord, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class SkippedTensor:
+    """A selected tensor that could not be captured, and why (kept in the dump)."""
+
+    eval_index: int
+    name: str
+    occurrence: int
+    buffer_type: str
+    reason: str
 
 
 @dataclass
@@ -50,12 +73,20 @@ class HookCounters:
 
 
 @dataclass
+class _PendingLeaf:
+    tensor: Tensor
+    name: str  # the original's name when ``tensor`` is a scheduler copy
+    occurrence: int
+    sched_copy: str = ""
+
+
+@dataclass
 class _PendingNode:
     address: int
     node_index: int
     occurrence: int
     capture_node: bool
-    leafs: list[tuple[Tensor, int]] = field(default_factory=list)
+    leafs: list[_PendingLeaf] = field(default_factory=list)
 
 
 class TensorHook:
@@ -69,12 +100,18 @@ class TensorHook:
     which :meth:`should_abort` reports to llama.cpp's abort callback.
     """
 
-    def __init__(self, selection: Selection, sink: TensorSink, lib: GgmlLibraries | None = None) -> None:
+    def __init__(self, selection: Selection, sink: TensorSink, lib: GgmlLibraries | None = None, *,
+                 weights: WeightFile | None = None) -> None:
+        """``weights`` reads the weights whose buffer cannot be read back from the model file."""
         self.selection = selection
         self.sink = sink
         self.lib = lib or load()
+        self.weights = weights
         self.counters = HookCounters()
+        self.skipped: list[SkippedTensor] = []
         self.error: str | None = None
+        # The exception behind ``error``, so callers can tell a full disk from a bug.
+        self.failure: BaseException | None = None
         self.interrupted = False
         # Address of the tensor being handed to the sink, for checks that re-read it later.
         self.last_address = 0
@@ -102,7 +139,12 @@ class TensorHook:
         self._node_index = 0
         self._occurrences: Counter[str] = Counter()
         self._asked: set[int] = set()
+        self._node_names: set[str] = set()
         self._leafs_seen: set[int] = set()
+        # Names of leafs taken directly, and of originals taken through a scheduler copy:
+        # a leaf read both ways (partial offload) is captured once.
+        self._direct_leaf_names: set[str] = set()
+        self._copied_leaf_names: set[str] = set()
         self._pending: _PendingNode | None = None
 
     def _on_eval(self, address: int, ask: bool, _user_data: int) -> bool:
@@ -112,9 +154,10 @@ class TensorHook:
             self._observe(address)
         except KeyboardInterrupt:
             self.interrupted = True
-        except BaseException:  # noqa: BLE001  (nothing may unwind through ctypes)
+        except BaseException as error:  # noqa: BLE001  (nothing may unwind through ctypes)
             if self.error is None:
                 self.error = traceback.format_exc(limit=8).strip()
+                self.failure = error
         return True
 
     def _ask(self, address: int) -> bool:
@@ -125,6 +168,7 @@ class TensorHook:
         self._asked.add(address)
         tensor = Tensor(self.lib, address)
         name = tensor.name
+        self._node_names.add(name)
         occurrence = self._occurrences[name]
         self._occurrences[name] = occurrence + 1
         if not self.capturing:
@@ -137,7 +181,7 @@ class TensorHook:
         self._pending = _PendingNode(address, node_index, occurrence, capture_node, leafs)
         return True
 
-    def _new_selected_leafs(self, node: Tensor) -> list[tuple[Tensor, int]]:
+    def _new_selected_leafs(self, node: Tensor) -> list[_PendingLeaf]:
         """Sources of ``node`` that no op computes, seen for the first time, and selected."""
         selected = []
         for address in node.struct.src:
@@ -147,12 +191,39 @@ class TensorHook:
             if not source.is_leaf_like:
                 continue
             self._leafs_seen.add(address)
-            name = source.name
-            occurrence = self._occurrences[name]
-            self._occurrences[name] = occurrence + 1
-            if self.selection.matches_leaf(name, bool(source.flags & GGML_TENSOR_FLAG_INPUT)):
-                selected.append((source, occurrence))
+            leaf = self._identify_leaf(source)
+            if leaf is None:
+                continue
+            occurrence = self._occurrences[leaf.name]
+            self._occurrences[leaf.name] = occurrence + 1
+            leaf.occurrence = occurrence
+            if leaf.sched_copy:
+                is_input = not is_model_state(leaf.name)
+            else:
+                is_input = bool(source.flags & GGML_TENSOR_FLAG_INPUT)
+            if self.selection.matches_leaf(leaf.name, is_input):
+                selected.append(leaf)
         return selected
+
+    def _identify_leaf(self, source: Tensor) -> _PendingLeaf | None:
+        """The leaf under its own name, or None when it is already covered in this evaluation.
+
+        A scheduler copy of a *computed* node is covered by that node (captured
+        where it was computed); a leaf read both directly and through a copy
+        is captured the first time only.
+        """
+        raw_name = source.name
+        copy = parse_sched_copy(raw_name)
+        if copy is None:
+            if raw_name in self._copied_leaf_names:
+                return None
+            self._direct_leaf_names.add(raw_name)
+            return _PendingLeaf(source, raw_name, 0)
+        name = copy.original
+        if name in self._node_names or name in self._direct_leaf_names or name in self._copied_leaf_names:
+            return None
+        self._copied_leaf_names.add(name)
+        return _PendingLeaf(source, name, 0, sched_copy=raw_name)
 
     def _observe(self, address: int) -> None:
         self.counters.observed += 1
@@ -161,17 +232,32 @@ class TensorHook:
         if pending is None or pending.address != address or not self.capturing:
             return
         node = Tensor(self.lib, address)
-        for leaf, occurrence in pending.leafs:
-            self._capture(leaf, pending.node_index, occurrence, is_leaf=True, consumer=node.name)
+        for leaf in pending.leafs:
+            self._capture(leaf.tensor, pending.node_index, leaf.occurrence, is_leaf=True, consumer=node.name,
+                          name=leaf.name, sched_copy=leaf.sched_copy)
         if pending.capture_node:
             self._capture(node, pending.node_index, pending.occurrence, is_leaf=False, consumer="")
 
-    def _capture(self, tensor: Tensor, node_index: int, occurrence: int, is_leaf: bool, consumer: str) -> None:
-        readout = read_tensor(tensor)
+    def _capture(self, tensor: Tensor, node_index: int, occurrence: int, is_leaf: bool, consumer: str,
+                 name: str = "", sched_copy: str = "") -> None:
+        name = name or tensor.name
+        read_from = "buffer"
+        try:
+            readout = read_tensor(tensor)
+        except UnreadableTensor as unreadable:
+            try:
+                if self.weights is None or not is_leaf:
+                    raise unreadable
+                readout = self.weights.read(name, tensor)
+            except UnreadableTensor as reason:
+                self.skipped.append(SkippedTensor(self._eval_index, name, occurrence, tensor.buffer_type_name,
+                                                  str(reason)))
+                return
+            read_from = "file"
         self.last_address = tensor.address
         view_source = tensor.view_source
         record = TensorRecord(
-            name=tensor.name,
+            name=name,
             eval_index=self._eval_index,
             node_index=node_index,
             occurrence=occurrence,
@@ -180,6 +266,9 @@ class TensorHook:
             ne=tensor.ne,
             nb=tensor.nb,
             buffer=tensor.buffer_name,
+            buffer_type=tensor.buffer_type_name,
+            read_from=read_from,
+            sched_copy=sched_copy,
             storage=readout.storage,
             is_leaf=is_leaf,
             consumer=consumer,

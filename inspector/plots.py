@@ -21,11 +21,13 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from inspector.compare import FAILING, compare_dumps  # noqa: E402
+from inspector import verdict  # noqa: E402
+from inspector.compare import compare_dumps  # noqa: E402
 from inspector.errors import InspectorError  # noqa: E402
+from inspector.identity import layer_of  # noqa: E402
 from inspector.mllama.preprocess import CLIP_MEAN, CLIP_STD  # noqa: E402
 from inspector.store import Dump, Entry, TensorStats  # noqa: E402
-from inspector.sweep_summary import layer_of, sweep_matrix  # noqa: E402
+from inspector.sweep_summary import sweep_matrix  # noqa: E402
 from inspector.tolerance import Tolerance  # noqa: E402
 
 STATISTICS = ("mean", "std", "min", "max", "absmax", "rms")
@@ -181,7 +183,7 @@ def difference_along_execution(path_a: str | Path, path_b: str | Path, tolerance
     if tolerance.nmse:
         top.axhline(tolerance.nmse, color="grey", linestyle="--", label=f"tolerance {tolerance.name}")
     bottom.semilogy(x, max_abs, marker=".", color="tab:orange", label="max |a-b|")
-    first = next((i for i, row in enumerate(rows) if row.status in FAILING), None)
+    first = verdict.first_divergence(rows)
     for axis in (top, bottom):
         if first is not None:
             axis.axvline(first, color="red", label=f"first divergence: {rows[first].name}")

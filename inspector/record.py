@@ -37,6 +37,13 @@ class TensorRecord:
     buffer: str
     storage: str
     is_leaf: bool = False
+    # The buffer's type: CPU_REPACK where ``buffer`` says CPU; explains placement divergences.
+    buffer_type: str = ""
+    # "buffer" (read from the backend at compute time) or "file" (a weight whose buffer
+    # cannot be read back, read from the model file by name and offset).
+    read_from: str = "buffer"
+    # The scheduler copy it was read through (RPC0#inp_pos#0), when its consumer ran on another backend.
+    sched_copy: str = ""
     consumer: str = ""
     flags: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)

@@ -11,8 +11,11 @@ Layout (``docs/format.md`` is the reference)::
                       TensorRecord + stats as JSON
     /index            compound table, one row per tensor, for fast listing
 
-The writer flushes after every tensor, so a crash, a kill or a full disk
-leaves a valid file with everything captured so far and ``complete=False``.
+The writer flushes after every tensor, so a crash or a kill leaves a valid
+file with everything captured so far and ``complete=False``; a full disk is
+seen coming (:mod:`inspector.disk_space`) and ends the dump the same way.
+Every tensor carries a digest of its stored bytes, which is how a reader
+tells a half-written dataset from a whole one.
 The hook never touches this module's objects: it hands over a copied array and
 a :class:`~inspector.record.TensorRecord`, which is what lets writing move to
 a thread later without changing the hook.
@@ -32,6 +35,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import xxhash
 
 from inspector.constants import (
     DEFAULT_MAX_READ_BYTES,
@@ -39,10 +43,13 @@ from inspector.constants import (
     DUMP_FORMAT_VERSION,
     TOOL_VERSION,
 )
+from inspector.disk_space import DiskFull, SpaceGuard, describe_errno, disk_full_errno
 from inspector.errors import CaptureInterrupted, DumpError, InspectorError
 from inspector.record import TensorRecord
 
 _STR = h5py.string_dtype("utf-8")
+# Elements per step of the statistics pass (bounds the NaN/Inf masks of a chunk that needs them).
+STATS_CHUNK = 1 << 18
 
 INDEX_DTYPE = np.dtype([
     ("eval", "<i4"),
@@ -55,6 +62,7 @@ INDEX_DTYPE = np.dtype([
     ("ndim", "<i4"),
     ("shape", "<i8", (4,)),
     ("buffer", _STR),
+    ("buffer_type", _STR),
     ("storage", _STR),
     ("is_leaf", "?"),
     ("nbytes", "<i8"),
@@ -64,6 +72,7 @@ INDEX_DTYPE = np.dtype([
     ("std", "<f8"),
     ("n_nan", "<i8"),
     ("n_inf", "<i8"),
+    ("digest", _STR),
 ])
 
 
@@ -80,21 +89,50 @@ class TensorStats:
 
     @classmethod
     def of(cls, array: np.ndarray) -> TensorStats:
-        values = np.asarray(array)
-        if values.dtype.kind in "iub":
-            n_nan = n_inf = 0
-            finite = values.astype(np.float64).ravel()
-        else:
-            wide = values.astype(np.float64, copy=False).ravel()
-            nan_mask = np.isnan(wide)
-            inf_mask = np.isinf(wide)
-            n_nan, n_inf = int(nan_mask.sum()), int(inf_mask.sum())
-            finite = wide[~(nan_mask | inf_mask)] if (n_nan or n_inf) else wide
-        if finite.size == 0:
+        """One streaming pass in chunks: float64 accumulators, no 8-byte-per-element temporaries.
+
+        Mean and variance combine per-chunk (mean, M2) pairs (Chan et al.), which
+        stays accurate where one running sum of squares would cancel.  A chunk whose
+        float32 min and max are finite holds no NaN or Inf, so masks are only
+        built for chunks that need them.
+        """
+        flat = np.asarray(array).reshape(-1)
+        count, mean, m2 = 0, 0.0, 0.0
+        low, high = math.inf, -math.inf
+        n_nan = n_inf = 0
+        for start in range(0, flat.size, STATS_CHUNK):
+            chunk = flat[start:start + STATS_CHUNK]
+            if chunk.dtype.kind == "f":
+                chunk_min, chunk_max = chunk.min(), chunk.max()
+                if not (math.isfinite(chunk_min) and math.isfinite(chunk_max)):
+                    nan_mask = np.isnan(chunk)
+                    inf_mask = np.isinf(chunk)
+                    n_nan += int(nan_mask.sum())
+                    n_inf += int(inf_mask.sum())
+                    chunk = chunk[~(nan_mask | inf_mask)]
+                    if not chunk.size:
+                        continue
+                    chunk_min, chunk_max = chunk.min(), chunk.max()
+            else:
+                chunk_min, chunk_max = chunk.min(), chunk.max()
+            size = chunk.size
+            # Shifted to the chunk's centre, so a large common offset does not cancel in the
+            # sum of squares; the float64 temporary is one chunk, not the tensor.
+            centre = (float(chunk_min) + float(chunk_max)) / 2
+            shifted = np.subtract(chunk, centre, dtype=np.float64)
+            shifted_mean = float(shifted.sum()) / size
+            chunk_mean = centre + shifted_mean
+            chunk_m2 = max(float(shifted @ shifted) - size * shifted_mean**2, 0.0)
+            total = count + size
+            delta = chunk_mean - mean
+            mean += delta * size / total
+            m2 += chunk_m2 + delta * delta * count * size / total
+            count = total
+            low, high = min(low, float(chunk_min)), max(high, float(chunk_max))
+        if count == 0:
             nan = float("nan")
             return cls(nan, nan, nan, nan, n_nan, n_inf)
-        return cls(float(finite.min()), float(finite.max()), float(finite.mean()),
-                   float(finite.std()), n_nan, n_inf)
+        return cls(low, high, mean, math.sqrt(m2 / count), n_nan, n_inf)
 
 
 def _finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +153,11 @@ def _dataset_path(eval_index: int, seq: int) -> str:
     return f"evals/{eval_index:06d}/{seq:06d}"
 
 
+def digest_of(array: np.ndarray) -> str:
+    """xxh3-64 of the array's C-contiguous bytes: fast (~15 GB/s), enough to tell equal from different."""
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(array).data)
+
+
 class DumpWriter:
     """Write captured tensors into a new dump, crash-safely.
 
@@ -124,8 +167,10 @@ class DumpWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], config: dict[str, Any],
-                 system: dict[str, Any], *, overwrite: bool = False) -> None:
+                 system: dict[str, Any], *, overwrite: bool = False, check_space: bool = True) -> None:
+        """``check_space=False`` leaves a full disk to HDF5's own write error (with the reserve to close)."""
         self.path = Path(path)
+        self._check_space = check_space
         if self.path.exists() and not overwrite:
             raise InspectorError(f"{self.path} exists; pass --overwrite to replace it")
         parent = self.path.parent
@@ -136,10 +181,14 @@ class DumpWriter:
                 raise InspectorError(f"cannot create output folder {parent}: {error.strerror}") from None
         if not os.access(parent, os.W_OK):
             raise InspectorError(f"output folder {parent} is not writable")
+        self._guard = SpaceGuard(self.path)
         try:
             self._file = h5py.File(self.path, "w")
         except OSError as error:
+            self._guard.release()
             raise InspectorError(f"cannot create {self.path}: {error}") from None
+        # Set when the disk filled: no further write is attempted.
+        self.failure = ""
         attrs = self._file.attrs
         attrs["format"] = DUMP_FORMAT_NAME
         attrs["format_version"] = DUMP_FORMAT_VERSION
@@ -150,6 +199,7 @@ class DumpWriter:
         attrs["config"] = json.dumps(config, sort_keys=True)
         attrs["system"] = json.dumps(system, sort_keys=True)
         attrs["result"] = json.dumps({})
+        attrs["skipped"] = json.dumps([])
         self._evals = self._file.create_group("evals")
         self._index = self._file.create_dataset(
             "index", shape=(0,), maxshape=(None,), dtype=INDEX_DTYPE, chunks=(512,))
@@ -174,21 +224,46 @@ class DumpWriter:
         return self._eval_index
 
     def write(self, record: TensorRecord, array: np.ndarray) -> None:
-        """Persist one captured tensor and its index row, then flush."""
+        """Persist one captured tensor and its index row, then flush.
+
+        Raises :class:`~inspector.disk_space.DiskFull` when the tensor does not
+        fit; the dump stays valid and every later write is refused.
+        """
         if record.eval_index != self._eval_index:
             raise ValueError(f"record for evaluation {record.eval_index} while {self._eval_index} is open")
+        if self.failure:
+            raise DiskFull(self.failure)
+        try:
+            if self._check_space:
+                self._guard.check(array.nbytes)
+        except DiskFull as full:
+            self.failure = str(full)
+            raise
+        try:
+            self._write(record, array)
+        except (OSError, RuntimeError) as error:
+            code = disk_full_errno(error)
+            if code is None:
+                raise
+            self.failure = describe_errno(code)
+            self._guard.release()
+            raise DiskFull(self.failure) from None
+
+    def _write(self, record: TensorRecord, array: np.ndarray) -> None:
         seq = self._seq
         self._seq += 1
         stats = TensorStats.of(array)
+        digest = digest_of(array)
         dataset = self._file.create_dataset(_dataset_path(record.eval_index, seq), data=array)
         # One JSON attribute rather than one attribute per field: HDF5 attribute
         # creation dominated write time (docs/performance.md).
-        dataset.attrs["record"] = json.dumps({**asdict(record), "seq": seq, **_finite_or_none(asdict(stats))})
+        dataset.attrs["record"] = json.dumps({**asdict(record), "seq": seq, "digest": digest,
+                                              **_finite_or_none(asdict(stats))})
         shape = list(array.shape) + [0] * (4 - array.ndim)
         row = np.array([(
             record.eval_index, record.node_index, record.occurrence, seq, record.name, record.op,
-            record.ggml_type, array.ndim, shape, record.buffer, record.storage, record.is_leaf,
-            array.nbytes, stats.min, stats.max, stats.mean, stats.std, stats.n_nan, stats.n_inf,
+            record.ggml_type, array.ndim, shape, record.buffer, record.buffer_type, record.storage, record.is_leaf,
+            array.nbytes, stats.min, stats.max, stats.mean, stats.std, stats.n_nan, stats.n_inf, digest,
         )], dtype=INDEX_DTYPE)
         n = self._index.shape[0]
         self._index.resize((n + 1,))
@@ -197,18 +272,32 @@ class DumpWriter:
         self.tensor_count += 1
         self.byte_count += array.nbytes
 
+    def set_skipped(self, skipped: list[dict[str, Any]]) -> None:
+        """Record the selected tensors that could not be captured, with why (an unreadable buffer)."""
+        self._file.attrs["skipped"] = json.dumps(skipped, sort_keys=True)
+        self._file.flush()
+
     def set_result(self, result: dict[str, Any]) -> None:
         """Record what the run produced (generated text, timings); kept on interruption too."""
         self._file.attrs["result"] = json.dumps(result, sort_keys=True)
         self._file.flush()
 
     def close(self, complete: bool, reason: str = "") -> None:
-        """Mark the dump complete (or not, with the reason) and close it."""
+        """Mark the dump complete (or not, with the reason) and close it.
+
+        The space reserve goes first, so that closing after a full disk has
+        room to flush HDF5's metadata.
+        """
         if not self._file.id.valid:
             return
+        self._guard.release()
         try:
-            self._file.attrs["complete"] = complete
-            self._file.attrs["incomplete_reason"] = "" if complete else (reason or "unknown")
+            self._file.attrs["complete"] = complete and not self.failure
+            self._file.attrs["incomplete_reason"] = "" if complete and not self.failure else (
+                reason or self.failure or "unknown")
+        except (OSError, RuntimeError) as error:
+            raise DumpError(f"{self.path}: could not record why the capture ended ({error}); "
+                            "the tensors written so far remain readable") from None
         finally:
             self._file.close()
 
@@ -241,6 +330,8 @@ class Entry:
     is_leaf: bool
     nbytes: int
     stats: TensorStats
+    buffer_type: str = ""
+    digest: str = ""
 
     @property
     def key(self) -> tuple[int, str, int]:
@@ -265,6 +356,7 @@ def _entry_from_row(row: np.void) -> Entry:
         nbytes=int(row["nbytes"]),
         stats=TensorStats(float(row["min"]), float(row["max"]), float(row["mean"]), float(row["std"]),
                           int(row["n_nan"]), int(row["n_inf"])),
+        buffer_type=_text(row["buffer_type"]), digest=_text(row["digest"]),
     )
 
 
@@ -291,6 +383,7 @@ def _entry_from_dataset(dataset: h5py.Dataset) -> Entry:
         is_leaf=bool(r["is_leaf"]), nbytes=int(dataset.size * dataset.dtype.itemsize),
         stats=TensorStats(_stat(r["min"]), _stat(r["max"]), _stat(r["mean"]), _stat(r["std"]),
                           int(r["n_nan"]), int(r["n_inf"])),
+        buffer_type=str(r.get("buffer_type", "")), digest=str(r["digest"]),
     )
 
 
@@ -341,29 +434,74 @@ class Dump:
         self.config: dict[str, Any] = _load_json(attrs.get("config", "{}"), "config", self.path)
         self.system: dict[str, Any] = _load_json(attrs.get("system", "{}"), "system", self.path)
         self.result: dict[str, Any] = _load_json(attrs.get("result", "{}"), "result", self.path)
+        self.skipped: list[dict[str, Any]] = _load_json(attrs.get("skipped", "[]"), "skipped", self.path)
 
     def _read_entries(self) -> list[Entry]:
         entries = [_entry_from_row(row) for row in self._file["index"][()]] if "index" in self._file else []
+        self.dropped = 0
         if not self.complete:
             # A crash between a dataset's write and its index row leaves rows missing:
-            # recover them from the datasets' own attributes.
+            # recover them from the datasets' own records, keeping only those whose
+            # data is whole (its digest matches) and dropping half-written ones.
             indexed = {entry.seq for entry in entries}
-            for group in self._file.get("evals", {}).values():
-                for dataset in group.values():
-                    try:
-                        entry = _entry_from_dataset(dataset)
-                    except (DumpError, KeyError, ValueError, TypeError):
-                        continue
-                    if entry.seq not in indexed:
+            for group in self._groups(self._file.get("evals")):
+                for dataset in self._datasets(group):
+                    entry = self._recover(dataset)
+                    if entry is None:
+                        self.dropped += 1
+                    elif entry.seq not in indexed:
                         entries.append(entry)
         entries.sort(key=lambda e: (e.eval_index, e.node_index, e.seq))
         return entries
+
+    @staticmethod
+    def _groups(parent: Any) -> list[h5py.Group]:
+        """Children that are whole groups; a crash can leave a link to an object never written."""
+        if not isinstance(parent, h5py.Group):
+            return []
+        groups = []
+        for name in parent:
+            try:
+                child = parent[name]
+            except (KeyError, OSError, RuntimeError):
+                continue
+            if isinstance(child, h5py.Group):
+                groups.append(child)
+        return groups
+
+    @staticmethod
+    def _datasets(group: h5py.Group) -> list[Any]:
+        """The group's members; those that cannot even be opened count as dropped (None)."""
+        members: list[Any] = []
+        for name in group:
+            try:
+                child = group[name]
+            except (KeyError, OSError, RuntimeError):
+                members.append(None)
+                continue
+            if isinstance(child, h5py.Dataset):
+                members.append(child)
+        return members
+
+    @staticmethod
+    def _recover(dataset: h5py.Dataset | None) -> Entry | None:
+        """The entry of an unindexed dataset whose data reads back with its recorded digest, else None."""
+        if dataset is None:
+            return None
+        try:
+            entry = _entry_from_dataset(dataset)
+            whole = digest_of(dataset[()]) == entry.digest
+        except (DumpError, KeyError, ValueError, TypeError, OSError, RuntimeError):
+            return None
+        return entry if whole else None
 
     @property
     def evaluations(self) -> list[dict[str, Any]]:
         """Per evaluation: its index, kind and the runner's info (tokens, positions)."""
         result = []
-        for group in self._file.get("evals", {}).values():
+        for group in self._groups(self._file.get("evals")):
+            if "index" not in group.attrs or "kind" not in group.attrs:
+                continue  # a group whose attributes a crash never wrote
             info = _load_json(group.attrs.get("info", "{}"), "info", self.path)
             result.append({"index": int(group.attrs["index"]), "kind": _text(group.attrs["kind"]), **info})
         return result

@@ -10,29 +10,69 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from inspector import gguf_info
 from inspector.capture import capture_llama
 from inspector.compare import compare_dumps
 from inspector.errors import InspectorError
 from inspector.ggml import load
+from inspector.gguf_header import read_header
 from inspector.rpc import LoopbackServer
-from inspector.runners.llama import LlamaRunConfig
+from inspector.runners.llama import FLASH_ATTN_MODES, KV_CACHE_TYPES, LlamaRunConfig
 from inspector.selection import Selection
 from inspector.sweep_summary import SweepRun, summarise
 from inspector.system import ggml_devices
 from inspector.tolerance import Tolerance
 
 ALL_LAYERS = 999  # llama.cpp clamps to the model's layers + output
-VARIABLE_SETTINGS = {
-    "flash_attn": str, "threads": int, "type_k": str, "type_v": str, "n_ubatch": int, "n_batch": int,
-    "op_offload": lambda text: text.lower() in ("1", "true", "on", "yes"),
+BOOLEANS = {"true": True, "on": True, "1": True, "yes": True, "false": False, "off": False, "0": False, "no": False}
+# Settings whose runs cannot be compared tensor by tensor, with the reason.
+UNPAIRABLE_SETTINGS = {
+    key: "the runner splits the prompt into ubatches of min(n_batch, n_ubatch) tokens, one evaluation each, so "
+         "runs with different values have different evaluations and their tensors cannot be paired by "
+         "evaluation index"
+    for key in ("n_batch", "n_ubatch")
 }
 SUMMARY_NAME = "summary.json"
+
+
+def _choice(choices: Iterable[str]) -> Callable[[str], str]:
+    """A parser that accepts exactly one of ``choices`` (so a typo fails before any capture)."""
+    allowed = tuple(choices)
+
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    """A count of at least 1 (threads): 0 or a word fails the sweep up front, not at its turn."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{value} is less than 1")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    """Only the spellings in BOOLEANS: anything else (``maybe``) is an error, not a silent False."""
+    try:
+        return BOOLEANS[text.lower()]
+    except KeyError:
+        raise ValueError(f"{text!r} is not one of {', '.join(BOOLEANS)}") from None
+
+
+VARIABLE_SETTINGS: dict[str, Callable[[str], Any]] = {
+    "flash_attn": _choice(FLASH_ATTN_MODES), "threads": _positive_int, "type_k": _choice(KV_CACHE_TYPES),
+    "type_v": _choice(KV_CACHE_TYPES), "op_offload": _boolean,
+}
 
 
 @dataclass
@@ -60,15 +100,21 @@ def parse_layers(text: str) -> list[int]:
 
 
 def parse_vary(text: str) -> tuple[str, list[Any]]:
-    """``flash_attn=on,off`` to ("flash_attn", ["on", "off"])."""
+    """``flash_attn=on,off`` to ("flash_attn", ["on", "off"]), every value checked now.
+
+    Checking here, not when a value's turn comes, means a typo in the last
+    value fails before the earlier configurations were captured.
+    """
     key, sep, values = text.partition("=")
+    if key in UNPAIRABLE_SETTINGS:
+        raise InspectorError(f"--vary {key} is not supported: {UNPAIRABLE_SETTINGS[key]}")
     if not sep or key not in VARIABLE_SETTINGS or not values:
         raise InspectorError(f"--vary takes SETTING=V1,V2 with SETTING one of {', '.join(VARIABLE_SETTINGS)}; "
                              f"got {text!r}")
     try:
         return key, [VARIABLE_SETTINGS[key](value.strip()) for value in values.split(",")]
-    except ValueError:
-        raise InspectorError(f"--vary {key}: cannot parse {values!r}") from None
+    except ValueError as error:
+        raise InspectorError(f"--vary {key}: {error}") from None
 
 
 def _label(settings: dict[str, Any]) -> str:
@@ -89,12 +135,22 @@ def has_gpu() -> bool:
 def run_sweep(base: LlamaRunConfig, layer_counts: list[int], varies: list[tuple[str, list[Any]]],
               rpc_mode: str, selection: Selection, out_dir: Path, tolerance: Tolerance, *,
               overwrite: bool = False, progress: Callable[[str], None] = lambda _m: None) -> SweepResult:
-    """Capture every configuration into ``out_dir``, compare each with the first, write summary.json."""
-    gguf_info.open_gguf(base.model)  # a bad model fails before any server starts or dump is written
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Capture every configuration into ``out_dir``, compare each with the first, write summary.json.
+
+    Every configuration is validated, and the model opened, before any server
+    starts or dump is written: a bad value fails the sweep, not its last run.
+    """
     keys = ["n_gpu_layers"] + [key for key, _ in varies]
     grid = [dict(zip(keys, values, strict=True))
             for values in itertools.product(layer_counts, *[values for _, values in varies])]
+    configs = [replace(base, **settings) for settings in grid]
+    for settings, config in zip(grid, configs, strict=True):
+        try:
+            config.validate()
+        except InspectorError as error:
+            raise InspectorError(f"sweep configuration {_label(settings)}: {error}") from None
+    read_header(base.model)  # a bad model fails before any server starts or dump is written
+    out_dir.mkdir(parents=True, exist_ok=True)
     server: LoopbackServer | None = None
     endpoints = list(base.rpc)
     if rpc_mode == "auto":
@@ -106,12 +162,11 @@ def run_sweep(base: LlamaRunConfig, layer_counts: list[int], varies: list[tuple[
         endpoints = [rpc_mode]
     try:
         runs = []
-        for index, settings in enumerate(grid):
+        for index, (settings, config) in enumerate(zip(grid, configs, strict=True)):
             label = _label(settings)
             dump = out_dir / f"{index:02d}-{label}.h5"
-            config = replace(base, rpc=endpoints, **settings)
             progress(f"[{index + 1}/{len(grid)}] capturing {label}")
-            capture_llama(config, selection, dump, overwrite=overwrite)
+            capture_llama(replace(config, rpc=endpoints), selection, dump, overwrite=overwrite)
             runs.append(SweepRun(label, settings, dump))
         for run in runs[1:]:
             run.comparison = compare_dumps(runs[0].dump, run.dump, tolerance)

@@ -6,16 +6,15 @@ Kept apart from running the sweep (``inspector.sweep``) so that presenting a
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inspector.compare import FAILING, Comparison
+from inspector.compare import Comparison
 from inspector.formatting import number, table
+from inspector.identity import layer_of
 from inspector.tolerance import Tolerance
 
-LAYER_SUFFIX = re.compile(r"-(\d+)$")
 STATUS_SYMBOLS = {"identical": "=", "within": "~", "diverged": "X", "missing": "?", "mismatched": "!"}
 # Least to most severe: a layer's cell shows the worst status among its tensors.
 STATUS_SEVERITY = ["identical", "within", "missing", "diverged", "mismatched"]
@@ -27,11 +26,6 @@ class SweepRun:
     settings: dict[str, Any]
     dump: Path
     comparison: Comparison | None = None
-
-
-def layer_of(name: str) -> int | None:
-    match = LAYER_SUFFIX.search(name)
-    return int(match.group(1)) if match else None
 
 
 def summarise(runs: list[SweepRun], tolerance: Tolerance) -> dict[str, Any]:
@@ -73,8 +67,7 @@ def summarise(runs: list[SweepRun], tolerance: Tolerance) -> dict[str, Any]:
         "configurations": configurations,
         "placement": placement,
         "tensors": list(tensors.values()),
-        "passed": all(not any(r.status in FAILING for r in run.comparison.rows)
-                      for run in runs[1:] if run.comparison is not None),
+        "passed": all(run.comparison.passed for run in runs[1:] if run.comparison is not None),
     }
 
 

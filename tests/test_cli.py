@@ -72,6 +72,20 @@ def test_show_prints_stats_and_values(dump):
     assert text.returncode == 0 and "eval 1" in text.stdout and "ADD" in text.stdout
 
 
+def test_show_values_limit_zero_prints_no_values(dump):
+    """``-n 0`` prints no value at all (``flat[-0:]`` once printed the whole tensor as the tail)."""
+    token_ids = byte_token_ids(PROMPT)
+    shown = json.loads(cli("show", dump, "inp_tokens", "-n", "0", "--json").stdout)
+    assert (shown["head"], shown["tail"]) == ([], [])
+    text = cli("show", dump, "inp_tokens", "-n", "0")
+    assert text.returncode == 0 and "inp_tokens" in text.stdout
+    assert "first:" not in text.stdout and "last:" not in text.stdout
+    two = json.loads(cli("show", dump, "inp_tokens", "-n", "2", "--json").stdout)
+    assert (two["head"], two["tail"]) == (token_ids[:2], token_ids[-2:])
+    negative = cli("show", dump, "inp_tokens", "-n", "-1")
+    assert negative.returncode == 2 and "-1 is not in the range" in negative.stderr
+
+
 def test_export_writes_npy(dump, tmp_path):
     out = tmp_path / "x.npy"
     result = cli("export", dump, "attn_norm-0", "-o", out)
@@ -112,7 +126,7 @@ def test_bad_model_inputs(tmp_path, tiny_f32):
     assert_one_line_error(cli("capture", not_gguf, "-p", "x"), "not a GGUF file")
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(tiny_f32.read_bytes()[:200_000])
-    assert_one_line_error(cli("capture", truncated, "-p", "x", "-o", tmp_path / "t.h5"), "truncated")
+    assert_one_line_error(cli("capture", truncated, "-p", "x", "-o", tmp_path / "t.h5"), "not within the file bounds")
     assert_one_line_error(cli("gguf", truncated), "truncated")
 
 
@@ -140,3 +154,20 @@ def test_bad_dumps_for_ls_show_export(tmp_path, dump):
     assert_one_line_error(cli("ls", truncated), "truncated.h5")
     assert_one_line_error(cli("show", dump, "no-such-tensor"), "no tensor 'no-such-tensor'")
     assert_one_line_error(cli("ls", tmp_path / "missing.h5"), "no such file")
+
+
+def test_a_model_llama_cpp_refuses_says_why_and_leaves_no_dump(tmp_path):
+    """A valid GGUF of an architecture llama.cpp does not know: one line with the cause, no empty dump."""
+    from gguf import GGUFWriter
+
+    path = tmp_path / "alien.gguf"
+    writer = GGUFWriter(str(path), "nosucharch")
+    writer.add_tensor("a.weight", np.zeros((4, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = tmp_path / "refused.h5"
+    assert_one_line_error(cli("capture", path, "-p", "x", "-o", out), "unknown model architecture: 'nosucharch'")
+    assert not out.exists()
+    assert not list(tmp_path.glob(".*space-reserve"))

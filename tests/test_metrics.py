@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from inspector.compare import DIVERGED, IDENTICAL, WITHIN, _judge
 from inspector.metrics import byte_digest, compare_arrays
 from inspector.tolerance import PRESETS, preset
+from inspector.verdict import DIVERGED, IDENTICAL, WITHIN, judge
 
 
 def test_identical_arrays():
@@ -42,7 +42,7 @@ def test_nan_in_one_run_is_a_nonfinite_mismatch():
     b[2] = np.nan
     metrics = compare_arrays(a, b)
     assert metrics.nonfinite_mismatch and metrics.nan_b == 1 and metrics.nan_a == 0
-    assert _judge(metrics, preset("quant")) == DIVERGED
+    assert judge(metrics, preset("quant")) == DIVERGED
     same_nan = compare_arrays(b, b.copy())
     assert not same_nan.nonfinite_mismatch and same_nan.identical
 
@@ -51,21 +51,21 @@ def test_presets_judge_by_nmse():
     a = np.linspace(1, 2, 100).astype(np.float32)
     small = compare_arrays(a, a * np.float32(1 + 1e-5))
     assert small.nmse < 1e-7
-    assert _judge(small, PRESETS["f32"]) == WITHIN
-    assert _judge(small, PRESETS["exact"]) == DIVERGED
+    assert judge(small, PRESETS["f32"]) == WITHIN
+    assert judge(small, PRESETS["exact"]) == DIVERGED
     large = compare_arrays(a, a * np.float32(1.05))  # NMSE 2.5e-3
-    assert _judge(large, PRESETS["f16"]) == DIVERGED
-    assert _judge(large, PRESETS["quant"]) == WITHIN
-    assert _judge(compare_arrays(a, a.copy()), PRESETS["exact"]) == IDENTICAL
+    assert judge(large, PRESETS["f16"]) == DIVERGED
+    assert judge(large, PRESETS["quant"]) == WITHIN
+    assert judge(compare_arrays(a, a.copy()), PRESETS["exact"]) == IDENTICAL
 
 
 def test_atol_rtol_override():
     a = np.zeros(3, np.float32)
     b = np.array([0, 0, 0.5], np.float32)
     tolerance = preset("f32").with_overrides(nmse=math.inf, atol=0.1, rtol=None)
-    assert _judge(compare_arrays(a, b, tolerance.atol, tolerance.rtol), tolerance) == DIVERGED
+    assert judge(compare_arrays(a, b, tolerance.atol, tolerance.rtol), tolerance) == DIVERGED
     loose = preset("f32").with_overrides(nmse=math.inf, atol=1.0, rtol=None)
-    assert _judge(compare_arrays(a, b, loose.atol, loose.rtol), loose) == WITHIN
+    assert judge(compare_arrays(a, b, loose.atol, loose.rtol), loose) == WITHIN
 
 
 def test_shapes_must_agree():

@@ -12,12 +12,12 @@ from test_cli import assert_one_line_error, cli
 from test_mllama_preprocess import synthetic
 
 from inspector import open_dump
-from inspector.mllama.preprocess import preprocess, render, to_rgb
+from inspector.mllama.preprocess import preprocess
 
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 900x600 (w×h) PNG: one row of two tiles, with padding, so every planted cause is visible."""
+    """A 900x600 (w×h) PNG: unresized on a 2×2-tile canvas, padded right and below, so every planted cause shows."""
     path = tmp_path_factory.mktemp("img") / "photo.png"
     synthetic(900, 600, "RGB", seed=3).save(path)
     return path
@@ -67,21 +67,41 @@ def test_imported_raw_compares_with_a_capture_via_map(photo, tmp_path):
     assert document["tensors"][0]["status"] == "identical"
 
 
+# preprocessor_config.json of Llama-3.2-Vision (CLIP's), written out here rather than imported.
+HF_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+HF_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+TILE, MAX_TILES = 560, 4
+# HF's geometry for the 900×600 photo, by hand: of the canvases of at most 4 tiles only
+# 1120×1120 allows an upscale >= 1 (min(1120/600, 1120/900) = 1.24), and the image already
+# lies between the tile size and the canvas on both sides, so it is not resized.
+CANVAS_WH, RESIZED_WH = (1120, 1120), (900, 600)
+
+
+def hf_inp_raw(image: Image.Image, resized_wh: tuple[int, int], pad: int = 0) -> np.ndarray:
+    """transformers' numerics with PIL and numpy alone: bilinear resize, pad, rescale, normalise, tile."""
+    width, height = resized_wh
+    pixels = np.full((CANVAS_WH[1], CANVAS_WH[0], 3), pad, dtype=np.uint8)
+    pixels[:height, :width] = np.asarray(image.convert("RGB").resize(resized_wh, Image.Resampling.BILINEAR))
+    scaled = (pixels * (1 / 255)).astype(np.float32)  # rescaled in float64, then float32, as HF does
+    normalised = ((scaled - HF_MEAN) / HF_STD).transpose(2, 0, 1)
+    tiles = [normalised[:, row:row + TILE, col:col + TILE]
+             for row in range(0, CANVAS_WH[1], TILE) for col in range(0, CANVAS_WH[0], TILE)]
+    inp_raw = np.zeros((MAX_TILES, 3, TILE, TILE), dtype=np.float32)
+    inp_raw[: len(tiles)] = tiles
+    return inp_raw
+
+
 def planted_variants(photo: Path) -> dict[str, np.ndarray]:
+    """Each cause made with PIL and numpy here, not with the helpers the hypotheses rebuild it with."""
     image = Image.open(photo)
-    reference = preprocess(image)
-    g = reference.geometry
-    canvas = (g.canvas_wh[1], g.canvas_wh[0])
-    resized = (g.resized_wh[1], g.resized_wh[0])
-    raw = reference.inp_raw
-    swapped_tiles = raw.copy()
-    swapped_tiles[[0, 1]] = raw[[1, 0]]
+    raw = hf_inp_raw(image, RESIZED_WH)
+    np.testing.assert_array_equal(raw, preprocess(image).inp_raw)  # the independent pipeline is HF's
     return {
-        "swapped tiles": swapped_tiles,
-        "swapped channels": raw[:, [2, 1, 0]].copy(),
-        "stretched, not padded": render(to_rgb(image, "hf"), canvas, canvas, reference.config),
-        "width/height transposed": render(to_rgb(image, "hf"), canvas, (resized[1], resized[0]), reference.config),
-        "white padding": render(to_rgb(image, "hf"), canvas, resized, reference.config, pad_value=255),
+        "swapped tiles": raw[[1, 0, 2, 3]],
+        "swapped channels": raw[:, ::-1].copy(),
+        "stretched, not padded": hf_inp_raw(image, CANVAS_WH),
+        "width/height transposed": hf_inp_raw(image, (RESIZED_WH[1], RESIZED_WH[0])),
+        "white padding": hf_inp_raw(image, RESIZED_WH, pad=255),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ from test_cli import assert_one_line_error, cli
 
 from inspector import open_dump
 from inspector.compare import compare_dumps
+from inspector.mllama.model import build_mllama
 from inspector.models.tiny_mllama import TinyMllamaSpec, write_tiny_mllama
 from inspector.rpc import LoopbackServer
+from inspector.runners.mllama import NEXT_GRAPH_PROBES, EncodeConfig, Session
 from inspector.tolerance import preset
 
 SPEC = TinyMllamaSpec(seed=4)
@@ -78,6 +81,37 @@ def test_late_read_shows_buffer_reuse_while_the_hook_copy_is_intact(tiny, tmp_pa
         assert late["ca_patch_embd"]["overwritten_by_next_graph"]
     comparison = compare_dumps(tmp_path / "reference.h5", tmp_path / "check.h5", preset("exact"))
     assert comparison.passed  # the copies taken at compute time are exact
+
+
+def compute_buffer_bytes(model: Path, image: Path, probes: tuple[str, ...]) -> int:
+    """The CPU compute buffer one graph needs on a fresh scheduler, as ggml itself sizes it."""
+    with Session(EncodeConfig(model=str(model), image=str(image))) as session:
+        graph = build_mllama(session.weights, probes)
+        try:
+            session.compute(graph, session.preprocess(str(image)), None)
+        finally:
+            graph.free()
+        size = session.lib.ggml.ggml_backend_sched_get_buffer_size
+        size.restype, size.argtypes = ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_void_p]
+        return size(session.sched, session.cpu.address)
+
+
+def test_sched_check_never_re_reads_memory_a_bigger_next_graph_freed(tmp_path):
+    """A model whose next graph needs a bigger buffer: re-reading once read the freed one."""
+    model = write_tiny_mllama(tmp_path / "wide.gguf", TinyMllamaSpec(hidden=128, ffn=256, seed=4))
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (45, 70, 3), dtype=np.uint8)).save(image)
+    own, following = compute_buffer_bytes(model, image, ()), compute_buffer_bytes(model, image, NEXT_GRAPH_PROBES)
+    assert following > own  # on its own, the next graph would make the scheduler reallocate
+    out = tmp_path / "check.h5"
+    result = cli("mllama", "sched-check", model, "--image", image, "--threads", "1", "-t", "ca_patch_embd",
+                 "-o", out)
+    assert result.returncode == 0, result.stderr
+    with open_dump(out) as dump:
+        assert dump.result["compute_buffers"] == [
+            {"backend": "CPU", "after_own_graph": following, "after_next_graph": following}]
+        assert [r["name"] for r in dump.result["late_reads"]] == ["ca_patch_embd"]
+    assert "reallocated" not in result.stdout
 
 
 def test_encode_bad_inputs(tiny, tmp_path, tiny_f32):

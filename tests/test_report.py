@@ -59,7 +59,7 @@ def test_report_is_self_contained_and_highlights_the_first_divergence(report):
     assert "script" not in parser.tags and "link" not in parser.tags
     assert "first divergence: <b>l_out-1</b>" in text
     assert "<tr class='first'>" in text and "Comparison: FAIL" in text
-    assert "config.model_facts.sha256" in text
+    assert "config.model_facts.fingerprint" in text
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):

@@ -12,7 +12,9 @@ from test_cli import assert_one_line_error, cli
 
 from inspector import open_dump
 from inspector.compare import DIVERGED, MISMATCHED, compare_dumps
+from inspector.errors import InspectorError
 from inspector.rpc import LoopbackServer, free_port
+from inspector.sweep import parse_vary
 from inspector.tolerance import preset
 
 N_LAYER = 2  # the tiny_f32 fixture's layers
@@ -103,3 +105,30 @@ def test_sweep_bad_arguments(tiny_f32, tmp_path):
                           "--n-gpu-layers")
     assert_one_line_error(cli("sweep", tiny_f32, "-p", "x", "--vary", "colour=red", "-o", tmp_path / "s"),
                           "--vary")
+
+
+@pytest.mark.parametrize(("arguments", "fragment"), [
+    pytest.param(("--vary", "op_offload=maybe"), "--vary op_offload: 'maybe' is not one of", id="op_offload"),
+    pytest.param(("--vary", "flash_attn=on,bogus"), "--vary flash_attn: 'bogus' is not one of auto, on, off",
+                 id="flash_attn"),
+    pytest.param(("--vary", "type_k=f16,q9_0"), "--vary type_k: 'q9_0' is not one of", id="type_k"),
+    pytest.param(("--vary", "threads=1,0"), "--vary threads: 0 is less than 1", id="threads-zero"),
+    pytest.param(("--vary", "threads=1,two"), "--vary threads: 'two' is not a whole number", id="threads-text"),
+    pytest.param(("--vary", "n_ubatch=4,8"), "cannot be paired by evaluation index", id="n_ubatch"),
+    pytest.param(("--vary", "n_batch=4,8"), "cannot be paired by evaluation index", id="n_batch"),
+    pytest.param(("--ctx", "0", "--vary", "flash_attn=on,off"),
+                 "sweep configuration ngl0-flash_attn=on: --ctx must be", id="base-config"),
+])
+def test_sweep_checks_every_value_before_the_first_capture(tiny_f32, tmp_path, arguments, fragment):
+    """A bad value anywhere in the grid fails the sweep before any dump (or the output folder) exists."""
+    out = tmp_path / "sweep"
+    result = cli("sweep", tiny_f32, "-p", "x", "--n-gpu-layers", "0", "--threads", "1", "-o", out, *arguments)
+    assert_one_line_error(result, fragment)
+    assert not out.exists()
+
+
+def test_vary_op_offload_accepts_only_boolean_spellings():
+    assert parse_vary("op_offload=on,No,1,false,YES,off,0,true") == (
+        "op_offload", [True, False, True, False, True, False, False, True])
+    with pytest.raises(InspectorError, match="'maybe' is not one of"):
+        parse_vary("op_offload=on,maybe")

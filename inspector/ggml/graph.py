@@ -59,6 +59,8 @@ SCHED: dict[str, tuple[object, list[object]]] = {
     "ggml_backend_sched_alloc_graph": (_c.c_bool, [_p, _p]),
     "ggml_backend_sched_graph_compute": (_i, [_p, _p]),
     "ggml_backend_sched_reset": (None, [_p]),
+    "ggml_backend_sched_reserve": (_c.c_bool, [_p, _p]),
+    "ggml_backend_sched_get_buffer_size": (_sz, [_p, _p]),
 }
 GGML_BACKEND_BUFFER_USAGE_WEIGHTS = 1
 DTYPE_TO_GGML = {np.dtype("float32"): 0, np.dtype("float16"): 1, np.dtype("int32"): 26}

@@ -74,6 +74,8 @@ _BASE_FUNCTIONS: dict[str, tuple[object, list[object]]] = {
     "ggml_op_desc": (_c.c_char_p, [_p]),
     "ggml_backend_buffer_name": (_c.c_char_p, [_p]),
     "ggml_backend_buffer_is_host": (_c.c_bool, [_p]),
+    "ggml_backend_buffer_get_type": (_p, [_p]),
+    "ggml_backend_buft_name": (_c.c_char_p, [_p]),
     "ggml_backend_tensor_get": (None, [_p, _p, _c.c_size_t, _c.c_size_t]),
 }
 
@@ -145,6 +147,25 @@ def load() -> GgmlLibraries:
         raise InspectorError(f"cannot load ggml from {directory}: {error}") from None
     _declare(base, _BASE_FUNCTIONS)
     _declare(ggml, _REGISTRY_FUNCTIONS)
+    _check_tensor_layout(base)
     rpc_path = directory / SONAME_GGML_RPC
     rpc = ctypes.CDLL(str(rpc_path)) if rpc_path.exists() else None
     return GgmlLibraries(directory=directory, base=base, ggml=ggml, rpc=rpc)
+
+
+def _check_tensor_layout(base: ctypes.CDLL) -> None:
+    """Refuse a ggml whose ``struct ggml_tensor`` is not the one we mirror, before reading garbage.
+
+    ``ggml_tensor_overhead()`` is ``sizeof(ggml_object) + sizeof(ggml_tensor)``:
+    a field added or removed upstream changes it.
+    """
+    from inspector.constants import GGML_OBJECT_SIZE
+    from inspector.ggml.tensor import GgmlTensorStruct
+
+    expected = ctypes.sizeof(GgmlTensorStruct) + GGML_OBJECT_SIZE
+    actual = base.ggml_tensor_overhead()
+    if actual != expected:
+        raise InspectorError(
+            f"the ggml in {SONAME_GGML_BASE} has a struct ggml_tensor of {actual - GGML_OBJECT_SIZE} bytes; "
+            f"this ggml-inspector mirrors the {ctypes.sizeof(GgmlTensorStruct)}-byte one of llama-cpp-python 0.3.36"
+        )

@@ -91,10 +91,20 @@ def materialise(raw: np.ndarray, ggml_type: int, ne: tuple[int, ...], nb: tuple[
     return Readout(np.asarray(values, dtype=np.float32).reshape(shape), "dequantized")
 
 
+class UnreadableTensor(InspectorError):
+    """The tensor's buffer cannot be read back (not allocated, or an extra buffer type without get_tensor)."""
+
+
 def read_tensor(tensor: Tensor) -> Readout:
-    """Copy ``tensor`` out of its buffer (GPU, RPC and host alike) and materialise it."""
-    if not tensor.buffer and not tensor.data:
-        raise InspectorError(f"tensor {tensor.name!r} has no data (not allocated)")
+    """Copy ``tensor`` out of its buffer (GPU, RPC and host alike) and materialise it.
+
+    Raises :class:`UnreadableTensor` instead of calling into a buffer that
+    cannot be read: ``ggml_backend_tensor_get`` asserts on a missing buffer
+    and jumps to a null pointer on a repacked one.
+    """
+    reason = tensor.unreadable_reason()
+    if reason:
+        raise UnreadableTensor(f"tensor {tensor.name!r}: {reason}")
     return materialise(
         read_bytes(tensor), tensor.ggml_type, tensor.ne, tensor.nb,
         tensor.block_size, tensor.type_size, tensor.n_dims,

@@ -42,6 +42,30 @@ class GgmlTensorStruct(ctypes.Structure):
     ]
 
 
+class GgmlBackendBufferStruct(ctypes.Structure):
+    """The head of ``struct ggml_backend_buffer`` (ggml-backend-impl.h): its interface, then its type.
+
+    Read only to learn whether the buffer implements ``get_tensor``: the CPU's
+    repacked weight buffers (``CPU_REPACK``) set it to NULL, and
+    ``ggml_backend_tensor_get`` would jump there.
+    """
+
+    _fields_ = [
+        ("free_buffer", ctypes.c_void_p),
+        ("get_base", ctypes.c_void_p),
+        ("init_tensor", ctypes.c_void_p),
+        ("memset_tensor", ctypes.c_void_p),
+        ("set_tensor", ctypes.c_void_p),
+        ("get_tensor", ctypes.c_void_p),
+        ("set_tensor_2d", ctypes.c_void_p),
+        ("get_tensor_2d", ctypes.c_void_p),
+        ("cpy_tensor", ctypes.c_void_p),
+        ("clear", ctypes.c_void_p),
+        ("reset", ctypes.c_void_p),
+        ("buft", ctypes.c_void_p),
+    ]
+
+
 def decode_name(raw: bytes) -> str:
     """Tensor names are C strings of arbitrary bytes; keep undecodable bytes visible."""
     return raw.decode("utf-8", errors="backslashreplace")
@@ -140,6 +164,32 @@ class Tensor:
         if not buffer:
             return ""
         return self.lib.base.ggml_backend_buffer_name(buffer).decode(errors="replace")
+
+    @property
+    def buffer_type_name(self) -> str:
+        """Name of the buffer's *type*: ``CPU_REPACK`` where ``buffer_name`` says ``CPU``."""
+        buffer = self.buffer
+        if not buffer:
+            return ""
+        buft = self.lib.base.ggml_backend_buffer_get_type(buffer)
+        return self.lib.base.ggml_backend_buft_name(buft).decode(errors="replace") if buft else ""
+
+    def unreadable_reason(self) -> str:
+        """Why ``ggml_backend_tensor_get`` cannot read this tensor, or "" when it can.
+
+        The interface is read from the buffer itself; its ``buft`` field must
+        equal what ``ggml_backend_buffer_get_type`` returns, which proves the
+        mirrored layout before we trust the ``get_tensor`` slot.
+        """
+        buffer = self.buffer
+        if not buffer or not self.data:
+            return "not allocated (no buffer or no data)"
+        head = GgmlBackendBufferStruct.from_address(buffer)
+        if head.buft != self.lib.base.ggml_backend_buffer_get_type(buffer):
+            return "unknown ggml_backend_buffer layout"
+        if not head.get_tensor:
+            return f"its buffer type {self.buffer_type_name} cannot be read back"
+        return ""
 
     @property
     def sources(self) -> list[Tensor]:

@@ -15,16 +15,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from inspector import gguf_info, rpc
+from inspector import rpc
 from inspector.constants import DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, DEFAULT_SEED
 from inspector.errors import CaptureInterrupted, InspectorError, ModelError
+from inspector.gguf_header import check_gguf_file, fingerprint, read_leading_metadata
 from inspector.hook import TensorHook
 
 FLASH_ATTN_MODES = {
@@ -92,9 +92,8 @@ class _LlamaLog:
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
         self.lines: deque[str] = deque(maxlen=50)
-        self.callback = llama_cpp.llama_log_callback(self._on_log)
 
-    def _on_log(self, level: int, text: bytes, _user_data: int) -> None:
+    def write(self, text: bytes) -> None:
         message = text.decode("utf-8", errors="replace")
         if message.strip():
             self.lines.append(message.strip())
@@ -102,36 +101,59 @@ class _LlamaLog:
             print(message, end="", flush=True, file=sys.stderr)
 
     def last_error(self) -> str:
-        for line in reversed(self.lines):
-            if "error" in line.lower() or "failed" in line.lower():
-                return line
+        """The most specific recent failure: llama.cpp logs the cause ("error loading model: unknown
+        model architecture") before the generic "failed to load model" that follows it."""
+        for marker in ("error", "failed"):
+            for line in reversed(self.lines):
+                if marker in line.lower():
+                    return line
         return self.lines[-1] if self.lines else ""
 
 
 _active_log: _LlamaLog | None = None
 
 
+def _on_log(_level: int, text: bytes, _user_data: int) -> None:
+    """Hand a llama.cpp log line to the log installed last (read once: another thread may swap it)."""
+    log = _active_log
+    if log is not None:
+        log.write(text)
+
+
+# One ctypes thunk for the life of the process.  llama.cpp calls the log callback
+# through a bare C pointer from any thread, without a lock: a thunk made per
+# install_log and freed when replaced (even one install later) crashed a thread
+# that had read the old pointer and was still entering it (tests/test_llama_log.py).
+_LOG_THUNK = llama_cpp.llama_log_callback(_on_log)
+
+
 def install_log(verbose: bool) -> _LlamaLog:
-    """Install (once per call) a log callback that keeps llama.cpp's output off the terminal."""
+    """Start a fresh log buffer and point llama.cpp's (and ggml's) log at it, off the terminal.
+
+    Only the Python-side buffer changes; the C callback is always the same
+    thunk, so nothing llama.cpp may still call is ever freed.
+    """
     global _active_log
     _active_log = _LlamaLog(verbose)
-    llama_cpp.llama_log_set(_active_log.callback, ctypes.c_void_p(0))
+    llama_cpp.llama_log_set(_LOG_THUNK, ctypes.c_void_p(0))
     return _active_log
 
 
 def model_facts(path: str) -> dict[str, Any]:
-    """Path, size, sha256, name and architecture of a GGUF file (validated with gguf-py)."""
-    reader = gguf_info.open_gguf(path)
-    facts = {
-        "path": str(Path(path).resolve()),
-        "size": Path(path).stat().st_size,
-        "sha256": gguf_info.sha256_of(path),
-        "name": gguf_info.field_value(reader, "general.name"),
-        "architecture": gguf_info.field_value(reader, "general.architecture"),
-        "n_tensors": len(reader.tensors),
+    """Path, size, fingerprint, name and architecture of a GGUF file, in bounded reads.
+
+    O(1) in the vocabulary and the file size: no metadata array is walked and
+    the data section is not hashed (the full sha256 is ``gguf_header.sha256_of``).
+    """
+    model = check_gguf_file(path)
+    leading = read_leading_metadata(model, ("general.name", "general.architecture"))
+    return {
+        "path": str(model.resolve()),
+        "size": model.stat().st_size,
+        "fingerprint": fingerprint(path),
+        "name": leading.get("general.name"),
+        "architecture": leading.get("general.architecture"),
     }
-    del reader
-    return facts
 
 
 def _ggml_type_id(name: str) -> int:

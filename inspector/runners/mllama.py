@@ -30,6 +30,9 @@ from inspector.selection import Selection
 from inspector.store import DumpWriter
 from inspector.system import system_facts
 
+# The probe that makes sched-check's second graph differ from the first.
+NEXT_GRAPH_PROBES = ("ln_pre",)
+
 
 @dataclass
 class EncodeConfig:
@@ -55,6 +58,19 @@ class LateRead:
 
 
 @dataclass
+class ComputeBuffer:
+    """One backend's scheduler compute buffer size after each graph of sched-check.
+
+    A size that changed means the scheduler freed the buffer and allocated
+    another: the first graph's tensors then point to freed memory.
+    """
+
+    backend: str
+    after_own_graph: int
+    after_next_graph: int
+
+
+@dataclass
 class EncodeSummary:
     path: Path
     tensors: int
@@ -63,6 +79,12 @@ class EncodeSummary:
     geometry: dict
     placement: dict[str, str]
     late_reads: list[LateRead] = field(default_factory=list)
+    compute_buffers: list[ComputeBuffer] = field(default_factory=list)
+
+    @property
+    def reallocated(self) -> bool:
+        """True when sched-check's second graph made the scheduler reallocate (so nothing was re-read)."""
+        return any(b.after_own_graph != b.after_next_graph for b in self.compute_buffers)
 
 
 class Session:
@@ -94,6 +116,28 @@ class Session:
         config = PreprocessConfig(tile_size=h.image_size, max_tiles=h.max_tiles,
                                   patch_size=h.patch_size)
         return preprocess(load_image(image_path, self.config.loader), config)
+
+    def reserve(self, *probe_sets: tuple[str, ...]) -> None:
+        """Size the compute buffers for the graphs built with each of ``probe_sets`` before any runs.
+
+        The scheduler grows a buffer by freeing it and allocating a bigger one
+        when a graph needs more than it has; reserved for every graph up front,
+        allocating one never frees the memory another's tensors point to.
+        Throwaway graphs are measured, as llama.cpp does: splitting rewrites a
+        graph's sources to the scheduler's copies, which the next split replaces.
+        """
+        for probes in probe_sets:
+            measured = build_mllama(self.weights, probes)
+            try:
+                if not self.lib.ggml.ggml_backend_sched_reserve(self.sched, measured.graph):
+                    raise InspectorError("the scheduler could not reserve memory for the graph")
+            finally:
+                measured.free()
+
+    def buffer_sizes(self) -> dict[str, int]:
+        """Each backend's compute buffer size in bytes, to notice a reallocation."""
+        return {b.name: self.lib.ggml.ggml_backend_sched_get_buffer_size(self.sched, b.address)
+                for b in self.backends}
 
     def compute(self, graph: MllamaGraph, inputs: Preprocessed, hook: TensorHook | None) -> None:
         """Allocate ``graph`` on the scheduler, set its inputs, compute it (the hook sees every node)."""
@@ -139,7 +183,14 @@ def late_read(lib, kept: dict[int, tuple[TensorRecord, np.ndarray]]) -> dict[int
 
 def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, overwrite: bool = False,
            sched_check: bool = False, progress: Callable[[str], None] = lambda _m: None) -> EncodeSummary:
-    """Preprocess, build, compute and capture; with ``sched_check``, run a second graph and re-read."""
+    """Preprocess, build, compute and capture; with ``sched_check``, run a second graph and re-read.
+
+    The scheduler is reserved for both graphs before the first runs, so the
+    second graph's allocation reuses the first graph's buffers instead of
+    replacing them: re-reading then shows what the second graph wrote, never
+    freed memory.  Should a buffer's size change anyway, the summary reports it
+    (``compute_buffers``, ``reallocated``) and nothing is re-read.
+    """
     started = time.perf_counter()
     with Session(config) as session:
         inputs = session.preprocess(config.image)
@@ -157,6 +208,8 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
             hook = TensorHook(selection, sink, session.lib)
             graph = build_mllama(session.weights, tuple(config.probes))
             try:
+                if sched_check:
+                    session.reserve(tuple(config.probes), NEXT_GRAPH_PROBES)
                 eval_index = writer.begin_evaluation("encode", {"geometry": geometry, "image": config.image})
                 hook.begin_evaluation(eval_index)
                 progress(f"computing the vision graph on {', '.join(b.name for b in session.backends)}")
@@ -167,21 +220,29 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
                                              "(marked incomplete)")
                 if hook.error:
                     raise InspectorError(f"capture stopped: {hook.error.splitlines()[-1]}")
-                late_reads = []
+                late_reads: list[LateRead] = []
+                buffers: list[ComputeBuffer] = []
                 if sched_check:
                     after_own = late_read(session.lib, kept)
+                    sizes_own = session.buffer_sizes()
                     progress("running a second, different graph on the same scheduler, then re-reading")
-                    other = build_mllama(session.weights, ("ln_pre",))
+                    other = build_mllama(session.weights, NEXT_GRAPH_PROBES)
                     flipped = replace(inputs, inp_raw=np.ascontiguousarray(inputs.inp_raw[..., ::-1]))
-                    session.compute(other, flipped, None)
-                    after_next = late_read(session.lib, kept)
-                    other.free()
-                    late_reads = [LateRead(record.name, record.occurrence, after_own[address][0],
-                                           after_next[address][0], after_next[address][1])
-                                  for address, (record, _array) in kept.items()]
-                writer.set_result({"late_reads": [asdict(r) for r in late_reads]} if sched_check else {})
+                    try:
+                        session.compute(other, flipped, None)
+                    finally:
+                        other.free()
+                    sizes_next = session.buffer_sizes()
+                    buffers = [ComputeBuffer(name, size, sizes_next[name]) for name, size in sizes_own.items()]
+                    if sizes_next == sizes_own:  # else the kept tensors' memory was freed: do not read it
+                        after_next = late_read(session.lib, kept)
+                        late_reads = [LateRead(record.name, record.occurrence, after_own[address][0],
+                                               after_next[address][0], after_next[address][1])
+                                      for address, (record, _array) in kept.items()]
+                writer.set_result({"late_reads": [asdict(r) for r in late_reads],
+                                   "compute_buffers": [asdict(b) for b in buffers]} if sched_check else {})
             finally:
                 graph.free()
         return EncodeSummary(Path(output), writer.tensor_count, time.perf_counter() - started, hook.counters,
-                             geometry, session.weights.placement, late_reads)
+                             geometry, session.weights.placement, late_reads, buffers)
 

@@ -1,0 +1,92 @@
+"""Stop writing a dump *before* the disk or the file-size limit is reached, and keep room to close it.
+
+Why not just catch HDF5's error: once a raw-data write fails with ENOSPC,
+HDF5 holds dirty metadata it cannot flush; closing the file then fails
+("Can't destroy cache (slist already enabled?)"), h5py prints tracebacks
+from object destructors, and the process can segfault at exit.  So the
+writer asks :meth:`SpaceGuard.check` before every tensor and stops cleanly
+while there is still room for the closing metadata.
+
+When space vanishes anyway between the check and the write (another process
+filling the disk), :meth:`SpaceGuard.release` deletes a small reserve file
+made next to the dump at start, so the close that follows can flush.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import resource
+from pathlib import Path
+
+from inspector.errors import InspectorError
+
+# Room kept free for the dump's closing metadata (attributes, index, group headers).
+CLOSE_MARGIN_BYTES = 256 * 1024
+# HDF5's per-dataset overhead (object header, record attribute, index row), generously.
+PER_TENSOR_OVERHEAD_BYTES = 16 * 1024
+RESERVE_BYTES = 256 * 1024
+# errno values that mean "no more room" (h5py reports them inside its message).
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
+_ERRNO_IN_MESSAGE = re.compile(r"errno = (\d+)")
+
+
+class DiskFull(InspectorError):
+    """The dump's disk (or the process's file-size limit) has no room for the next tensor."""
+
+
+def disk_full_errno(error: BaseException) -> int | None:
+    """The errno of an OSError (or h5py's error text) when it means the disk is full, else None."""
+    code = getattr(error, "errno", None)
+    if code is None:
+        match = _ERRNO_IN_MESSAGE.search(str(error))
+        code = int(match.group(1)) if match else None
+    return code if code in DISK_FULL_ERRNOS else None
+
+
+def describe_errno(code: int) -> str:
+    return {errno.EFBIG: "file size limit reached", errno.EIO: "I/O error"}.get(code, "disk full")
+
+
+class SpaceGuard:
+    """Free-space and RLIMIT_FSIZE checks for one growing file, plus a releasable reserve."""
+
+    def __init__(self, path: Path, reserve_bytes: int = RESERVE_BYTES) -> None:
+        self.path = path
+        self.reserve_path = path.with_name(f".{path.name}.space-reserve")
+        self._reserve_held = False
+        if reserve_bytes > 0:
+            try:
+                with open(self.reserve_path, "wb") as handle:
+                    handle.truncate(0)
+                    handle.write(b"\0" * reserve_bytes)
+                self._reserve_held = True
+            except OSError:
+                # No room even for the reserve: the first check will say so.
+                self.reserve_path.unlink(missing_ok=True)
+
+    def room(self) -> int:
+        """Bytes the dump may still grow by before the disk or the size limit stops it."""
+        stats = os.statvfs(self.path.parent)
+        free = stats.f_bavail * stats.f_frsize
+        soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            free = min(free, soft - size)
+        return free
+
+    def check(self, nbytes: int) -> None:
+        """Raise DiskFull unless ``nbytes`` of data, its overhead and the closing margin fit."""
+        needed = nbytes + PER_TENSOR_OVERHEAD_BYTES + CLOSE_MARGIN_BYTES
+        room = self.room()
+        if room < needed:
+            soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            limited = soft != resource.RLIM_INFINITY and room == soft - self.path.stat().st_size
+            raise DiskFull("file size limit reached" if limited else "disk full")
+
+    def release(self) -> None:
+        """Delete the reserve so that closing the dump has room to flush."""
+        if self._reserve_held:
+            self.reserve_path.unlink(missing_ok=True)
+            self._reserve_held = False
