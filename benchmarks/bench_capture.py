@@ -17,12 +17,12 @@ import h5py
 import numpy as np
 
 from inspector import open_dump
+from inspector.dump_writer import DumpWriter
 from inspector.hook import TensorHook
 from inspector.models import TinyLlamaSpec, write_tiny_llama
 from inspector.record import TensorRecord
 from inspector.runners import llama as llama_runner
 from inspector.selection import Selection
-from inspector.store import DumpWriter
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inspector.dump_writer import DumpWriter
 from inspector.record import TensorRecord
-from inspector.store import DumpWriter
 
 # VmHWM (peak RSS of this process image): ru_maxrss would inherit the parent's peak across fork+exec.
 MEASURE = """

@@ -13,13 +13,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inspector import rpc
+from inspector.background_writer import BackgroundWriter
 from inspector.disk_space import DiskFull
+from inspector.dump_format import NO_COMPRESSION, Compression
+from inspector.dump_writer import DumpWriter
 from inspector.errors import CaptureInterrupted, InspectorError, ModelError
 from inspector.ggml import load
 from inspector.hook import HookCounters, SkippedTensor, TensorHook, stop_on_signals
 from inspector.runners import llama as llama_runner
 from inspector.selection import Selection
-from inspector.store import DumpWriter
 from inspector.system import system_facts
 from inspector.weight_file import WeightFile
 
@@ -42,16 +44,17 @@ class CaptureSummary:
 
 
 def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, output: str | Path,
-                  *, overwrite: bool = False, verbose: bool = False,
-                  progress: Progress | None = None) -> CaptureSummary:
+                  *, overwrite: bool = False, verbose: bool = False, progress: Progress | None = None,
+                  stats_only: bool = False, compression: Compression = NO_COMPRESSION) -> CaptureSummary:
     """Run a llama.cpp model and write the selected tensors to ``output``.
 
-    On Ctrl-C the dump is closed with ``complete=False`` and
+    The hook only copies; a :class:`BackgroundWriter` computes statistics and
+    writes.  On Ctrl-C the dump is closed with ``complete=False`` and
     :class:`~inspector.errors.CaptureInterrupted` is raised; an exception
-    inside the eval callback ends capturing, keeps the dump (incomplete) and
-    is raised as an InspectorError once the run has finished; a full disk
-    raises :class:`~inspector.disk_space.DiskFull` saying how much was kept.
-    A model llama.cpp refuses leaves no dump behind.
+    inside the eval callback or the writer ends capturing, keeps the dump
+    (incomplete) and is raised as an InspectorError once the run has
+    finished; a full disk raises :class:`~inspector.disk_space.DiskFull`
+    saying how much was kept.  A model llama.cpp refuses leaves no dump behind.
     """
     config.validate()
     started = time.perf_counter()
@@ -61,7 +64,8 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     run_config = {**llama_runner.describe_config(config), "model_facts": llama_runner.model_facts(config.model),
                   "select": {"globs": list(selection.globs), "regexes": list(selection.regexes)}}
     log = llama_runner.install_log(verbose)
-    writer = DumpWriter(output, run_config, system_facts(lib), overwrite=overwrite)
+    writer = BackgroundWriter(DumpWriter(output, run_config, system_facts(lib), overwrite=overwrite,
+                                         stats_only=stats_only, compression=compression))
     say = progress or (lambda _message: None)
 
     hook = TensorHook(selection, writer.write, lib, weights=WeightFile(config.model))
@@ -86,25 +90,27 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
             "evaluations": result.evaluations,
             "seconds": round(result.seconds, 3),
         })
+        writer.drain()
     except (KeyboardInterrupt, CaptureInterrupted):
         keep_skipped()
         writer.close(False, "interrupted")
         raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {writer.path} "
                                  "(marked incomplete)") from None
     except ModelError:
+        writer.close(False, "model refused")
         if writer.tensor_count == 0:
-            writer.close(False, "model refused")
             writer.path.unlink(missing_ok=True)
         raise
     except BaseException as error:
         writer.close(False, f"{type(error).__name__}: {error}")
         raise
-    if isinstance(hook.failure, DiskFull):
-        writer.close(False, f"{hook.failure} after {writer.tensor_count} tensors")
-        raise DiskFull(f"{hook.failure} after {writer.tensor_count} tensors; kept in {writer.path}, "
+    failure = writer.error or hook.failure
+    if isinstance(failure, DiskFull):
+        writer.close(False, f"{failure} after {writer.tensor_count} tensors")
+        raise DiskFull(f"{failure} after {writer.tensor_count} tensors; kept in {writer.path}, "
                        "marked incomplete")
-    if hook.error is not None:
-        last_line = hook.error.splitlines()[-1]
+    if writer.error is not None or hook.error is not None:
+        last_line = hook.error.splitlines()[-1] if hook.error else f"{type(failure).__name__}: {failure}"
         writer.close(False, f"capture stopped: {last_line}")
         raise InspectorError(f"capture stopped after {writer.tensor_count} tensors: {last_line} "
                              f"(kept in {writer.path}, marked incomplete)")

@@ -20,6 +20,7 @@ import click
 import numpy as np
 
 from inspector.constants import DEFAULT_DUMP_DIR, DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, TOOL_VERSION
+from inspector.dump_format import Compression
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.formatting import human_bytes, number, shape_text, table
 from inspector.mllama.preprocess import LOADERS
@@ -114,11 +115,16 @@ def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Dump file (default: dumps/<model>-<time>.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--all-logits", is_flag=True, help="Logits (result_output) for every prompt token, not only the last.")
+@click.option("--stats-only", is_flag=True,
+              help="Store per tensor its statistics, digest and first values instead of the data.")
+@click.option("--compression", default="none", show_default=True, metavar="none|lzf|gzip[:LEVEL]",
+              help="Compression of tensor datasets (docs/performance.md has the trade-off).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 def capture(model: Path, prompt: str, globs: tuple[str, ...], regexes: tuple[str, ...], n_gpu_layers: int,
             threads: int | None, n_ctx: int, n_batch: int, n_ubatch: int, flash_attn: str, type_k: str,
             type_v: str, n_predict: int, rpc_endpoints: tuple[str, ...], op_offload: bool, output: Path | None,
-            overwrite: bool, verbose: bool) -> None:
+            overwrite: bool, all_logits: bool, stats_only: bool, compression: str, verbose: bool) -> None:
     """Run MODEL on a prompt and store the selected tensors as they are computed."""
     from inspector.capture import capture_llama
     from inspector.runners.llama import LlamaRunConfig
@@ -127,12 +133,15 @@ def capture(model: Path, prompt: str, globs: tuple[str, ...], regexes: tuple[str
     config = LlamaRunConfig(model=str(model), prompt=prompt, n_gpu_layers=n_gpu_layers,
                             threads=threads or os.cpu_count() or 1, n_ctx=n_ctx, n_batch=n_batch,
                             n_ubatch=n_ubatch, flash_attn=flash_attn, type_k=type_k, type_v=type_v,
-                            n_predict=n_predict, rpc=list(rpc_endpoints), op_offload=op_offload)
+                            n_predict=n_predict, rpc=list(rpc_endpoints), op_offload=op_offload,
+                            all_logits=all_logits)
     selection = Selection(globs=globs, regexes=regexes)
     output = output or _default_output(model.stem)
+    storage = Compression.parse(compression)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     summary = capture_llama(config, selection, output, overwrite=overwrite, verbose=verbose,
-                            progress=lambda message: click.echo(message, err=True))
+                            progress=lambda message: click.echo(message, err=True), stats_only=stats_only,
+                            compression=storage)
     for pattern, names in summary.unmatched.items():
         click.echo(f"warning: pattern {pattern!r} matched no tensor; nearest names seen: {', '.join(names)}",
                    err=True)

@@ -26,7 +26,8 @@ from inspector.errors import InspectorError
 CLOSE_MARGIN_BYTES = 256 * 1024
 # HDF5's per-dataset overhead (object header, record attribute, index row), generously.
 PER_TENSOR_OVERHEAD_BYTES = 16 * 1024
-RESERVE_BYTES = 256 * 1024
+# Enough to flush a second's worth of pending metadata (index rows, records, object headers).
+RESERVE_BYTES = 512 * 1024
 # errno values that mean "no more room" (h5py reports them inside its message).
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
 _ERRNO_IN_MESSAGE = re.compile(r"errno = (\d+)")
@@ -76,9 +77,10 @@ class SpaceGuard:
             free = min(free, soft - size)
         return free
 
-    def check(self, nbytes: int) -> None:
-        """Raise DiskFull unless ``nbytes`` of data, its overhead and the closing margin fit."""
-        needed = nbytes + PER_TENSOR_OVERHEAD_BYTES + CLOSE_MARGIN_BYTES
+    def check(self, nbytes: int, pending_tensors: int = 0) -> None:
+        """Raise DiskFull unless ``nbytes`` of data, the metadata of it and of the ``pending_tensors``
+        not yet flushed, and the closing margin fit."""
+        needed = nbytes + PER_TENSOR_OVERHEAD_BYTES * (pending_tensors + 1) + CLOSE_MARGIN_BYTES
         room = self.room()
         if room < needed:
             soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from inspector.dump_writer import DumpWriter
 from inspector.errors import InspectorError
 from inspector.record import TensorRecord
-from inspector.store import DumpWriter
 
 RAW_DTYPES = {"f32": "<f4", "f16": "<f2", "f64": "<f8", "i8": "i1", "i16": "<i2", "i32": "<i4", "i64": "<i8"}
 

@@ -6,7 +6,6 @@ Polygraphy keeps its comparator's metrics apart.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -40,9 +39,11 @@ class PairMetrics:
     nonfinite_mismatch: bool
 
 
-def byte_digest(array: np.ndarray) -> str:
-    """SHA-256 of the array's bytes in C order: equal digests mean bit-identical tensors."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+def identical_metrics(n_nan: int, n_inf: int) -> PairMetrics:
+    """The metrics of two bit-identical tensors, known without reading them (equal digests)."""
+    return PairMetrics(identical=True, max_abs_diff=0.0, max_abs_index=(), mean_abs_diff=0.0, rmse=0.0, nmse=0.0,
+                       cosine=1.0, allclose=True, nan_a=n_nan, nan_b=n_nan, inf_a=n_inf, inf_b=n_inf,
+                       nonfinite_mismatch=False)
 
 
 CHUNK_ELEMENTS = 1 << 20

@@ -23,10 +23,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from inspector import verdict  # noqa: E402
 from inspector.compare import compare_dumps  # noqa: E402
+from inspector.dump_format import TensorStats  # noqa: E402
 from inspector.errors import InspectorError  # noqa: E402
 from inspector.identity import layer_of  # noqa: E402
 from inspector.mllama.preprocess import CLIP_MEAN, CLIP_STD  # noqa: E402
-from inspector.store import Dump, Entry, TensorStats  # noqa: E402
+from inspector.store import Dump, Entry  # noqa: E402
 from inspector.sweep_summary import sweep_matrix  # noqa: E402
 from inspector.tolerance import Tolerance  # noqa: E402
 

@@ -19,7 +19,7 @@ SPEC_F32 = TinyLlamaSpec(dtype="f32", seed=1)
 def f32_dump(tiny_f32: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("cap") / "f32.h5"
     summary = run_capture(tiny_f32, out, ("inp_tokens", "inp_pos", "embd", "attn_norm-0", "Qcur-0*", "Kcur-0",
-                                          "cache_k_l0*", "result_output"))
+                                          "cache_k_l0*", "result_output"), all_logits=True)
     with open_dump(out) as dump:
         yield dump, summary
 
@@ -99,9 +99,18 @@ def test_f16_kv_cache_view_holds_roped_k(f32_dump, tiny_f32):
                                rtol=2e-3, atol=2e-3)
 
 
-def test_result_output_equals_llama_cpp_logits(f32_dump):
+def test_result_output_equals_llama_cpp_logits(f32_dump, tiny_f32, tmp_path):
     dump, summary = f32_dump
-    np.testing.assert_array_equal(dump.read("result_output"), summary.result.prompt_logits)
+    logits = summary.result.prompt_logits
+    assert logits.shape == (len(byte_token_ids(PROMPT)), 259)  # --all-logits: one row per prompt token
+    np.testing.assert_array_equal(dump.read("result_output"), logits)
+    # By default, as llama.cpp, only the last prompt token gets logits: the same row (a one-row matmul
+    # sums in another order than a nine-row one, hence float32 rounding, not bits).
+    last = run_capture(tiny_f32, tmp_path / "last.h5", ("result_output",))
+    assert last.result.prompt_logits.shape == (1, 259)
+    np.testing.assert_allclose(last.result.prompt_logits[0], logits[-1], rtol=1e-5, atol=1e-6)
+    with open_dump(tmp_path / "last.h5") as only_last:
+        np.testing.assert_array_equal(only_last.read("result_output"), last.result.prompt_logits[0])
 
 
 def test_f16_model_embeddings_are_exact(tiny_f16, tmp_path):

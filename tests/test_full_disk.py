@@ -110,7 +110,7 @@ def test_hdf5s_own_full_disk_error_leaves_a_valid_dump(tmp_path):
             import numpy as np
             from inspector.disk_space import DiskFull
             from inspector.record import TensorRecord
-            from inspector.store import DumpWriter
+            from inspector.dump_writer import DumpWriter
             written = 0
             with DumpWriter({str(folder / "fb.h5")!r}, {{}}, {{}}, check_space=False) as writer:
                 writer.begin_evaluation("prompt", {{}})

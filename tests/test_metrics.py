@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from inspector.metrics import byte_digest, compare_arrays
+from inspector.dump_format import digest_of
+from inspector.metrics import compare_arrays
 from inspector.tolerance import PRESETS, preset
 from inspector.verdict import DIVERGED, IDENTICAL, WITHIN, judge
 
@@ -16,7 +17,10 @@ def test_identical_arrays():
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     metrics = compare_arrays(a, a.copy())
     assert metrics.identical and metrics.max_abs_diff == 0 and metrics.nmse == 0 and metrics.cosine == 1
-    assert byte_digest(a) == byte_digest(a.copy())
+    assert digest_of(a) == digest_of(a.copy())
+    changed = a.copy()
+    changed[1, 2] = np.nextafter(changed[1, 2], np.float32(100))
+    assert digest_of(changed) != digest_of(a)
 
 
 def test_metrics_match_their_definitions():

@@ -26,8 +26,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("plots")
     clean = write_tiny_llama(folder / "a.gguf", TinyLlamaSpec(n_layer=4, seed=21))
     perturbed = write_tiny_llama(folder / "b.gguf", TinyLlamaSpec(n_layer=4, seed=21, perturb=(2, 3, 1.0)))
-    run_capture(clean, folder / "a.h5", ("l_out-*", "attn_norm-*", "result_output"))
-    run_capture(perturbed, folder / "b.h5", ("l_out-*", "attn_norm-*", "result_output"))
+    # Every prompt token's rows, last layer and logits included: the plots are tokens x channels.
+    run_capture(clean, folder / "a.h5", ("l_out-*", "attn_norm-*", "result_output"), all_logits=True)
+    run_capture(perturbed, folder / "b.h5", ("l_out-*", "attn_norm-*", "result_output"), all_logits=True)
     image = folder / "image.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 700, 3), dtype=np.uint8)).save(image)
     assert cli("preprocess", image, "-o", folder / "pre.h5").returncode == 0

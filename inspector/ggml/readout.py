@@ -35,8 +35,13 @@ class Readout:
 
 
 def numpy_shape(ne: tuple[int, ...], n_dims: int) -> tuple[int, ...]:
-    """ggml ``ne`` (fastest first) to numpy shape (slowest first), trimmed to ``n_dims``."""
-    return tuple(reversed(ne[:n_dims]))
+    """ggml ``ne`` (fastest first) to numpy shape (slowest first), trimmed to ``n_dims``.
+
+    ``ggml_n_dims`` counts a dimension of 0 as absent; an empty tensor (no
+    output rows in this ubatch) keeps it, so its shape says why it is empty.
+    """
+    zero_dims = [i + 1 for i, n in enumerate(ne) if n == 0]
+    return tuple(reversed(ne[:max([n_dims, *zero_dims])]))
 
 
 def read_bytes(tensor: Tensor) -> np.ndarray:

@@ -56,6 +56,8 @@ class LlamaRunConfig:
     seed: int = DEFAULT_SEED
     rpc: list[str] = field(default_factory=list)
     op_offload: bool = True
+    # Logits (result_output rows) for every prompt token, not only the last (llama.cpp's --all-logits).
+    all_logits: bool = False
 
     def validate(self) -> None:
         if self.flash_attn not in FLASH_ATTN_MODES:
@@ -73,7 +75,7 @@ class LlamaRunConfig:
 
 @dataclass
 class LlamaRunResult:
-    """What the run produced; ``prompt_logits`` has one row per prompt token."""
+    """What the run produced; ``prompt_logits`` has a row per prompt token with ``all_logits``, else one."""
 
     token_ids: list[int]
     generated_ids: list[int]
@@ -224,8 +226,12 @@ class LlamaSession:
             pieces.append(buffer.raw[: max(length, 0)])
         return b"".join(pieces).decode("utf-8", errors="replace")
 
-    def decode(self, token_ids: list[int], pos0: int, want_logits: bool) -> np.ndarray:
-        """Decode one ubatch (one graph evaluation) and return its logits, one row per token."""
+    def decode(self, token_ids: list[int], pos0: int, logit_rows: int) -> np.ndarray:
+        """Decode one ubatch (one graph evaluation); return the logits of its last ``logit_rows`` tokens.
+
+        Like llama.cpp, output rows cost a vocabulary-wide matmul each: with
+        a 262k vocabulary, logits for every prompt token dominate the run.
+        """
         n = len(token_ids)
         batch = llama_cpp.llama_batch_init(n, 0, 1)
         try:
@@ -234,7 +240,7 @@ class LlamaSession:
                 batch.pos[i] = pos0 + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = want_logits
+                batch.logits[i] = i >= n - logit_rows
             batch.n_tokens = n
             status = llama_cpp.llama_decode(self.ctx, batch)
         finally:
@@ -243,10 +249,10 @@ class LlamaSession:
             raise CaptureInterrupted("capture interrupted")
         if status != 0:
             raise InspectorError(f"llama_decode failed with status {status}: {self.log.last_error()}")
-        if not want_logits:
+        if not logit_rows:
             return np.empty((0, self.n_vocab), dtype=np.float32)
         logits = llama_cpp.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(logits, shape=(n, self.n_vocab)).copy()
+        return np.ctypeslib.as_array(logits, shape=(logit_rows, self.n_vocab)).copy()
 
     def close(self) -> None:
         if self.ctx:
@@ -290,7 +296,9 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
         for start in range(0, len(token_ids), step):
             chunk = token_ids[start:start + step]
             start_evaluation("prompt", chunk, start)
-            logit_rows.append(session.decode(chunk, start, want_logits=True))
+            is_last = start + step >= len(token_ids)
+            rows = len(chunk) if config.all_logits else int(is_last)
+            logit_rows.append(session.decode(chunk, start, rows))
             evaluations += 1
         prompt_logits = np.concatenate(logit_rows)
         generated: list[int] = []
@@ -303,7 +311,7 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
                 break
             pos = len(token_ids) + step_index
             start_evaluation("generate", [token], pos)
-            last = session.decode([token], pos, want_logits=True)[-1]
+            last = session.decode([token], pos, 1)[-1]
             evaluations += 1
         return LlamaRunResult(
             token_ids=token_ids,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from inspector import rpc
+from inspector.dump_writer import DumpWriter
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.ggml import load, read_tensor
 from inspector.ggml.graph import Backend, init_backend, set_data
@@ -27,7 +28,6 @@ from inspector.mllama.model import MllamaGraph, VisionWeights, attention_mask, b
 from inspector.mllama.preprocess import PreprocessConfig, Preprocessed, load_image, preprocess
 from inspector.record import TensorRecord
 from inspector.selection import Selection
-from inspector.store import DumpWriter
 from inspector.system import system_facts
 
 # The probe that makes sched-check's second graph differ from the first.

@@ -1,0 +1,203 @@
+"""Capture, metadata and compare costs on a model shaped like a real one, as ratios to a plain run.
+
+Run: ``python benchmarks/bench_real_model.py [--repeats N] [--json OUT]``.  It
+generates (once, cached in benchmarks/results/) a llama with a 262,144-token
+vocabulary, 16 layers and weights mixed as llama.cpp's Q4_K_M conversion mixes
+them (Q4_K, Q6_K, Q8_0; ~345 MB), then times whole processes, each the median
+of ``--repeats`` runs:
+
+- ``plain``: llama-cpp-python's ``Llama(...)`` on the prompt, 8 tokens generated;
+- ``one_tensor``: ``capture -t result_output`` of the same run;
+- ``capture_all``: ``capture`` of every tensor;
+- ``stats_only``: ``capture --stats-only`` of every tensor;
+- ``floor``: every node asked for and copied out, then discarded (the hook's floor).
+
+Capture times are reported as ratios to ``plain`` measured in the same run.
+Nothing here asserts a time: it prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from inspector.models import TinyLlamaSpec, write_tiny_llama
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SPEC = TinyLlamaSpec(dtype="q4_k_m", n_embd=768, n_ff=2048, n_layer=16, n_head=12, n_head_kv=4,
+                     n_vocab=262_144, n_ctx_train=4096, name="realistic-q4_k_m", seed=7)
+# About 100 tokens with the byte-level vocabulary (one token per byte, plus BOS).
+PROMPT = "The quick brown fox jumps over the lazy dog; " * 2 + "then it sleeps."
+N_PREDICT = 8
+THREADS = 2
+
+PLAIN = """
+import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=512, n_batch=512, n_ubatch=512, n_threads={threads},
+                      n_threads_batch={threads}, verbose=False, flash_attn=False)
+llm(sys.argv[2], max_tokens={n_predict}, temperature=0.0)
+"""
+
+FLOOR = """
+import sys
+from inspector.hook import TensorHook
+from inspector.runners import llama as runner
+from inspector.selection import Selection
+config = runner.LlamaRunConfig(model=sys.argv[1], prompt=sys.argv[2], threads={threads}, n_ctx=512,
+                               flash_attn="off", n_predict={n_predict})
+hook = TensorHook(Selection(), lambda record, array: None)
+indices = iter(range(10**6))
+runner.run(config, hook, lambda kind, info: next(indices), runner.install_log(False))
+"""
+
+
+def wall(command: list[str], repeats: int) -> float:
+    """Median whole-process wall time of ``command`` (after one warm-up run for the page cache)."""
+    subprocess.run(command, check=True, capture_output=True)
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def in_process(function, repeats: int) -> float:
+    function()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def model_path() -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{SPEC.name}-{SPEC.n_vocab}-{SPEC.n_layer}l-{SPEC.seed}.gguf"
+    if not path.exists():
+        write_tiny_llama(path.with_suffix(".partial"), SPEC).rename(path)
+    return path
+
+
+def capture_command(model: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "inspector", "capture", str(model), "-p", PROMPT, "--n-predict", str(N_PREDICT),
+            "--threads", str(THREADS), "--ctx", "512", "--flash-attn", "off", "-o", str(out), "--overwrite", *extra]
+
+
+def bench_capture(model: Path, folder: Path, repeats: int) -> dict[str, float]:
+    plain = wall([sys.executable, "-c", PLAIN.format(threads=THREADS, n_predict=N_PREDICT), str(model), PROMPT],
+                 repeats)
+    floor = wall([sys.executable, "-c", FLOOR.format(threads=THREADS, n_predict=N_PREDICT), str(model), PROMPT],
+                 repeats)
+    one = wall(capture_command(model, folder / "one.h5", "-t", "result_output"), repeats)
+    everything = wall(capture_command(model, folder / "all.h5"), repeats)
+    stats_only = wall(capture_command(model, folder / "stats.h5", "--stats-only"), repeats)
+    return {"plain_s": plain, "floor_ratio": floor / plain, "one_tensor_ratio": one / plain,
+            "capture_all_ratio": everything / plain, "stats_only_ratio": stats_only / plain}
+
+
+def bench_metadata(model: Path, repeats: int) -> dict[str, float]:
+    from inspector.runners.llama import model_facts
+
+    return {
+        "model_facts_s": in_process(lambda: model_facts(str(model)), repeats),
+        "gguf_command_s": wall([sys.executable, "-m", "inspector", "gguf", str(model)], repeats),
+    }
+
+
+def bench_compare(model: Path, folder: Path, repeats: int) -> dict[str, float]:
+    """Two identical capture-all dumps; and fully diverged pairs against reading the same data with h5py."""
+    a, b = folder / "cmp-a.h5", folder / "cmp-b.h5"
+    for out in (a, b):
+        subprocess.run(capture_command(model, out), check=True, capture_output=True)
+    identical = wall([sys.executable, "-m", "inspector", "compare", str(a), str(b)], repeats)
+    diverged = folder / "cmp-d.h5"
+    _perturbed_copy(b, diverged)
+    compare_diverged = _wall_allow(1, [sys.executable, "-m", "inspector", "compare", str(a), str(diverged)], repeats)
+    read_both = wall([sys.executable, "-c", READ_ALL, str(a), str(diverged)], repeats)
+    with h5py.File(a, "r") as handle:
+        tensors = len(handle["index"])
+    return {"tensors": tensors, "identical_dumps_s": identical, "diverged_dumps_s": compare_diverged,
+            "read_both_with_h5py_s": read_both, "diverged_throughput_vs_h5py": read_both / compare_diverged}
+
+
+READ_ALL = """
+import sys, h5py
+for path in sys.argv[1:]:
+    with h5py.File(path, "r") as handle:
+        for group in handle["evals"].values():
+            for dataset in group.values():
+                dataset[()]
+"""
+
+
+def _perturbed_copy(source: Path, target: Path) -> None:
+    """The same dump with every float tensor changed: nothing can be decided by digest."""
+    import shutil
+
+    shutil.copy(source, target)
+    with h5py.File(target, "r+") as handle:
+        for group in handle["evals"].values():
+            for dataset in group.values():
+                if dataset.dtype.kind == "f" and dataset.size:
+                    dataset[...] = dataset[()] + np.asarray(1, dtype=dataset.dtype)
+
+
+def _wall_allow(expected_code: int, command: list[str], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True)
+        samples.append(time.perf_counter() - started)
+        if result.returncode != expected_code:
+            raise RuntimeError(f"{command[3]} exited {result.returncode}: {result.stderr.decode()[-500:]}")
+    return statistics.median(samples[1:])
+
+
+def bench_listing(folder: Path, count: int, repeats: int) -> dict[str, float]:
+    from inspector.dump_writer import DumpWriter
+    from inspector.record import TensorRecord
+
+    path = folder / "many.h5"
+    with DumpWriter(path, {}, {}, overwrite=True) as writer:
+        writer.begin_evaluation("prompt", {})
+        small = np.zeros((4, 8), np.float32)
+        for index in range(count):
+            writer.write(TensorRecord.for_array(f"t-{index}", small, 0, index, "ADD"), small)
+    return {"tensors": count, "ls_s": wall([sys.executable, "-m", "inspector", "ls", str(path)], repeats)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    model = model_path()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        results = {
+            "model": {"path": model.name, "bytes": model.stat().st_size, "n_vocab": SPEC.n_vocab,
+                      "n_layer": SPEC.n_layer, "n_embd": SPEC.n_embd, "n_ff": SPEC.n_ff, "dtype": SPEC.dtype,
+                      "prompt_tokens": len(PROMPT.encode()) + 1, "n_predict": N_PREDICT, "threads": THREADS},
+            "capture": bench_capture(model, folder, args.repeats),
+            "metadata": bench_metadata(model, args.repeats),
+            "compare": bench_compare(model, folder, args.repeats),
+            "listing": bench_listing(folder, 10_000, args.repeats),
+        }
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The dump's on-disk vocabulary, shared by the writer and the reader: layout, index table, digests, stats.
+
+Layout (``docs/format.md`` is the reference)::
+
+    /                 attrs: format, format_version, tool_version, created, complete,
+                             incomplete_reason, config, system, result, skipped (JSON)
+    /evals/000000     one group per graph evaluation; attrs: index, kind, info (JSON)
+    /evals/000000/000017
+                      one dataset per captured tensor, named by capture sequence (so any
+                      tensor name round-trips); a small sample in a stats-only dump
+    /index            compound table, one row per tensor, for fast listing and compare
+    /records          one JSON string per tensor (row i = sequence i): the full TensorRecord
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import xxhash
+
+from inspector.errors import InspectorError
+
+STR_DTYPE = h5py.string_dtype("utf-8")
+
+INDEX_DTYPE = np.dtype([
+    ("eval", "<i4"),
+    ("node", "<i4"),
+    ("occurrence", "<i4"),
+    ("seq", "<i8"),
+    ("name", STR_DTYPE),
+    ("op", STR_DTYPE),
+    ("ggml_type", STR_DTYPE),
+    ("ndim", "<i4"),
+    ("shape", "<i8", (4,)),
+    ("dtype", STR_DTYPE),
+    ("buffer", STR_DTYPE),
+    ("buffer_type", STR_DTYPE),
+    ("storage", STR_DTYPE),
+    ("stored", STR_DTYPE),
+    ("is_leaf", "?"),
+    ("nbytes", "<i8"),
+    ("min", "<f8"),
+    ("max", "<f8"),
+    ("mean", "<f8"),
+    ("std", "<f8"),
+    ("n_nan", "<i8"),
+    ("n_inf", "<i8"),
+    ("digest", STR_DTYPE),
+])
+# What a tensor's dataset holds: all of it, or (``--stats-only``) its first SAMPLE_ELEMENTS values.
+STORED_FULL = "full"
+STORED_STATS = "stats"
+SAMPLE_ELEMENTS = 16
+# Elements per step of the statistics pass (bounds the NaN/Inf masks of a chunk that needs them).
+STATS_CHUNK = 1 << 18
+# Chunked datasets: about this many bytes per chunk, so reading part of a tensor reads little.
+CHUNK_BYTES = 1 << 20
+
+
+def dataset_path(eval_index: int, seq: int) -> str:
+    return f"evals/{eval_index:06d}/{seq:06d}"
+
+
+def digest_of(array: np.ndarray) -> str:
+    """xxh3-64 of the array's C-contiguous bytes: fast (~15 GB/s), enough to tell equal from different."""
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(array).data)
+
+
+@dataclass(frozen=True)
+class Compression:
+    """How tensor datasets are compressed: ``none``, ``lzf`` or ``gzip[:level]`` (docs/performance.md)."""
+
+    name: str = "none"
+    level: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Compression:
+        name, _, level = text.partition(":")
+        if name in ("none", "lzf") and not level:
+            return cls(name)
+        if name == "gzip":
+            if not level:
+                return cls("gzip", 4)
+            if level.isdigit() and 0 <= int(level) <= 9:
+                return cls("gzip", int(level))
+        raise InspectorError(f"--compression takes none, lzf or gzip[:0-9], not {text!r}")
+
+    def dataset_options(self, shape: tuple[int, ...], itemsize: int) -> dict[str, object]:
+        """h5py create_dataset keywords: chunked along the slowest axis, about CHUNK_BYTES a chunk."""
+        options: dict[str, object] = {}
+        if not shape or not math.prod(shape):
+            return options  # scalars and empty tensors can be neither chunked nor compressed
+        if math.prod(shape) * itemsize > CHUNK_BYTES:
+            row_bytes = max(1, math.prod(shape[1:]) * itemsize)
+            options["chunks"] = (max(1, min(shape[0], CHUNK_BYTES // row_bytes)), *shape[1:])
+        if self.name == "none":
+            return options
+        options.setdefault("chunks", True)
+        options["compression"] = self.name
+        if self.level is not None:
+            options["compression_opts"] = self.level
+        return options
+
+
+NO_COMPRESSION = Compression()
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Summary statistics over the finite elements, plus counts of the rest."""
+
+    min: float
+    max: float
+    mean: float
+    std: float
+    n_nan: int
+    n_inf: int
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> TensorStats:
+        """One streaming pass in chunks: float64 accumulators, no 8-byte-per-element temporaries.
+
+        Mean and variance combine per-chunk (mean, M2) pairs (Chan et al.), which
+        stays accurate where one running sum of squares would cancel.  A chunk whose
+        float32 min and max are finite holds no NaN or Inf, so masks are only
+        built for chunks that need them.
+        """
+        flat = np.asarray(array).reshape(-1)
+        count, mean, m2 = 0, 0.0, 0.0
+        low, high = math.inf, -math.inf
+        n_nan = n_inf = 0
+        for start in range(0, flat.size, STATS_CHUNK):
+            chunk = flat[start:start + STATS_CHUNK]
+            if chunk.dtype.kind == "f":
+                chunk_min, chunk_max = chunk.min(), chunk.max()
+                if not (math.isfinite(chunk_min) and math.isfinite(chunk_max)):
+                    nan_mask = np.isnan(chunk)
+                    inf_mask = np.isinf(chunk)
+                    n_nan += int(nan_mask.sum())
+                    n_inf += int(inf_mask.sum())
+                    chunk = chunk[~(nan_mask | inf_mask)]
+                    if not chunk.size:
+                        continue
+                    chunk_min, chunk_max = chunk.min(), chunk.max()
+            else:
+                chunk_min, chunk_max = chunk.min(), chunk.max()
+            size = chunk.size
+            # Shifted to the chunk's centre, so a large common offset does not cancel in the
+            # sum of squares; the float64 temporary is one chunk, not the tensor.
+            centre = (float(chunk_min) + float(chunk_max)) / 2
+            shifted = np.subtract(chunk, centre, dtype=np.float64)
+            shifted_mean = float(shifted.sum()) / size
+            chunk_mean = centre + shifted_mean
+            chunk_m2 = max(float(shifted @ shifted) - size * shifted_mean**2, 0.0)
+            total = count + size
+            delta = chunk_mean - mean
+            mean += delta * size / total
+            m2 += chunk_m2 + delta * delta * count * size / total
+            count = total
+            low, high = min(low, float(chunk_min)), max(high, float(chunk_max))
+        if count == 0:
+            nan = float("nan")
+            return cls(nan, nan, nan, nan, n_nan, n_inf)
+        return cls(low, high, mean, math.sqrt(m2 / count), n_nan, n_inf)
+
+

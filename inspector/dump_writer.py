@@ -1,0 +1,254 @@
+"""Write a dump: tensors as they are captured, made durable at flushes.
+
+Why flushes and not a flush per tensor: HDF5's flush writes every dirty piece
+of metadata, and doing that after each of 6,000 tensors cost more than the
+run being captured.  The writer flushes at every evaluation boundary and at
+least every ``FLUSH_INTERVAL_S`` seconds; index rows and records are
+appended in one go at each flush.  Between flushes HDF5 keeps the new
+metadata in its cache (sized so that it is not evicted early), so the file
+on disk stays the one of the last flush: a crash or ``kill -9`` at any moment
+leaves a file that opens and holds every tensor up to the last flush.
+
+A full disk is seen coming (:mod:`inspector.disk_space`) and ends the dump
+the same way, marked incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from inspector.constants import DUMP_FORMAT_NAME, DUMP_FORMAT_VERSION, TOOL_VERSION
+from inspector.disk_space import DiskFull, SpaceGuard, describe_errno, disk_full_errno
+from inspector.dump_format import (
+    INDEX_DTYPE,
+    NO_COMPRESSION,
+    SAMPLE_ELEMENTS,
+    STORED_FULL,
+    STORED_STATS,
+    STR_DTYPE,
+    Compression,
+    TensorStats,
+    dataset_path,
+    digest_of,
+)
+from inspector.errors import CaptureInterrupted, DumpError, InspectorError
+from inspector.record import TensorRecord
+
+FLUSH_INTERVAL_S = 1.0
+# Rows per chunk of /index and /records: small enough that growing them fits the space reserve.
+INDEX_CHUNK_ROWS = 256
+# HDF5 metadata cache: large enough that new metadata waits in memory for the next flush.
+METADATA_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def _finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: store non-finite statistics as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _hold_metadata_until_flush(handle: h5py.File) -> None:
+    config = handle.id.get_mdc_config()
+    config.set_initial_size = True
+    config.initial_size = METADATA_CACHE_BYTES
+    config.min_size = METADATA_CACHE_BYTES
+    config.max_size = METADATA_CACHE_BYTES
+    handle.id.set_mdc_config(config)
+
+
+class DumpWriter:
+    """Write captured tensors into a new dump, crash-safely.
+
+    Use as a context manager: leaving the block normally marks the dump
+    complete; leaving it through an exception (Ctrl-C included) closes it with
+    ``complete=False`` and the exception's description.  ``stats_only``
+    stores per tensor its statistics, digest and first values instead of the
+    data; ``compression`` applies to tensor datasets.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], config: dict[str, Any], system: dict[str, Any], *,
+                 overwrite: bool = False, check_space: bool = True, compression: Compression = NO_COMPRESSION,
+                 stats_only: bool = False) -> None:
+        """``check_space=False`` leaves a full disk to HDF5's own write error (with the reserve to close)."""
+        self.path = Path(path)
+        self._check_space = check_space
+        self.compression = compression
+        self.stats_only = stats_only
+        if self.path.exists() and not overwrite:
+            raise InspectorError(f"{self.path} exists; pass --overwrite to replace it")
+        parent = self.path.parent
+        if not parent.is_dir():
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise InspectorError(f"cannot create output folder {parent}: {error.strerror}") from None
+        if not os.access(parent, os.W_OK):
+            raise InspectorError(f"output folder {parent} is not writable")
+        self._guard = SpaceGuard(self.path)
+        try:
+            self._file = h5py.File(self.path, "w")
+        except OSError as error:
+            self._guard.release()
+            raise InspectorError(f"cannot create {self.path}: {error}") from None
+        _hold_metadata_until_flush(self._file)
+        # Set when the disk filled: no further write is attempted.
+        self.failure = ""
+        attrs = self._file.attrs
+        attrs["format"] = DUMP_FORMAT_NAME
+        attrs["format_version"] = DUMP_FORMAT_VERSION
+        attrs["tool_version"] = TOOL_VERSION
+        attrs["created"] = _now()
+        attrs["complete"] = False
+        attrs["incomplete_reason"] = "capture in progress"
+        attrs["config"] = json.dumps({**config, "storage": {"stats_only": stats_only,
+                                                            "compression": asdict(compression)}}, sort_keys=True)
+        attrs["system"] = json.dumps(system, sort_keys=True)
+        attrs["result"] = json.dumps({})
+        attrs["skipped"] = json.dumps([])
+        self._evals = self._file.create_group("evals")
+        self._index = self._file.create_dataset(
+            "index", shape=(0,), maxshape=(None,), dtype=INDEX_DTYPE, chunks=(INDEX_CHUNK_ROWS,))
+        self._records = self._file.create_dataset(
+            "records", shape=(0,), maxshape=(None,), dtype=STR_DTYPE, chunks=(INDEX_CHUNK_ROWS,))
+        self._pending_rows: list[tuple[Any, ...]] = []
+        self._pending_records: list[str] = []
+        self._eval_index = -1
+        self._seq = 0
+        self.tensor_count = 0
+        self.byte_count = 0
+        self.flush()
+
+    @property
+    def current_evaluation(self) -> int:
+        return self._eval_index
+
+    def begin_evaluation(self, kind: str, info: dict[str, Any]) -> int:
+        """Open the group for the next graph evaluation (a flush point) and return its index."""
+        self._eval_index += 1
+        group = self._evals.create_group(f"{self._eval_index:06d}")
+        group.attrs["index"] = self._eval_index
+        group.attrs["kind"] = kind
+        group.attrs["info"] = json.dumps(info, sort_keys=True)
+        self.flush()
+        return self._eval_index
+
+    def write(self, record: TensorRecord, array: np.ndarray) -> None:
+        """Store one captured tensor; durable at the next flush.
+
+        Raises :class:`~inspector.disk_space.DiskFull` when the tensor does not
+        fit; the dump stays valid and every later write is refused.
+        """
+        if record.eval_index != self._eval_index:
+            raise ValueError(f"record for evaluation {record.eval_index} while {self._eval_index} is open")
+        if self.failure:
+            raise DiskFull(self.failure)
+        try:
+            if self._check_space:
+                self._guard.check(SAMPLE_ELEMENTS * array.itemsize if self.stats_only else array.nbytes,
+                                  pending_tensors=len(self._pending_rows))
+        except DiskFull as full:
+            self.failure = str(full)
+            raise
+        try:
+            self._write(record, array)
+            if time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+                self.flush()
+        except (OSError, RuntimeError) as error:
+            self._fail_on_full_disk(error)
+            raise
+
+    def _fail_on_full_disk(self, error: BaseException) -> None:
+        code = disk_full_errno(error)
+        if code is None:
+            return
+        self.failure = describe_errno(code)
+        self._guard.release()
+        raise DiskFull(self.failure) from None
+
+    def _write(self, record: TensorRecord, array: np.ndarray) -> None:
+        seq = self._seq
+        self._seq += 1
+        stats = TensorStats.of(array)
+        digest = digest_of(array)
+        stored = STORED_STATS if self.stats_only else STORED_FULL
+        data = array.reshape(-1)[:SAMPLE_ELEMENTS] if self.stats_only else array
+        self._file.create_dataset(dataset_path(record.eval_index, seq), data=data,
+                                  **self.compression.dataset_options(data.shape, data.itemsize))
+        self._pending_records.append(json.dumps({**asdict(record), "seq": seq, "digest": digest, "stored": stored,
+                                                 **_finite_or_none(asdict(stats))}))
+        shape = list(array.shape) + [0] * (4 - array.ndim)
+        self._pending_rows.append((
+            record.eval_index, record.node_index, record.occurrence, seq, record.name, record.op,
+            record.ggml_type, array.ndim, shape, array.dtype.str, record.buffer, record.buffer_type, record.storage,
+            stored, record.is_leaf, array.nbytes, stats.min, stats.max, stats.mean, stats.std, stats.n_nan,
+            stats.n_inf, digest,
+        ))
+        self.tensor_count += 1
+        self.byte_count += data.nbytes
+
+    def flush(self) -> None:
+        """Append the pending index rows and records, then make the file on disk whole."""
+        if self._pending_rows:
+            rows = np.array(self._pending_rows, dtype=INDEX_DTYPE)
+            start = self._index.shape[0]
+            self._index.resize((start + len(rows),))
+            self._index[start:] = rows
+            self._records.resize((start + len(rows),))
+            self._records[start:] = self._pending_records
+            self._pending_rows.clear()
+            self._pending_records.clear()
+        self._file.flush()
+        self._last_flush = time.monotonic()
+
+    def set_skipped(self, skipped: list[dict[str, Any]]) -> None:
+        """Record the selected tensors that could not be captured, with why (an unreadable buffer)."""
+        self._file.attrs["skipped"] = json.dumps(skipped, sort_keys=True)
+
+    def set_result(self, result: dict[str, Any]) -> None:
+        """Record what the run produced (generated text, timings); kept on interruption too."""
+        self._file.attrs["result"] = json.dumps(result, sort_keys=True)
+        self.flush()
+
+    def close(self, complete: bool, reason: str = "") -> None:
+        """Flush what is pending, mark the dump complete (or not, with the reason) and close it.
+
+        The space reserve goes first, so that closing after a full disk has
+        room to flush HDF5's metadata.
+        """
+        if not self._file.id.valid:
+            return
+        self._guard.release()
+        complete = complete and not self.failure
+        try:
+            self.flush()
+            self._file.attrs["complete"] = complete
+            self._file.attrs["incomplete_reason"] = "" if complete else (reason or self.failure or "unknown")
+        except (OSError, RuntimeError) as error:
+            raise DumpError(f"{self.path}: could not record why the capture ended ({error}); "
+                            "the tensors written so far remain readable") from None
+        finally:
+            self._file.close()
+
+    def __enter__(self) -> DumpWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close(True)
+        elif isinstance(exc, (KeyboardInterrupt, CaptureInterrupted)):
+            self.close(False, "interrupted")
+        else:
+            self.close(False, f"{type(exc).__name__}: {exc}")
