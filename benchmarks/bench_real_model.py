@@ -10,7 +10,10 @@ of ``--repeats`` runs:
 - ``one_tensor``: ``capture -t result_output`` of the same run;
 - ``capture_all``: ``capture`` of every tensor;
 - ``stats_only``: ``capture --stats-only`` of every tensor;
-- ``floor``: every node asked for and copied out, then discarded (the hook's floor).
+- ``floor``: every node asked for and copied out, then discarded (the hook's floor);
+
+then capture-all under each ``--compression``, the metadata reads, compare of
+identical and of fully diverged dumps, and ``ls`` of a 10,000-tensor dump.
 
 Capture times are reported as ratios to ``plain`` measured in the same run.
 Nothing here asserts a time: it prints one JSON object.
@@ -106,6 +109,19 @@ def bench_capture(model: Path, folder: Path, repeats: int) -> dict[str, float]:
             "capture_all_ratio": everything / plain, "stats_only_ratio": stats_only / plain}
 
 
+def bench_storage(model: Path, folder: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Capture-all under each compression: time relative to uncompressed, and file size."""
+    results = {}
+    for compression in ("none", "lzf", "gzip:1", "gzip:4"):
+        out = folder / f"storage-{compression.replace(':', '-')}.h5"
+        seconds = wall(capture_command(model, out, "--compression", compression), repeats)
+        results[compression] = {"seconds": seconds, "bytes": out.stat().st_size}
+    for values in results.values():
+        values["time_vs_none"] = values["seconds"] / results["none"]["seconds"]
+        values["size_vs_none"] = values["bytes"] / results["none"]["bytes"]
+    return results
+
+
 def bench_metadata(model: Path, repeats: int) -> dict[str, float]:
     from inspector.runners.llama import model_facts
 
@@ -135,22 +151,31 @@ READ_ALL = """
 import sys, h5py
 for path in sys.argv[1:]:
     with h5py.File(path, "r") as handle:
-        for group in handle["evals"].values():
-            for dataset in group.values():
-                dataset[()]
+        stream = handle["tensors"]
+        for row in handle["index"][()]:
+            stream[int(row["offset"]):int(row["offset"]) + int(row["nbytes"])]
 """
 
 
 def _perturbed_copy(source: Path, target: Path) -> None:
-    """The same dump with every float tensor changed: nothing can be decided by digest."""
+    """The same dump with every float tensor changed (data and digest): nothing can be decided by digest."""
     import shutil
+
+    from inspector.dump_format import digest_of
 
     shutil.copy(source, target)
     with h5py.File(target, "r+") as handle:
-        for group in handle["evals"].values():
-            for dataset in group.values():
-                if dataset.dtype.kind == "f" and dataset.size:
-                    dataset[...] = dataset[()] + np.asarray(1, dtype=dataset.dtype)
+        index = handle["index"][()]
+        data = handle["tensors"][()]
+        for row in index:
+            dtype = np.dtype(row["dtype"].decode() if isinstance(row["dtype"], bytes) else row["dtype"])
+            start, stop = int(row["offset"]), int(row["offset"]) + int(row["nbytes"])
+            if dtype.kind == "f" and stop > start:
+                changed = data[start:stop].view(dtype) + np.asarray(1, dtype=dtype)
+                data[start:stop] = changed.view(np.uint8)
+                row["digest"] = digest_of(changed)
+        handle["tensors"][...] = data
+        handle["index"][...] = index
 
 
 def _wall_allow(expected_code: int, command: list[str], repeats: int) -> float:
@@ -189,11 +214,14 @@ def main() -> None:
             "model": {"path": model.name, "bytes": model.stat().st_size, "n_vocab": SPEC.n_vocab,
                       "n_layer": SPEC.n_layer, "n_embd": SPEC.n_embd, "n_ff": SPEC.n_ff, "dtype": SPEC.dtype,
                       "prompt_tokens": len(PROMPT.encode()) + 1, "n_predict": N_PREDICT, "threads": THREADS},
-            "capture": bench_capture(model, folder, args.repeats),
-            "metadata": bench_metadata(model, args.repeats),
-            "compare": bench_compare(model, folder, args.repeats),
-            "listing": bench_listing(folder, 10_000, args.repeats),
         }
+        for key, bench in (("capture", lambda: bench_capture(model, folder, args.repeats)),
+                           ("storage", lambda: bench_storage(model, folder, args.repeats)),
+                           ("metadata", lambda: bench_metadata(model, args.repeats)),
+                           ("compare", lambda: bench_compare(model, folder, args.repeats)),
+                           ("listing", lambda: bench_listing(folder, 10_000, args.repeats))):
+            results[key] = bench()
+            print(f"{key}: {json.dumps(results[key])}", file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -61,7 +61,8 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     lib = load()
     if config.rpc:
         rpc.add_servers(config.rpc)  # before system_facts, so the dump lists the RPC devices
-    run_config = {**llama_runner.describe_config(config), "model_facts": llama_runner.model_facts(config.model),
+    run_config = {**llama_runner.describe_config(config),
+                  "model_facts": llama_runner.model_facts(config.model, config.sha256),
                   "select": {"globs": list(selection.globs), "regexes": list(selection.regexes)}}
     log = llama_runner.install_log(verbose)
     writer = BackgroundWriter(DumpWriter(output, run_config, system_facts(lib), overwrite=overwrite,

@@ -116,6 +116,8 @@ def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
               help="Dump file (default: dumps/<model>-<time>.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--all-logits", is_flag=True, help="Logits (result_output) for every prompt token, not only the last.")
+@click.option("--sha256", "sha256", is_flag=True,
+              help="Record the model's full sha256 (cached per path, size and mtime), not only its fingerprint.")
 @click.option("--stats-only", is_flag=True,
               help="Store per tensor its statistics, digest and first values instead of the data.")
 @click.option("--compression", default="none", show_default=True, metavar="none|lzf|gzip[:LEVEL]",
@@ -124,7 +126,8 @@ def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
 def capture(model: Path, prompt: str, globs: tuple[str, ...], regexes: tuple[str, ...], n_gpu_layers: int,
             threads: int | None, n_ctx: int, n_batch: int, n_ubatch: int, flash_attn: str, type_k: str,
             type_v: str, n_predict: int, rpc_endpoints: tuple[str, ...], op_offload: bool, output: Path | None,
-            overwrite: bool, all_logits: bool, stats_only: bool, compression: str, verbose: bool) -> None:
+            overwrite: bool, all_logits: bool, sha256: bool, stats_only: bool, compression: str,
+            verbose: bool) -> None:
     """Run MODEL on a prompt and store the selected tensors as they are computed."""
     from inspector.capture import capture_llama
     from inspector.runners.llama import LlamaRunConfig
@@ -134,7 +137,7 @@ def capture(model: Path, prompt: str, globs: tuple[str, ...], regexes: tuple[str
                             threads=threads or os.cpu_count() or 1, n_ctx=n_ctx, n_batch=n_batch,
                             n_ubatch=n_ubatch, flash_attn=flash_attn, type_k=type_k, type_v=type_v,
                             n_predict=n_predict, rpc=list(rpc_endpoints), op_offload=op_offload,
-                            all_logits=all_logits)
+                            all_logits=all_logits, sha256=sha256)
     selection = Selection(globs=globs, regexes=regexes)
     output = output or _default_output(model.stem)
     storage = Compression.parse(compression)
@@ -179,11 +182,12 @@ def list_tensors(dump: Path, globs: tuple[str, ...], as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({"path": str(dump), "complete": opened.complete,
                                    "incomplete_reason": opened.incomplete_reason,
-                                   "dropped_half_written": opened.dropped, "skipped": opened.skipped,
+                                   "dropped_bytes": opened.dropped_bytes, "skipped": opened.skipped,
                                    "tensors": [_entry_json(e) for e in entries]}, indent=1))
             return
         if not opened.complete:
-            dropped = f"; dropped {opened.dropped} half-written tensor(s)" if opened.dropped else ""
+            dropped = (f"; dropped {opened.dropped_bytes} bytes written after the last indexed tensor"
+                       if opened.dropped_bytes else "")
             click.echo(f"warning: {dump} is incomplete ({opened.incomplete_reason}){dropped}", err=True)
         for skip in opened.skipped:
             click.echo(f"note: {skip['name']} (eval {skip['eval_index']}) was not captured: {skip['reason']}",

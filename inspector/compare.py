@@ -84,6 +84,11 @@ class Comparison:
     def passed(self) -> bool:
         return verdict.passed(self.rows)
 
+    @property
+    def different_model(self) -> bool:
+        """True when the runs' model files differ (fingerprint: header, tensor table, size and tail)."""
+        return any(key in self.config_differences for key in ("model_facts.fingerprint", "model_facts.sha256"))
+
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}

@@ -68,6 +68,7 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "passed": comparison.passed,
         "counts": comparison.counts(),
         "config_differences": {k: list(v) for k, v in comparison.config_differences.items()},
+        "different_model": comparison.different_model,
         "incomplete_dumps": comparison.incomplete,
         "first_divergence": first_divergence_json(comparison),
         "tensors": [row_json(row) for row in comparison.rows],
@@ -124,6 +125,8 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         hidden = len(items) - MAX_CONFIG_CHANGES
         more = f" (+{hidden} more; --json lists all)" if hidden > 0 else ""
         lines.append(f"runs differ in: {changes}{more}")
+    if comparison.different_model:
+        lines.append("warning: the runs used different model files (their fingerprints differ)")
     for path in comparison.incomplete:
         lines.append(f"warning: {path} is incomplete")
     shown = [row for row in comparison.rows if show_all or row.status != IDENTICAL]

@@ -5,11 +5,15 @@ Layout (``docs/format.md`` is the reference)::
     /                 attrs: format, format_version, tool_version, created, complete,
                              incomplete_reason, config, system, result, skipped (JSON)
     /evals/000000     one group per graph evaluation; attrs: index, kind, info (JSON)
-    /evals/000000/000017
-                      one dataset per captured tensor, named by capture sequence (so any
-                      tensor name round-trips); a small sample in a stats-only dump
-    /index            compound table, one row per tensor, for fast listing and compare
+    /tensors          every tensor's bytes, one after the other (C order, the index row's
+                      dtype and shape); a small sample per tensor in a stats-only dump
+    /index            compound table, one row per tensor: where its bytes are, what they are
     /records          one JSON string per tensor (row i = sequence i): the full TensorRecord
+
+Why one byte stream and not a dataset per tensor: creating an HDF5 dataset
+costs ~100-200 us, which for the 5,000 tensors of a capture-all was the
+largest part of the writer's time; appending to one stream costs ~8 us a
+tensor.  Names never enter HDF5 paths, so any tensor name round-trips.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ INDEX_DTYPE = np.dtype([
     ("ndim", "<i4"),
     ("shape", "<i8", (4,)),
     ("dtype", STR_DTYPE),
+    ("offset", "<i8"),
     ("buffer", STR_DTYPE),
     ("buffer_type", STR_DTYPE),
     ("storage", STR_DTYPE),
@@ -56,12 +61,9 @@ STORED_STATS = "stats"
 SAMPLE_ELEMENTS = 16
 # Elements per step of the statistics pass (bounds the NaN/Inf masks of a chunk that needs them).
 STATS_CHUNK = 1 << 18
-# Chunked datasets: about this many bytes per chunk, so reading part of a tensor reads little.
+# /tensors is chunked in pieces of this size: the unit of compression and of partial reads.
 CHUNK_BYTES = 1 << 20
-
-
-def dataset_path(eval_index: int, seq: int) -> str:
-    return f"evals/{eval_index:06d}/{seq:06d}"
+TENSORS_DATASET = "tensors"
 
 
 def digest_of(array: np.ndarray) -> str:
@@ -88,20 +90,13 @@ class Compression:
                 return cls("gzip", int(level))
         raise InspectorError(f"--compression takes none, lzf or gzip[:0-9], not {text!r}")
 
-    def dataset_options(self, shape: tuple[int, ...], itemsize: int) -> dict[str, object]:
-        """h5py create_dataset keywords: chunked along the slowest axis, about CHUNK_BYTES a chunk."""
-        options: dict[str, object] = {}
-        if not shape or not math.prod(shape):
-            return options  # scalars and empty tensors can be neither chunked nor compressed
-        if math.prod(shape) * itemsize > CHUNK_BYTES:
-            row_bytes = max(1, math.prod(shape[1:]) * itemsize)
-            options["chunks"] = (max(1, min(shape[0], CHUNK_BYTES // row_bytes)), *shape[1:])
-        if self.name == "none":
-            return options
-        options.setdefault("chunks", True)
-        options["compression"] = self.name
-        if self.level is not None:
-            options["compression_opts"] = self.level
+    def dataset_options(self) -> dict[str, object]:
+        """h5py create_dataset keywords for the /tensors byte stream."""
+        options: dict[str, object] = {"chunks": (CHUNK_BYTES,)}
+        if self.name != "none":
+            options["compression"] = self.name
+            if self.level is not None:
+                options["compression_opts"] = self.level
         return options
 
 

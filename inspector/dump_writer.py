@@ -3,8 +3,9 @@
 Why flushes and not a flush per tensor: HDF5's flush writes every dirty piece
 of metadata, and doing that after each of 6,000 tensors cost more than the
 run being captured.  The writer flushes at every evaluation boundary and at
-least every ``FLUSH_INTERVAL_S`` seconds; index rows and records are
-appended in one go at each flush.  Between flushes HDF5 keeps the new
+least every ``FLUSH_INTERVAL_S`` seconds; tensor bytes are appended to the
+``/tensors`` stream in blocks of up to ``BLOCK_BYTES``, and a tensor's index
+row and record are appended only once its bytes are in the file.  Between flushes HDF5 keeps the new
 metadata in its cache (sized so that it is not evicted early), so the file
 on disk stays the one of the last flush: a crash or ``kill -9`` at any moment
 leaves a file that opens and holds every tensor up to the last flush.
@@ -15,6 +16,7 @@ the same way, marked incomplete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,15 +32,16 @@ import numpy as np
 from inspector.constants import DUMP_FORMAT_NAME, DUMP_FORMAT_VERSION, TOOL_VERSION
 from inspector.disk_space import DiskFull, SpaceGuard, describe_errno, disk_full_errno
 from inspector.dump_format import (
+    CHUNK_BYTES,
     INDEX_DTYPE,
     NO_COMPRESSION,
     SAMPLE_ELEMENTS,
     STORED_FULL,
     STORED_STATS,
     STR_DTYPE,
+    TENSORS_DATASET,
     Compression,
     TensorStats,
-    dataset_path,
     digest_of,
 )
 from inspector.errors import CaptureInterrupted, DumpError, InspectorError
@@ -47,6 +50,10 @@ from inspector.record import TensorRecord
 FLUSH_INTERVAL_S = 1.0
 # Rows per chunk of /index and /records: small enough that growing them fits the space reserve.
 INDEX_CHUNK_ROWS = 256
+# Small tensors are gathered into blocks of this size before they are appended to /tensors.
+BLOCK_BYTES = 8 * 1024 * 1024
+_ROW_OFFSET = INDEX_DTYPE.names.index("offset")
+_ROW_NBYTES = INDEX_DTYPE.names.index("nbytes")
 # HDF5 metadata cache: large enough that new metadata waits in memory for the next flush.
 METADATA_CACHE_BYTES = 64 * 1024 * 1024
 
@@ -99,7 +106,8 @@ class DumpWriter:
             raise InspectorError(f"output folder {parent} is not writable")
         self._guard = SpaceGuard(self.path)
         try:
-            self._file = h5py.File(self.path, "w")
+            # No chunk cache: a failed write must not leave dirty chunks for HDF5 to retry at close.
+            self._file = h5py.File(self.path, "w", rdcc_nbytes=0)
         except OSError as error:
             self._guard.release()
             raise InspectorError(f"cannot create {self.path}: {error}") from None
@@ -123,6 +131,13 @@ class DumpWriter:
             "index", shape=(0,), maxshape=(None,), dtype=INDEX_DTYPE, chunks=(INDEX_CHUNK_ROWS,))
         self._records = self._file.create_dataset(
             "records", shape=(0,), maxshape=(None,), dtype=STR_DTYPE, chunks=(INDEX_CHUNK_ROWS,))
+        self._tensors = self._file.create_dataset(
+            TENSORS_DATASET, shape=(0,), maxshape=(None,), dtype=np.uint8, **compression.dataset_options())
+        # Tensors whose bytes wait in the block (not in the file yet), and those whose bytes are
+        # in the file but whose rows wait for the next flush.
+        self._block: list[np.ndarray] = []
+        self._block_bytes = 0
+        self._unwritten: list[tuple[list[Any], str]] = []
         self._pending_rows: list[tuple[Any, ...]] = []
         self._pending_records: list[str] = []
         self._eval_index = -1
@@ -157,18 +172,20 @@ class DumpWriter:
             raise DiskFull(self.failure)
         try:
             if self._check_space:
-                self._guard.check(SAMPLE_ELEMENTS * array.itemsize if self.stats_only else array.nbytes,
-                                  pending_tensors=len(self._pending_rows))
+                stored_bytes = SAMPLE_ELEMENTS * array.itemsize if self.stats_only else array.nbytes
+                # The gathered block and a partly filled last chunk land in the file too.
+                self._guard.check(stored_bytes + self._block_bytes + CHUNK_BYTES,
+                                  pending_tensors=len(self._pending_rows) + len(self._unwritten))
         except DiskFull as full:
             self.failure = str(full)
             raise
         try:
             self._write(record, array)
-            if time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
-                self.flush()
         except (OSError, RuntimeError) as error:
             self._fail_on_full_disk(error)
             raise
+        if time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+            self.flush()
 
     def _fail_on_full_disk(self, error: BaseException) -> None:
         code = disk_full_errno(error)
@@ -184,23 +201,66 @@ class DumpWriter:
         stats = TensorStats.of(array)
         digest = digest_of(array)
         stored = STORED_STATS if self.stats_only else STORED_FULL
-        data = array.reshape(-1)[:SAMPLE_ELEMENTS] if self.stats_only else array
-        self._file.create_dataset(dataset_path(record.eval_index, seq), data=data,
-                                  **self.compression.dataset_options(data.shape, data.itemsize))
-        self._pending_records.append(json.dumps({**asdict(record), "seq": seq, "digest": digest, "stored": stored,
-                                                 **_finite_or_none(asdict(stats))}))
+        data = np.ascontiguousarray(array.reshape(-1)[:SAMPLE_ELEMENTS] if self.stats_only else array)
+        # vars(), not dataclasses.asdict: asdict deep-copies every field and cost a second per 5k tensors.
+        record_json = json.dumps({**vars(record), "seq": seq, "digest": digest, "stored": stored,
+                                  **_finite_or_none(vars(stats))})
         shape = list(array.shape) + [0] * (4 - array.ndim)
-        self._pending_rows.append((
+        # The offset (position _ROW_OFFSET) is known once the block lands in /tensors.
+        row = [
             record.eval_index, record.node_index, record.occurrence, seq, record.name, record.op,
-            record.ggml_type, array.ndim, shape, array.dtype.str, record.buffer, record.buffer_type, record.storage,
-            stored, record.is_leaf, array.nbytes, stats.min, stats.max, stats.mean, stats.std, stats.n_nan,
-            stats.n_inf, digest,
-        ))
-        self.tensor_count += 1
-        self.byte_count += data.nbytes
+            record.ggml_type, array.ndim, shape, array.dtype.str, self._block_bytes, record.buffer,
+            record.buffer_type, record.storage, stored, record.is_leaf, data.nbytes, stats.min, stats.max, stats.mean,
+            stats.std, stats.n_nan, stats.n_inf, digest,
+        ]
+        self._block.append(data.reshape(-1).view(np.uint8))
+        self._block_bytes += data.nbytes
+        self._unwritten.append((row, record_json))
+        if self._block_bytes >= BLOCK_BYTES:
+            self._write_block()
+
+    def _write_block(self) -> None:
+        """Append the gathered bytes to /tensors; their tensors' rows then wait only for the flush.
+
+        If the append fails (a full disk), the block's tensors are dropped with
+        it: no row may point at bytes that are not in the file.
+        """
+        start = self._tensors.shape[0]
+        try:
+            if self._block:
+                data = np.concatenate(self._block) if len(self._block) > 1 else self._block[0]
+                self._tensors.resize((start + data.size,))
+                self._tensors[start:] = data
+        except BaseException:
+            self._unwritten.clear()
+            # Give back the half-written extent: HDF5 would otherwise retry its dirty chunks at close.
+            with contextlib.suppress(OSError, RuntimeError):
+                self._tensors.resize((start,))
+            raise
+        finally:
+            self._block.clear()
+            self._block_bytes = 0
+        for row, record_json in self._unwritten:
+            row[_ROW_OFFSET] += start
+            self._pending_rows.append(tuple(row))
+            self._pending_records.append(record_json)
+            self.tensor_count += 1
+            self.byte_count += row[_ROW_NBYTES]
+        self._unwritten.clear()
 
     def flush(self) -> None:
-        """Append the pending index rows and records, then make the file on disk whole."""
+        """Write the gathered bytes, append the pending index rows and records, then make the file whole.
+
+        Raises :class:`~inspector.disk_space.DiskFull` when the disk fills meanwhile.
+        """
+        try:
+            self._flush()
+        except (OSError, RuntimeError) as error:
+            self._fail_on_full_disk(error)
+            raise
+
+    def _flush(self) -> None:
+        self._write_block()
         if self._pending_rows:
             rows = np.array(self._pending_rows, dtype=INDEX_DTYPE)
             start = self._index.shape[0]
@@ -233,7 +293,7 @@ class DumpWriter:
         self._guard.release()
         complete = complete and not self.failure
         try:
-            self.flush()
+            self._flush()
             self._file.attrs["complete"] = complete
             self._file.attrs["incomplete_reason"] = "" if complete else (reason or self.failure or "unknown")
         except (OSError, RuntimeError) as error:

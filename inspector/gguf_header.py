@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import struct
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ MAX_LISTED_ARRAY = 16
 # What a model's fingerprint reads: the start (header and tensor table) and the end of the file.
 FINGERPRINT_HEAD_BYTES = 16 * 1024 * 1024
 FINGERPRINT_TAIL_BYTES = 64 * 1024
+# The sha256 cache is a small JSON file; a larger one is not ours to parse.
+MAX_SHA256_CACHE_BYTES = 4 * 1024 * 1024
 # How far read_leading_metadata looks for the scalar keys a dump records.
 LEADING_METADATA_BYTES = 64 * 1024
 
@@ -295,3 +298,41 @@ def sha256_of(path: str | os.PathLike[str], chunk: int = 16 * 1024 * 1024) -> st
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ggml-inspector" / "sha256.json"
+
+
+def cached_sha256(path: str | os.PathLike[str]) -> str:
+    """The file's sha256, computed once per (path, size, mtime) and kept in the user's cache folder.
+
+    A 40 GB model hashes in about a minute; a sweep of ten configurations
+    should pay that once, not ten times.  A cache that cannot be read or
+    written is ignored (the hash is then simply computed).
+    """
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = sha256_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.stat().st_size < MAX_SHA256_CACHE_BYTES else {}
+    except (OSError, ValueError):
+        cache = {}
+    if not isinstance(cache, dict):
+        cache = {}
+    value = cache.get(key)
+    if isinstance(value, str) and len(value) == 64:
+        return value
+    value = sha256_of(resolved)
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{resolved}|")}
+    cache[key] = value
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(cache))
+        temporary.replace(cache_file)
+    except OSError:
+        pass
+    return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import h5py
 import numpy as np
 
 from inspector.constants import DEFAULT_MAX_READ_BYTES, DUMP_FORMAT_NAME, DUMP_FORMAT_VERSION
-from inspector.dump_format import SAMPLE_ELEMENTS, STORED_FULL, STORED_STATS, TensorStats, dataset_path
+from inspector.dump_format import SAMPLE_ELEMENTS, STORED_FULL, STORED_STATS, TENSORS_DATASET, TensorStats
 from inspector.errors import DumpError
 
 __all__ = ["Dump", "Entry", "TensorStats", "matches_globs", "open_dump"]
@@ -50,16 +51,15 @@ class Entry:
     buffer_type: str = ""
     digest: str = ""
     dtype: str = ""
-    # "full": the dataset holds the tensor; "stats": a --stats-only dump holds statistics and a sample.
+    # "full": /tensors holds the tensor; "stats": a --stats-only dump holds statistics and a sample.
     stored: str = STORED_FULL
+    # Where its stored bytes start in /tensors (``nbytes`` of them).
+    offset: int = 0
 
     @property
     def key(self) -> tuple[int, str, int]:
         return (self.eval_index, self.name, self.occurrence)
 
-    @property
-    def dataset_path(self) -> str:
-        return dataset_path(self.eval_index, self.seq)
 
 
 def _text(value: Any) -> str:
@@ -77,7 +77,7 @@ def _entry_from_row(row: np.void) -> Entry:
         stats=TensorStats(float(row["min"]), float(row["max"]), float(row["mean"]), float(row["std"]),
                           int(row["n_nan"]), int(row["n_inf"])),
         buffer_type=_text(row["buffer_type"]), digest=_text(row["digest"]), dtype=_text(row["dtype"]),
-        stored=_text(row["stored"]),
+        stored=_text(row["stored"]), offset=int(row["offset"]),
     )
 
 
@@ -131,21 +131,20 @@ class Dump:
         self.skipped: list[dict[str, Any]] = _load_json(attrs.get("skipped", "[]"), "skipped", self.path)
 
     def _read_entries(self) -> list[Entry]:
-        """The index rows: the writer appends a tensor's row only once its data is written.
+        """The index rows: the writer appends a tensor's row only once its bytes are in the file.
 
-        In an incomplete dump, datasets without a row (written after the last
-        flush, or half-written when the disk filled) are not listed: they are
-        counted in ``dropped``.
+        In an incomplete dump, bytes past the last indexed tensor (written
+        after the last flush, or half-written when the disk filled) are not
+        listed: ``dropped_bytes`` says how many there are.
         """
         entries = [_entry_from_row(row) for row in self._file["index"][()]] if "index" in self._file else []
-        self.dropped = 0
-        if not self.complete:
-            indexed = {(entry.eval_index, entry.seq) for entry in entries}
-            for group in self._groups(self._file.get("evals")):
-                eval_index = int(group.attrs.get("index", -1))
-                for name in group:
-                    if not name.isdigit() or (eval_index, int(name)) not in indexed:
-                        self.dropped += 1
+        tensors = self._file.get(TENSORS_DATASET)
+        self._tensors = tensors if isinstance(tensors, h5py.Dataset) else None
+        stream = self._tensors.shape[0] if self._tensors is not None else 0
+        self.dropped_bytes = max(0, stream - max((e.offset + e.nbytes for e in entries), default=0))
+        for entry in entries:
+            if entry.offset < 0 or entry.offset + entry.nbytes > stream:
+                raise DumpError(f"{self.path}: {entry.name!r} points past the end of the stored data")
         entries.sort(key=lambda e: (e.eval_index, e.node_index, e.seq))
         return entries
 
@@ -214,17 +213,28 @@ class Dump:
         return self._dataset(entry, DEFAULT_MAX_READ_BYTES).reshape(-1)[:SAMPLE_ELEMENTS]
 
     def _dataset(self, entry: Entry, max_bytes: int) -> np.ndarray:
+        """The stored bytes of ``entry`` as its dtype and shape (the full shape, or a flat sample)."""
+        if entry.nbytes > max_bytes:
+            raise DumpError(f"{self.path}: {entry.name!r} holds {entry.nbytes} bytes, over the {max_bytes}-byte "
+                            "read limit")
         try:
-            dataset = self._file[entry.dataset_path]
-        except KeyError:
-            raise DumpError(f"{self.path}: data of {entry.name!r} is missing") from None
-        size = dataset.size * dataset.dtype.itemsize
-        if size > max_bytes:
-            raise DumpError(f"{self.path}: {entry.name!r} holds {size} bytes, over the {max_bytes}-byte read limit")
+            dtype = np.dtype(entry.dtype)
+        except TypeError:
+            raise DumpError(f"{self.path}: {entry.name!r} has an unknown dtype {entry.dtype!r}") from None
+        if dtype.hasobject or entry.nbytes % dtype.itemsize:
+            raise DumpError(f"{self.path}: {entry.name!r} has {entry.nbytes} bytes of dtype {entry.dtype!r}")
+        if self._tensors is None:
+            raise DumpError(f"{self.path}: the tensor data is missing")
         try:
-            return dataset[()]
-        except OSError as error:
+            raw = self._tensors[entry.offset:entry.offset + entry.nbytes]
+        except (OSError, ValueError) as error:
             raise DumpError(f"{self.path}: cannot read {entry.name!r}: {error}") from None
+        values = raw.view(dtype)
+        if entry.stored == STORED_FULL:
+            if values.size != math.prod(entry.shape):
+                raise DumpError(f"{self.path}: {entry.name!r} holds {values.size} values for shape {entry.shape}")
+            return values.reshape(entry.shape)
+        return values
 
     def metadata(self, entry: Entry) -> dict[str, Any]:
         """Every field stored with a tensor (ne, nb, sources, view source, flags, stats, ...)."""

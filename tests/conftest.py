@@ -42,3 +42,28 @@ def weights(model: Path) -> dict[str, np.ndarray]:
     """All weights of a GGUF as float32 numpy arrays, read with gguf-py (independent of llama.cpp)."""
     reader = open_gguf(model)
     return {t.name: tensor_array(reader, t.name) for t in reader.tensors}
+
+
+def rewrite_tensor(path: Path, name: str, change, update_digest: bool = True) -> np.ndarray:
+    """Replace tensor ``name`` (first occurrence) in a dump by ``change(values)``, in place.
+
+    Simulates a run that produced other values: its bytes in /tensors and, unless told
+    otherwise, its digest in the index change together, as the writer would have written them.
+    """
+    import h5py
+
+    from inspector import open_dump
+    from inspector.dump_format import digest_of
+
+    with open_dump(path) as dump:
+        entry = dump.find(name)
+        values = change(dump.read(entry).copy())
+    assert values.dtype.str == entry.dtype and values.nbytes == entry.nbytes
+    with h5py.File(path, "r+") as handle:
+        stored = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+        handle["tensors"][entry.offset:entry.offset + entry.nbytes] = stored
+        if update_digest:
+            index = handle["index"][()]
+            index["digest"][index["seq"] == entry.seq] = digest_of(values)
+            handle["index"][...] = index
+    return values

@@ -8,15 +8,12 @@ import json
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
-from conftest import run_capture
+from conftest import rewrite_tensor, run_capture
 from test_cli import assert_one_line_error, cli
 
-from inspector import open_dump
 from inspector.compare import DIVERGED, IDENTICAL, MISMATCHED, MISSING, compare_dumps
-from inspector.dump_format import digest_of
 from inspector.dump_writer import DumpWriter
 from inspector.models import TinyLlamaSpec, write_tiny_llama
 from inspector.record import TensorRecord
@@ -83,16 +80,12 @@ def test_nan_poisoned_tensor_is_found(planted, tmp_path):
     a, _ = planted
     poisoned = tmp_path / "poisoned.h5"
     shutil.copy(a, poisoned)
-    with open_dump(a) as dump:
-        target = dump.find("ffn_out-1")
-    with h5py.File(poisoned, "r+") as handle:
-        data = handle[target.dataset_path][()]
-        data[1, 3] = np.nan
-        handle[target.dataset_path][...] = data
-        # As a run that produced the NaN would have written it: data and digest together.
-        index = handle["index"][()]
-        index["digest"][index["seq"] == target.seq] = digest_of(data)
-        handle["index"][...] = index
+
+    def poison(values):
+        values[1, 3] = np.nan
+        return values
+
+    rewrite_tensor(poisoned, "ffn_out-1", poison)
     comparison = compare_dumps(a, poisoned, preset("quant"))
     first = comparison.rows[comparison.first_divergence]
     assert first.name == "ffn_out-1" and first.status == DIVERGED

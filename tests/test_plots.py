@@ -6,10 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
-from conftest import run_capture
+from conftest import rewrite_tensor, run_capture
 from PIL import Image
 from test_cli import assert_one_line_error, cli
 
@@ -53,12 +52,12 @@ def test_stats_draw_each_captured_tensors_statistics(runs):
 def test_hist_counts_and_nonfinite_legend(runs, tmp_path):
     poisoned = tmp_path / "poisoned.h5"
     shutil.copy(runs["a"], poisoned)
-    with open_dump(poisoned) as dump:
-        entry = dump.find("l_out-1")
-    with h5py.File(poisoned, "r+") as handle:
-        data = handle[entry.dataset_path][()]
-        data[0, :3] = [np.nan, np.inf, np.nan]
-        handle[entry.dataset_path][...] = data
+
+    def poison(values):
+        values[0, :3] = [np.nan, np.inf, np.nan]
+        return values
+
+    data = rewrite_tensor(poisoned, "l_out-1", poison)
     with open_dump(poisoned) as dump:
         plot = plots.histogram(dump, dump.find("l_out-1"), bins=20)
     finite = data[np.isfinite(data)].astype(np.float64)

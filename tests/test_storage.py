@@ -44,7 +44,7 @@ def test_stats_only_keeps_statistics_digests_and_first_values(full_and_stats):
             assert entry_b.stats == entry_a.stats
         with pytest.raises(InspectorError, match="statistics only"):
             b.read(b.entries()[0])
-    assert stats.stat().st_size < full.stat().st_size / 2
+        assert sum(e.nbytes for e in b) < sum(e.nbytes for e in a) / 20
 
 
 def test_stats_only_dumps_compare_by_digest_and_name_the_first_difference(full_and_stats, tmp_path):
@@ -70,10 +70,9 @@ def test_identical_tensors_are_decided_by_digest_without_reading_data(full_and_s
     blanked = tmp_path / "blanked.h5"
     blanked.write_bytes(full.read_bytes())
     with h5py.File(blanked, "r+") as handle:
-        for group in handle["evals"].values():
-            for dataset in group.values():
-                if dataset.size:
-                    dataset[...] = 0
+        handle["tensors"][...] = 0
+    with open_dump(blanked) as dump:
+        assert not dump.read("l_out-0").any()
     comparison = compare_dumps(full, blanked, preset("exact"))
     assert comparison.passed and comparison.counts()["identical"] == len(comparison.rows)
 

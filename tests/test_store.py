@@ -87,17 +87,18 @@ def test_dump_left_open_by_a_crash_holds_everything_up_to_the_last_flush(tmp_pat
         np.testing.assert_array_equal(dump.read("t2"), [2, 2])
 
 
-def test_a_dataset_without_an_index_row_is_dropped_and_counted(tmp_path):
-    """The index is written after the data: a dataset it does not list is not trusted, only counted."""
+def test_bytes_past_the_last_indexed_tensor_are_dropped_and_counted(tmp_path):
+    """The index is written after the data: bytes it does not cover are not trusted, only counted."""
+    import h5py
+
     path = tmp_path / "d.h5"
-    writer = DumpWriter(path, {}, {})
-    writer.begin_evaluation("prompt", {})
-    writer.write(record("kept"), np.ones((2, 3), np.float32))
-    writer.flush()
-    writer._file.create_dataset("evals/000000/000001", data=np.zeros(3, np.float32))  # no row: half-written
-    writer._file.close()
+    with DumpWriter(path, {}, {}) as writer:
+        writer.begin_evaluation("prompt", {})
+        writer.write(record("kept"), np.ones((2, 3), np.float32))
+    with h5py.File(path, "r+") as handle:  # as if a later tensor's bytes landed but not its row
+        handle["tensors"].resize((24 + 40,))
     with open_dump(path) as dump:
-        assert [e.name for e in dump.entries()] == ["kept"] and dump.dropped == 1
+        assert [e.name for e in dump.entries()] == ["kept"] and dump.dropped_bytes == 40
 
 
 def test_existing_output_needs_overwrite(tmp_path):

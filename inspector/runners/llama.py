@@ -24,7 +24,7 @@ from gguf import GGMLQuantizationType
 from inspector import rpc
 from inspector.constants import DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, DEFAULT_SEED
 from inspector.errors import CaptureInterrupted, InspectorError, ModelError
-from inspector.gguf_header import check_gguf_file, fingerprint, read_leading_metadata
+from inspector.gguf_header import cached_sha256, check_gguf_file, fingerprint, read_leading_metadata
 from inspector.hook import TensorHook
 
 FLASH_ATTN_MODES = {
@@ -58,6 +58,8 @@ class LlamaRunConfig:
     op_offload: bool = True
     # Logits (result_output rows) for every prompt token, not only the last (llama.cpp's --all-logits).
     all_logits: bool = False
+    # Record the model file's full sha256 (cached per path, size, mtime) besides its fingerprint.
+    sha256: bool = False
 
     def validate(self) -> None:
         if self.flash_attn not in FLASH_ATTN_MODES:
@@ -141,21 +143,25 @@ def install_log(verbose: bool) -> _LlamaLog:
     return _active_log
 
 
-def model_facts(path: str) -> dict[str, Any]:
+def model_facts(path: str, sha256: bool = False) -> dict[str, Any]:
     """Path, size, fingerprint, name and architecture of a GGUF file, in bounded reads.
 
     O(1) in the vocabulary and the file size: no metadata array is walked and
-    the data section is not hashed (the full sha256 is ``gguf_header.sha256_of``).
+    the data section is not hashed, unless ``sha256`` asks for the full hash
+    (cached by path, size and mtime).
     """
     model = check_gguf_file(path)
     leading = read_leading_metadata(model, ("general.name", "general.architecture"))
-    return {
+    facts = {
         "path": str(model.resolve()),
         "size": model.stat().st_size,
         "fingerprint": fingerprint(path),
         "name": leading.get("general.name"),
         "architecture": leading.get("general.architecture"),
     }
+    if sha256:
+        facts["sha256"] = cached_sha256(model)
+    return facts
 
 
 def _ggml_type_id(name: str) -> int:
