@@ -136,7 +136,8 @@ def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tol
     else:
         array_a = dump_a.read(a)
         array_b = dump_b.read(b)
-        row.metrics = compare_arrays(array_a, array_b, tolerance.atol, tolerance.rtol)
+        finite = a.stats.n_nan == a.stats.n_inf == b.stats.n_nan == b.stats.n_inf == 0
+        row.metrics = compare_arrays(array_a, array_b, tolerance.atol, tolerance.rtol, all_finite=finite)
         del array_a, array_b
     row.status = MISMATCHED if ops_differ else verdict.judge(row.metrics, tolerance)
     row.note = "; ".join(notes)

@@ -49,6 +49,18 @@ def identical_metrics(n_nan: int, n_inf: int) -> PairMetrics:
 CHUNK_ELEMENTS = 1 << 20
 
 
+def _working_pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks in a type exact for both: float32 for f32/f16 (no widening to 8 bytes), else float64."""
+    if x.dtype.kind == y.dtype.kind == "f" and max(x.dtype.itemsize, y.dtype.itemsize) <= 4:
+        return x.astype(np.float32, copy=False), y.astype(np.float32, copy=False)
+    return x.astype(np.float64), y.astype(np.float64)
+
+
+def _dot64(x: np.ndarray, y: np.ndarray) -> float:
+    """x . y accumulated in float64 without a float64 copy of either."""
+    return float(np.einsum("i,i->", x, y, dtype=np.float64)) if x.size else 0.0
+
+
 def _bit_identical(a: np.ndarray, b: np.ndarray) -> bool:
     if a.dtype != b.dtype:
         return False
@@ -61,11 +73,15 @@ def _bit_identical(a: np.ndarray, b: np.ndarray) -> bool:
     return True
 
 
-def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0) -> PairMetrics:
+def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0,
+                   all_finite: bool = False) -> PairMetrics:
     """Metrics of ``b`` against reference ``a`` (same shape required).
 
-    Computed in float64 over chunks of ``CHUNK_ELEMENTS``, so the memory on top
-    of the two arrays stays a few MB whatever their size.
+    Computed over chunks of ``CHUNK_ELEMENTS``, so the memory on top of the two
+    arrays stays a few MB whatever their size.  Sums are float64; floating
+    chunks are not widened first (float32 differences, float64 dot products),
+    and with ``all_finite`` (both runs' statistics counted no NaN or Inf) the
+    finite masks are skipped: together a several-fold speed-up on large dumps.
     """
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
@@ -76,29 +92,38 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float 
     nonfinite_mismatch = False
     close = True
     for start in range(0, flat_a.size, CHUNK_ELEMENTS):
-        x = flat_a[start:start + CHUNK_ELEMENTS].astype(np.float64)
-        y = flat_b[start:start + CHUNK_ELEMENTS].astype(np.float64)
-        x_nan, y_nan, x_inf, y_inf = np.isnan(x), np.isnan(y), np.isinf(x), np.isinf(y)
-        nan_a, nan_b = nan_a + int(x_nan.sum()), nan_b + int(y_nan.sum())
-        inf_a, inf_b = inf_a + int(x_inf.sum()), inf_b + int(y_inf.sum())
-        finite = ~(x_nan | y_nan | x_inf | y_inf)
-        # The same non-finite value in the same place counts as agreement (inf == inf, nan vs nan).
-        same_nonfinite = (x_nan & y_nan) | (x_inf & y_inf & (x == y))
-        nonfinite_mismatch = nonfinite_mismatch or bool(np.any(~finite & ~same_nonfinite))
-        x = np.where(finite, x, 0.0)
-        y = np.where(finite, y, 0.0)
+        x, y = _working_pair(flat_a[start:start + CHUNK_ELEMENTS], flat_b[start:start + CHUNK_ELEMENTS])
+        if not all_finite:
+            x_nan, y_nan, x_inf, y_inf = np.isnan(x), np.isnan(y), np.isinf(x), np.isinf(y)
+            nan_a, nan_b = nan_a + int(x_nan.sum()), nan_b + int(y_nan.sum())
+            inf_a, inf_b = inf_a + int(x_inf.sum()), inf_b + int(y_inf.sum())
+            finite = ~(x_nan | y_nan | x_inf | y_inf)
+            if not finite.all():
+                # The same non-finite value in the same place counts as agreement (inf == inf, nan vs nan).
+                same_nonfinite = (x_nan & y_nan) | (x_inf & y_inf & (x == y))
+                nonfinite_mismatch = nonfinite_mismatch or bool(np.any(~finite & ~same_nonfinite))
+                x = np.where(finite, x, 0)
+                y = np.where(finite, y, 0)
+                count += int(finite.sum())
+            else:
+                count += x.size
+        else:
+            count += x.size
         difference = np.abs(x - y)
         if difference.size:
             local = int(np.argmax(difference))
             if difference[local] > max_abs:
                 max_abs, max_index = float(difference[local]), start + local
-        count += int(finite.sum())
-        absolute += float(difference.sum())
-        squared += float(np.dot(difference, difference))
-        reference += float(np.dot(x, x))
-        other += float(np.dot(y, y))
-        dot += float(np.dot(x, y))
-        close = close and bool(np.all(difference <= atol + rtol * np.abs(y)))
+        absolute += float(difference.sum(dtype=np.float64))
+        squared += _dot64(difference, difference)
+        reference += _dot64(x, x)
+        other += _dot64(y, y)
+        dot += _dot64(x, y)
+        if atol or rtol:
+            close = close and bool(np.all(difference <= atol + rtol * np.abs(y)))
+    if all_finite and not all(map(math.isfinite, (squared, reference, other, absolute))):
+        # The statistics promised finite values and the data disagrees: measure it properly.
+        return compare_arrays(a, b, atol, rtol, all_finite=False)
     if count:
         index = tuple(int(i) for i in reversed(np.unravel_index(max_index, a.shape))) if a.ndim else ()
         nmse = squared / reference if reference > 0 else (0.0 if squared == 0 else math.inf)

@@ -66,19 +66,24 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
 
 
-def _entry_from_row(row: np.void) -> Entry:
-    ndim = int(row["ndim"])
-    return Entry(
-        eval_index=int(row["eval"]), node_index=int(row["node"]), occurrence=int(row["occurrence"]),
-        seq=int(row["seq"]), name=_text(row["name"]), op=_text(row["op"]),
-        ggml_type=_text(row["ggml_type"]), shape=tuple(int(s) for s in row["shape"][:ndim]),
-        buffer=_text(row["buffer"]), storage=_text(row["storage"]), is_leaf=bool(row["is_leaf"]),
-        nbytes=int(row["nbytes"]),
-        stats=TensorStats(float(row["min"]), float(row["max"]), float(row["mean"]), float(row["std"]),
-                          int(row["n_nan"]), int(row["n_inf"])),
-        buffer_type=_text(row["buffer_type"]), digest=_text(row["digest"]), dtype=_text(row["dtype"]),
-        stored=_text(row["stored"]), offset=int(row["offset"]),
-    )
+def _entries_from_rows(rows: np.ndarray) -> list[Entry]:
+    """Index rows to entries; ``tolist`` once per table, not a numpy field lookup per value."""
+    names = rows.dtype.names or ()
+    entries = []
+    for values in rows.tolist():
+        r = dict(zip(names, values, strict=True))
+        ndim = int(r["ndim"])
+        entries.append(Entry(
+            eval_index=int(r["eval"]), node_index=int(r["node"]), occurrence=int(r["occurrence"]), seq=int(r["seq"]),
+            name=_text(r["name"]), op=_text(r["op"]), ggml_type=_text(r["ggml_type"]),
+            shape=tuple(int(n) for n in r["shape"][:ndim]), buffer=_text(r["buffer"]), storage=_text(r["storage"]),
+            is_leaf=bool(r["is_leaf"]), nbytes=int(r["nbytes"]),
+            stats=TensorStats(float(r["min"]), float(r["max"]), float(r["mean"]), float(r["std"]), int(r["n_nan"]),
+                              int(r["n_inf"])),
+            buffer_type=_text(r["buffer_type"]), digest=_text(r["digest"]), dtype=_text(r["dtype"]),
+            stored=_text(r["stored"]), offset=int(r["offset"]),
+        ))
+    return entries
 
 
 def _load_json(value: Any, what: str, path: Path) -> Any:
@@ -137,7 +142,7 @@ class Dump:
         after the last flush, or half-written when the disk filled) are not
         listed: ``dropped_bytes`` says how many there are.
         """
-        entries = [_entry_from_row(row) for row in self._file["index"][()]] if "index" in self._file else []
+        entries = _entries_from_rows(self._file["index"][()]) if "index" in self._file else []
         tensors = self._file.get(TENSORS_DATASET)
         self._tensors = tensors if isinstance(tensors, h5py.Dataset) else None
         stream = self._tensors.shape[0] if self._tensors is not None else 0

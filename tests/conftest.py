@@ -48,7 +48,7 @@ def rewrite_tensor(path: Path, name: str, change, update_digest: bool = True) ->
     """Replace tensor ``name`` (first occurrence) in a dump by ``change(values)``, in place.
 
     Simulates a run that produced other values: its bytes in /tensors and, unless told
-    otherwise, its digest in the index change together, as the writer would have written them.
+    otherwise, its digest and statistics in the index change together, as the writer writes them.
     """
     import h5py
 
@@ -63,7 +63,13 @@ def rewrite_tensor(path: Path, name: str, change, update_digest: bool = True) ->
         stored = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
         handle["tensors"][entry.offset:entry.offset + entry.nbytes] = stored
         if update_digest:
+            from inspector.dump_format import TensorStats
+
             index = handle["index"][()]
-            index["digest"][index["seq"] == entry.seq] = digest_of(values)
+            row = index["seq"] == entry.seq
+            index["digest"][row] = digest_of(values)
+            stats = TensorStats.of(values)
+            for field in ("min", "max", "mean", "std", "n_nan", "n_inf"):
+                index[field][row] = getattr(stats, field)
             handle["index"][...] = index
     return values

@@ -75,3 +75,12 @@ def test_atol_rtol_override():
 def test_shapes_must_agree():
     with pytest.raises(ValueError):
         compare_arrays(np.zeros(3), np.zeros(4))
+
+
+def test_a_nan_the_statistics_did_not_announce_is_still_found():
+    """all_finite is a promise from the index; data that breaks it is measured with masks."""
+    a = np.ones(1000, np.float32)
+    b = a.copy()
+    b[7] = np.nan
+    metrics = compare_arrays(a, b, all_finite=True)
+    assert metrics.nonfinite_mismatch and metrics.nan_b == 1 and metrics.nan_a == 0
