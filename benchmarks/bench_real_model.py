@@ -32,6 +32,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from bench_capture import timed  # the in-process median timer both benchmarks share
 
 from inspector.models import TinyLlamaSpec, write_tiny_llama
 
@@ -70,16 +71,6 @@ def wall(command: list[str], repeats: int) -> float:
     for _ in range(repeats):
         started = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
-
-
-def in_process(function, repeats: int) -> float:
-    function()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
 
@@ -126,7 +117,7 @@ def bench_metadata(model: Path, repeats: int) -> dict[str, float]:
     from inspector.runners.llama import model_facts
 
     return {
-        "model_facts_s": in_process(lambda: model_facts(str(model)), repeats),
+        "model_facts_s": timed(lambda: model_facts(str(model)), repeats),
         "gguf_command_s": wall([sys.executable, "-m", "inspector", "gguf", str(model)], repeats),
     }
 
