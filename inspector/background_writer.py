@@ -56,8 +56,11 @@ class BackgroundWriter:
         return self.writer.byte_count
 
     def begin_evaluation(self, kind: str, info: dict[str, Any]) -> int:
-        """Queue the next evaluation's group (a flush point) and return its index at once."""
-        self._raise_error()
+        """Queue the next evaluation's group (a flush point) and return its index at once.
+
+        Never raises a writer failure: the run goes on to its end, the hook has
+        stopped capturing, and the capture reports the failure then.
+        """
         self._eval_index += 1
         self._queue.put((self.writer.begin_evaluation, (kind, info), 0))
         return self._eval_index
@@ -79,8 +82,9 @@ class BackgroundWriter:
         self._queue.put((self.writer.set_result, (result,), 0))
 
     def drain(self) -> None:
-        """Wait until everything queued so far is written (or the writer failed)."""
+        """Wait until everything queued so far is written and flushed (or the writer failed)."""
         done = threading.Event()
+        self._queue.put((self.writer.flush, (), 0))
         self._queue.put((lambda: done.set(), (), 0))
         while not done.wait(0.1):
             if not self._thread.is_alive():
@@ -109,10 +113,8 @@ class BackgroundWriter:
             if item is _STOP:
                 return
             function, args, nbytes = item  # type: ignore[misc]
-            if self.error is None:
-                self._call(function, args)
-            elif function is not self.writer.write:
-                self._call(function, args)  # results and evaluation groups still land after a failure
+            if self.error is None or function is not self.writer.write:
+                self._call(function, args)  # results, groups and the drain marker still land after a failure
             if nbytes:
                 with self._room:
                     self._queued_bytes -= nbytes

@@ -105,6 +105,7 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     except BaseException as error:
         writer.close(False, f"{type(error).__name__}: {error}")
         raise
+    writer.drain()  # every tensor written before the failure is counted in the messages below
     failure = writer.error or hook.failure
     if isinstance(failure, DiskFull):
         writer.close(False, f"{failure} after {writer.tensor_count} tensors")

@@ -140,6 +140,7 @@ class DumpWriter:
         self._unwritten: list[tuple[list[Any], str]] = []
         self._pending_rows: list[tuple[Any, ...]] = []
         self._pending_records: list[str] = []
+        self._rows = 0  # rows in /index (and records in /records) on disk
         self._eval_index = -1
         self._seq = 0
         self.tensor_count = 0
@@ -260,17 +261,29 @@ class DumpWriter:
             raise
 
     def _flush(self) -> None:
-        self._write_block()
-        if self._pending_rows:
-            rows = np.array(self._pending_rows, dtype=INDEX_DTYPE)
-            start = self._index.shape[0]
-            self._index.resize((start + len(rows),))
-            self._index[start:] = rows
-            self._records.resize((start + len(rows),))
-            self._records[start:] = self._pending_records
-            self._pending_rows.clear()
-            self._pending_records.clear()
-        self._file.flush()
+        try:
+            self._write_block()
+            if self._pending_rows:
+                rows = np.array(self._pending_rows, dtype=INDEX_DTYPE)
+                end = self._rows + len(rows)
+                try:
+                    self._index.resize((end,))
+                    self._index[self._rows:end] = rows
+                    self._records.resize((end,))
+                    self._records[self._rows:end] = self._pending_records
+                except BaseException:
+                    # /index and /records grow together or not at all: row i is always record i.
+                    with contextlib.suppress(OSError, RuntimeError):
+                        self._index.resize((self._rows,))
+                        self._records.resize((self._rows,))
+                    raise
+                self._rows = end
+                self._pending_rows.clear()
+                self._pending_records.clear()
+            self._file.flush()
+        except BaseException as error:
+            self.failure = self.failure or f"{type(error).__name__}: {error}"
+            raise
         self._last_flush = time.monotonic()
 
     def set_skipped(self, skipped: list[dict[str, Any]]) -> None:
@@ -300,7 +313,8 @@ class DumpWriter:
             raise DumpError(f"{self.path}: could not record why the capture ended ({error}); "
                             "the tensors written so far remain readable") from None
         finally:
-            self._file.close()
+            with contextlib.suppress(OSError, RuntimeError):
+                self._file.close()
 
     def __enter__(self) -> DumpWriter:
         return self

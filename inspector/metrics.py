@@ -109,7 +109,12 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float 
                 count += x.size
         else:
             count += x.size
-        difference = np.abs(x - y)
+        with np.errstate(over="ignore"):  # an overflow is detected and redone in float64 just below
+            difference = np.abs(x - y)
+        if x.dtype == np.float32 and difference.size and not np.isfinite(difference.max()):
+            # Finite float32 values whose difference overflows float32 (3e38 - -3e38): widen this chunk.
+            x, y = x.astype(np.float64), y.astype(np.float64)
+            difference = np.abs(x - y)
         if difference.size:
             local = int(np.argmax(difference))
             if difference[local] > max_abs:

@@ -20,10 +20,20 @@ import h5py
 import numpy as np
 
 from inspector.constants import DEFAULT_MAX_READ_BYTES, DUMP_FORMAT_NAME, DUMP_FORMAT_VERSION
-from inspector.dump_format import SAMPLE_ELEMENTS, STORED_FULL, STORED_STATS, TENSORS_DATASET, TensorStats
+from inspector.dump_format import (
+    INDEX_DTYPE,
+    SAMPLE_ELEMENTS,
+    STORED_FULL,
+    STORED_STATS,
+    TENSORS_DATASET,
+    TensorStats,
+)
 from inspector.errors import DumpError
 
 __all__ = ["Dump", "Entry", "TensorStats", "matches_globs", "open_dump"]
+# A table declaring more rows than the file has room for (at this many bytes a row, far below
+# a real row) is a crafted file: refuse it before reading allocates for every row.
+MIN_ROW_BYTES = 8
 
 
 def matches_globs(name: str, patterns: list[str]) -> bool:
@@ -73,6 +83,8 @@ def _entries_from_rows(rows: np.ndarray) -> list[Entry]:
     for values in rows.tolist():
         r = dict(zip(names, values, strict=True))
         ndim = int(r["ndim"])
+        if not 0 <= ndim <= 4:
+            raise ValueError(f"a row has {ndim} dimensions")
         entries.append(Entry(
             eval_index=int(r["eval"]), node_index=int(r["node"]), occurrence=int(r["occurrence"]), seq=int(r["seq"]),
             name=_text(r["name"]), op=_text(r["op"]), ggml_type=_text(r["ggml_type"]),
@@ -86,11 +98,15 @@ def _entries_from_rows(rows: np.ndarray) -> list[Entry]:
     return entries
 
 
-def _load_json(value: Any, what: str, path: Path) -> Any:
+def _load_json(value: Any, what: str, path: Path, kind: type = dict) -> Any:
+    """A JSON attribute of the expected kind (object or list), or DumpError."""
     try:
-        return json.loads(_text(value))
-    except (json.JSONDecodeError, TypeError):
+        loaded = json.loads(_text(value))
+    except (json.JSONDecodeError, TypeError, RecursionError):
         raise DumpError(f"{path}: attribute {what!r} is not valid JSON") from None
+    if not isinstance(loaded, kind):
+        raise DumpError(f"{path}: attribute {what!r} is not a JSON {kind.__name__}")
+    return loaded
 
 
 class Dump:
@@ -114,26 +130,30 @@ class Dump:
         except DumpError:
             self._file.close()
             raise
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, TypeError, IndexError, OverflowError, AttributeError,
+                ZeroDivisionError, RecursionError) as error:
+            # Files come from other people: whatever a crafted one trips, say it in one line.
             self._file.close()
-            raise DumpError(f"{self.path} is damaged: {error}") from None
+            raise DumpError(f"{self.path} is damaged: {type(error).__name__}: {error}") from None
 
     def _validate(self) -> None:
         attrs = self._file.attrs
         if _text(attrs.get("format", "")) != DUMP_FORMAT_NAME:
             raise DumpError(f"{self.path} is an HDF5 file but not a ggml-inspector dump")
-        version = int(attrs.get("format_version", -1))
+        raw_version = attrs.get("format_version", -1)
+        version = int(raw_version) if np.ndim(raw_version) == 0 else -1
         if version != DUMP_FORMAT_VERSION:
             raise DumpError(f"{self.path} has dump format version {version}; this tool reads {DUMP_FORMAT_VERSION}")
         self.format_version = version
         self.tool_version = _text(attrs.get("tool_version", ""))
         self.created = _text(attrs.get("created", ""))
-        self.complete = bool(attrs.get("complete", False))
+        complete = attrs.get("complete", False)
+        self.complete = isinstance(complete, (bool, np.bool_)) and bool(complete)
         self.incomplete_reason = _text(attrs.get("incomplete_reason", ""))
-        self.config: dict[str, Any] = _load_json(attrs.get("config", "{}"), "config", self.path)
-        self.system: dict[str, Any] = _load_json(attrs.get("system", "{}"), "system", self.path)
-        self.result: dict[str, Any] = _load_json(attrs.get("result", "{}"), "result", self.path)
-        self.skipped: list[dict[str, Any]] = _load_json(attrs.get("skipped", "[]"), "skipped", self.path)
+        self.config: dict[str, Any] = _load_json(attrs.get("config", "{}"), "config", self.path, dict)
+        self.system: dict[str, Any] = _load_json(attrs.get("system", "{}"), "system", self.path, dict)
+        self.result: dict[str, Any] = _load_json(attrs.get("result", "{}"), "result", self.path, dict)
+        self.skipped: list[dict[str, Any]] = _load_json(attrs.get("skipped", "[]"), "skipped", self.path, list)
 
     def _read_entries(self) -> list[Entry]:
         """The index rows: the writer appends a tensor's row only once its bytes are in the file.
@@ -142,16 +162,37 @@ class Dump:
         after the last flush, or half-written when the disk filled) are not
         listed: ``dropped_bytes`` says how many there are.
         """
-        entries = _entries_from_rows(self._file["index"][()]) if "index" in self._file else []
+        index = self._table("index", INDEX_DTYPE.names)
+        entries = _entries_from_rows(index[()]) if index is not None else []
         tensors = self._file.get(TENSORS_DATASET)
-        self._tensors = tensors if isinstance(tensors, h5py.Dataset) else None
+        if tensors is not None and not (isinstance(tensors, h5py.Dataset) and tensors.ndim == 1
+                                        and tensors.dtype == np.uint8):
+            raise DumpError(f"{self.path}: /{TENSORS_DATASET} is not a byte stream")
+        self._tensors = tensors
+        records = self._table("records", None)
+        self._n_records = records.shape[0] if records is not None else 0
         stream = self._tensors.shape[0] if self._tensors is not None else 0
         self.dropped_bytes = max(0, stream - max((e.offset + e.nbytes for e in entries), default=0))
         for entry in entries:
-            if entry.offset < 0 or entry.offset + entry.nbytes > stream:
-                raise DumpError(f"{self.path}: {entry.name!r} points past the end of the stored data")
+            if entry.offset < 0 or entry.nbytes < 0 or entry.offset + entry.nbytes > stream:
+                raise DumpError(f"{self.path}: {entry.name!r} points outside the stored data")
+            if len(entry.shape) > 4 or any(n < 0 for n in entry.shape):
+                raise DumpError(f"{self.path}: {entry.name!r} has an impossible shape {entry.shape}")
         entries.sort(key=lambda e: (e.eval_index, e.node_index, e.seq))
         return entries
+
+    def _table(self, name: str, fields: tuple[str, ...] | None) -> h5py.Dataset | None:
+        """A one-dimensional table, checked before it is read: its fields and a row count the file can hold."""
+        table = self._file.get(name)
+        if table is None:
+            return None
+        if not isinstance(table, h5py.Dataset) or table.ndim != 1:
+            raise DumpError(f"{self.path}: /{name} is not a table")
+        if fields is not None and not set(fields) <= set(table.dtype.names or ()):
+            raise DumpError(f"{self.path}: /{name} lacks the columns this tool reads")
+        if table.shape[0] > max(1, self.path.stat().st_size // MIN_ROW_BYTES):
+            raise DumpError(f"{self.path}: /{name} claims {table.shape[0]} rows, more than the file can hold")
+        return table
 
     @staticmethod
     def _groups(parent: Any) -> list[h5py.Group]:
@@ -176,7 +217,11 @@ class Dump:
             if "index" not in group.attrs or "kind" not in group.attrs:
                 continue  # a group whose attributes a crash never wrote
             info = _load_json(group.attrs.get("info", "{}"), "info", self.path)
-            result.append({"index": int(group.attrs["index"]), "kind": _text(group.attrs["kind"]), **info})
+            try:
+                index = int(group.attrs["index"])
+            except (TypeError, ValueError):
+                raise DumpError(f"{self.path}: evaluation {group.name} has no valid index") from None
+            result.append({**info, "index": index, "kind": _text(group.attrs["kind"])})
         return result
 
     def entries(self, patterns: list[str] | None = None) -> list[Entry]:
@@ -224,9 +269,10 @@ class Dump:
                             "read limit")
         try:
             dtype = np.dtype(entry.dtype)
-        except TypeError:
+        except (TypeError, ValueError):
             raise DumpError(f"{self.path}: {entry.name!r} has an unknown dtype {entry.dtype!r}") from None
-        if dtype.hasobject or entry.nbytes % dtype.itemsize:
+        if dtype.kind not in "biuf" or dtype.subdtype is not None or dtype.names or not dtype.itemsize \
+                or entry.nbytes % dtype.itemsize:
             raise DumpError(f"{self.path}: {entry.name!r} has {entry.nbytes} bytes of dtype {entry.dtype!r}")
         if self._tensors is None:
             raise DumpError(f"{self.path}: the tensor data is missing")
@@ -243,12 +289,14 @@ class Dump:
 
     def metadata(self, entry: Entry) -> dict[str, Any]:
         """Every field stored with a tensor (ne, nb, sources, view source, flags, stats, ...)."""
+        if not 0 <= entry.seq < self._n_records:
+            raise DumpError(f"{self.path}: the record of {entry.name!r} is missing")
         try:
             record = json.loads(_text(self._file["records"][entry.seq]))
-        except (KeyError, IndexError, ValueError):
+        except (KeyError, IndexError, ValueError, RecursionError):
             raise DumpError(f"{self.path}: the record of {entry.name!r} is missing") from None
-        if not isinstance(record, dict):
-            raise DumpError(f"{self.path}: the record of {entry.name!r} is not an object")
+        if not isinstance(record, dict) or record.get("seq") != entry.seq or record.get("name") != entry.name:
+            raise DumpError(f"{self.path}: the record of {entry.name!r} does not match its index row")
         return record
 
     def close(self) -> None:

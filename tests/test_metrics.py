@@ -84,3 +84,10 @@ def test_a_nan_the_statistics_did_not_announce_is_still_found():
     b[7] = np.nan
     metrics = compare_arrays(a, b, all_finite=True)
     assert metrics.nonfinite_mismatch and metrics.nan_b == 1 and metrics.nan_a == 0
+
+
+def test_a_difference_beyond_float32_is_measured_in_float64():
+    a = np.array([3e38, 1.0], np.float32)
+    b = np.array([-3e38, 1.0], np.float32)
+    metrics = compare_arrays(a, b, all_finite=True)
+    assert np.isfinite(metrics.max_abs_diff) and metrics.max_abs_diff == pytest.approx(6e38, rel=1e-6)

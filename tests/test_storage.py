@@ -104,14 +104,16 @@ def test_kill_9_at_random_moments_leaves_dumps_that_open(tmp_path):
     kept = []
     for attempt in range(8):
         out = tmp_path / f"killed-{attempt}.h5"
+        # 200 prompt tokens in ubatches of 8, then 100 generated: several seconds of capture-all.
         process = subprocess.Popen(
             [sys.executable, "-m", "inspector", "capture", str(model), "-p", "x" * 200, "--ubatch", "8",
-             "--ctx", "512", "--threads", "1", "-o", str(out)],
+             "--n-predict", "100", "--ctx", "512", "--threads", "1", "-o", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not out.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 1.5))
+        assert process.poll() is None, "the capture ended before the kill"
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         with open_dump(out) as dump:
