@@ -154,3 +154,42 @@ def test_read_limit_bounds_untrusted_datasets(tmp_path):
         writer.write(record("big"), np.ones((100, 100), np.float32))
     with open_dump(path) as dump, pytest.raises(DumpError, match="read limit"):
         dump.read("big", max_bytes=1000)
+
+
+@pytest.mark.parametrize("tamper", ["dtype-v0", "subarray-dtype", "negative-shape", "config-list", "huge-index",
+                                    "nested-json", "record-mismatch"])
+def test_crafted_dumps_are_refused_in_one_line(tmp_path, tamper):
+    """Dumps are untrusted: a crafted field gives DumpError (one CLI line), never another exception."""
+    import h5py
+
+    from inspector.errors import DumpError
+
+    path = tmp_path / "crafted.h5"
+    with DumpWriter(path, {}, {}) as writer:
+        writer.begin_evaluation("prompt", {})
+        writer.write(record("x"), np.ones((2, 3), np.float32))
+        writer.write(record("y", node=1), np.ones((2, 3), np.float32))
+    with h5py.File(path, "r+") as handle:
+        index = handle["index"][()]
+        if tamper == "dtype-v0":
+            index["dtype"][0] = "V0"
+        elif tamper == "subarray-dtype":
+            index["dtype"][0] = "(2,)<f2"
+        elif tamper == "negative-shape":
+            index["shape"][0] = [-2, -3, 0, 0]
+        elif tamper == "config-list":
+            handle.attrs["config"] = "[]"
+        elif tamper == "nested-json":
+            handle.attrs["result"] = "[" * 100_000
+        elif tamper == "huge-index":
+            del handle["index"]
+            handle.create_dataset("index", shape=(10**9,), maxshape=(None,), dtype=index.dtype, chunks=(1024,))
+        elif tamper == "record-mismatch":
+            index["seq"][0] = 1
+        if "index" in handle and tamper != "huge-index":
+            handle["index"][...] = index
+    with pytest.raises(DumpError):
+        with open_dump(path) as dump:
+            for entry in dump:
+                dump.read(entry)
+                dump.metadata(entry)
