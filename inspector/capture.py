@@ -91,7 +91,6 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
             "evaluations": result.evaluations,
             "seconds": round(result.seconds, 3),
         })
-        writer.drain()
     except (KeyboardInterrupt, CaptureInterrupted):
         keep_skipped()
         writer.close(False, "interrupted")
@@ -105,7 +104,7 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     except BaseException as error:
         writer.close(False, f"{type(error).__name__}: {error}")
         raise
-    writer.drain()  # every tensor written before the failure is counted in the messages below
+    writer.drain()  # everything queued is written and flushed: the counts below are exact
     failure = writer.error or hook.failure
     if isinstance(failure, DiskFull):
         writer.close(False, f"{failure} after {writer.tensor_count} tensors")
