@@ -6,6 +6,7 @@ Run from the repository root: ``python docs/make_images.py``.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from inspector.models import TinyLlamaSpec, write_tiny_llama
 from inspector.rpc import LoopbackServer
 from inspector.runners.llama import LlamaRunConfig
 from inspector.selection import Selection
-from inspector.sweep import ALL_LAYERS, run_sweep
+from inspector.sweep import run_sweep
 from inspector.tolerance import preset
 
 OUT = Path(__file__).parent / "images"
@@ -59,7 +60,7 @@ def main() -> None:
         with open_dump(folder / "hf.h5") as a, open_dump(folder / "bgr.h5") as b:
             plots.image([a, b], title="inp_raw: reference vs channels swapped").save(OUT / "image.png")
         with LoopbackServer(threads=1) as server:
-            result = run_sweep(config, [0, 4, ALL_LAYERS], [("flash_attn", ["on", "off"])], server.endpoint,
+            result = run_sweep(replace(config, rpc=[server.endpoint]), [0, 4, "all"], [("flash_attn", ["on", "off"])],
                                Selection(globs=("l_out-*",)), folder / "sweep", preset("f32"), overwrite=True)
         plots.sweep(result.summary).save(OUT / "sweep.png")
     for path in sorted(OUT.glob("*.png")):

@@ -17,7 +17,7 @@ from inspector.background_writer import BackgroundWriter
 from inspector.disk_space import DiskFull
 from inspector.dump_format import NO_COMPRESSION, Compression
 from inspector.dump_writer import DumpWriter
-from inspector.errors import CaptureInterrupted, InspectorError, ModelError
+from inspector.errors import CaptureInterrupted, InspectorError, SetupError
 from inspector.ggml import load
 from inspector.hook import HookCounters, SkippedTensor, TensorHook, stop_on_signals
 from inspector.runners import llama as llama_runner
@@ -54,7 +54,8 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
     inside the eval callback or the writer ends capturing, keeps the dump
     (incomplete) and is raised as an InspectorError once the run has
     finished; a full disk raises :class:`~inspector.disk_space.DiskFull`
-    saying how much was kept.  A model llama.cpp refuses leaves no dump behind.
+    saying how much was kept.  A run refused before any graph ran (model, input,
+    placement: :class:`~inspector.errors.SetupError`) leaves no dump behind.
     """
     config.validate()
     started = time.perf_counter()
@@ -90,14 +91,16 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
             "generated_text": result.generated_text,
             "evaluations": result.evaluations,
             "seconds": round(result.seconds, 3),
+            "n_ctx": result.n_ctx,
+            **({"formatted_prompt": result.formatted_prompt} if result.formatted_prompt is not None else {}),
         })
     except (KeyboardInterrupt, CaptureInterrupted):
         keep_skipped()
         writer.close(False, "interrupted")
         raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {writer.path} "
                                  "(marked incomplete)") from None
-    except ModelError:
-        writer.close(False, "model refused")
+    except SetupError as error:
+        writer.close(False, f"run refused: {error}")
         if writer.tensor_count == 0:
             writer.path.unlink(missing_ok=True)
         raise

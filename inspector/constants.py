@@ -63,7 +63,23 @@ NUMPY_DTYPE_OF_GGML_TYPE = {
 GGML_BACKEND_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL", 4: "META"}
 
 # -- llama.cpp runner defaults --------------------------------------------------
-DEFAULT_N_CTX = 512
-DEFAULT_N_BATCH = 512
+# llama.cpp's own defaults (common/common.h): n_ctx 0 is the model's training context.
+DEFAULT_N_CTX = 0
+DEFAULT_N_BATCH = 2048
 DEFAULT_N_UBATCH = 512
-DEFAULT_SEED = 0
+# LLAMA_DEFAULT_SEED; recorded only: the runner samples greedily.
+DEFAULT_SEED = 0xFFFFFFFF
+
+# Spellings llama.cpp's -fa accepts (common/arg.cpp: is_truthy, is_falsey, is_autoy), by meaning.
+FLASH_ATTN_SPELLINGS = {
+    "on": ("on", "enabled", "true", "1"),
+    "off": ("off", "disabled", "false", "0"),
+    "auto": ("auto", "-1"),
+}
+# llama.cpp's -lm/--load-mode values and their enum llama_load_mode numbers (llama.h).
+LOAD_MODES = {"auto": -1, "none": 0, "mmap": 1, "mlock": 2, "mmap+mlock": 3, "dio": 4}
+KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+
+# -- mllama ------------------------------------------------------------------------
+# "hf-path" mimics transformers' load_image (EXIF rotation, alpha dropped).
+MLLAMA_IMAGE_LOADERS = ("pil", "hf-path")

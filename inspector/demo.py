@@ -14,7 +14,7 @@ from inspector.rpc import LoopbackServer
 from inspector.runners.llama import LlamaRunConfig
 from inspector.selection import Selection
 from inspector.store import open_dump
-from inspector.sweep import ALL_LAYERS, run_sweep
+from inspector.sweep import run_sweep
 from inspector.sweep_summary import render_matrix
 from inspector.tolerance import preset
 
@@ -44,7 +44,7 @@ def run_demo(output_dir: Path, echo: Callable[[str], None] = print) -> Path:
     # One server for the whole demo: ggml cannot unregister an RPC device once added.
     with LoopbackServer(threads=1) as server:
         echo(f"   loopback RPC server on {server.endpoint}")
-        result = run_sweep(replace(config, n_predict=0), [0, 2, ALL_LAYERS], [], server.endpoint,
+        result = run_sweep(replace(config, n_predict=0, rpc=[server.endpoint]), [0, 2, "all"], [],
                            Selection(globs=("l_out-*", "result_output")), output_dir / "sweep", preset("f32"),
                            overwrite=True, progress=lambda message: echo(f"   {message}"))
         echo(render_matrix(result.summary))

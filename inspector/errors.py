@@ -14,7 +14,14 @@ class DumpError(InspectorError):
     """A file is not a readable ggml-inspector dump."""
 
 
-class ModelError(InspectorError):
+class SetupError(InspectorError):
+    """A run could not start: its model, input or placement was refused before any graph ran.
+
+    A capture that fails this way leaves no dump behind: there is nothing in it.
+    """
+
+
+class ModelError(SetupError):
     """A model file is missing, not GGUF, truncated or rejected by llama.cpp."""
 
 

@@ -72,3 +72,17 @@ def write_arrays(output: str | os.PathLike[str], arrays: dict[str, np.ndarray], 
         for node, (name, array) in enumerate(arrays.items()):
             writer.write(TensorRecord.for_array(name, np.ascontiguousarray(array), eval_index, node, op), array)
     return Path(output)
+
+
+def read_tensor_file(path: Path, name: str, raw_shape: tuple[int, ...]) -> np.ndarray:
+    """One tensor from whatever another program wrote: a dump (by ``name``), a .npy, or raw f32 of ``raw_shape``."""
+    import h5py
+
+    from inspector.store import open_dump
+
+    if path.suffix == ".npy":
+        return read_npy(path)
+    if path.exists() and h5py.is_hdf5(path):
+        with open_dump(path) as dump:
+            return dump.read(name)
+    return read_raw(path, "f32", raw_shape)

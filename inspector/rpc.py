@@ -72,6 +72,11 @@ def add_servers(endpoints: list[str]) -> list[str]:
     return names
 
 
+def registered_devices() -> list[str]:
+    """Every RPC device this process has registered (they cannot be unregistered)."""
+    return [name for names in _registered.values() for name in names]
+
+
 def serve(host: str, port: int, threads: int, device: str | None = None) -> None:
     """Serve a local ggml device over RPC until the process is stopped (blocks)."""
     lib = load()

@@ -17,17 +17,17 @@ from typing import Any
 
 from inspector.capture import capture_llama
 from inspector.compare import compare_dumps
+from inspector.constants import KV_CACHE_TYPES
 from inspector.errors import InspectorError
 from inspector.ggml import load
 from inspector.gguf_header import read_header
 from inspector.rpc import LoopbackServer
-from inspector.runners.llama import FLASH_ATTN_MODES, KV_CACHE_TYPES, LlamaRunConfig
+from inspector.runners.llama import FLASH_ATTN_MODES, LlamaRunConfig
 from inspector.selection import Selection
 from inspector.sweep_summary import SweepRun, summarise
 from inspector.system import ggml_devices
 from inspector.tolerance import Tolerance
 
-ALL_LAYERS = 999  # llama.cpp clamps to the model's layers + output
 BOOLEANS = {"true": True, "on": True, "1": True, "yes": True, "false": False, "off": False, "0": False, "no": False}
 # Settings whose runs cannot be compared tensor by tensor, with the reason.
 UNPAIRABLE_SETTINGS = {
@@ -83,19 +83,19 @@ class SweepResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_layers(text: str) -> list[int]:
-    """``0,8,16,all`` to layer counts (``all`` offloads everything)."""
+def parse_layers(text: str) -> list[int | str]:
+    """``0,8,16,all`` to layer counts (``all`` offloads everything), as llama-bench's ``-ngl`` list."""
     counts = []
     for part in text.split(","):
         part = part.strip().lower()
         if part == "all":
-            counts.append(ALL_LAYERS)
+            counts.append("all")
         elif part.isdigit():
             counts.append(int(part))
         else:
-            raise InspectorError(f"--n-gpu-layers takes numbers and 'all', separated by commas, not {part!r}")
+            raise InspectorError(f"-ngl/--n-gpu-layers takes numbers and 'all', separated by commas, not {part!r}")
     if not counts:
-        raise InspectorError("--n-gpu-layers needs at least one value")
+        raise InspectorError("-ngl/--n-gpu-layers needs at least one value")
     return counts
 
 
@@ -121,7 +121,7 @@ def _label(settings: dict[str, Any]) -> str:
     parts = []
     for key, value in settings.items():
         if key == "n_gpu_layers":
-            parts.append(f"ngl{'all' if value == ALL_LAYERS else value}")
+            parts.append(f"ngl{value}")
         else:
             parts.append(f"{key}={value}")
     return "-".join(parts)
@@ -132,13 +132,15 @@ def has_gpu() -> bool:
     return any(d["type"] in ("GPU", "IGPU") and not d["name"].startswith("RPC") for d in ggml_devices(load()))
 
 
-def run_sweep(base: LlamaRunConfig, layer_counts: list[int], varies: list[tuple[str, list[Any]]],
-              rpc_mode: str, selection: Selection, out_dir: Path, tolerance: Tolerance, *,
+def run_sweep(base: LlamaRunConfig, layer_counts: list[int | str], varies: list[tuple[str, list[Any]]],
+              selection: Selection, out_dir: Path, tolerance: Tolerance, *, auto_loopback: bool = True,
               overwrite: bool = False, progress: Callable[[str], None] = lambda _m: None) -> SweepResult:
     """Capture every configuration into ``out_dir``, compare each with the first, write summary.json.
 
     Every configuration is validated, and the model opened, before any server
     starts or dump is written: a bad value fails the sweep, not its last run.
+    Offload goes to ``base.rpc``; with none and no GPU, ``auto_loopback``
+    starts a loopback RPC server to stand in for one.
     """
     keys = ["n_gpu_layers"] + [key for key, _ in varies]
     grid = [dict(zip(keys, values, strict=True))
@@ -153,13 +155,10 @@ def run_sweep(base: LlamaRunConfig, layer_counts: list[int], varies: list[tuple[
     out_dir.mkdir(parents=True, exist_ok=True)
     server: LoopbackServer | None = None
     endpoints = list(base.rpc)
-    if rpc_mode == "auto":
-        if not has_gpu() and any(count > 0 for count in layer_counts):
-            server = LoopbackServer(threads=base.threads).start()
-            endpoints = [server.endpoint]
-            progress(f"no GPU: started a loopback RPC server on {server.endpoint}")
-    elif rpc_mode not in ("", "none"):
-        endpoints = [rpc_mode]
+    if auto_loopback and not endpoints and not has_gpu() and any(count != 0 for count in layer_counts):
+        server = LoopbackServer(threads=base.threads).start()
+        endpoints = [server.endpoint]
+        progress(f"no GPU: started a loopback RPC server on {server.endpoint}")
     try:
         runs = []
         for index, (settings, config) in enumerate(zip(grid, configs, strict=True)):

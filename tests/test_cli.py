@@ -34,7 +34,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: st
 @pytest.fixture(scope="module")
 def dump(tiny_f32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run.h5"
-    result = cli("capture", tiny_f32, "-p", PROMPT, "-t", "l_out-*", "-t", "inp_tokens", "--regex", "^attn_norm-0$",
+    result = cli("capture", tiny_f32, "-p", PROMPT, "-T", "l_out-*", "-T", "inp_tokens", "--regex", "^attn_norm-0$",
                  "--threads", "1", "--ctx", "64", "--n-predict", "2", "-o", out)
     assert result.returncode == 0, result.stderr
     assert "captured" in result.stderr and str(out) in result.stderr
@@ -103,7 +103,7 @@ def test_gguf_command(tiny_f32):
 
 
 def test_pattern_matching_nothing_warns_with_nearest_names(tiny_f32, tmp_path):
-    result = cli("capture", tiny_f32, "-p", PROMPT, "-t", "l_out-*", "-t", "atn_norm-0", "--ctx", "64",
+    result = cli("capture", tiny_f32, "-p", PROMPT, "-T", "l_out-*", "-T", "atn_norm-0", "--ctx", "64",
                  "-o", tmp_path / "w.h5")
     assert result.returncode == 0
     warning = next(line for line in result.stderr.splitlines() if "warning" in line)

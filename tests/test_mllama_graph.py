@@ -56,8 +56,8 @@ def test_offloading_layers_to_rpc_keeps_results_and_records_placement(tiny, tmp_
 
 def test_probe_of_inp_raw_does_not_change_ca_patch_embd(tiny, tmp_path):
     model, image = tiny
-    encode(model, image, tmp_path / "plain.h5", "-t", "ca_patch_embd")
-    encode(model, image, tmp_path / "probed.h5", "-t", "ca_patch_embd", "-t", "inp_raw_copy", "--probe", "inp_raw")
+    encode(model, image, tmp_path / "plain.h5", "-T", "ca_patch_embd")
+    encode(model, image, tmp_path / "probed.h5", "-T", "ca_patch_embd", "-T", "inp_raw_copy", "--probe", "inp_raw")
     with open_dump(tmp_path / "probed.h5") as dump:
         assert dump.read("inp_raw_copy").shape == (SPEC.max_tiles, 3, SPEC.image_size, SPEC.image_size)
     comparison = compare_dumps(tmp_path / "plain.h5", tmp_path / "probed.h5", preset("exact"), ["ca_patch_embd"])
@@ -68,9 +68,9 @@ def test_probe_of_inp_raw_does_not_change_ca_patch_embd(tiny, tmp_path):
 
 def test_late_read_shows_buffer_reuse_while_the_hook_copy_is_intact(tiny, tmp_path):
     model, image = tiny
-    encode(model, image, tmp_path / "reference.h5", "-t", "ca_patch_embd", "-t", "ln_pre")
-    result = cli("mllama", "sched-check", model, "--image", image, "--threads", "1", "-t", "ca_patch_embd",
-                 "-t", "ln_pre", "-o", tmp_path / "check.h5")
+    encode(model, image, tmp_path / "reference.h5", "-T", "ca_patch_embd", "-T", "ln_pre")
+    result = cli("mllama", "sched-check", model, "--image", image, "--threads", "1", "-T", "ca_patch_embd",
+                 "-T", "ln_pre", "-o", tmp_path / "check.h5")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1:3] for line in result.stdout.splitlines()[2:] if line.strip()
             and not line.startswith(("1", "2", "0"))}
@@ -104,7 +104,7 @@ def test_sched_check_never_re_reads_memory_a_bigger_next_graph_freed(tmp_path):
     own, following = compute_buffer_bytes(model, image, ()), compute_buffer_bytes(model, image, NEXT_GRAPH_PROBES)
     assert following > own  # on its own, the next graph would make the scheduler reallocate
     out = tmp_path / "check.h5"
-    result = cli("mllama", "sched-check", model, "--image", image, "--threads", "1", "-t", "ca_patch_embd",
+    result = cli("mllama", "sched-check", model, "--image", image, "--threads", "1", "-T", "ca_patch_embd",
                  "-o", out)
     assert result.returncode == 0, result.stderr
     with open_dump(out) as dump:

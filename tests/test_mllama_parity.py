@@ -115,7 +115,7 @@ def test_f16_conversion_is_close(hf_model, tmp_path):
     assert cli("mllama", "convert", folder, "-o", out, "--dtype", "f16").returncode == 0
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 60, 3), dtype=np.uint8))
     image.save(tmp_path / "image.png")
-    assert cli("mllama", "encode", out, "--image", tmp_path / "image.png", "-t", "ca_patch_embd",
+    assert cli("mllama", "encode", out, "--image", tmp_path / "image.png", "-T", "ca_patch_embd",
                "-o", tmp_path / "f16.h5").returncode == 0
     with open_dump(tmp_path / "f16.h5") as dump:
         error = nmse(dump.read("ca_patch_embd"), reference_outputs(model, image)["ca_patch_embd"])

@@ -53,7 +53,7 @@ def test_fingerprint_tells_models_apart_and_compare_says_so(tiny_f32, tmp_path):
     assert fingerprint(tiny_f32) == fingerprint(tiny_f32)
     assert fingerprint(tiny_f32) != fingerprint(other)
     for model, out in ((tiny_f32, "a.h5"), (other, "b.h5")):
-        assert cli("capture", model, "-p", "hi", "-t", "l_out-*", "--ctx", "64", "-o", tmp_path / out).returncode == 0
+        assert cli("capture", model, "-p", "hi", "-T", "l_out-*", "--ctx", "64", "-o", tmp_path / out).returncode == 0
     result = cli("compare", tmp_path / "a.h5", tmp_path / "b.h5")
     assert "different model files" in result.stdout
 
@@ -73,5 +73,5 @@ def test_sha256_is_computed_once_per_file_version(tiny_f32, tmp_path, monkeypatc
     # A new mtime is a new file version: hashed again.
     os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 1_000_000_000))
     assert cached_sha256(copy) == expected
-    result = cli("capture", copy, "-p", "hi", "-t", "l_out-0", "--ctx", "64", "--sha256", "-o", tmp_path / "s.h5")
+    result = cli("capture", copy, "-p", "hi", "-T", "l_out-0", "--ctx", "64", "--sha256", "-o", tmp_path / "s.h5")
     assert result.returncode == 0, result.stderr

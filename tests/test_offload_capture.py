@@ -67,7 +67,7 @@ def test_selecting_a_graph_input_at_full_offload_captures_it(capture_all, tiny_f
     _, endpoint = capture_all
     with LoopbackServer(threads=1) as server:
         out = tmp_path / "pos.h5"
-        result = cli("capture", tiny_f32, "-p", PROMPT, "--threads", "1", "--ctx", "64", "-t", "inp_pos",
+        result = cli("capture", tiny_f32, "-p", PROMPT, "--threads", "1", "--ctx", "64", "-T", "inp_pos",
                      "--n-gpu-layers", "99", "--rpc", server.endpoint, "-o", out)
         assert result.returncode == 0, result.stderr
     with open_dump(out) as dump:

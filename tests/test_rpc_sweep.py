@@ -32,7 +32,7 @@ def offload_dumps(server, tiny_f32, tmp_path_factory) -> dict[str, Path]:
     dumps = {}
     for label, layers in (("cpu", "0"), ("partial", "1"), ("full", "99")):
         out = folder / f"{label}.h5"
-        args = ["capture", tiny_f32, "-p", PROMPT, "-t", "l_out-*", "-t", "attn_norm-*", "-t", "result_output",
+        args = ["capture", tiny_f32, "-p", PROMPT, "-T", "l_out-*", "-T", "attn_norm-*", "-T", "result_output",
                 "--threads", "1", "--ctx", "64", "--n-gpu-layers", layers, "-o", out]
         if label != "cpu":
             args += ["--rpc", server.endpoint]
@@ -116,8 +116,8 @@ def test_sweep_bad_arguments(tiny_f32, tmp_path):
     pytest.param(("--vary", "threads=1,two"), "--vary threads: 'two' is not a whole number", id="threads-text"),
     pytest.param(("--vary", "n_ubatch=4,8"), "cannot be paired by evaluation index", id="n_ubatch"),
     pytest.param(("--vary", "n_batch=4,8"), "cannot be paired by evaluation index", id="n_batch"),
-    pytest.param(("--ctx", "0", "--vary", "flash_attn=on,off"),
-                 "sweep configuration ngl0-flash_attn=on: --ctx must be", id="base-config"),
+    pytest.param(("--token-ids", "1,2", "--vary", "flash_attn=on,off"),
+                 "exactly one of -p/--prompt, -f/--file and --token-ids", id="base-config"),
 ])
 def test_sweep_checks_every_value_before_the_first_capture(tiny_f32, tmp_path, arguments, fragment):
     """A bad value anywhere in the grid fails the sweep before any dump (or the output folder) exists."""

@@ -115,7 +115,7 @@ def test_capture_of_repacked_weights_runs_in_a_clean_process(quant_model, tmp_pa
     script = textwrap.dedent(f"""
         import sys
         from inspector.cli import main
-        sys.argv = ["ggml-inspector", "capture", {str(quant_model)!r}, "-p", "hi", "-t", "blk.0.*",
+        sys.argv = ["ggml-inspector", "capture", {str(quant_model)!r}, "-p", "hi", "-T", "blk.0.*",
                     "--threads", "1", "-o", {str(out)!r}]
         main()
     """)

@@ -88,6 +88,7 @@ _REGISTRY_FUNCTIONS: dict[str, tuple[object, list[object]]] = {
     "ggml_backend_dev_type": (_c.c_int, [_p]),
     "ggml_backend_dev_memory": (None, [_p, _c.POINTER(_c.c_size_t), _c.POINTER(_c.c_size_t)]),
     "ggml_backend_register": (None, [_p]),
+    "ggml_backend_dev_buffer_type": (_p, [_p]),
 }
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from inspector.constants import MLLAMA_IMAGE_LOADERS
 from inspector.errors import InspectorError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -44,7 +45,7 @@ MAX_TILES = 4
 PATCH_SIZE = 14
 RESCALE_FACTOR = 1 / 255
 CONVENTIONS = ("hf", "ollama")
-LOADERS = ("pil", "hf-path")
+LOADERS = MLLAMA_IMAGE_LOADERS
 # Refuse images beyond this many pixels (decompression bombs): ~16k x 16k.
 MAX_IMAGE_PIXELS = 16384 * 16384
 

@@ -78,6 +78,8 @@ class TinyLlamaSpec:
     # Tokens beyond the 259 byte-level ones are fillers: a real vocabulary's size (262,144)
     # is what makes metadata arrays cost O(vocabulary) to a careless reader.
     n_vocab: int = N_VOCAB
+    # tokenizer.chat_template, for chat-formatting tests.
+    chat_template: str | None = None
 
     @property
     def head_dim(self) -> int:
@@ -170,6 +172,8 @@ def write_tiny_llama(path: str | os.PathLike[str], spec: TinyLlamaSpec = TinyLla
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(False)
+    if spec.chat_template is not None:
+        writer.add_chat_template(spec.chat_template)
     # Weights are made one at a time and quantized at once: a 262k-vocabulary f32 embedding
     # alone is ~800 MB, its Q4_K form a seventh of that.
     for name, array in _weights(spec):

@@ -22,17 +22,20 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from inspector import rpc
-from inspector.constants import DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, DEFAULT_SEED
-from inspector.errors import CaptureInterrupted, InspectorError, ModelError
+from inspector.constants import DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, DEFAULT_SEED, KV_CACHE_TYPES, LOAD_MODES
+from inspector.errors import CaptureInterrupted, InspectorError, ModelError, SetupError
+from inspector.ggml import load
 from inspector.gguf_header import cached_sha256, check_gguf_file, fingerprint, read_leading_metadata
 from inspector.hook import TensorHook
+from inspector.runners.placement import placement
+from inspector.runners.prompt import formatted_prompt, prompt_token_ids
+from inspector.system import ggml_devices
 
 FLASH_ATTN_MODES = {
     "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
-KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 
 # Called before each llama_decode with the evaluation's kind and facts; returns its index.
 BeginEvaluation = Callable[[str, dict[str, Any]], int]
@@ -40,21 +43,47 @@ BeginEvaluation = Callable[[str, dict[str, Any]], int]
 
 @dataclass
 class LlamaRunConfig:
-    """Everything that determines a llama.cpp run, recorded in the dump."""
+    """Everything that determines a llama.cpp run, recorded in the dump under llama.cpp's names.
+
+    The field names are ``common_params``' (``n_ctx``, ``n_batch``, ...) so a
+    dump reads like the command that made it; ``inspector.cli.llama_options``
+    maps each to its llama.cpp option and back (``ls --config``).
+    """
 
     model: str
-    prompt: str
-    n_gpu_layers: int = 0
+    prompt: str = ""
+    # The file -f read the prompt from (the prompt itself is recorded too).
+    prompt_file: str | None = None
+    # Exact input tokens (--token-ids): the tokenizer is not run.
+    token_ids: list[int] | None = None
+    # Format the prompt as one user turn with a chat template (llama-cli's conversation mode).
+    conversation: bool = False
+    # A built-in template name or a template text; None: the model's own.
+    chat_template: str | None = None
+    jinja: bool = False
+    system_prompt: str = ""
+    # An int, or llama.cpp's "auto"/"all": every layer on the offload devices (libllama has no memory fitting).
+    n_gpu_layers: int | str = "auto"
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # None: the same as threads, as in llama.cpp.
+    threads_batch: int | None = None
+    # 0: the model's training context, as in llama.cpp.
     n_ctx: int = DEFAULT_N_CTX
     n_batch: int = DEFAULT_N_BATCH
     n_ubatch: int = DEFAULT_N_UBATCH
     flash_attn: str = "auto"
     type_k: str = "f16"
     type_v: str = "f16"
+    # Tokens generated greedily after the prompt; -1: until end of generation, -2: until the context is full.
     n_predict: int = 0
     seed: int = DEFAULT_SEED
     rpc: list[str] = field(default_factory=list)
+    # None: every available device; ["none"]: no offload.
+    devices: list[str] | None = None
+    # llama.cpp's -ot: "regex=BUFFER_TYPE" pairs.
+    override_tensor: list[str] = field(default_factory=list)
+    # llama.cpp's -lm: auto (mmap unless a device cannot), none (read into memory), mmap, mlock, ...
+    load_mode: str = "auto"
     op_offload: bool = True
     # Logits (result_output rows) for every prompt token, not only the last (llama.cpp's --all-logits).
     all_logits: bool = False
@@ -63,16 +92,36 @@ class LlamaRunConfig:
 
     def validate(self) -> None:
         if self.flash_attn not in FLASH_ATTN_MODES:
-            raise InspectorError(f"--flash-attn must be one of {', '.join(FLASH_ATTN_MODES)}")
-        for label, value in (("type_k", self.type_k), ("type_v", self.type_v)):
+            raise InspectorError(f"-fa/--flash-attn must be one of {', '.join(FLASH_ATTN_MODES)}")
+        for label, value in (("-ctk/--cache-type-k", self.type_k), ("-ctv/--cache-type-v", self.type_v)):
             if value not in KV_CACHE_TYPES:
                 raise InspectorError(f"{label} must be one of {', '.join(KV_CACHE_TYPES)}, not {value!r}")
-        for label, value in (("--ctx", self.n_ctx), ("--batch", self.n_batch), ("--ubatch", self.n_ubatch),
-                             ("--threads", self.threads)):
+        for label, value in (("-b/--batch-size", self.n_batch), ("-ub/--ubatch-size", self.n_ubatch),
+                             ("-t/--threads", self.threads), ("-tb/--threads-batch", self.threads_batch or 1)):
             if value < 1:
                 raise InspectorError(f"{label} must be at least 1")
-        if self.n_predict < 0:
-            raise InspectorError("--n-predict must not be negative")
+        if self.n_ctx < 0:
+            raise InspectorError("-c/--ctx-size must not be negative (0: the model's training context)")
+        if self.n_predict < -2:
+            raise InspectorError("-n/--n-predict must be at least -2 (-1: until end of generation, -2: until the "
+                                 "context is full)")
+        if self.load_mode not in LOAD_MODES:
+            raise InspectorError(f"-lm/--load-mode must be one of {', '.join(LOAD_MODES)}, not {self.load_mode!r}")
+        if isinstance(self.n_gpu_layers, str) and self.n_gpu_layers not in ("auto", "all"):
+            raise InspectorError(f"-ngl takes a number, 'auto' or 'all', not {self.n_gpu_layers!r}")
+        if isinstance(self.n_gpu_layers, int) and self.n_gpu_layers < 0:
+            raise InspectorError("-ngl must not be negative (use 'all')")
+        given = [name for name, present in (("-p/-f", bool(self.prompt) or self.prompt_file is not None),
+                                            ("--token-ids", self.token_ids is not None)) if present]
+        if len(given) != 1:
+            raise InspectorError("give the input with exactly one of -p/--prompt, -f/--file and --token-ids")
+        if self.token_ids is not None and (self.conversation or self.chat_template or self.jinja):
+            raise InspectorError("--token-ids are the exact input: a chat template cannot apply to them")
+
+    @property
+    def library_gpu_layers(self) -> int:
+        """The value libllama takes: a negative count means every layer."""
+        return -1 if isinstance(self.n_gpu_layers, str) else self.n_gpu_layers
 
 
 @dataclass
@@ -85,6 +134,10 @@ class LlamaRunResult:
     prompt_logits: np.ndarray
     evaluations: int
     seconds: float
+    # The context size llama.cpp made (-c 0 becomes the model's training context).
+    n_ctx: int = 0
+    # The text a chat template made of the prompt (-cnv), which was then tokenized.
+    formatted_prompt: str | None = None
 
 
 class _LlamaLog:
@@ -177,10 +230,14 @@ class LlamaSession:
         self.hook = hook
         self.log = log
         llama_cpp.llama_backend_init()
-        if config.rpc:
-            rpc.add_servers(config.rpc)
+        own_rpc_devices = rpc.add_servers(config.rpc) if config.rpc else []
+        # Kept alive for the model's life: llama.cpp reads these arrays while loading.
+        self.placement = placement(load(), self._device_names(own_rpc_devices), config.override_tensor)
         model_params = llama_cpp.llama_model_default_params()
-        model_params.n_gpu_layers = config.n_gpu_layers
+        model_params.n_gpu_layers = config.library_gpu_layers
+        model_params.load_mode = LOAD_MODES[config.load_mode]
+        model_params.devices = self.placement.devices_address
+        model_params.tensor_buft_overrides = self.placement.overrides_address
         self.model = llama_cpp.llama_model_load_from_file(config.model.encode(), model_params)
         if not self.model:
             raise ModelError(f"llama.cpp could not load {config.model}: {log.last_error() or 'unknown error'}")
@@ -191,7 +248,7 @@ class LlamaSession:
         params.n_ubatch = config.n_ubatch
         params.n_seq_max = 1
         params.n_threads = config.threads
-        params.n_threads_batch = config.threads
+        params.n_threads_batch = config.threads_batch or config.threads
         params.flash_attn_type = FLASH_ATTN_MODES[config.flash_attn]
         params.op_offload = config.op_offload
         params.type_k = _ggml_type_id(config.type_k)
@@ -204,9 +261,36 @@ class LlamaSession:
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
-            raise InspectorError(f"llama.cpp could not create a context: {log.last_error() or 'unknown error'}")
+            self.model = None
+            raise SetupError(f"llama.cpp could not create a context: {log.last_error() or 'unknown error'}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.adds_eos = bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
+
+    def _device_names(self, own_rpc_devices: list[str]) -> list[str] | None:
+        """The devices llama.cpp would see if this run were its own process.
+
+        RPC servers stay registered for the life of the process; a run that
+        did not ask for one must not offload to it (llama.cpp's default is
+        "every device").  ``-dev`` given: exactly those.
+        """
+        if self.config.devices is not None:
+            return self.config.devices
+        others = set(rpc.registered_devices()) - set(own_rpc_devices)
+        if not others:
+            return None
+        devices = [d for d in ggml_devices(load()) if d["name"] not in others]
+        # llama.cpp's default: every GPU (RPC devices are GPUs), integrated GPUs only when there is none.
+        offload = ([d["name"] for d in devices if d["type"] == "GPU"]
+                   or [d["name"] for d in devices if d["type"] == "IGPU"])
+        return offload or ["none"]
+
+    def special_text(self, which: str) -> str:
+        """The text of the BOS or EOS token ("" when the vocabulary has none), special tokens rendered."""
+        token = (llama_cpp.llama_vocab_bos if which == "bos" else llama_cpp.llama_vocab_eos)(self.vocab)
+        return "" if token < 0 else self.detokenize([token], special=True)
 
     def model_metadata(self, key: str) -> str:
         buffer = ctypes.create_string_buffer(512)
@@ -218,17 +302,18 @@ class LlamaSession:
         capacity = len(data) + 8
         for _attempt in range(2):
             tokens = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, True, False)
+            # add_special and parse_special, as llama-cli tokenizes a prompt.
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, True, True)
             if count >= 0:
                 return list(tokens[:count])
             capacity = -count  # too small: llama.cpp says how many it needs
-        raise InspectorError("the prompt does not tokenize")
+        raise SetupError("the prompt does not tokenize")
 
-    def detokenize(self, token_ids: list[int]) -> str:
+    def detokenize(self, token_ids: list[int], special: bool = False) -> str:
         pieces = []
         buffer = ctypes.create_string_buffer(256)
         for token in token_ids:
-            length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+            length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
             pieces.append(buffer.raw[: max(length, 0)])
         return b"".join(pieces).decode("utf-8", errors="replace")
 
@@ -290,12 +375,13 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
             hook.begin_evaluation(index)
 
     with LlamaSession(config, hook, log) as session:
-        token_ids = session.tokenize(config.prompt)
+        token_ids = prompt_token_ids(session, config)
         if not token_ids:
-            raise InspectorError("the prompt is empty after tokenization")
-        needed = len(token_ids) + config.n_predict
-        if needed > config.n_ctx:
-            raise InspectorError(f"prompt ({len(token_ids)} tokens) plus --n-predict needs --ctx {needed} or more")
+            raise SetupError("the prompt is empty after tokenization")
+        room = session.n_ctx - len(token_ids)
+        if room < 0 or (config.n_predict > 0 and config.n_predict > room):
+            raise SetupError(f"the prompt ({len(token_ids)} tokens) plus -n/--n-predict needs -c/--ctx-size "
+                                 f"{len(token_ids) + max(config.n_predict, 0)} or more (it is {session.n_ctx})")
         step = min(config.n_batch, config.n_ubatch)
         logit_rows = []
         evaluations = 0
@@ -309,11 +395,13 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
         prompt_logits = np.concatenate(logit_rows)
         generated: list[int] = []
         last = prompt_logits[-1]
-        eos = llama_cpp.llama_vocab_eos(session.vocab)
-        for step_index in range(config.n_predict):
+        # -1: until an end-of-generation token or a full context; -2: until a full context (llama.cpp's meanings).
+        limit = config.n_predict if config.n_predict >= 0 else room
+        for step_index in range(limit):
             token = int(np.argmax(last))
             generated.append(token)
-            if token == eos or step_index == config.n_predict - 1:
+            end_of_generation = config.n_predict != -2 and llama_cpp.llama_vocab_is_eog(session.vocab, token)
+            if end_of_generation or step_index == limit - 1:
                 break
             pos = len(token_ids) + step_index
             start_evaluation("generate", [token], pos)
@@ -326,6 +414,8 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
             prompt_logits=prompt_logits,
             evaluations=evaluations,
             seconds=time.perf_counter() - started,
+            n_ctx=session.n_ctx,
+            formatted_prompt=formatted_prompt(session, config) if config.conversation else None,
         )
 
 

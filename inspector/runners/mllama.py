@@ -101,7 +101,7 @@ class Session:
         else:
             offload_name = config.device
         if config.offload_layers and offload_name is None:
-            raise InspectorError("--offload-layers needs --rpc HOST:PORT or --device NAME")
+            raise InspectorError("-ngl/--offload-layers needs --rpc HOST:PORT or -dev NAME")
         self.cpu = init_backend(self.lib, None, config.threads)
         self.offload = init_backend(self.lib, offload_name, config.threads) if offload_name else None
         self.backends = [b for b in (self.offload, self.cpu) if b is not None]  # CPU last, as ggml requires

@@ -1,0 +1,78 @@
+"""The ``ggml-inspector`` group: every failure becomes one line on stderr and an exit code.
+
+Exit codes: 0 success, 1 a comparison found differences, 2 an error, 130
+an interrupted capture.  ``GGML_INSPECTOR_DEBUG=1`` shows tracebacks of
+unexpected failures.  Commands live in one module per group and import
+their heavy dependencies (llama.cpp, h5py, matplotlib, PIL) only when run,
+so ``--help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from inspector.cli import comparing, dumps, mllama, plotting, running, servers
+from inspector.constants import TOOL_VERSION
+from inspector.errors import CaptureInterrupted, InspectorError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"ggml-inspector: error: {message}", err=True)
+    sys.exit(code)
+
+
+class InspectorGroup(click.Group):
+    """A click group that turns every failure into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CaptureInterrupted as error:
+            fail(str(error), EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_INTERRUPTED)
+        except InspectorError as error:
+            fail(str(error))
+        except click.UsageError as error:
+            # click would print usage, a hint and the error on three lines.
+            fail(error.format_message() + (f" (see {error.ctx.command_path} --help)" if error.ctx else ""))
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except BrokenPipeError:
+            # stdout closed early (``| head``): not an error worth a message.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except OSError as error:
+            if os.environ.get("GGML_INSPECTOR_DEBUG"):
+                raise
+            fail(f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""))
+        except Exception as error:  # noqa: BLE001  (last line of defence against tracebacks)
+            if os.environ.get("GGML_INSPECTOR_DEBUG"):
+                raise
+            fail(f"unexpected {type(error).__name__}: {error} (set GGML_INSPECTOR_DEBUG=1 for the traceback)")
+
+
+@click.group(cls=InspectorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(TOOL_VERSION, prog_name="ggml-inspector")
+def main() -> None:
+    """Capture, inspect and compare the tensors of ggml compute graphs."""
+    if not os.environ.get("GGML_INSPECTOR_DEBUG"):
+        # ggml prints a gdb backtrace on an internal abort; its one-line assertion is enough here.
+        os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+    if hasattr(signal, "SIGXFSZ"):
+        # Past a file-size limit (ulimit -f) a write fails with EFBIG, which the writer turns
+        # into a clean incomplete dump, instead of the signal killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+for module in (running, dumps, comparing, mllama, plotting, servers):
+    for command in module.COMMANDS:
+        main.add_command(command)

@@ -1,0 +1,117 @@
+"""Commands that compare runs: ``compare`` (two dumps) and ``sweep`` (many configurations of one model)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from inspector.cli import options
+from inspector.cli.llama_options import llama_cpp_options
+from inspector.cli.running import echo_progress, stop_on_sigterm
+from inspector.constants import DEFAULT_DUMP_DIR
+from inspector.errors import InspectorError
+
+if TYPE_CHECKING:
+    from inspector.runners.llama import LlamaRunConfig
+
+
+def parse_maps(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--map NAME_A=NAME_B`` pairs."""
+    mapping = {}
+    for pair in pairs:
+        name_a, sep, name_b = pair.partition("=")
+        if not sep or not name_a or not name_b:
+            raise InspectorError(f"--map takes NAME_A=NAME_B, not {pair!r}")
+        mapping[name_a] = name_b
+    return mapping
+
+
+@click.command()
+@click.argument("dump_a", type=click.Path(path_type=Path))
+@click.argument("dump_b", type=click.Path(path_type=Path))
+@options.tensor_globs("Only tensors whose A name matches (repeatable).", keep_t=True)
+@options.tolerance
+@click.option("--atol", type=float, default=None, help="Absolute tolerance, element-wise.")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance, element-wise.")
+@click.option("--nmse", type=float, default=None, help="Maximum normalised mean squared error.")
+@click.option("--map", "maps", multiple=True, metavar="NAME_A=NAME_B", help="Pair differently named tensors.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/compare.md).")
+@click.option("--csv", "as_csv", is_flag=True, help="One CSV row per tensor.")
+@click.option("--all", "show_all", is_flag=True, help="List identical tensors too.")
+def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str, atol: float | None,
+            rtol: float | None, nmse: float | None, maps: tuple[str, ...], as_json: bool, as_csv: bool,
+            show_all: bool) -> None:
+    """Compare run B against reference run A tensor by tensor; report the first divergence.
+
+    Exit code 0 when every compared tensor is within tolerance, 1 when any
+    diverged or is missing, 2 on error.
+    """
+    import json
+
+    from inspector import compare_report
+    from inspector.compare import compare_dumps
+    from inspector.tolerance import preset
+
+    if as_json and as_csv:
+        raise InspectorError("choose one of --json and --csv")
+    tolerance = preset(preset_name).with_overrides(nmse, atol, rtol)
+    comparison = compare_dumps(dump_a, dump_b, tolerance, list(globs) or None, parse_maps(maps))
+    if as_json:
+        click.echo(json.dumps(compare_report.to_json(comparison), indent=1))
+    elif as_csv:
+        click.echo(compare_report.to_csv(comparison), nl=False)
+    else:
+        click.echo(compare_report.render_text(comparison, show_all, colour=sys.stdout.isatty()))
+    sys.exit(0 if comparison.passed else 1)
+
+
+@click.command()
+@llama_cpp_options(exclude=("n_gpu_layers",))
+@click.option("-ngl", "--gpu-layers", "--n-gpu-layers", "layers", default="0,all", show_default=True,
+              metavar="N,N,...", help="Offload counts to sweep, as llama-bench's list ('all': every layer).")
+@click.option("--vary", "varies", multiple=True, metavar="SETTING=V1,V2",
+              help="Also vary flash_attn, threads, type_k, type_v or op_offload (not n_batch/n_ubatch: they "
+                   "change the evaluations, so runs could not be paired).")
+@options.tensor_selection("default: l_out-* and result_output.")
+@options.tolerance
+@click.option("--per-layer", is_flag=True, help="Aggregate the matrix per layer (worst status, largest NMSE).")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the dumps and summary.json (default: dumps/sweep-<model>-<time>/).")
+@options.overwrite
+def sweep(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], globs: tuple[str, ...],
+          regexes: tuple[str, ...], preset_name: str, per_layer: bool, output_dir: Path | None,
+          overwrite: bool) -> None:
+    """Capture a model under every configuration and compare each with the first.
+
+    Takes llama.cpp's options for the run; -ngl takes a list. Without --rpc
+    and without a GPU, a loopback RPC server stands in for one; --rpc none
+    keeps every run on the CPU. Exit code 0 when every run matches the
+    first, 1 otherwise.
+    """
+    from inspector.selection import Selection
+    from inspector.sweep import parse_layers, parse_vary, run_sweep
+    from inspector.sweep_summary import render_matrix
+    from inspector.tolerance import preset
+
+    counts = parse_layers(layers)
+    variations = [parse_vary(v) for v in varies]
+    auto_loopback = run_config.rpc != ["none"]
+    if run_config.rpc in (["none"], ["auto"]):
+        run_config = replace(run_config, rpc=[])
+    selection = Selection(globs=globs or (() if regexes else ("l_out-*", "result_output")), regexes=regexes)
+    model = Path(run_config.model)
+    output_dir = output_dir or Path(DEFAULT_DUMP_DIR) / f"sweep-{model.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    stop_on_sigterm()
+    result = run_sweep(run_config, counts, variations, selection, output_dir, preset(preset_name),
+                       auto_loopback=auto_loopback, overwrite=overwrite, progress=echo_progress)
+    click.echo(render_matrix(result.summary, per_layer))
+    click.echo(f"summary: {result.summary_path}", err=True)
+    sys.exit(0 if result.summary["passed"] else 1)
+
+
+COMMANDS = (compare, sweep)

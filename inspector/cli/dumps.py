@@ -1,0 +1,149 @@
+"""Commands that read dumps and files: ``ls``, ``show``, ``export``, ``gguf``, ``import-raw``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from inspector.cli import options
+from inspector.errors import InspectorError
+
+
+@click.command("ls")
+@click.argument("dump", type=click.Path(path_type=Path))
+@options.tensor_globs("Only names matching this glob (repeatable).", keep_t=True)
+@click.option("--config", "show_config", is_flag=True,
+              help="Print the run configuration and the command line that reproduces it, not the tensors.")
+@options.as_json
+def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, as_json: bool) -> None:
+    """List the tensors in a dump, in execution order, with their statistics."""
+    from inspector import store_report
+    from inspector.store import open_dump
+
+    with open_dump(dump) as opened:
+        if show_config:
+            _echo_config(opened, as_json)
+            return
+        entries = opened.entries(list(globs))
+        if as_json:
+            click.echo(json.dumps(store_report.listing_json(opened, entries), indent=1))
+            return
+        for note in store_report.notes(opened):
+            click.echo(note, err=True)
+        click.echo(store_report.listing(entries))
+        click.echo(f"{len(entries)} tensors", err=True)
+
+
+def _echo_config(opened, as_json: bool) -> None:
+    from inspector import store_report
+    from inspector.cli.llama_options import command_line
+
+    runner = opened.config.get("runner")
+    line = command_line(opened.config) if runner == "llama" else None
+    if as_json:
+        click.echo(json.dumps({"config": opened.config, "result": opened.result, "command_line": line}, indent=1,
+                              default=str))
+    else:
+        click.echo(store_report.configuration(opened, line))
+
+
+@click.command()
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.argument("tensor")
+@options.eval_index
+@options.occurrence
+@click.option("-n", "--values", "count", type=click.IntRange(min=0), default=6, show_default=True,
+              help="Leading/trailing values to print (0: none).")
+@options.as_json
+def show(dump: Path, tensor: str, eval_index: int | None, occurrence: int, count: int, as_json: bool) -> None:
+    """Show one tensor's metadata, statistics and leading/trailing values."""
+    from inspector import store_report
+    from inspector.store import open_dump
+
+    with open_dump(dump) as opened:
+        entry = opened.find(tensor, eval_index, occurrence)
+        array = opened.read(entry)
+        metadata = opened.metadata(entry)
+    if as_json:
+        click.echo(json.dumps(store_report.tensor_json(entry, array, metadata, count), indent=1, default=str))
+    else:
+        click.echo(store_report.tensor_text(entry, array, metadata, count))
+
+
+@click.command()
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.argument("tensor")
+@options.output_file("Destination .npy file.", required=True)
+@options.eval_index
+@options.occurrence
+@options.overwrite
+def export(dump: Path, tensor: str, output: Path, eval_index: int | None, occurrence: int, overwrite: bool) -> None:
+    """Write one tensor to a .npy file (numpy shape = ggml ne reversed)."""
+    import numpy as np
+
+    from inspector.formatting import shape_text
+    from inspector.store import open_dump
+
+    if output.suffix != ".npy":
+        raise InspectorError(f"{output}: export writes .npy files; give a name ending in .npy")
+    if output.exists() and not overwrite:
+        raise InspectorError(f"{output} exists; pass --overwrite to replace it")
+    with open_dump(dump) as opened:
+        array = opened.read(tensor, eval_index, occurrence)
+    np.save(output, array, allow_pickle=False)
+    click.echo(f"wrote {tensor} {shape_text(array.shape)} {array.dtype} -> {output}", err=True)
+
+
+@click.command("gguf")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--tensors", "with_tensors", is_flag=True, help="Also list the tensors.")
+@options.as_json
+def gguf_command(model: Path, with_tensors: bool, as_json: bool) -> None:
+    """Show a GGUF file's metadata (and tensor table) without loading it into llama.cpp.
+
+    Arrays longer than 16 items (a vocabulary) show as ``[262144 items]``: the
+    header is parsed by ggml's C parser and no array is materialised in Python.
+    """
+    from inspector import gguf_report
+    from inspector.gguf_header import read_header
+
+    header = read_header(model)
+    if as_json:
+        click.echo(json.dumps(gguf_report.header_json(str(model), header, with_tensors), indent=1, default=str))
+        return
+    click.echo(gguf_report.header_text(header, with_tensors))
+    click.echo(f"{len(header.tensors)} tensors", err=True)
+
+
+@click.command("import-raw")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Tensor name to give it (e.g. inp_raw).")
+@click.option("--dtype", default="f32", show_default=True, help="f32, f16, f64, i8, i16, i32, i64 (raw files).")
+@click.option("--ne", default=None, help="ggml dimensions, fastest first, e.g. 560,560,3,4.")
+@click.option("--shape", default=None, help="numpy shape, slowest first, e.g. 4,3,560,560.")
+@options.output_file("Dump file to write.", required=True)
+@options.overwrite
+def import_raw(file: Path, name: str, dtype: str, ne: str | None, shape: str | None, output: Path,
+               overwrite: bool) -> None:
+    """Import a raw tensor file (fwrite of a tensor's data) or a .npy as a one-tensor dump."""
+    from inspector.formatting import shape_text
+    from inspector.importer import parse_dims, read_npy, read_raw, write_arrays
+
+    if file.suffix == ".npy":
+        if ne or shape:
+            raise InspectorError(".npy files carry their own shape; drop --ne/--shape")
+        array = read_npy(file)
+    else:
+        if bool(ne) == bool(shape):
+            raise InspectorError("give the size of a raw file with exactly one of --ne or --shape")
+        dims = tuple(reversed(parse_dims(ne))) if ne else parse_dims(shape)
+        array = read_raw(file, dtype, dims)
+    write_arrays(output, {name: array}, "import", {"source": str(file)},
+                 {"runner": "import", "source": str(file), "dtype": str(array.dtype), "shape": list(array.shape)},
+                 overwrite=overwrite, op="IMPORT")
+    click.echo(f"imported {name} {shape_text(array.shape)} {array.dtype} -> {output}", err=True)
+
+
+COMMANDS = (list_tensors, show, export, gguf_command, import_raw)

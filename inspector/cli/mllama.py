@@ -1,0 +1,180 @@
+"""Llama 3.2 Vision commands: ``preprocess``, ``diff-preprocess`` and the ``mllama`` group."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from inspector.cli import options
+from inspector.cli.llama_options import llama_cpp_options
+from inspector.cli.running import echo_progress
+from inspector.constants import DEFAULT_DUMP_DIR
+from inspector.errors import InspectorError
+
+tile_size = click.option("--tile-size", default=560, show_default=True)
+max_tiles = click.option("--max-tiles", default=4, show_default=True)
+# Offload every local layer: more than any encoder has.
+EVERY_LAYER = 1 << 20
+
+
+def _preprocess_config(convention: str, tile: int, tiles: int):
+    from inspector.mllama.preprocess import PreprocessConfig
+
+    config = PreprocessConfig(tile_size=tile, max_tiles=tiles, convention=convention)
+    config.validate()
+    return config
+
+
+@click.command("preprocess")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--convention", type=click.Choice(["hf", "ollama"]), default="hf", show_default=True)
+@tile_size
+@max_tiles
+@options.image_loader
+@click.option("--explain", is_flag=True, help="Print every step with its sizes (w×h).")
+@options.output_file("Dump file (default: dumps/<image>-<convention>.h5).")
+@options.overwrite
+def preprocess_command(image: Path, convention: str, tile_size: int, max_tiles: int, loader: str, explain: bool,
+                       output: Path | None, overwrite: bool) -> None:
+    """Preprocess IMAGE for mllama and write inp_raw, aspect_ratio_ids and aspect_ratio_mask to a dump."""
+    from dataclasses import asdict
+
+    from inspector.importer import write_arrays
+    from inspector.mllama.preprocess import load_image, preprocess
+    from inspector.mllama.preprocess_report import geometry_sentence
+
+    config = _preprocess_config(convention, tile_size, max_tiles)
+    result = preprocess(load_image(image, loader), config)
+    output = output or Path(DEFAULT_DUMP_DIR) / f"{image.stem}-{convention}.h5"
+    geometry = result.geometry.as_dict()
+    write_arrays(output, {"inp_raw": result.inp_raw, "aspect_ratio_ids": result.aspect_ratio_ids,
+                          "aspect_ratio_mask": result.aspect_ratio_mask},
+                 "preprocess", {"geometry": geometry, "steps": result.steps},
+                 {"runner": "preprocess", "image": str(image), "loader": loader, "preprocess": asdict(config),
+                  "geometry": geometry}, overwrite=overwrite, op="PREPROCESS")
+    if explain:
+        for step in result.steps:
+            click.echo(step)
+    click.echo(geometry_sentence(str(image), result.geometry, str(output)), err=True)
+
+
+@click.command("diff-preprocess")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--against", "against", type=click.Path(path_type=Path), required=True,
+              help="The other implementation's inp_raw: a dump, a .npy or a raw f32 file.")
+@click.option("--name", default="inp_raw", show_default=True, help="Tensor name inside a dump.")
+@tile_size
+@max_tiles
+@options.image_loader
+@options.as_json
+def diff_preprocess(image: Path, against: Path, name: str, tile_size: int, max_tiles: int, loader: str,
+                    as_json: bool) -> None:
+    """Explain how another implementation's inp_raw differs from the Hugging Face reference of IMAGE.
+
+    Exit code 0 when they are identical, 1 when they differ, 2 on error.
+    """
+    from inspector.importer import read_tensor_file
+    from inspector.mllama.diagnose import diagnose
+    from inspector.mllama.preprocess import load_image
+    from inspector.mllama.preprocess_report import diagnosis_json, diagnosis_text
+
+    config = _preprocess_config("hf", tile_size, max_tiles)
+    picture = load_image(image, loader)
+    other = read_tensor_file(against, name, (max_tiles, 3, tile_size, tile_size))
+    diagnosis = diagnose(picture, other, config)
+    if as_json:
+        click.echo(json.dumps(diagnosis_json(diagnosis), indent=1, default=str))
+    else:
+        click.echo(diagnosis_text(diagnosis))
+    sys.exit(0 if diagnosis.baseline.identical else 1)
+
+
+@click.group()
+def mllama() -> None:
+    """Llama 3.2 Vision: convert the vision tower, encode images with build_mllama, scheduler checks."""
+
+
+@mllama.command("convert")
+@click.argument("hf_dir", type=click.Path(path_type=Path))
+@options.output_file("GGUF file to write.", required=True)
+@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True)
+@options.overwrite
+def mllama_convert(hf_dir: Path, output: Path, dtype: str, overwrite: bool) -> None:
+    """Convert a Hugging Face Mllama checkpoint's vision tower and projector to GGUF (no torch needed)."""
+    from inspector.formatting import human_bytes
+    from inspector.mllama.convert import convert
+
+    if output.exists() and not overwrite:
+        raise InspectorError(f"{output} exists; pass --overwrite to replace it")
+    path = convert(hf_dir, output, dtype)
+    click.echo(f"wrote {path} ({human_bytes(path.stat().st_size)})", err=True)
+
+
+encode_options = options.apply(
+    llama_cpp_options(only=("threads", "n_gpu_layers", "rpc", "devices"),
+                      aliases={"n_gpu_layers": ("--offload-layers",)}),
+    click.option("--image", type=click.Path(path_type=Path), required=True),
+    options.tensor_selection("default: all."),
+    options.image_loader,
+    options.output_file("Dump file (default: dumps/mllama-<image>.h5)."),
+    options.overwrite,
+)
+
+
+def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], regexes: tuple[str, ...],
+            loader: str, output: Path | None, overwrite: bool, probes: tuple[str, ...], sched_check: bool):
+    import os
+
+    from inspector.runners.mllama import EncodeConfig, encode
+    from inspector.selection import Selection
+
+    rpc = [endpoint for group in llama_values["rpc"] for endpoint in group]
+    devices = llama_values["devices"] or []
+    if len(devices) > 1:
+        raise InspectorError("mllama encode offloads to one device; give one -dev name")
+    device = None if devices in ([], ["none"]) else devices[0]
+    layers = llama_values["n_gpu_layers"]
+    has_offload = bool(rpc or device)
+    offload_layers = layers if isinstance(layers, int) else (EVERY_LAYER if has_offload or layers == "all" else 0)
+    config = EncodeConfig(model=str(llama_values["model"]), image=str(image),
+                          threads=llama_values["threads"] or os.cpu_count() or 1, offload_layers=offload_layers,
+                          rpc=rpc, device=device, probes=list(probes), loader=loader)
+    output = output or Path(DEFAULT_DUMP_DIR) / f"mllama-{image.stem}.h5"
+    summary = encode(config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
+                     sched_check=sched_check, progress=echo_progress)
+    placed = sorted(set(summary.placement.values()))
+    click.echo(f"captured {summary.tensors} tensors in {summary.seconds:.2f} s (weights on {', '.join(placed)}) "
+               f"-> {summary.path}", err=True)
+    return summary
+
+
+@mllama.command("encode")
+@encode_options
+@click.option("--probe", "probes", multiple=True, help="Add a copy of this tensor to the graph (NAME_copy).")
+def mllama_encode(probes: tuple[str, ...], **values: Any) -> None:
+    """Preprocess IMAGE, run build_mllama on a scheduler and capture the selected tensors.
+
+    -ngl counts the encoder layers whose weights live on the offload device
+    (--rpc or -dev); auto offloads every layer when there is one.
+    """
+    _encode(probes=probes, sched_check=False, **values)
+
+
+@mllama.command("sched-check")
+@encode_options
+def mllama_sched_check(**values: Any) -> None:
+    """Show scheduler buffer reuse: re-read captured tensors after a second graph ran on the same scheduler.
+
+    Exit code 0 always (overwritten tensors are the expected finding); the
+    table says which tensors' memory no longer holds what was computed.
+    """
+    from inspector.mllama.sched_check_report import sched_check_text
+
+    click.echo(sched_check_text(_encode(probes=(), sched_check=True, **values)))
+
+
+COMMANDS = (preprocess_command, diff_preprocess, mllama)

@@ -1,0 +1,61 @@
+"""Options shared by several commands, declared once (llama.cpp's own are in ``llama_options``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from inspector.constants import MLLAMA_IMAGE_LOADERS
+from inspector.tolerance import DEFAULT_PRESET, PRESETS
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+# Tensor selection.  llama.cpp's -t is threads, so the short option here is -T;
+# commands that do not run a model also keep the older -t.
+TENSOR_FLAGS = ("-T", "--tensor")
+
+
+def tensor_globs(help: str, *, keep_t: bool = False) -> Decorator:
+    """``-T/--tensor GLOB`` (repeatable), into ``globs``."""
+    flags = (*TENSOR_FLAGS, "-t") if keep_t else TENSOR_FLAGS
+    return click.option(*flags, "globs", multiple=True, metavar="GLOB", help=help)
+
+
+def tensor_selection(default_help: str) -> Decorator:
+    """``-T/--tensor GLOB`` and llama-debug's ``--tensor-filter REGEX`` (older: ``--regex``), both repeatable."""
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        function = click.option("--tensor-filter", "--regex", "regexes", multiple=True, metavar="REGEX",
+                                help="Regular expression searched in tensor names (repeatable).")(function)
+        return tensor_globs(f"Glob over tensor names (repeatable); {default_help}")(function)
+    return decorate
+
+
+def apply(*decorators: Decorator) -> Decorator:
+    """Several option decorators as one, in reading order."""
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+    return decorate
+
+
+tolerance = click.option(
+    "--tolerance", "preset_name", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+    help="Threshold preset (docs/compare.md).")
+image_loader = click.option(
+    "--loader", type=click.Choice(MLLAMA_IMAGE_LOADERS), default=MLLAMA_IMAGE_LOADERS[0], show_default=True,
+    help="'hf-path' mimics transformers' load_image (EXIF rotation, alpha dropped).")
+overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+as_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+eval_index = click.option("--eval", "eval_index", type=int, default=None,
+                          help="Evaluation index (default: the first holding the tensor).")
+occurrence = click.option("--occurrence", default=0, show_default=True,
+                          help="Which same-named tensor of the evaluation.")
+
+
+def output_file(help: str, *, required: bool = False) -> Decorator:
+    return click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        required=required, help=help)

@@ -1,0 +1,82 @@
+"""Commands that run a model and capture its graphs: ``capture``, ``demo``."""
+
+from __future__ import annotations
+
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from inspector.cli import options
+from inspector.cli.llama_options import llama_cpp_options
+from inspector.constants import DEFAULT_DUMP_DIR
+
+if TYPE_CHECKING:
+    from inspector.runners.llama import LlamaRunConfig
+
+
+def default_output(stem: str) -> Path:
+    """``dumps/<stem>-<time>.h5``."""
+    return Path(DEFAULT_DUMP_DIR) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}.h5"
+
+
+def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends a capture like Ctrl-C: the dump is kept, marked incomplete."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def echo_progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command()
+@llama_cpp_options()
+@options.tensor_selection("neither this nor --tensor-filter: every computed node plus the graph inputs.")
+@options.output_file("Dump file (default: dumps/<model>-<time>.h5).")
+@options.overwrite
+@click.option("--stats-only", is_flag=True,
+              help="Store per tensor its statistics, digest and first values instead of the data.")
+@click.option("--compression", default="none", show_default=True, metavar="none|lzf|gzip[:LEVEL]",
+              help="Compression of the tensor stream (docs/performance.md has the trade-off).")
+@click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
+def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[str, ...], output: Path | None,
+            overwrite: bool, stats_only: bool, compression: str, verbose: bool) -> None:
+    """Run a model on a prompt and store the selected tensors as they are computed.
+
+    Takes llama.cpp's options (docs/cli.md has the table). The prompt is
+    decoded in ubatches of min(-b, -ub) tokens, one evaluation each, then -n
+    tokens are generated greedily, one evaluation each. A full disk stops
+    the capture with one line and keeps what was captured, marked
+    incomplete; so do Ctrl-C and SIGTERM (exit 130).
+    """
+    from inspector.capture import capture_llama
+    from inspector.capture_report import summary_lines
+    from inspector.dump_format import Compression
+    from inspector.selection import Selection
+
+    storage = Compression.parse(compression)
+    output = output or default_output(Path(run_config.model).stem)
+    stop_on_sigterm()
+    summary = capture_llama(run_config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
+                            verbose=verbose, progress=echo_progress, stats_only=stats_only, compression=storage)
+    for line in summary_lines(summary):
+        click.echo(line, err=True)
+
+
+@click.command()
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(DEFAULT_DUMP_DIR) / "demo", show_default=True)
+def demo(output_dir: Path) -> None:
+    """Generate a tiny model, capture it, and list what was caught (no downloads)."""
+    from inspector.demo import run_demo
+
+    run_demo(output_dir, echo=click.echo)
+
+
+COMMANDS = (capture, demo)
