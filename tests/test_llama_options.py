@@ -234,7 +234,7 @@ def test_ls_config_prints_a_command_line_that_reproduces_the_run(tiny_f32, tmp_p
     first = tmp_path / "first.h5"
     capture("-m", tiny_f32, "-p", "it's \"quoted\"", "-n", "2", "-c", "96", "-b", "8", "-ub", "4", "-t", "1",
             "-fa", "on", "-ctk", "f32", "--no-mmap", "-s", "7", "--all-logits", "-T", "l_out-*",
-            "--tensor-filter", "^attn_norm", "-o", first)
+            "--tensor-filter", "^attn_norm", "--compression", "gzip:3", "-o", first)
     listed = cli("ls", "--config", "--json", first)
     assert listed.returncode == 0, listed.stderr
     line = json.loads(listed.stdout)["command_line"]

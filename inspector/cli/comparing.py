@@ -88,9 +88,22 @@ def sweep(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], glob
           overwrite: bool) -> None:
     """Capture a model under every configuration and compare each with the first.
 
-    Takes llama.cpp's options for the run; -ngl takes a list. Without --rpc
-    and without a GPU, a loopback RPC server stands in for one; --rpc none
-    keeps every run on the CPU. Exit code 0 when every run matches the
+    Takes llama.cpp's options for the run; -ngl takes a list, as
+    llama-bench's. --vary adds settings to the cartesian product
+    (flash_attn: on/off/auto, threads: >= 1, type_k/type_v: a KV cache
+    type, op_offload: true/false/on/off/1/0/yes/no); every value is checked
+    before the first capture. n_batch and n_ubatch cannot be varied: they
+    decide how the prompt is split into evaluations, so the runs' tensors
+    could not be paired. Without --rpc and without a GPU, a loopback RPC
+    server stands in for one (stopped afterwards, also on Ctrl-C or error);
+    --rpc none keeps every run on the CPU.
+
+    The folder holds a dump per configuration and summary.json: reference
+    (label), tolerance, rpc (endpoints), configurations (label, settings,
+    dump, counts, first_divergence), placement (per configuration: layer to
+    the buffers its tensors lived in), tensors (per tensor: eval, name,
+    occurrence, layer, reference buffer, and per configuration its status,
+    NMSE and buffer) and passed. Exit code 0 when every run matches the
     first, 1 otherwise.
     """
     from inspector.selection import Selection

@@ -18,7 +18,14 @@ from inspector.errors import InspectorError
               help="Print the run configuration and the command line that reproduces it, not the tensors.")
 @options.as_json
 def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, as_json: bool) -> None:
-    """List the tensors in a dump, in execution order, with their statistics."""
+    """List the tensors in a dump, in execution order, with their statistics.
+
+    Columns: evaluation, node index, name (#k for occurrence k > 0), op,
+    type, shape, buffer, min, max, mean, std, NaN and Inf counts; only the
+    index is read. An incomplete dump and tensors that were not captured are
+    reported on stderr first. --config prints the run's configuration under
+    llama.cpp's names and the ggml-inspector command line that reproduces it.
+    """
     from inspector import store_report
     from inspector.store import open_dump
 
@@ -58,7 +65,12 @@ def _echo_config(opened, as_json: bool) -> None:
               help="Leading/trailing values to print (0: none).")
 @options.as_json
 def show(dump: Path, tensor: str, eval_index: int | None, occurrence: int, count: int, as_json: bool) -> None:
-    """Show one tensor's metadata, statistics and leading/trailing values."""
+    """Show one tensor's metadata, statistics and leading/trailing values.
+
+    Metadata: op, ggml type and storage, shape and ne, buffer, sources, view
+    source; then the statistics, the sum, and the first and last values in
+    memory order, like llama.cpp's llama-eval-callback but from the file.
+    """
     from inspector import store_report
     from inspector.store import open_dump
 
@@ -103,8 +115,9 @@ def export(dump: Path, tensor: str, output: Path, eval_index: int | None, occurr
 def gguf_command(model: Path, with_tensors: bool, as_json: bool) -> None:
     """Show a GGUF file's metadata (and tensor table) without loading it into llama.cpp.
 
-    Arrays longer than 16 items (a vocabulary) show as ``[262144 items]``: the
-    header is parsed by ggml's C parser and no array is materialised in Python.
+    Arrays longer than 16 items (a vocabulary) show as [262144 items]: the
+    header is parsed by ggml's own C parser (the one llama.cpp loads with)
+    and no array is materialised in Python.
     """
     from inspector import gguf_report
     from inspector.gguf_header import read_header

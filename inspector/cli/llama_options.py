@@ -344,7 +344,8 @@ def command_line(config: dict[str, Any], command: str = "capture") -> str:
     """The ggml-inspector command line that reproduces a recorded run configuration.
 
     Options at their default are left out; the prompt comes from its file
-    when it was read from one.  Tensor selection is added when recorded.
+    when it was read from one.  Tensor selection and storage are added when
+    recorded.
     """
     words = ["ggml-inspector", command, "-m", str(config.get("model", "MODEL"))]
     for option in LLAMA_OPTIONS:
@@ -364,6 +365,13 @@ def command_line(config: dict[str, Any], command: str = "capture") -> str:
         words += ["--tensor", glob]
     for regex in select.get("regexes", []):
         words += ["--tensor-filter", regex]
+    storage = config.get("storage", {})
+    if storage.get("stats_only"):
+        words.append("--stats-only")
+    compression = storage.get("compression", {})
+    if compression.get("name", "none") != "none":
+        level = compression.get("level")
+        words += ["--compression", compression["name"] + (f":{level}" if level is not None else "")]
     return shlex.join(words)
 
 

@@ -158,8 +158,11 @@ def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], r
 def mllama_encode(probes: tuple[str, ...], **values: Any) -> None:
     """Preprocess IMAGE, run build_mllama on a scheduler and capture the selected tensors.
 
-    -ngl counts the encoder layers whose weights live on the offload device
-    (--rpc or -dev); auto offloads every layer when there is one.
+    The image is preprocessed with the Hugging Face-exact reference (tile
+    size from the GGUF); one evaluation of kind encode. -ngl counts the
+    encoder layers whose weights live on the offload device (--rpc or -dev);
+    auto offloads every layer when there is one. --probe adds a copy of a
+    tensor to the graph, as a debugging port would.
     """
     _encode(probes=probes, sched_check=False, **values)
 
@@ -169,8 +172,13 @@ def mllama_encode(probes: tuple[str, ...], **values: Any) -> None:
 def mllama_sched_check(**values: Any) -> None:
     """Show scheduler buffer reuse: re-read captured tensors after a second graph ran on the same scheduler.
 
-    Exit code 0 always (overwritten tensors are the expected finding); the
-    table says which tensors' memory no longer holds what was computed.
+    Every captured tensor is re-read from the scheduler's buffers after its
+    own graph and after a second graph; the table says which were
+    overwritten (the dump's result.late_reads holds the same). The scheduler
+    is reserved for both graphs first, so the second never reallocates the
+    buffers the re-read goes to; result.compute_buffers records each
+    backend's buffer size after each graph. Exit code 0 always (overwritten
+    tensors are the expected finding).
     """
     from inspector.mllama.sched_check_report import sched_check_text
 

@@ -49,11 +49,25 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
             overwrite: bool, stats_only: bool, compression: str, verbose: bool) -> None:
     """Run a model on a prompt and store the selected tensors as they are computed.
 
-    Takes llama.cpp's options (docs/cli.md has the table). The prompt is
-    decoded in ubatches of min(-b, -ub) tokens, one evaluation each, then -n
-    tokens are generated greedily, one evaluation each. A full disk stops
-    the capture with one line and keeps what was captured, marked
-    incomplete; so do Ctrl-C and SIGTERM (exit 130).
+    Takes llama.cpp's options (the table above). The model's magic, size,
+    name, architecture and fingerprint are read in bounded reads, whatever
+    the vocabulary; a model llama.cpp refuses is reported with llama.cpp's
+    own reason and leaves no dump. The prompt is decoded in ubatches of
+    min(-b, -ub) tokens, one evaluation each, then -n tokens are generated
+    greedily, one evaluation each (the last generated token is not decoded).
+
+    As in llama.cpp only the last prompt token gets an output row: with a
+    262k vocabulary a row per prompt token (--all-logits) costs a
+    vocabulary-wide matmul each. --stats-only keeps per tensor statistics,
+    an xxh3 digest and the first 16 values (compared by digest). A pattern
+    that matched nothing is reported with the nearest names seen.
+
+    Weights in buffers that cannot be read back (the CPU's CPU_REPACK) are
+    read from the model file; graph inputs read through the scheduler's
+    per-backend copies are stored under their own names. A full disk or a
+    file-size limit stops the capture with one line, "disk full after N
+    tensors; kept in PATH, marked incomplete" (exit 2); Ctrl-C and SIGTERM
+    keep the dump too, marked incomplete (exit 130).
     """
     from inspector.capture import capture_llama
     from inspector.capture_report import summary_lines
@@ -73,7 +87,13 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(DEFAULT_DUMP_DIR) / "demo", show_default=True)
 def demo(output_dir: Path) -> None:
-    """Generate a tiny model, capture it, and list what was caught (no downloads)."""
+    """Generate a tiny model, capture it, and list what was caught (no downloads).
+
+    A 4-layer tiny llama is written to the folder; inp_tokens, embd,
+    attn_norm-*, l_out-* and result_output are captured while decoding a
+    prompt and generating 4 tokens; then an offload sweep (0, 2 and all
+    layers on a loopback RPC server) prints its matrix.
+    """
     from inspector.demo import run_demo
 
     run_demo(output_dir, echo=click.echo)

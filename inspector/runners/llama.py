@@ -22,7 +22,14 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from inspector import rpc
-from inspector.constants import DEFAULT_N_BATCH, DEFAULT_N_CTX, DEFAULT_N_UBATCH, DEFAULT_SEED, KV_CACHE_TYPES, LOAD_MODES
+from inspector.constants import (
+    DEFAULT_N_BATCH,
+    DEFAULT_N_CTX,
+    DEFAULT_N_UBATCH,
+    DEFAULT_SEED,
+    KV_CACHE_TYPES,
+    LOAD_MODES,
+)
 from inspector.errors import CaptureInterrupted, InspectorError, ModelError, SetupError
 from inspector.ggml import load
 from inspector.gguf_header import cached_sha256, check_gguf_file, fingerprint, read_leading_metadata
