@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import wall
 
 from inspector.dump_writer import DumpWriter
 from inspector.record import TensorRecord
@@ -31,15 +29,6 @@ def small_dump(path: Path) -> Path:
                                   "CPU", "native")
             writer.write(record, np.full(64, index, dtype=np.float32))
     return path
-
-
-def median_seconds(command: list[str], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -56,7 +45,7 @@ def main() -> None:
             "ggml-inspector capture --help": [python, "-m", "inspector", "capture", "--help"],
             "ggml-inspector ls DUMP": [python, "-m", "inspector", "ls", str(dump)],
         }
-        seconds = {label: median_seconds(command, args.repeats) for label, command in commands.items()}
+        seconds = {label: wall(command, args.repeats) for label, command in commands.items()}
     bare, h5py_floor = seconds["python -c pass"], seconds["python -c 'import h5py'"]
     print(json.dumps({label: {"seconds": round(value, 3), "vs_bare_python": round(value / bare, 2),
                               "vs_import_h5py": round(value / h5py_floor, 2)}

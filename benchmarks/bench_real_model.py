@@ -33,6 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from bench_capture import timed  # the in-process median timer both benchmarks share
+from timing import wall
 
 from inspector.models import TinyLlamaSpec, write_tiny_llama
 
@@ -64,17 +65,6 @@ runner.run(config, hook, lambda kind, info: next(indices), runner.install_log(Fa
 """
 
 
-def wall(command: list[str], repeats: int) -> float:
-    """Median whole-process wall time of ``command`` (after one warm-up run for the page cache)."""
-    subprocess.run(command, check=True, capture_output=True)
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
-
-
 def model_path() -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{SPEC.name}-{SPEC.n_vocab}-{SPEC.n_layer}l-{SPEC.seed}.gguf"
@@ -93,7 +83,7 @@ def bench_capture(model: Path, folder: Path, repeats: int) -> dict[str, float]:
                  repeats)
     floor = wall([sys.executable, "-c", FLOOR.format(threads=THREADS, n_predict=N_PREDICT), str(model), PROMPT],
                  repeats)
-    one = wall(capture_command(model, folder / "one.h5", "-t", "result_output"), repeats)
+    one = wall(capture_command(model, folder / "one.h5", "-T", "result_output"), repeats)
     everything = wall(capture_command(model, folder / "all.h5"), repeats)
     stats_only = wall(capture_command(model, folder / "stats.h5", "--stats-only"), repeats)
     return {"plain_s": plain, "floor_ratio": floor / plain, "one_tensor_ratio": one / plain,
