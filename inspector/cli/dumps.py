@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from inspector.cli import options
 from inspector.errors import InspectorError
+
+if TYPE_CHECKING:
+    from inspector.store import Dump
 
 
 @click.command("ls")
@@ -43,7 +47,7 @@ def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, as_json:
         click.echo(f"{len(entries)} tensors", err=True)
 
 
-def _echo_config(opened, as_json: bool) -> None:
+def _echo_config(opened: Dump, as_json: bool) -> None:
     from inspector import store_report
     from inspector.cli.llama_options import command_line
 

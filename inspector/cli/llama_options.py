@@ -211,8 +211,7 @@ RUN_OPTIONS = (
     LlamaOption("seed", ("-s", "--seed"), "RNG seed, recorded (generation is greedy; -1: random).", type=Seed(),
                 default=DEFAULT_SEED),
     LlamaOption("op_offload", ("--op-offload",), "Let llama.cpp run large-batch ops of CPU-resident weights on an "
-                "offload device.", off_flags=("--no-op-offload",), default=True, is_flag=True,
-                llama_cpp_flags=("--op-offload", "--no-op-offload")),
+                "offload device.", off_flags=("--no-op-offload",), default=True, is_flag=True),
     LlamaOption("all_logits", ("--all-logits",), "Logits (result_output) for every prompt token, not only the "
                 "last.", is_flag=True, llama_cpp_flags=()),
     LlamaOption("sha256", ("--sha256",), "Record the model's full sha256 (cached per path, size and mtime) besides "

@@ -129,6 +129,7 @@ def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], r
             loader: str, output: Path | None, overwrite: bool, probes: tuple[str, ...], sched_check: bool):
     import os
 
+    from inspector.mllama.encode_report import encode_line
     from inspector.runners.mllama import EncodeConfig, encode
     from inspector.selection import Selection
 
@@ -146,9 +147,7 @@ def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], r
     output = output or Path(DEFAULT_DUMP_DIR) / f"mllama-{image.stem}.h5"
     summary = encode(config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
                      sched_check=sched_check, progress=echo_progress)
-    placed = sorted(set(summary.placement.values()))
-    click.echo(f"captured {summary.tensors} tensors in {summary.seconds:.2f} s (weights on {', '.join(placed)}) "
-               f"-> {summary.path}", err=True)
+    click.echo(encode_line(summary), err=True)
     return summary
 
 
@@ -180,7 +179,7 @@ def mllama_sched_check(**values: Any) -> None:
     backend's buffer size after each graph. Exit code 0 always (overwritten
     tensors are the expected finding).
     """
-    from inspector.mllama.sched_check_report import sched_check_text
+    from inspector.mllama.encode_report import sched_check_text
 
     click.echo(sched_check_text(_encode(probes=(), sched_check=True, **values)))
 

@@ -1,9 +1,15 @@
-"""How ``mllama sched-check`` reads: which captured tensors' memory still held what was computed."""
+"""How ``mllama encode`` and ``sched-check`` read: what was captured where, and which memory was overwritten."""
 
 from __future__ import annotations
 
 from inspector.formatting import human_bytes, number, table
 from inspector.runners.mllama import EncodeSummary
+
+
+def encode_line(summary: EncodeSummary) -> str:
+    placed = sorted(set(summary.placement.values()))
+    return (f"captured {summary.tensors} tensors in {summary.seconds:.2f} s (weights on {', '.join(placed)}) "
+            f"-> {summary.path}")
 
 
 def _state(overwritten: bool) -> str:
