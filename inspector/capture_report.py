@@ -1,8 +1,9 @@
-"""What a finished capture tells its user: unmatched patterns, generated text, the closing line."""
+"""What a finished capture or exec tells its user: unmatched patterns, generated text, the closing line."""
 
 from __future__ import annotations
 
 from inspector.capture import CaptureSummary
+from inspector.exec_capture import ExecSummary
 from inspector.formatting import human_bytes
 
 
@@ -15,4 +16,15 @@ def summary_lines(summary: CaptureSummary) -> list[str]:
         lines.append(f"generated: {result.generated_text!r}")
     lines.append(f"captured {summary.tensors} tensors ({human_bytes(summary.bytes)}) from {summary.evaluations} "
                  f"evaluations in {summary.seconds:.2f} s -> {summary.path}")
+    return lines
+
+
+def exec_lines(summary: ExecSummary) -> list[str]:
+    """Lines for stderr after ``exec``: each process's graphs, then the closing line."""
+    lines = [f"process {p.pid} ({p.argv0}): {p.schedulers} schedulers, {p.computes} graph computations, "
+             f"{p.tensors} tensors" for p in summary.processes]
+    lines += [f"note: {skip.name} (eval {skip.eval_index}) was not captured: {skip.reason}" for skip in summary.skipped]
+    status = f"exit status {summary.exit_status}" if summary.exit_status >= 0 else "killed by a signal"
+    lines.append(f"captured {summary.tensors} tensors ({human_bytes(summary.bytes)}) from {summary.evaluations} "
+                 f"evaluations in {summary.seconds:.2f} s ({status}) -> {summary.path}")
     return lines

@@ -83,6 +83,57 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
         click.echo(line, err=True)
 
 
+@click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@options.tensor_selection("neither this nor --tensor-filter: every computed node plus the graph inputs.")
+@options.output_file("Dump file (default: dumps/<program>-<time>.h5).")
+@options.overwrite
+@click.option("--stats-only", is_flag=True,
+              help="Store per tensor its statistics, digest and first values instead of the data.")
+@click.option("--compression", default="none", show_default=True, metavar="none|lzf|gzip[:LEVEL]",
+              help="Compression of the tensor stream.")
+@click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path | None, overwrite: bool,
+                 stats_only: bool, compression: str, program: tuple[str, ...]) -> None:
+    """Run any ggml program, unmodified, and capture its graphs: ggml-inspector exec [OPTIONS] -- PROGRAM [ARGS]...
+
+    The native hook (hooks/) is preloaded into the program: it interposes
+    ggml_backend_sched_*, chains its eval callback in front of any the
+    program sets (which still gets every call it asks for, its answers
+    honoured), copies the selected tensors at the moment they are computed
+    and streams them here. One evaluation per graph computation, tagged with
+    process, scheduler and compute call. The dump records the command line,
+    the environment variables that matter to ggml and the program's exit
+    status; exec exits with that status (128 + N when signal N killed it).
+    A crash, Ctrl-C or a full disk keep what arrived, marked incomplete. A
+    program that computes through another ggml (statically linked, or an
+    incompatible ggml_tensor) runs unhooked and exec says so in one line.
+    """
+    import sys
+
+    from inspector.capture_report import exec_lines
+    from inspector.dump_format import Compression
+    from inspector.exec_capture import exec_capture
+    from inspector.selection import Selection
+
+    storage = Compression.parse(compression)
+    output = output or default_output(Path(program[0]).name)
+    stop_on_sigterm()
+    summary = exec_capture(list(program), Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
+                           progress=echo_progress, stats_only=stats_only, compression=storage)
+    for line in exec_lines(summary):
+        click.echo(line, err=True)
+    status = summary.exit_status
+    sys.exit(128 - status if status < 0 else status)
+
+
+@click.command("build-hook")
+def build_hook() -> None:
+    """Compile the native hook for exec against the installed ggml headers (exec also does it on first use)."""
+    from inspector.native_hook import library_path
+
+    click.echo(library_path())
+
+
 @click.command()
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(DEFAULT_DUMP_DIR) / "demo", show_default=True)
@@ -99,4 +150,4 @@ def demo(output_dir: Path) -> None:
     run_demo(output_dir, echo=click.echo)
 
 
-COMMANDS = (capture, demo)
+COMMANDS = (capture, exec_command, build_hook, demo)
