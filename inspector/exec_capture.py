@@ -164,6 +164,9 @@ class Receiver:
 
     def _serve(self, connection: socket.socket) -> None:
         report = ProcessReport(pid=-1, argv0="")
+        # Threads computing on different schedulers interleave their frames: a tensor names its
+        # (scheduler, compute call), which maps to the evaluation that EVAL opened.
+        evaluations: dict[tuple[int, int], int] = {}
         eval_index = -1
         try:
             while (frame := read_frame(connection)) is not None:
@@ -186,17 +189,20 @@ class Receiver:
                         eval_index = self.writer.begin_evaluation("graph", {
                             "pid": report.pid, "sched": int(header["sched"]), "compute": int(header["compute"]),
                             "n_nodes": int(header.get("n_nodes", -1))})
+                    evaluations[(int(header["sched"]), int(header["compute"]))] = eval_index
                     report.evaluations += 1
                     self.progress(f"evaluation {eval_index} (process {report.pid}, scheduler {header['sched']}, "
                                   f"compute {header['compute']}); {self.writer.tensor_count} tensors so far")
                 elif kind == TENSOR:
-                    record, array = record_of(header, eval_index, data)
+                    owner = evaluations.get((int(header.get("sched", -1)), int(header.get("compute", -1))), eval_index)
+                    record, array = record_of(header, owner, data)
                     with self._lock:
                         self.writer.write(record, array)
                     report.tensors += 1
                 elif kind == SKIP:
+                    owner = evaluations.get((int(header.get("sched", -1)), int(header.get("compute", -1))), eval_index)
                     with self._lock:
-                        self.skipped.append(SkippedTensor(eval_index, header["name"], int(header["occurrence"]),
+                        self.skipped.append(SkippedTensor(owner, header["name"], int(header["occurrence"]),
                                                           header.get("buffer_type", ""), header.get("reason", "")))
         except DiskFull as error:
             self.stopped = True
@@ -208,6 +214,11 @@ class Receiver:
 
     def finish(self, timeout: float = 30.0) -> None:
         """After the program ended: stop accepting and wait for the streams it left to be read."""
+        # close() alone does not wake an accept() blocked in another thread on Linux; shutdown() does.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         self._acceptor.join(timeout)
         deadline = time.monotonic() + timeout
