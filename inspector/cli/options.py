@@ -59,3 +59,12 @@ occurrence = click.option("--occurrence", default=0, show_default=True,
 def output_file(help: str, *, required: bool = False) -> Decorator:
     return click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
                         required=required, help=help)
+
+
+# How a capture stores tensors: capture and exec alike.
+storage = apply(
+    click.option("--stats-only", is_flag=True,
+                 help="Store per tensor its statistics, digest and first values instead of the data."),
+    click.option("--compression", default="none", show_default=True, metavar="none|lzf|gzip[:LEVEL]",
+                 help="Compression of the tensor stream (docs/performance.md has the trade-off)."),
+)

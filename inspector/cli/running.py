@@ -40,10 +40,7 @@ def echo_progress(message: str) -> None:
 @options.tensor_selection("neither this nor --tensor-filter: every computed node plus the graph inputs.")
 @options.output_file("Dump file (default: dumps/<model>-<time>.h5).")
 @options.overwrite
-@click.option("--stats-only", is_flag=True,
-              help="Store per tensor its statistics, digest and first values instead of the data.")
-@click.option("--compression", default="none", show_default=True, metavar="none|lzf|gzip[:LEVEL]",
-              help="Compression of the tensor stream (docs/performance.md has the trade-off).")
+@options.storage
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[str, ...], output: Path | None,
             overwrite: bool, stats_only: bool, compression: str, verbose: bool) -> None:
@@ -87,10 +84,7 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
 @options.tensor_selection("neither this nor --tensor-filter: every computed node plus the graph inputs.")
 @options.output_file("Dump file (default: dumps/<program>-<time>.h5).")
 @options.overwrite
-@click.option("--stats-only", is_flag=True,
-              help="Store per tensor its statistics, digest and first values instead of the data.")
-@click.option("--compression", default="none", show_default=True, metavar="none|lzf|gzip[:LEVEL]",
-              help="Compression of the tensor stream.")
+@options.storage
 @click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path | None, overwrite: bool,
                  stats_only: bool, compression: str, program: tuple[str, ...]) -> None:
