@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from inspector.capture import CaptureSummary
-from inspector.exec_capture import ExecSummary
+from typing import TYPE_CHECKING
+
 from inspector.formatting import human_bytes
+
+if TYPE_CHECKING:
+    from inspector.capture import CaptureSummary
+    from inspector.exec_capture import ExecSummary
 
 
 def summary_lines(summary: CaptureSummary) -> list[str]:

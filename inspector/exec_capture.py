@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 
 from inspector.background_writer import BackgroundWriter
-from inspector.constants import TENSOR_FLAG_NAMES
 from inspector.disk_space import DiskFull
 from inspector.dump_format import NO_COMPRESSION, Compression
 from inspector.dump_writer import DumpWriter
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.ggml import load
 from inspector.ggml.readout import materialise
+from inspector.ggml.tensor import flag_names
 from inspector.hook import SkippedTensor
 from inspector.native_hook import library_path
 from inspector.record import TensorRecord
@@ -117,13 +117,12 @@ def record_of(header: dict[str, Any], eval_index: int, data: bytes) -> tuple[Ten
     ne, nb = tuple(int(n) for n in header["ne"]), tuple(int(n) for n in header["nb"])
     readout = materialise(np.frombuffer(data, dtype=np.uint8), int(header["type"]), ne, nb,
                           int(header["block_size"]), int(header["type_size"]), int(header["n_dims"]))
-    flags = int(header.get("flags", 0))
     record = TensorRecord(
         name=header["name"], eval_index=eval_index, node_index=int(header["node_index"]),
         occurrence=int(header["occurrence"]), op=header["op"], ggml_type=header["type_name"], ne=ne, nb=nb,
         buffer=header.get("buffer", ""), buffer_type=header.get("buffer_type", ""), storage=readout.storage,
         is_leaf=bool(header.get("is_leaf")), consumer=header.get("consumer", ""),
-        sched_copy=header.get("sched_copy", ""), flags=[name for bit, name in TENSOR_FLAG_NAMES.items() if flags & bit],
+        sched_copy=header.get("sched_copy", ""), flags=flag_names(int(header.get("flags", 0))),
         sources=list(header.get("sources", [])), view_source=header.get("view_source", ""),
         view_offset=int(header.get("view_offset", 0)),
     )

@@ -223,6 +223,11 @@ OPTIONS_BY_FIELD = {option.field: option for option in LLAMA_OPTIONS}
 MODEL_FLAGS = ("-m", "--model")
 
 
+def _joined(_ctx: click.Context, _param: click.Parameter, groups: tuple[list[Any], ...]) -> list[Any]:
+    """A repeated comma-list option as one list: ``--rpc a,b --rpc c`` is [a, b, c]."""
+    return [item for group in groups for item in group]
+
+
 def _click_option(option: LlamaOption, extra_aliases: tuple[str, ...] = ()
                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     names = [*option.flags, *option.aliases, *extra_aliases]
@@ -236,7 +241,8 @@ def _click_option(option: LlamaOption, extra_aliases: tuple[str, ...] = ()
     else:
         settings.update(type=option.type, multiple=option.multiple, metavar=option.metavar,
                         default=option.default if not option.multiple else (),
-                        show_default=option.default not in (None, ""))
+                        show_default=option.default not in (None, ""),
+                        callback=_joined if option.multiple else None)
     return click.option(*names, option.field, **settings)
 
 
@@ -263,16 +269,13 @@ def model_path(model_argument: Path | None, model_option: Path | None) -> Path:
     return model
 
 
-def config_from_values(values: dict[str, Any], model_argument: Path | None, model_option: Path | None,
-                       overrides: dict[str, Any] | None = None) -> LlamaRunConfig:
+def config_from_values(values: dict[str, Any], model_argument: Path | None, model_option: Path | None
+                       ) -> LlamaRunConfig:
     """A LlamaRunConfig from parsed option values (every one named by its config field)."""
     from inspector.runners.llama import LlamaRunConfig
 
     model = model_path(model_argument, model_option)
     settings = {field: value for field, value in values.items() if value is not None}
-    for field in ("rpc", "override_tensor"):
-        if field in settings:
-            settings[field] = [item for group in settings[field] for item in group]
     if settings.get("prompt_file") is not None:
         if settings.get("prompt"):
             raise InspectorError("give the prompt with one of -p/--prompt and -f/--file")
@@ -286,7 +289,6 @@ def config_from_values(values: dict[str, Any], model_argument: Path | None, mode
     if settings.get("chat_template") or settings.get("jinja"):
         settings["conversation"] = True
     settings.setdefault("threads", os.cpu_count() or 1)
-    settings.update(overrides or {})
     config = LlamaRunConfig(model=str(model), **settings)
     config.validate()
     return config

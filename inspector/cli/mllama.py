@@ -133,7 +133,7 @@ def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], r
     from inspector.runners.mllama import EncodeConfig, encode
     from inspector.selection import Selection
 
-    rpc = [endpoint for group in llama_values["rpc"] for endpoint in group]
+    rpc = llama_values["rpc"]
     devices = llama_values["devices"] or []
     if len(devices) > 1:
         raise InspectorError("mllama encode offloads to one device; give one -dev name")
