@@ -86,8 +86,13 @@ class Comparison:
 
     @property
     def different_model(self) -> bool:
-        """True when the runs' model files differ (fingerprint: header, tensor table, size and tail)."""
-        return any(key in self.config_differences for key in ("model_facts.fingerprint", "model_facts.sha256"))
+        """True when both runs name their model file and the files differ (fingerprint or sha256).
+
+        A run that cannot know its model (``exec`` of another program, an
+        imported file) records none: unknown is not different.
+        """
+        return any(key in self.config_differences and None not in self.config_differences[key]
+                   for key in ("model_facts.fingerprint", "model_facts.sha256"))
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -63,6 +63,7 @@ def test_a_libllama_client_matches_a_python_capture_bit_for_bit(built, tiny_f32,
     comparison = compare_dumps(tmp_path / "python.h5", tmp_path / "native.h5", preset("exact"))
     counts = comparison.counts()
     assert counts["identical"] == 2 and counts["missing"] == 0 and counts["diverged"] == 0, counts
+    assert not comparison.different_model  # the program's model is unknown to exec, not different
 
 
 def expected_own_graph() -> dict[str, np.ndarray]:
