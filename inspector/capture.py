@@ -23,7 +23,7 @@ from inspector.hook import HookCounters, SkippedTensor, TensorHook, stop_on_sign
 from inspector.runners import llama as llama_runner
 from inspector.selection import Selection
 from inspector.system import system_facts
-from inspector.weight_file import WeightFile
+from inspector.weight_file import WeightFiles
 
 Progress = Callable[[str], None]
 
@@ -64,13 +64,14 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
         rpc.add_servers(config.rpc)  # before system_facts, so the dump lists the RPC devices
     run_config = {**llama_runner.describe_config(config),
                   "model_facts": llama_runner.model_facts(config.model, config.sha256),
+                  **({"mmproj_facts": llama_runner.model_facts(config.mmproj, config.sha256)} if config.mmproj else {}),
                   "select": {"globs": list(selection.globs), "regexes": list(selection.regexes)}}
     log = llama_runner.install_log(verbose)
     writer = BackgroundWriter(DumpWriter(output, run_config, system_facts(lib), overwrite=overwrite,
                                          stats_only=stats_only, compression=compression))
     say = progress or (lambda _message: None)
 
-    hook = TensorHook(selection, writer.write, lib, weights=WeightFile(config.model))
+    hook = TensorHook(selection, writer.write, lib, weights=WeightFiles(*filter(None, (config.model, config.mmproj))))
 
     def begin_evaluation(kind: str, info: dict) -> int:
         index = writer.begin_evaluation(kind, info)
@@ -93,6 +94,7 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
             "seconds": round(result.seconds, 3),
             "n_ctx": result.n_ctx,
             **({"formatted_prompt": result.formatted_prompt} if result.formatted_prompt is not None else {}),
+            **({"chunks": result.chunks, "images": result.images} if result.chunks is not None else {}),
         })
     except (KeyboardInterrupt, CaptureInterrupted):
         keep_skipped()

@@ -50,6 +50,13 @@ class TensorComparison:
     buffer_b: str = ""
     note: str = ""
     metrics: PairMetrics | None = None
+    # The evaluation's kind (prompt, generate, encode, graph...): an image encoder's graph is told apart.
+    eval_kind: str = ""
+
+    @property
+    def evaluation_label(self) -> str:
+        """``1 encode``: the evaluation's index and kind, as listings name it."""
+        return f"{self.eval_index} {self.eval_kind}".rstrip()
 
     @property
     def present_in(self) -> str:
@@ -208,6 +215,9 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
         for position, entry in enumerate(by_key_b.values()):
             ordered.append(((entry.eval_index, entry.node_index, len(entries_a) + position), _one_sided(entry, "b")))
         ordered.sort(key=lambda item: item[0])
+        kinds = {e["index"]: e["kind"] for dump in (dump_b, dump_a) for e in dump.evaluations}
+        for _key, row in ordered:
+            row.eval_kind = kinds.get(row.eval_index, "")
         incomplete = [str(d.path) for d in (dump_a, dump_b) if not d.complete]
         return Comparison(path_a=str(path_a), path_b=str(path_b), tolerance=tolerance,
                           rows=[row for _, row in ordered],

@@ -38,7 +38,8 @@ def row_json(row: TensorComparison) -> dict[str, Any]:
                    for key, value in asdict(row.metrics).items()}
         metrics["max_abs_index"] = list(row.metrics.max_abs_index)
     return {
-        "eval": row.eval_index, "name": row.name, "name_b": row.name_b or row.name, "occurrence": row.occurrence,
+        "eval": row.eval_index, "eval_kind": row.eval_kind,
+        "name": row.name, "name_b": row.name_b or row.name, "occurrence": row.occurrence,
         "status": row.status, "present_in": row.present_in, "node_a": row.node_a, "node_b": row.node_b,
         "op_a": row.op_a, "op_b": row.op_b,
         "shape_a": list(row.shape_a) if row.shape_a is not None else None,
@@ -96,7 +97,7 @@ def to_csv(comparison: Comparison) -> str:
 
 
 def _describe(row: TensorComparison) -> str:
-    where = f"eval {row.eval_index}, node {row.node_a if row.node_a is not None else row.node_b}"
+    where = f"eval {row.evaluation_label}, node {row.node_a if row.node_a is not None else row.node_b}"
     buffers = f"buffer A {row.buffer_a or '-'}, B {row.buffer_b or '-'}"
     if row.metrics is None:
         return f"{_label(row)} ({where}): {row.status}: {row.note}; {buffers}"
@@ -135,7 +136,7 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         for row in shown:
             m = row.metrics
             cells.append([
-                str(row.eval_index), str(row.node_a if row.node_a is not None else row.node_b), _label(row),
+                row.evaluation_label, str(row.node_a if row.node_a is not None else row.node_b), _label(row),
                 row.status, shape_text(row.shape_a or row.shape_b or ()),
                 number(m.nmse) if m else "", number(m.max_abs_diff) if m else "", number(m.cosine) if m else "",
                 row.buffer_a or "-", row.buffer_b or "-", row.note,

@@ -43,7 +43,7 @@ from inspector.ggml.tensor import flag_names
 from inspector.identity import is_model_state, parse_sched_copy
 from inspector.record import TensorRecord
 from inspector.selection import Selection
-from inspector.weight_file import WeightFile
+from inspector.weight_file import WeightFile, WeightFiles
 
 # bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data)
 EvalCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p)
@@ -101,7 +101,7 @@ class TensorHook:
     """
 
     def __init__(self, selection: Selection, sink: TensorSink, lib: GgmlLibraries | None = None, *,
-                 weights: WeightFile | None = None) -> None:
+                 weights: WeightFile | WeightFiles | None = None) -> None:
         """``weights`` reads the weights whose buffer cannot be read back from the model file."""
         self.selection = selection
         self.sink = sink

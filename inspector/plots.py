@@ -91,7 +91,8 @@ def stats(dump: Dump, patterns: list[str], eval_index: int = 0, statistic: str |
         axis.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(x_label)
     axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.suptitle(title or f"{dump.path.name}: {', '.join(patterns) or 'all tensors'} (eval {eval_index})")
+    selected = ", ".join(patterns) or "all tensors"
+    figure.suptitle(title or f"{dump.path.name}: {selected} (eval {dump.evaluation_label(eval_index)})")
     return Plot(figure, {"x": x, "names": [e.name for e in entries], **{k: values[k] for k in chosen}})
 
 
@@ -105,7 +106,7 @@ def histogram(dump: Dump, entry: Entry, log: bool = False, bins: int = 100, titl
     axis.legend()
     axis.set_xlabel("value")
     axis.set_ylabel("count")
-    axis.set_title(title or f"{entry.name} (eval {entry.eval_index}) {entry.shape}")
+    axis.set_title(title or f"{entry.name} (eval {dump.evaluation_label(entry.eval_index)}) {entry.shape}")
     return Plot(figure, {"counts": counts, "edges": edges, "n_nan": n_nan, "n_inf": n_inf})
 
 
@@ -164,7 +165,7 @@ def heatmap(dump: Dump, entry: Entry, slicing: str | None = None, title: str | N
                                           f"{HEATMAP_PERCENTILES[1]:g}th percentile)")
     axis.set_xlabel("last axis (ggml ne[0])")
     axis.set_ylabel("rows")
-    axis.set_title(title or f"{entry.name} (eval {entry.eval_index}) {entry.shape}"
+    axis.set_title(title or f"{entry.name} (eval {dump.evaluation_label(entry.eval_index)}) {entry.shape}"
                    + (f" [{slicing}]" if slicing else ""))
     return Plot(figure, {"image": view, "limits": (low, high)})
 

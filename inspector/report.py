@@ -65,7 +65,8 @@ def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance) -> tuple[
     comparison = diff_plot.data["comparison"]
     first = comparison.first_divergence
     answer = "no divergence: every compared tensor is within tolerance" if first is None else (
-        f"first divergence: <b>{_e(comparison.rows[first].name)}</b> (eval {comparison.rows[first].eval_index}, "
+        f"first divergence: <b>{_e(comparison.rows[first].name)}</b> "
+        f"(eval {_e(comparison.rows[first].evaluation_label)}, "
         f"{_e(comparison.rows[first].status)}, buffers {_e(comparison.rows[first].buffer_a)} / "
         f"{_e(comparison.rows[first].buffer_b)})")
     rows = []
@@ -73,7 +74,7 @@ def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance) -> tuple[
         m = row.metrics
         css = "first" if index == first else ""
         rows.append(
-            f"<tr class='{css}'><td class='num'>{row.eval_index}</td><td>{_e(row.name)}"
+            f"<tr class='{css}'><td class='num'>{_e(row.evaluation_label)}</td><td>{_e(row.name)}"
             f"{'' if not row.occurrence else ' #' + str(row.occurrence)}</td>"
             f"<td class='{row.status}'>{row.status}</td><td>{_e(shape_text(row.shape_a or row.shape_b or ()))}</td>"
             f"<td class='num'>{number(m.nmse) if m else ''}</td><td class='num'>{number(m.max_abs_diff) if m else ''}"

@@ -224,6 +224,11 @@ class Dump:
             result.append({**info, "index": index, "kind": _text(group.attrs["kind"])})
         return result
 
+    def evaluation_label(self, eval_index: int) -> str:
+        """``3 prompt``, ``1 encode``: the index and the kind, how listings and plots name an evaluation."""
+        kind = next((e["kind"] for e in self.evaluations if e["index"] == eval_index), "")
+        return f"{eval_index} {kind}".rstrip()
+
     def entries(self, patterns: list[str] | None = None) -> list[Entry]:
         """Index rows in execution order, optionally filtered by glob patterns on the name."""
         if not patterns:

@@ -34,7 +34,7 @@ def entry_json(entry: Entry) -> dict[str, Any]:
 def listing_json(dump: Dump, entries: list[Entry]) -> dict[str, Any]:
     return {"path": str(dump.path), "complete": dump.complete, "incomplete_reason": dump.incomplete_reason,
             "dropped_bytes": dump.dropped_bytes, "skipped": dump.skipped, "config": dump.config,
-            "tensors": [entry_json(e) for e in entries]}
+            "evaluations": dump.evaluations, "tensors": [entry_json(e) for e in entries]}
 
 
 def notes(dump: Dump) -> list[str]:
@@ -49,8 +49,11 @@ def notes(dump: Dump) -> list[str]:
     return lines
 
 
-def listing(entries: list[Entry]) -> str:
-    rows = [[str(e.eval_index), str(e.node_index), e.name + ("" if e.occurrence == 0 else f" #{e.occurrence}"),
+def listing(entries: list[Entry], kinds: dict[int, str] | None = None) -> str:
+    """The tensor table; ``kinds`` labels each evaluation (an image encoder's ``encode`` beside ``prompt``)."""
+    kinds = kinds or {}
+    rows = [[f"{e.eval_index} {kinds.get(e.eval_index, '')}".rstrip(),
+             str(e.node_index), e.name + ("" if e.occurrence == 0 else f" #{e.occurrence}"),
              e.op, e.ggml_type, shape_text(e.shape), e.buffer, number(e.stats.min), number(e.stats.max),
              number(e.stats.mean), number(e.stats.std), str(e.stats.n_nan), str(e.stats.n_inf)]
             for e in entries]

@@ -44,6 +44,9 @@ class WeightFile:
             self._header = read_header(self.path)
         return self._header
 
+    def holds(self, name: str) -> bool:
+        return name in self.header.tensors
+
     def read(self, name: str, like: Tensor) -> Readout:
         """The file's values of weight ``name``, checked to have the graph tensor's type and shape."""
         info = self.header.tensors.get(name)
@@ -56,3 +59,20 @@ class WeightFile:
         raw = np.frombuffer(read_tensor_bytes(self.header, name), dtype=np.uint8)
         nb = contiguous_strides(info.ne, like.type_size, like.block_size)
         return materialise(raw, info.ggml_type, info.ne, nb, like.block_size, like.type_size, like.n_dims)
+
+
+class WeightFiles:
+    """The weights of a run that loaded several GGUF files (a language model and its ``--mmproj``).
+
+    Their tensor names do not overlap (the projector's start with ``v.`` and
+    ``mm.``), so a weight is read from the first file that holds it.
+    """
+
+    def __init__(self, *paths: str | os.PathLike[str]) -> None:
+        self.files = [WeightFile(path) for path in paths]
+
+    def read(self, name: str, like: Tensor) -> Readout:
+        for file in self.files:
+            if file.holds(name):
+                return file.read(name, like)
+        raise UnreadableTensor(f"weight {name!r} is in none of {', '.join(str(f.path) for f in self.files)}")

@@ -43,7 +43,7 @@ def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, as_json:
             return
         for note in store_report.notes(opened):
             click.echo(note, err=True)
-        click.echo(store_report.listing(entries))
+        click.echo(store_report.listing(entries, {e["index"]: e["kind"] for e in opened.evaluations}))
         click.echo(f"{len(entries)} tensors", err=True)
 
 

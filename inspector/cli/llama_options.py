@@ -169,6 +169,15 @@ INPUT_OPTIONS = (
                 "--jinja; implies -cnv.", is_flag=True),
     LlamaOption("system_prompt", ("-sys", "--system-prompt"), "A system message before the prompt (with -cnv).",
                 default="", metavar="TEXT"),
+    LlamaOption("mmproj", ("-mm", "--mmproj"), "libmtmd's multimodal projector: its image encoder is captured too "
+                "(evaluations of kind encode), as llama-mtmd-cli runs it.", type=click.Path(dir_okay=False),
+                metavar="FILE"),
+    LlamaOption("images", ("--image",), "Images for the prompt's media markers (<__media__>; without one, a "
+                "marker per image goes in front, as llama-mtmd-cli does). Comma-separated; repeatable.",
+                type=CommaList("FILE,..."), multiple=True, metavar="FILE,...",
+                llama_cpp_flags=("--image", "--audio", "--video")),
+    LlamaOption("mmproj_offload", ("--mmproj-offload",), "Run the projector on the first offload device.",
+                off_flags=("--no-mmproj-offload",), default=True, is_flag=True),
 )
 
 RUN_OPTIONS = (

@@ -34,6 +34,7 @@ from inspector.errors import CaptureInterrupted, InspectorError, ModelError, Set
 from inspector.ggml import load
 from inspector.gguf_header import cached_sha256, check_gguf_file, fingerprint, read_leading_metadata
 from inspector.hook import TensorHook
+from inspector.runners.multimodal import VisionProjector, decode_multimodal_prompt
 from inspector.runners.placement import placement
 from inspector.runners.prompt import formatted_prompt, prompt_token_ids
 from inspector.system import ggml_devices
@@ -96,6 +97,11 @@ class LlamaRunConfig:
     all_logits: bool = False
     # Record the model file's full sha256 (cached per path, size, mtime) besides its fingerprint.
     sha256: bool = False
+    # libmtmd's projector (llama-mtmd-cli's --mmproj) and the images the prompt's media markers stand for.
+    mmproj: str | None = None
+    images: list[str] = field(default_factory=list)
+    # The projector on the first offload device (llama.cpp's --mmproj-offload, the default).
+    mmproj_offload: bool = True
 
     def validate(self) -> None:
         if self.flash_attn not in FLASH_ATTN_MODES:
@@ -124,6 +130,10 @@ class LlamaRunConfig:
             raise InspectorError("give the input with exactly one of -p/--prompt, -f/--file and --token-ids")
         if self.token_ids is not None and (self.conversation or self.chat_template or self.jinja):
             raise InspectorError("--token-ids are the exact input: a chat template cannot apply to them")
+        if self.images and not self.mmproj:
+            raise InspectorError("--image needs the projector that encodes it: --mmproj FILE")
+        if self.mmproj and self.token_ids is not None:
+            raise InspectorError("--token-ids cannot place images: give the prompt as text with --mmproj")
 
     @property
     def library_gpu_layers(self) -> int:
@@ -145,6 +155,9 @@ class LlamaRunResult:
     n_ctx: int = 0
     # The text a chat template made of the prompt (-cnv), which was then tokenized.
     formatted_prompt: str | None = None
+    # With --mmproj: the prompt's text and image chunks, and the images read.
+    chunks: list[dict[str, Any]] | None = None
+    images: list[dict[str, Any]] | None = None
 
 
 class _LlamaLog:
@@ -203,6 +216,13 @@ def install_log(verbose: bool) -> _LlamaLog:
     return _active_log
 
 
+def _route_mtmd_log() -> None:
+    """libmtmd logs through its own callback (the projector's loader, clip's graph): into the same buffer."""
+    from llama_cpp import mtmd_cpp
+
+    mtmd_cpp.mtmd_helper_log_set(_LOG_THUNK, ctypes.c_void_p(0))
+
+
 def model_facts(path: str, sha256: bool = False) -> dict[str, Any]:
     """Path, size, fingerprint, name and architecture of a GGUF file, in bounded reads.
 
@@ -238,8 +258,10 @@ class LlamaSession:
         self.log = log
         llama_cpp.llama_backend_init()
         own_rpc_devices = rpc.add_servers(config.rpc) if config.rpc else []
+        self.offload_devices = self._device_names(own_rpc_devices)
         # Kept alive for the model's life: llama.cpp reads these arrays while loading.
-        self.placement = placement(load(), self._device_names(own_rpc_devices), config.override_tensor)
+        self.placement = placement(load(), self.offload_devices, config.override_tensor)
+        self.projector: VisionProjector | None = None
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = config.library_gpu_layers
         model_params.load_mode = LOAD_MODES[config.load_mode]
@@ -256,7 +278,7 @@ class LlamaSession:
         params.n_seq_max = 1
         params.n_threads = config.threads
         params.n_threads_batch = config.threads_batch or config.threads
-        params.flash_attn_type = FLASH_ATTN_MODES[config.flash_attn]
+        self.flash_attn_type = params.flash_attn_type = FLASH_ATTN_MODES[config.flash_attn]
         params.op_offload = config.op_offload
         params.type_k = _ggml_type_id(config.type_k)
         params.type_v = _ggml_type_id(config.type_v)
@@ -275,6 +297,13 @@ class LlamaSession:
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.adds_eos = bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
+        if config.mmproj:
+            _route_mtmd_log()
+            try:
+                self.projector = VisionProjector.load(self, config, hook, self.offload_devices)
+            except BaseException:
+                self.close()
+                raise
 
     def _device_names(self, own_rpc_devices: list[str]) -> list[str] | None:
         """The devices llama.cpp would see if this run were its own process.
@@ -343,6 +372,9 @@ class LlamaSession:
             status = llama_cpp.llama_decode(self.ctx, batch)
         finally:
             llama_cpp.llama_batch_free(batch)
+        return self._after_decode(status, logit_rows)
+
+    def _after_decode(self, status: int, logit_rows: int) -> np.ndarray:
         if self.hook is not None and self.hook.interrupted:
             raise CaptureInterrupted("capture interrupted")
         if status != 0:
@@ -352,7 +384,28 @@ class LlamaSession:
         logits = llama_cpp.llama_get_logits(self.ctx)
         return np.ctypeslib.as_array(logits, shape=(logit_rows, self.n_vocab)).copy()
 
+    def decode_embeddings(self, embeddings: np.ndarray, pos0: int, logit_rows: int) -> np.ndarray:
+        """Decode one ubatch of input embeddings (an image's, from the projector), as :meth:`decode` does tokens."""
+        n, width = embeddings.shape
+        batch = llama_cpp.llama_batch_init(n, width, 1)
+        try:
+            ctypes.memmove(batch.embd, np.ascontiguousarray(embeddings, dtype=np.float32).ctypes.data,
+                           embeddings.size * 4)
+            for i in range(n):
+                batch.pos[i] = pos0 + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = i >= n - logit_rows
+            batch.n_tokens = n
+            status = llama_cpp.llama_decode(self.ctx, batch)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        return self._after_decode(status, logit_rows)
+
     def close(self) -> None:
+        if self.projector is not None:
+            self.projector.close()
+            self.projector = None
         if self.ctx:
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
@@ -376,30 +429,39 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
     """
     started = time.perf_counter()
 
-    def start_evaluation(kind: str, tokens: list[int], pos0: int) -> None:
-        index = begin_evaluation(kind, {"token_ids": tokens, "pos0": pos0, "n_tokens": len(tokens)})
+    def start_evaluation(kind: str, info: dict[str, Any]) -> int:
+        index = begin_evaluation(kind, info)
         if hook is not None:
             hook.begin_evaluation(index)
+        return index
 
     with LlamaSession(config, hook, log) as session:
-        token_ids = prompt_token_ids(session, config)
-        if not token_ids:
-            raise SetupError("the prompt is empty after tokenization")
-        room = session.n_ctx - len(token_ids)
-        if room < 0 or (config.n_predict > 0 and config.n_predict > room):
-            raise SetupError(f"the prompt ({len(token_ids)} tokens) plus -n/--n-predict needs -c/--ctx-size "
-                                 f"{len(token_ids) + max(config.n_predict, 0)} or more (it is {session.n_ctx})")
         step = min(config.n_batch, config.n_ubatch)
-        logit_rows = []
-        evaluations = 0
-        for start in range(0, len(token_ids), step):
-            chunk = token_ids[start:start + step]
-            start_evaluation("prompt", chunk, start)
-            is_last = start + step >= len(token_ids)
-            rows = len(chunk) if config.all_logits else int(is_last)
-            logit_rows.append(session.decode(chunk, start, rows))
-            evaluations += 1
-        prompt_logits = np.concatenate(logit_rows)
+        multimodal = None
+        if session.projector is not None:
+            multimodal = decode_multimodal_prompt(session, session.projector, formatted_prompt(session, config),
+                                                  config.images, start_evaluation, step, config.all_logits)
+            token_ids, n_past, evaluations = multimodal.token_ids, multimodal.n_past, multimodal.evaluations
+            prompt_logits = multimodal.logits
+            room = session.n_ctx - n_past
+            _check_room(room, n_past, config, session.n_ctx)
+        else:
+            token_ids = prompt_token_ids(session, config)
+            if not token_ids:
+                raise SetupError("the prompt is empty after tokenization")
+            n_past = len(token_ids)
+            room = session.n_ctx - n_past
+            _check_room(room, n_past, config, session.n_ctx)
+            logit_rows = []
+            evaluations = 0
+            for start in range(0, len(token_ids), step):
+                chunk = token_ids[start:start + step]
+                start_evaluation("prompt", {"token_ids": chunk, "pos0": start, "n_tokens": len(chunk)})
+                is_last = start + step >= len(token_ids)
+                rows = len(chunk) if config.all_logits else int(is_last)
+                logit_rows.append(session.decode(chunk, start, rows))
+                evaluations += 1
+            prompt_logits = np.concatenate(logit_rows)
         generated: list[int] = []
         last = prompt_logits[-1]
         # -1: until an end-of-generation token or a full context; -2: until a full context (llama.cpp's meanings).
@@ -410,8 +472,8 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
             end_of_generation = config.n_predict != -2 and llama_cpp.llama_vocab_is_eog(session.vocab, token)
             if end_of_generation or step_index == limit - 1:
                 break
-            pos = len(token_ids) + step_index
-            start_evaluation("generate", [token], pos)
+            pos = n_past + step_index
+            start_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1})
             last = session.decode([token], pos, 1)[-1]
             evaluations += 1
         return LlamaRunResult(
@@ -422,8 +484,17 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
             evaluations=evaluations,
             seconds=time.perf_counter() - started,
             n_ctx=session.n_ctx,
-            formatted_prompt=formatted_prompt(session, config) if config.conversation else None,
+            formatted_prompt=(multimodal.text if multimodal is not None
+                              else formatted_prompt(session, config) if config.conversation else None),
+            chunks=multimodal.chunks if multimodal is not None else None,
+            images=multimodal.images if multimodal is not None else None,
         )
+
+
+def _check_room(room: int, n_past: int, config: LlamaRunConfig, n_ctx: int) -> None:
+    if room < 0 or (config.n_predict > 0 and config.n_predict > room):
+        raise SetupError(f"the prompt ({n_past} positions) plus -n/--n-predict needs -c/--ctx-size "
+                         f"{n_past + max(config.n_predict, 0)} or more (it is {n_ctx})")
 
 
 def describe_config(config: LlamaRunConfig) -> dict[str, Any]:

@@ -51,6 +51,11 @@ def _all_devices(lib: GgmlLibraries) -> dict[str, int]:
     return devices
 
 
+def device_by_name(lib: GgmlLibraries, name: str) -> int | None:
+    """The handle of the ggml device called ``name`` (None: no such device)."""
+    return _all_devices(lib).get(name)
+
+
 def offload_devices(lib: GgmlLibraries, names: list[str]) -> ctypes.Array:
     """``-dev A,B``: the devices to offload to; ``none`` (or no name) offloads nothing.
 
