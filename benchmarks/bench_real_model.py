@@ -13,7 +13,10 @@ of ``--repeats`` runs:
 - ``floor``: every node asked for and copied out, then discarded (the hook's floor);
 
 then capture-all under each ``--compression``, the metadata reads, compare of
-identical and of fully diverged dumps, and ``ls`` of a 10,000-tensor dump.
+identical and of fully diverged dumps, ``ls`` of a 10,000-tensor dump, and a
+multimodal prompt (``--mmproj``: a generated 224-pixel LLaVA-style projector,
+256 image tokens, a 640x480 JPEG) captured against the same prompt run without
+a hook.  ``--only SECTION`` runs one section.
 
 Capture times are reported as ratios to ``plain`` measured in the same run.
 Nothing here asserts a time: it prints one JSON object.
@@ -36,6 +39,7 @@ from bench_capture import timed  # the in-process median timer both benchmarks s
 from timing import wall
 
 from inspector.models import TinyLlamaSpec, write_tiny_llama
+from inspector.models.tiny_llava import TinyLlavaSpec, write_tiny_llava
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPEC = TinyLlamaSpec(dtype="q4_k_m", n_embd=768, n_ff=2048, n_layer=16, n_head=12, n_head_kv=4,
@@ -44,12 +48,26 @@ SPEC = TinyLlamaSpec(dtype="q4_k_m", n_embd=768, n_ff=2048, n_layer=16, n_head=1
 PROMPT = "The quick brown fox jumps over the lazy dog; " * 2 + "then it sleeps."
 N_PREDICT = 8
 THREADS = 2
+# A CLIP-ViT-B-like projector at a sixth of the depth: 224-pixel images in 14-pixel patches.
+PROJECTOR = TinyLlavaSpec(text_n_embd=SPEC.n_embd, image_size=224, patch_size=14, n_embd=256, n_ff=1024, n_head=8,
+                          n_layer=6, projector_hidden=SPEC.n_embd, seed=7)
+MULTIMODAL_PROMPT = "Describe <__media__> in one line."
 
 PLAIN = """
 import sys, llama_cpp
 llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=512, n_batch=512, n_ubatch=512, n_threads={threads},
                       n_threads_batch={threads}, verbose=False, flash_attn=False)
 llm(sys.argv[2], max_tokens={n_predict}, temperature=0.0)
+"""
+
+# The multimodal prompt through the same runner with no eval callback: the baseline of a multimodal capture.
+MULTIMODAL_PLAIN = """
+import sys
+from inspector.runners import llama as runner
+config = runner.LlamaRunConfig(model=sys.argv[1], prompt=sys.argv[2], mmproj=sys.argv[3] or None, images=sys.argv[4:],
+                               threads={threads}, n_ctx=512, flash_attn="off", n_predict={n_predict})
+indices = iter(range(10**6))
+runner.run(config, None, lambda kind, info: next(indices), runner.install_log(False))
 """
 
 FLOOR = """
@@ -88,6 +106,35 @@ def bench_capture(model: Path, folder: Path, repeats: int) -> dict[str, float]:
     stats_only = wall(capture_command(model, folder / "stats.h5", "--stats-only"), repeats)
     return {"plain_s": plain, "floor_ratio": floor / plain, "one_tensor_ratio": one / plain,
             "capture_all_ratio": everything / plain, "stats_only_ratio": stats_only / plain}
+
+
+def bench_multimodal(model: Path, folder: Path, repeats: int) -> dict[str, float]:
+    """Encoder + language model: capture costs as ratios to the same multimodal run without a hook."""
+    from PIL import Image
+
+    projector = RESULTS / f"llava-mlp-{PROJECTOR.image_size}-{PROJECTOR.n_layer}l-{PROJECTOR.seed}.gguf"
+    if not projector.exists():
+        write_tiny_llava(projector.with_suffix(".partial"), PROJECTOR).rename(projector)
+    image = folder / "photo.jpg"
+    pixels = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image, quality=90)
+    plain = wall([sys.executable, "-c", MULTIMODAL_PLAIN.format(threads=THREADS, n_predict=N_PREDICT), str(model),
+                  MULTIMODAL_PROMPT, str(projector), str(image)], repeats)
+    text_only = wall([sys.executable, "-c", MULTIMODAL_PLAIN.format(threads=THREADS, n_predict=N_PREDICT), str(model),
+                      "Describe it in one line.", ""], repeats)
+
+    def capture(out: str, *extra: str) -> list[str]:
+        command = capture_command(model, folder / out, "--mmproj", str(projector), "--image", str(image), *extra)
+        command[command.index(PROMPT)] = MULTIMODAL_PROMPT
+        return command
+
+    inp_raw = wall(capture("inp_raw.h5", "-T", "inp_raw"), repeats)
+    one = wall(capture("mm-one.h5", "-T", "result_output"), repeats)
+    everything = wall(capture("mm-all.h5"), repeats)
+    return {"plain_s": plain, "text_only_plain_s": text_only, "image_tokens": PROJECTOR.n_patches,
+            "projector_bytes": projector.stat().st_size, "inp_raw_ratio": inp_raw / plain,
+            "one_tensor_ratio": one / plain, "capture_all_ratio": everything / plain,
+            "capture_all_bytes": (folder / "mm-all.h5").stat().st_size}
 
 
 def bench_storage(model: Path, folder: Path, repeats: int) -> dict[str, dict[str, float]]:
@@ -183,10 +230,14 @@ def bench_listing(folder: Path, count: int, repeats: int) -> dict[str, float]:
     return {"tensors": count, "ls_s": wall([sys.executable, "-m", "inspector", "ls", str(path)], repeats)}
 
 
+SECTIONS = ("capture", "storage", "metadata", "compare", "listing", "multimodal")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--only", choices=SECTIONS, help="run this section only")
     args = parser.parse_args()
     model = model_path()
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +251,10 @@ def main() -> None:
                            ("storage", lambda: bench_storage(model, folder, args.repeats)),
                            ("metadata", lambda: bench_metadata(model, args.repeats)),
                            ("compare", lambda: bench_compare(model, folder, args.repeats)),
-                           ("listing", lambda: bench_listing(folder, 10_000, args.repeats))):
+                           ("listing", lambda: bench_listing(folder, 10_000, args.repeats)),
+                           ("multimodal", lambda: bench_multimodal(model, folder, args.repeats))):
+            if args.only not in (None, key):
+                continue
             results[key] = bench()
             print(f"{key}: {json.dumps(results[key])}", file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))
