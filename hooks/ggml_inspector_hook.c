@@ -1,5 +1,6 @@
 /* ggml-inspector's native hook: captures the tensors an unmodified program computes on ggml's backend
- * scheduler and streams them to the ggml-inspector process that started it (inspector/exec_capture.py).
+ * scheduler and streams them to the ggml-inspector process that started it (inspector/exec_capture.py),
+ * or, with no such process, into a file per process in a dump folder (`ggml-inspector import`).
  *
  * Why interposition works: libllama, libmtmd and any program linked against a shared libggml-base reach
  * ggml_backend_sched_* through the dynamic linker, so this library, preloaded, is called first.  It
@@ -12,16 +13,27 @@
  * headers, the head of the private struct ggml_backend_buffer) are checked against the running ggml
  * before we trust them.
  *
+ * Link-time use (-DGGML_INSPECTOR_LINKED): a statically linked program defines ggml_backend_sched_*
+ * itself and ignores LD_PRELOAD, so nothing can be interposed and dlsym finds nothing.  Compiled into
+ * such a program, this file defines no interposer, calls ggml directly, and is driven by the program:
+ * ggml_inspector_attach after creating a scheduler, ggml_inspector_begin before each compute, and
+ * ggml_inspector_set_eval_callback in place of ggml_backend_sched_set_eval_callback for a program
+ * that has an eval callback of its own (hooks/README.md).
+ *
  * Why it never stops the program: whatever goes wrong on our side (no socket, another ggml, a parent
- * that went away, no memory) turns the hook off, and from then on every call is only forwarded.
+ * that went away, a full disk, no memory) turns the hook off, and from then on every call is only
+ * forwarded.
  *
  * Wire format (hooks/README.md): frames of {uint32 magic "GGIH", kind, header length, 0; uint64 data
  * length}, little-endian, then a JSON header and the data.  One mutex serialises the frames of all
  * threads and guards all state; the scheduler runs our callback on the thread that called compute.
  */
 #define _GNU_SOURCE
+#ifndef GGML_INSPECTOR_LINKED
 #include <dlfcn.h>
+#endif
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <pthread.h>
 #include <regex.h>
@@ -30,16 +42,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "ggml-backend.h"
 #include "ggml.h"
-
-/* For programs that cannot be preloaded (static builds): they call these themselves. */
-void ggml_inspector_attach(ggml_backend_sched_t sched);
-void ggml_inspector_begin(ggml_backend_sched_t sched);
+#include "ggml_inspector.h"
 
 enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE };
 
@@ -55,14 +66,16 @@ enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE };
 #define STRING_LIMIT 1024
 #define JSON_CAPACITY (128 * 1024)
 
-/* ---- ggml, looked up at run time ---- */
+/* ---- ggml: looked up at run time when preloaded, linked when compiled into the program ---- */
 
 static struct {
+#ifndef GGML_INSPECTOR_LINKED
     __typeof__(ggml_backend_sched_new) *new;
     __typeof__(ggml_backend_sched_free) *free;
-    __typeof__(ggml_backend_sched_set_eval_callback) *set_eval_callback;
     __typeof__(ggml_backend_sched_graph_compute) *graph_compute;
     __typeof__(ggml_backend_sched_graph_compute_async) *graph_compute_async;
+#endif
+    __typeof__(ggml_backend_sched_set_eval_callback) *set_eval_callback;
 } real;
 
 static struct {
@@ -98,6 +111,20 @@ struct buffer_mirror {
     void *buft;
 };
 
+#ifdef GGML_INSPECTOR_LINKED
+
+/* Compiled into the program: its own ggml, bound by the linker like any other call. */
+#define REAL(field, function) (real.field = &function)
+#define HELPER(field, function) (gg.field = &function)
+#define NEED HELPER
+
+static void resolve_real(const void * caller) {
+    (void) caller;
+    REAL(set_eval_callback, ggml_backend_sched_set_eval_callback);
+}
+
+#else
+
 /* Set when ggml is reachable only from the caller's own dependencies (a library dlopen'ed RTLD_LOCAL):
  * neither RTLD_NEXT nor RTLD_DEFAULT sees it there, but a handle on the caller does. */
 static void * ggml_scope;
@@ -127,8 +154,8 @@ static void * symbol_in_scope_of(const void * caller, const char * name) {
 }
 
 /* The definition `name` would have bound to for `caller` had we not been preloaded.  RTLD_DEFAULT comes
- * last for the link-time use, where ggml may come before us in the search order; any answer that is
- * our own definition would make us call ourselves, so it does not count. */
+ * last for a program linked against this shared library, where ggml may come before us in the search
+ * order; any answer that is our own definition would make us call ourselves, so it does not count. */
 static void * real_symbol(const char * name, const void * caller) {
     for (int way = 0; way < 3; way++) {
         void * symbol = way == 0 ? dlsym(RTLD_NEXT, name)
@@ -146,21 +173,29 @@ static void * ggml_symbol(const char * name) {
     return symbol != NULL || ggml_scope == NULL ? symbol : dlsym(ggml_scope, name);
 }
 
-static void resolve_real(const void * caller) {
 #define REAL(field, function) (real.field = (__typeof__(real.field)) real_symbol(#function, caller))
+#define HELPER(field, function) (gg.field = (__typeof__(gg.field)) ggml_symbol(#function))
+#define NEED(field, function) if (HELPER(field, function) == NULL && missing_helper == NULL) missing_helper = #function
+
+static void resolve_real(const void * caller) {
     REAL(new, ggml_backend_sched_new);
     REAL(free, ggml_backend_sched_free);
     REAL(set_eval_callback, ggml_backend_sched_set_eval_callback);
     REAL(graph_compute, ggml_backend_sched_graph_compute);
     REAL(graph_compute_async, ggml_backend_sched_graph_compute_async);
-#undef REAL
 }
+
+/* Unhooked, a call to a function the program's ggml lacks would have failed in the dynamic linker. */
+__attribute__((noreturn)) static void missing(const char * name) {
+    fprintf(stderr, "ggml_inspector_hook: symbol lookup error: %s is not in the program's ggml\n", name);
+    _exit(127);
+}
+
+#endif
 
 /* Looks up every helper; returns the name of the first one missing, or NULL. */
 static const char * resolve_helpers(void) {
-    const char * missing = NULL;
-#define HELPER(field, function) (gg.field = (__typeof__(gg.field)) ggml_symbol(#function))
-#define NEED(field, function) if (HELPER(field, function) == NULL && missing == NULL) missing = #function
+    const char * missing_helper = NULL;
     NEED(tensor_overhead, ggml_tensor_overhead);
     NEED(nbytes, ggml_nbytes);
     NEED(n_dims, ggml_n_dims);
@@ -173,16 +208,11 @@ static const char * resolve_helpers(void) {
     NEED(buffer_get_type, ggml_backend_buffer_get_type);
     NEED(buft_name, ggml_backend_buft_name);
     HELPER(graph_n_nodes, ggml_graph_n_nodes);
+    return missing_helper;
+}
 #undef NEED
 #undef HELPER
-    return missing;
-}
-
-/* Unhooked, a call to a function the program's ggml lacks would have failed in the dynamic linker. */
-__attribute__((noreturn)) static void missing(const char * name) {
-    fprintf(stderr, "ggml_inspector_hook: symbol lookup error: %s is not in the program's ggml\n", name);
-    _exit(127);
-}
+#undef REAL
 
 /* ---- state, all guarded by `lock` ---- */
 
@@ -193,7 +223,11 @@ static bool checked;             /* ggml and the selection have been checked (on
 static bool compatible, selectable;
 static char incompatibility[512], selection_error[512];
 static size_t runtime_overhead;  /* the running ggml's ggml_tensor_overhead(), 0 if unknown */
-static int connection = -1;      /* the hook is on exactly while this is open */
+static int connection = -1;      /* the hook is on exactly while this is open: the socket or the file */
+/* Writing to a file in the dump folder: the bytes written so far, and the most the file may hold.  A
+ * write past RLIMIT_FSIZE would raise SIGXFSZ, which kills the program; we stop before it instead. */
+static bool to_file;
+static unsigned long long file_written, file_limit;
 static int n_schedulers;
 static long long n_computes;
 
@@ -227,8 +261,15 @@ static void disconnect(void) {
 
 static bool send_all(const void * data, size_t size) {
     const unsigned char * bytes = data;
+    if (to_file) {
+        if (size > file_limit - file_written) {
+            return false;
+        }
+        file_written += size;
+    }
     while (size > 0) {
-        ssize_t sent = send(connection, bytes, size, MSG_NOSIGNAL);
+        /* MSG_NOSIGNAL: a parent that went away must not kill the program with SIGPIPE. */
+        ssize_t sent = to_file ? write(connection, bytes, size) : send(connection, bytes, size, MSG_NOSIGNAL);
         if (sent < 0 && errno == EINTR) {
             continue;
         }
@@ -617,6 +658,9 @@ struct scheduler {
     long long                        computes;
     ggml_backend_sched_eval_callback program; /* the program's own callback, chained in front of ours */
     void *                           program_data;
+    /* The file name of the library that created the scheduler (libllama.so.0, libmtmd.so.0), if known:
+     * it tells a language model's graphs from an image encoder's. */
+    char                             library[128];
 
     /* The evaluation under way: each node and leaf is considered once, names count occurrences. */
     int                node_index;
@@ -691,6 +735,7 @@ static void begin_evaluation(struct scheduler * s, struct ggml_cgraph * graph) {
     field_number("sched", s->id);
     field_number("compute", s->computes++);
     field_number("n_nodes", graph != NULL && gg.graph_n_nodes != NULL ? gg.graph_n_nodes(graph) : -1);
+    field_string("library", s->library);
     n_computes++;
     send_head(EVAL, 0);
 }
@@ -935,23 +980,68 @@ static bool check_ggml(char * reason, size_t size) {
     return false;
 }
 
-static void connect_parent(void) {
-    const char *       path = getenv("GGML_INSPECTOR_SOCKET");
+static int open_socket(const char * path) {
     struct sockaddr_un address = { .sun_family = AF_UNIX };
-    if (path == NULL || *path == '\0' || strlen(path) >= sizeof address.sun_path) {
-        return;
+    if (strlen(path) >= sizeof address.sun_path) {
+        return -1;
     }
     strcpy(address.sun_path, path);
     /* CLOEXEC: a program this one executes is preloaded too and connects on its own. */
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        return;
-    }
-    if (connect(fd, (const struct sockaddr *) &address, sizeof address) != 0) {
+    if (fd >= 0 && connect(fd, (const struct sockaddr *) &address, sizeof address) != 0) {
         close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* <folder>/<pid>.frames, created (never reused: O_EXCL) readable by the user only.  A process image
+ * that exec'ed from one which already wrote keeps its pid, so it takes <pid>-1.frames, and so on. */
+static int open_stream_file(const char * folder) {
+    char path[4096];
+    int  fd = -1;
+    if (mkdir(folder, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "ggml_inspector_hook: cannot create %s: %s; not capturing\n", folder, strerror(errno));
+        return -1;
+    }
+    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+        int length = attempt == 0 ? snprintf(path, sizeof path, "%s/%ld.frames", folder, (long) getpid())
+                                  : snprintf(path, sizeof path, "%s/%ld-%d.frames", folder, (long) getpid(), attempt);
+        if (length < 0 || (size_t) length >= sizeof path) {
+            errno = ENAMETOOLONG;
+            break;
+        }
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST) {
+            break;
+        }
+    }
+    if (fd < 0) {
+        fprintf(stderr, "ggml_inspector_hook: cannot write in %s: %s; not capturing\n", folder, strerror(errno));
+        return -1;
+    }
+    struct rlimit limit;
+    file_written = 0;
+    file_limit = getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY ? limit.rlim_cur
+                                                                                            : UINT64_MAX;
+    return fd;
+}
+
+/* The output is the parent's socket (GGML_INSPECTOR_SOCKET, set by exec) or, with no parent, a file in
+ * the dump folder (GGML_INSPECTOR_DIR); with neither, the hook stays off. */
+static void open_output(void) {
+    const char * socket_path = getenv("GGML_INSPECTOR_SOCKET");
+    const char * folder = getenv("GGML_INSPECTOR_DIR");
+    if (socket_path != NULL && *socket_path != '\0') {
+        to_file = false;
+        connection = open_socket(socket_path);
+    } else if (folder != NULL && *folder != '\0') {
+        to_file = true;
+        connection = open_stream_file(folder);
+    }
+    if (connection < 0) {
         return;
     }
-    connection = fd;
     if (!checked) {
         checked = true;
         compatible = check_ggml(incompatibility, sizeof incompatibility);
@@ -983,8 +1073,8 @@ static void after_fork_in_parent(void) {
     pthread_mutex_unlock(&lock);
 }
 
-/* A forked child shares the parent's socket, and two processes writing one stream would interleave
- * their frames: the child closes its copy and connects on its own at its next scheduler call.  It keeps
+/* A forked child shares the parent's socket or file, and two processes writing one stream would interleave
+ * their frames: the child closes its copy and opens its own at its next scheduler call.  It keeps
  * the schedulers it inherited, numbers included; its BYE counts only its own computes. */
 static void after_fork_in_child(void) {
     if (connection >= 0) {
@@ -997,7 +1087,7 @@ static void after_fork_in_child(void) {
 }
 
 /* Every entry point starts here: the first call of the process looks ggml up (it may have been
- * dlopen'ed just now) and connects to the parent. */
+ * dlopen'ed just now) and opens the output (the parent's socket or a file in the dump folder). */
 static void start(const void * caller) {
     pthread_mutex_lock(&lock);
     if (!resolved) {
@@ -1007,7 +1097,7 @@ static void start(const void * caller) {
     }
     if (!attempted) {
         attempted = true;
-        connect_parent();
+        open_output();
     }
     pthread_mutex_unlock(&lock);
 }
@@ -1024,7 +1114,24 @@ __attribute__((destructor)) static void say_goodbye(void) {
     pthread_mutex_unlock(&lock);
 }
 
-/* ---- the interposed functions ---- */
+/* The program's own eval callback: remembered and chained in front of ours on a watched scheduler. */
+static void set_program_callback(ggml_backend_sched_t sched, ggml_backend_sched_eval_callback callback,
+                                 void * user_data) {
+    pthread_mutex_lock(&lock);
+    struct scheduler * s = watched(sched);
+    if (s != NULL) {
+        s->program = callback;
+        s->program_data = user_data;
+    }
+    pthread_mutex_unlock(&lock);
+    if (s == NULL) {
+        real.set_eval_callback(sched, callback, user_data);
+    }
+}
+
+#ifndef GGML_INSPECTOR_LINKED
+
+/* ---- the interposed functions (preloaded only) ---- */
 
 ggml_backend_sched_t ggml_backend_sched_new(ggml_backend_t * backends, ggml_backend_buffer_type_t * bufts,
                                             int n_backends, size_t graph_size, bool parallel, bool op_offload) {
@@ -1034,7 +1141,12 @@ ggml_backend_sched_t ggml_backend_sched_new(ggml_backend_t * backends, ggml_back
     }
     ggml_backend_sched_t sched = real.new(backends, bufts, n_backends, graph_size, parallel, op_offload);
     pthread_mutex_lock(&lock);
-    watched(sched);
+    struct scheduler * s = watched(sched);
+    Dl_info creator;
+    if (s != NULL && dladdr(__builtin_return_address(0), &creator) && creator.dli_fname != NULL) {
+        const char * slash = strrchr(creator.dli_fname, '/');
+        snprintf(s->library, sizeof s->library, "%s", slash != NULL ? slash + 1 : creator.dli_fname);
+    }
     pthread_mutex_unlock(&lock);
     return sched;
 }
@@ -1058,16 +1170,7 @@ void ggml_backend_sched_set_eval_callback(ggml_backend_sched_t sched, ggml_backe
     if (real.set_eval_callback == NULL) {
         missing("ggml_backend_sched_set_eval_callback");
     }
-    pthread_mutex_lock(&lock);
-    struct scheduler * s = watched(sched);
-    if (s != NULL) {
-        s->program = callback;
-        s->program_data = user_data;
-    }
-    pthread_mutex_unlock(&lock);
-    if (s == NULL) {
-        real.set_eval_callback(sched, callback, user_data);
-    }
+    set_program_callback(sched, callback, user_data);
 }
 
 /* graph_compute calls graph_compute_async, possibly through us again: only the outermost call of a
@@ -1105,15 +1208,24 @@ enum ggml_status ggml_backend_sched_graph_compute_async(ggml_backend_sched_t sch
     return compute(real.graph_compute_async, sched, graph);
 }
 
-/* ---- link-time use ---- */
+#endif
 
+/* ---- link-time use: the program calls these itself ---- */
+
+/* Once, right after ggml_backend_sched_new: numbers the scheduler and installs the hook's callback. */
 void ggml_inspector_attach(ggml_backend_sched_t sched) {
     start(__builtin_return_address(0));
     pthread_mutex_lock(&lock);
+#ifdef GGML_INSPECTOR_LINKED
+    /* ggml_backend_sched_free is not ours to see here: a scheduler we know at this address was freed. */
+    forget(sched);
+#endif
     watched(sched);
     pthread_mutex_unlock(&lock);
 }
 
+/* Before each ggml_backend_sched_graph_compute: starts an evaluation and (re)installs the hook's callback,
+ * which a ggml_backend_sched_set_eval_callback since the last compute would have replaced. */
 void ggml_inspector_begin(ggml_backend_sched_t sched) {
     start(__builtin_return_address(0));
     pthread_mutex_lock(&lock);
@@ -1122,4 +1234,17 @@ void ggml_inspector_begin(ggml_backend_sched_t sched) {
         begin_evaluation(s, NULL);
     }
     pthread_mutex_unlock(&lock);
+}
+
+/* In place of ggml_backend_sched_set_eval_callback, same arguments, for a program with a callback of its
+ * own: it is chained in front of the hook's and gets every call it asks for, its answers honoured. */
+void ggml_inspector_set_eval_callback(ggml_backend_sched_t sched, ggml_backend_sched_eval_callback callback,
+                                      void * user_data) {
+    start(__builtin_return_address(0));
+#ifndef GGML_INSPECTOR_LINKED
+    if (real.set_eval_callback == NULL) {
+        missing("ggml_backend_sched_set_eval_callback");
+    }
+#endif
+    set_program_callback(sched, callback, user_data);
 }

@@ -1,4 +1,4 @@
-"""The native hook (``hooks/ggml_inspector_hook.c``): where it is, and building it.
+"""The native hook (``hooks/ggml_inspector_hook.c``): where it is, building it, and its regex dialect.
 
 The library is compiled by the system C compiler against the ggml headers
 that llama-cpp-python installs (``site-packages/include``), so it always
@@ -9,18 +9,30 @@ is cached per source and header content, so ``exec`` compiles it once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import shutil
 import site
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from inspector.errors import InspectorError
 
 SOURCE = Path(__file__).resolve().parent.parent / "hooks" / "ggml_inspector_hook.c"
+# The calls a program makes to the hook compiled into it; the hook includes it too.
+INTERFACE = SOURCE.with_name("ggml_inspector.h")
 HEADERS = ("ggml.h", "ggml-backend.h")
 COMPILE_FLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-fPIC", "-shared")
+# regcomp's flags as the hook passes them.  Only REG_EXTENDED (1 in every C library) decides whether a
+# pattern compiles; REG_NOSUB (8 in glibc and musl) only drops the match positions.
+REG_EXTENDED, REG_NOSUB = 1, 8
+# glibc's regex_t is 64 bytes, musl's and the BSDs' smaller: room enough for any of them.
+REGEX_T_BYTES = 1024
+# Perl's classes that POSIX ERE does not have: glibc reads "\d" as a plain "d" and matches no digit.
+PERL_ONLY_ESCAPES = {"d": "[0-9]", "D": "[^0-9]"}
 
 
 def include_directory() -> Path:
@@ -38,7 +50,7 @@ def cache_directory() -> Path:
 
 
 def _fingerprint(include: Path) -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256(SOURCE.read_bytes() + INTERFACE.read_bytes())
     for header in HEADERS:
         digest.update((include / header).read_bytes())
     return digest.hexdigest()[:16]
@@ -46,8 +58,9 @@ def _fingerprint(include: Path) -> str:
 
 def library_path(build: bool = True) -> Path:
     """The compiled hook for this source and these headers, compiled now if it is not yet."""
-    if not SOURCE.is_file():
-        raise InspectorError(f"the hook's source {SOURCE} is missing (install ggml-inspector from its repository)")
+    if not SOURCE.is_file() or not INTERFACE.is_file():
+        raise InspectorError(f"the hook's source {SOURCE} or {INTERFACE.name} is missing "
+                             "(install ggml-inspector from its repository)")
     include = include_directory()
     target = cache_directory() / f"libggml_inspector_hook-{_fingerprint(include)}.so"
     if target.is_file() or not build:
@@ -65,3 +78,44 @@ def library_path(build: bool = True) -> Path:
         raise InspectorError(f"building the native hook failed: {first}")
     partial.replace(target)  # atomic: a concurrent build never sees half a library
     return target
+
+
+def check_extended_regexes(patterns: Iterable[str]) -> None:
+    """Refuse, in one line, a pattern the hook's ``regcomp(REG_EXTENDED | REG_NOSUB)`` would refuse.
+
+    Checked with the same C library call before the program runs: the hook
+    itself can only tell the parent and stop capturing.  Python's ``re`` is
+    no judge here: it accepts ``(?:x)`` and ``\\d``, which ERE does not have.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))  # None: the process's own symbols, libc among them
+    libc.regcomp.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    libc.regerror.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    libc.regerror.restype = ctypes.c_size_t
+    libc.regfree.argtypes = [ctypes.c_void_p]
+    libc.regfree.restype = None
+    for pattern in patterns:
+        escape = _perl_only_escape(pattern)
+        if escape:
+            raise InspectorError(f"invalid POSIX extended regular expression {pattern!r}: \\{escape} is Perl's, "
+                                 f"not POSIX's (write {PERL_ONLY_ESCAPES[escape]})")
+        compiled = ctypes.create_string_buffer(REGEX_T_BYTES)
+        error = libc.regcomp(compiled, pattern.encode("utf-8", "surrogateescape"), REG_EXTENDED | REG_NOSUB)
+        if error == 0:
+            libc.regfree(compiled)
+            continue
+        message = ctypes.create_string_buffer(256)
+        libc.regerror(error, compiled, message, len(message))
+        raise InspectorError(f"invalid POSIX extended regular expression {pattern!r}: "
+                             f"{message.value.decode(errors='replace')}")
+
+
+def _perl_only_escape(pattern: str) -> str:
+    """The letter of the first ``\\d`` or ``\\D`` in the pattern (escaped backslashes skipped), or ""."""
+    index = 0
+    while index < len(pattern) - 1:
+        if pattern[index] == "\\":
+            if pattern[index + 1] in PERL_ONLY_ESCAPES:
+                return pattern[index + 1]
+            index += 1
+        index += 1
+    return ""

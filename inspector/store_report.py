@@ -68,8 +68,8 @@ def configuration(dump: Dump, command_line: str | None) -> str:
     if facts:
         lines.append(f"model: {facts.get('name') or '-'} ({facts.get('architecture') or '?'}), "
                      f"{facts.get('size')} bytes, fingerprint {facts.get('fingerprint')}")
-    if dump.result:
-        lines.append(f"tokens: {dump.result.get('token_ids')}")
+    if dump.result and dump.result.get("token_ids") is not None:
+        lines.append(f"tokens: {dump.result['token_ids']}")
     if command_line:
         lines += ["", command_line]
     return "\n".join(lines)

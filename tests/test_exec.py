@@ -134,3 +134,36 @@ def test_exit_status_and_a_crash_are_kept(built, tmp_path):
     with open_dump(tmp_path / "crash.h5") as dump:
         assert not dump.complete and "SIGSEGV" in dump.incomplete_reason
         assert sorted(dump.names()) == ["w", "x", "y", "z"]
+
+
+@pytest.mark.parametrize(("pattern", "message"), [
+    ("(?:y)", "Invalid preceding regular expression"),  # Python's re takes it; POSIX has no (?:
+    ("(", "Unmatched ( or \\("),
+    ("l_out-\\d+", "\\d is Perl's, not POSIX's (write [0-9])"),  # glibc would read \d as a plain d
+])
+def test_an_invalid_extended_regex_is_refused_before_the_program_runs(tmp_path, pattern, message):
+    marker, out = tmp_path / "ran", tmp_path / "re.h5"
+    result = cli("exec", "--tensor-filter", pattern, "-o", out, "--", "touch", marker)
+    assert_one_line_error(result, f"invalid POSIX extended regular expression {pattern!r}: {message}")
+    assert not marker.exists() and not out.exists()
+
+
+def test_tensor_filters_are_posix_extended_regexes(built, tmp_path):
+    # As a Python regex, [[:alpha:]] is the set "[:alph" then a "]", which no name here holds.
+    out = tmp_path / "classes.h5"
+    result = cli("exec", "--tensor-filter", "^[[:alpha:]]$", "--tensor-filter", "^(y|q{2,})$", "-o", out, "--",
+                 built / "own_graph")
+    assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr
+    with open_dump(out) as dump:
+        assert sorted(dump.names()) == ["w", "x", "y", "z"]
+        assert dump.config["select"]["regexes"] == ["^[[:alpha:]]$", "^(y|q{2,})$"]
+
+
+def test_a_hook_that_stops_capturing_is_reported_in_one_line(built, tmp_path):
+    # The program's environment is its own: a wrapper that hands it a pattern the hook cannot compile.
+    out = tmp_path / "stopped.h5"
+    result = cli("exec", "-o", out, "--", "sh", "-c", 'GGML_INSPECTOR_REGEXES="(" exec "$0"', built / "own_graph")
+    assert_one_line_error(result, "the hook stopped capturing: invalid regular expression '('")
+    assert result.returncode == 2 and "exit status 0" in result.stderr
+    assert result.stdout.startswith("status 0 asked 0 observed 0 z 0.5")  # the program ran on, unhooked
+    assert not out.exists()  # nothing was captured

@@ -42,8 +42,10 @@ def test_an_unmodified_libmtmd_client_matches_capture_bit_for_bit(client, tmp_pa
                  "-c", "128", "-fa", "off", *SELECTED, "-o", tmp_path / "python.h5")
     assert python.returncode == 0, python.stderr
     with open_dump(tmp_path / "native.h5") as dump:
-        # BOS on llama's scheduler, the image on libmtmd's (created second), its embeddings and "Hi" on llama's.
-        assert [e["sched"] for e in dump.evaluations] == [0, 1, 0, 0]
+        # BOS on llama's scheduler, the image on libmtmd's (created second), its embeddings and "Hi" on llama's;
+        # the library that created each scheduler names the kind.
+        assert [(e["kind"], e["sched"]) for e in dump.evaluations] == [
+            ("decode", 0), ("encode", 1), ("decode", 0), ("decode", 0)]
         assert {e.name for e in dump if e.eval_index == 1} == {"inp_raw", "patch_bias"}
     comparison = compare_dumps(tmp_path / "python.h5", tmp_path / "native.h5", preset("exact"))
     counts = comparison.counts()

@@ -1,4 +1,4 @@
-"""Commands that read dumps and files: ``ls``, ``show``, ``export``, ``gguf``, ``import-raw``."""
+"""Commands that read dumps and files: ``ls``, ``show``, ``export``, ``gguf``, ``import-raw``, ``import``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from inspector.cli import options
+from inspector.cli.running import echo_progress, stop_on_sigterm
 from inspector.errors import InspectorError
 
 if TYPE_CHECKING:
@@ -163,4 +164,35 @@ def import_raw(file: Path, name: str, dtype: str, ne: str | None, shape: str | N
     click.echo(f"imported {name} {shape_text(array.shape)} {array.dtype} -> {output}", err=True)
 
 
-COMMANDS = (list_tensors, show, export, gguf_command, import_raw)
+@click.command("import")
+@click.argument("folder", type=click.Path(path_type=Path))
+@options.output_file("Dump file to write.", required=True)
+@options.overwrite
+def import_streams(folder: Path, output: Path, overwrite: bool) -> None:
+    """Turn a dump folder the native hook wrote (GGML_INSPECTOR_DIR) into one dump.
+
+    Without exec's socket, the hook writes each process's frames to
+    FOLDER/<pid>.frames: a program run with GGML_INSPECTOR_DIR set, and one
+    with the hook compiled in (hooks/README.md, link-time use). Every
+    stream is read like exec reads its sockets, one process after the
+    other. A stream cut short (the program crashed) keeps every whole frame
+    and leaves the dump marked incomplete, with the reason; a file that is
+    not a stream is refused before anything is written.
+    """
+    from inspector.formatting import human_bytes
+    from inspector.stream_import import import_streams as run_import
+
+    stop_on_sigterm()
+    summary = run_import(folder, output, overwrite=overwrite, progress=echo_progress)
+    for process in summary.processes:
+        click.echo(f"process {process.pid} ({process.argv0}): {process.schedulers} schedulers, "
+                   f"{process.computes} graph computations, {process.tensors} tensors", err=True)
+    for skip in summary.skipped:
+        click.echo(f"note: {skip.name} (eval {skip.eval_index}) was not captured: {skip.reason}", err=True)
+    if summary.incomplete_reason:
+        click.echo(f"warning: the dump is incomplete: {summary.incomplete_reason}", err=True)
+    click.echo(f"imported {summary.tensors} tensors ({human_bytes(summary.bytes)}) from {summary.evaluations} "
+               f"evaluations in {summary.seconds:.2f} s -> {summary.path}", err=True)
+
+
+COMMANDS = (list_tensors, show, export, gguf_command, import_raw, import_streams)

@@ -174,8 +174,7 @@ INPUT_OPTIONS = (
                 metavar="FILE"),
     LlamaOption("images", ("--image",), "Images for the prompt's media markers (<__media__>; without one, a "
                 "marker per image goes in front, as llama-mtmd-cli does). Comma-separated; repeatable.",
-                type=CommaList("FILE,..."), multiple=True, metavar="FILE,...",
-                llama_cpp_flags=("--image", "--audio", "--video")),
+                type=CommaList("FILE,..."), multiple=True, metavar="FILE,..."),
     LlamaOption("mmproj_offload", ("--mmproj-offload",), "Run the projector on the first offload device.",
                 off_flags=("--no-mmproj-offload",), default=True, is_flag=True),
 )

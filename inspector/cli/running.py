@@ -95,25 +95,33 @@ def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path 
     program sets (which still gets every call it asks for, its answers
     honoured), copies the selected tensors at the moment they are computed
     and streams them here. One evaluation per graph computation, tagged with
-    process, scheduler and compute call. The dump records the command line,
+    process, scheduler and compute call; its kind is encode for schedulers
+    libmtmd created (image encoders), decode for libllama's, graph for any
+    other. The dump records the command line,
     the environment variables that matter to ggml and the program's exit
     status; exec exits with that status (128 + N when signal N killed it).
-    A crash, Ctrl-C or a full disk keep what arrived, marked incomplete. A
-    program that computes through another ggml (statically linked, or an
-    incompatible ggml_tensor) runs unhooked and exec says so in one line.
+    A crash, Ctrl-C (exit 130) or a full disk (exit 2, "disk full after N
+    tensors") keep what arrived, marked incomplete; the program runs on to
+    its end. A program that computes through another ggml (statically
+    linked, or an incompatible ggml_tensor) runs unhooked and exec says so
+    in one line, as it does when the hook stops capturing mid-run.
+
+    The hook matches --tensor-filter with the C library's regcomp: POSIX
+    extended regular expressions, not Python's. There is no \\d (write
+    [0-9]), no (?:...) and no lazy *?; [[:digit:]] and friends work. Each
+    pattern is checked before the program starts.
     """
     import sys
 
     from inspector.capture_report import exec_lines
     from inspector.dump_format import Compression
     from inspector.exec_capture import exec_capture
-    from inspector.selection import Selection
 
     storage = Compression.parse(compression)
     output = output or default_output(Path(program[0]).name)
     stop_on_sigterm()
-    summary = exec_capture(list(program), Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
-                           progress=echo_progress, stats_only=stats_only, compression=storage)
+    summary = exec_capture(list(program), globs, regexes, output, overwrite=overwrite, progress=echo_progress,
+                           stats_only=stats_only, compression=storage)
     for line in exec_lines(summary):
         click.echo(line, err=True)
     status = summary.exit_status

@@ -1,9 +1,11 @@
 /* A program that builds its own graph and computes it on its own ggml_backend_sched, with input leafs.
  * z = relu(w x): x is 4x3, w is 4x5, both inputs set after the scheduler allocated them.
- * Usage: own_graph [STOP_AT]: with an argument, the program installs its own eval callback, which asks
- * for every node, counts the calls and stops the compute after the node named STOP_AT.
- * It prints the counts, the compute status and z. */
+ * Usage: own_graph [--repeat N] [STOP_AT]: with STOP_AT, the program installs its own eval callback, which
+ * asks for every node, counts the calls and stops the compute after the node named STOP_AT.  --repeat
+ * computes the same graph N times (N evaluations, the same values each time).
+ * It prints the counts, the last compute's status and z. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ggml-backend.h"
@@ -26,6 +28,12 @@ static bool count_calls(struct ggml_tensor * t, bool ask, void * user_data) {
 }
 
 int main(int argc, char ** argv) {
+    long repeat = 1;
+    if (argc > 2 && strcmp(argv[1], "--repeat") == 0) {
+        repeat = atol(argv[2]);
+        argc -= 2;
+        argv += 2;
+    }
     struct ggml_init_params params = { 16 * ggml_tensor_overhead() + ggml_graph_overhead(), NULL, true };
     struct ggml_context * ctx = ggml_init(params);
     struct ggml_tensor * x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 4, 3);
@@ -60,7 +68,10 @@ int main(int argc, char ** argv) {
     }
     ggml_backend_tensor_set(x, xs, 0, sizeof xs);
     ggml_backend_tensor_set(w, ws, 0, sizeof ws);
-    enum ggml_status status = ggml_backend_sched_graph_compute(sched, graph);
+    enum ggml_status status = GGML_STATUS_SUCCESS;
+    for (long r = 0; r < repeat; r++) {
+        status = ggml_backend_sched_graph_compute(sched, graph);
+    }
     ggml_backend_tensor_get(z, zs, 0, sizeof zs);
     printf("status %d asked %d observed %d z", (int) status, counts.asked, counts.observed);
     for (int i = 0; i < 15; i++) {

@@ -1,0 +1,125 @@
+"""``exec`` under real faults: Ctrl-C to the whole process group, and a full disk (tmpfs or RLIMIT_FSIZE).
+
+The program is ``own_graph --repeat N``: the same small graph computed N
+times, so every evaluation holds the same four tensors, whose values numpy
+gives (``expected_own_graph``).  What arrived before the fault must be in a
+valid dump marked incomplete; the program itself is never stopped by exec's
+trouble.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_exec import compile_program, expected_own_graph
+from test_full_disk import SMALL_DISK, _mount_tmpfs
+
+from inspector import open_dump
+
+NAMES = ["w", "x", "y", "z"]
+
+
+@pytest.fixture(scope="module")
+def own_graph(tmp_path_factory) -> Path:
+    return compile_program("own_graph.c", tmp_path_factory.mktemp("faults"), "ggml", "ggml-base")
+
+
+def exec_command(out: Path, *program: object) -> list[str]:
+    return [sys.executable, "-m", "inspector", "exec", "-o", str(out), "--", *map(str, program)]
+
+
+def environment() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k != "GGML_INSPECTOR_DEBUG"}, "PYTHONUNBUFFERED": "1"}
+
+
+def check_every_tensor(dump) -> None:
+    """Each kept tensor reads back whole, with the values of its name."""
+    values = expected_own_graph()
+    for entry in dump:
+        array = dump.read(entry)
+        if entry.name in ("x", "w"):
+            np.testing.assert_array_equal(array, values[entry.name])
+        else:
+            np.testing.assert_allclose(array, values[entry.name], rtol=1e-6, atol=1e-6)
+
+
+def test_ctrl_c_to_the_process_group_keeps_what_arrived(own_graph, tmp_path):
+    out = tmp_path / "interrupted.h5"
+    # Its own session, so that killpg reaches exec and the program together, as a terminal's Ctrl-C does.
+    process = subprocess.Popen(exec_command(out, own_graph, "--repeat", 10_000_000), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=environment(), start_new_session=True)
+    seen, deadline = [], time.monotonic() + 120
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("evaluation 3 "):
+            break
+        assert time.monotonic() < deadline, "exec never reached evaluation 3"
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, rest = process.communicate(timeout=60)
+    assert process.returncode == 130, "".join(seen) + rest
+    assert "Traceback" not in rest and stdout == ""  # the program was interrupted, not finished
+    errors = [line for line in rest.splitlines() if line.startswith("ggml-inspector: error")]
+    assert len(errors) == 1 and "interrupted; kept" in errors[0] and "marked incomplete" in errors[0], rest
+    kept = int(errors[0].split("kept ")[1].split()[0])
+    with open_dump(out) as dump:
+        assert not dump.complete and dump.incomplete_reason == "interrupted"
+        assert dump.result["signal"] == "SIGINT"
+        assert len(dump) == kept and kept >= 4 * 3  # evaluations 0..2 were whole before the signal
+        evaluations = len(dump.evaluations)
+        assert 4 <= evaluations < 10_000_000
+        # Every evaluation before the last is whole; the last may have been cut by the signal.
+        for index in range(evaluations - 1):
+            assert sorted(e.name for e in dump if e.eval_index == index) == NAMES
+        check_every_tensor(dump)
+
+
+@pytest.fixture(params=["tmpfs", "rlimit"])
+def small_disk(request, tmp_path) -> Iterator[tuple[Path, dict]]:
+    """A folder on a 3 MiB tmpfs, or (without mount rights) exec limited to 3 MiB files."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if request.param == "tmpfs":
+        if not _mount_tmpfs(folder):
+            request.applymarker(pytest.mark.xfail(reason="no mount rights", run=False))
+        try:
+            yield folder, {}
+        finally:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+        return
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (SMALL_DISK, SMALL_DISK))
+
+    yield folder, {"preexec_fn": limit}
+
+
+def test_a_full_disk_stops_the_dump_and_the_program_runs_to_its_end(own_graph, small_disk):
+    folder, popen = small_disk
+    out = folder / "full.h5"
+    repeat = 1500  # about 6 KiB of dump per evaluation: far more than 3 MiB hold
+    result = subprocess.run(exec_command(out, own_graph, "--repeat", repeat), capture_output=True, text=True,
+                            env=environment(), timeout=300, **popen)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "HDF5" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ggml-inspector: error")]
+    assert len(errors) == 1, result.stderr
+    assert ("disk full after" in errors[0] or "file size limit reached after" in errors[0]) and str(out) in errors[0]
+    assert "marked incomplete" in errors[0] and "exit status 0" in errors[0]
+    kept = int(errors[0].split(" after ")[1].split()[0])
+    # The program computed all its graphs and printed its result, unhooked after the disk filled.
+    assert result.stdout.startswith("status 0 asked 0 observed 0 z 0.5 0 0.25000003"), result.stdout
+    with open_dump(out) as dump:
+        assert not dump.complete and f"after {kept} tensors" in dump.incomplete_reason
+        assert dump.result["exit_status"] == 0
+        assert 8 <= len(dump) == kept < 4 * repeat
+        check_every_tensor(dump)
+    assert not list(folder.glob(".*space-reserve"))
