@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ from inspector.runners.llama import LlamaRunConfig
 from inspector.selection import Selection
 
 PROMPT = "Hi, ggml!"
+SMALL_DISK = 3 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +78,36 @@ def rewrite_tensor(path: Path, name: str, change, update_digest: bool = True) ->
                 index[field][row] = getattr(stats, field)
             handle["index"][...] = index
     return values
+
+
+def mount_tmpfs(where: Path) -> bool:
+    """A SMALL_DISK tmpfs on ``where`` (root only)."""
+    if os.geteuid() != 0:
+        return False
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(where)],
+                            capture_output=True)
+    return result.returncode == 0
+
+
+@pytest.fixture(params=["tmpfs", "rlimit"])
+def small_disk(request, tmp_path) -> Iterator[tuple[Path, dict]]:
+    """A folder on a 3 MiB tmpfs, or (without mount rights) a process limited to 3 MiB files: a real full disk.
+
+    Yields the folder and the ``subprocess`` settings that impose the limit.
+    """
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if request.param == "tmpfs":
+        if not mount_tmpfs(folder):
+            # Not root here: the same limit through RLIMIT_FSIZE, which the next parameter covers.
+            request.applymarker(pytest.mark.xfail(reason="no mount rights", run=False))
+        try:
+            yield folder, {}
+        finally:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+        return
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (SMALL_DISK, SMALL_DISK))
+
+    yield folder, {"preexec_fn": limit}

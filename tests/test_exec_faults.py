@@ -10,18 +10,15 @@ trouble.
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_exec import compile_program, expected_own_graph
-from test_full_disk import SMALL_DISK, _mount_tmpfs
 
 from inspector import open_dump
 
@@ -80,26 +77,6 @@ def test_ctrl_c_to_the_process_group_keeps_what_arrived(own_graph, tmp_path):
         for index in range(evaluations - 1):
             assert sorted(e.name for e in dump if e.eval_index == index) == NAMES
         check_every_tensor(dump)
-
-
-@pytest.fixture(params=["tmpfs", "rlimit"])
-def small_disk(request, tmp_path) -> Iterator[tuple[Path, dict]]:
-    """A folder on a 3 MiB tmpfs, or (without mount rights) exec limited to 3 MiB files."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    if request.param == "tmpfs":
-        if not _mount_tmpfs(folder):
-            request.applymarker(pytest.mark.xfail(reason="no mount rights", run=False))
-        try:
-            yield folder, {}
-        finally:
-            subprocess.run(["umount", str(folder)], capture_output=True)
-        return
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (SMALL_DISK, SMALL_DISK))
-
-    yield folder, {"preexec_fn": limit}
 
 
 def test_a_full_disk_stops_the_dump_and_the_program_runs_to_its_end(own_graph, small_disk):

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import mount_tmpfs
 from test_cli import cli
 
 from inspector import open_dump
@@ -25,7 +24,6 @@ from inspector.models import TinyLlamaSpec, write_tiny_llama
 # Wide enough that a capture-all is several MiB: 3 MiB fill up mid-run.
 SPEC = TinyLlamaSpec(n_embd=256, n_ff=512, n_layer=4, seed=9)
 LONG_PROMPT = "Hello there, this is a longer prompt for a fuller graph"
-SMALL_DISK = 3 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -33,33 +31,6 @@ def wide_model(tmp_path_factory) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("wide") / "wide.gguf", SPEC)
 
 
-def _mount_tmpfs(where: Path) -> bool:
-    if os.geteuid() != 0:
-        return False
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(where)],
-                            capture_output=True)
-    return result.returncode == 0
-
-
-@pytest.fixture(params=["tmpfs", "rlimit"])
-def small_disk(request, tmp_path) -> Iterator[tuple[Path, dict]]:
-    """A folder on a 3 MiB tmpfs, or (without mount rights) a process limited to 3 MiB files."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    if request.param == "tmpfs":
-        if not _mount_tmpfs(folder):
-            # Not root here: the same limit through RLIMIT_FSIZE, which the next parameter covers.
-            request.applymarker(pytest.mark.xfail(reason="no mount rights", run=False))
-        try:
-            yield folder, {}
-        finally:
-            subprocess.run(["umount", str(folder)], capture_output=True)
-        return
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (SMALL_DISK, SMALL_DISK))
-
-    yield folder, {"preexec_fn": limit}
 
 
 def run_cli(*args: object, **popen: object) -> subprocess.CompletedProcess[str]:
@@ -103,7 +74,7 @@ def test_hdf5s_own_full_disk_error_leaves_a_valid_dump(tmp_path):
     """Without the writer's space check, HDF5 itself hits ENOSPC: the reserve lets it close cleanly."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    if not _mount_tmpfs(folder):
+    if not mount_tmpfs(folder):
         pytest.xfail("mounting a tmpfs needs root")
     try:
         script = textwrap.dedent(f"""

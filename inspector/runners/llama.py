@@ -359,38 +359,27 @@ class LlamaSession:
         Like llama.cpp, output rows cost a vocabulary-wide matmul each: with
         a 262k vocabulary, logits for every prompt token dominate the run.
         """
-        n = len(token_ids)
-        batch = llama_cpp.llama_batch_init(n, 0, 1)
-        try:
+        def put_tokens(batch: llama_cpp.llama_batch) -> None:
             for i, token in enumerate(token_ids):
                 batch.token[i] = token
-                batch.pos[i] = pos0 + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = i >= n - logit_rows
-            batch.n_tokens = n
-            status = llama_cpp.llama_decode(self.ctx, batch)
-        finally:
-            llama_cpp.llama_batch_free(batch)
-        return self._after_decode(status, logit_rows)
 
-    def _after_decode(self, status: int, logit_rows: int) -> np.ndarray:
-        if self.hook is not None and self.hook.interrupted:
-            raise CaptureInterrupted("capture interrupted")
-        if status != 0:
-            raise InspectorError(f"llama_decode failed with status {status}: {self.log.last_error()}")
-        if not logit_rows:
-            return np.empty((0, self.n_vocab), dtype=np.float32)
-        logits = llama_cpp.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(logits, shape=(logit_rows, self.n_vocab)).copy()
+        return self._decode_batch(len(token_ids), 0, put_tokens, pos0, logit_rows)
 
     def decode_embeddings(self, embeddings: np.ndarray, pos0: int, logit_rows: int) -> np.ndarray:
         """Decode one ubatch of input embeddings (an image's, from the projector), as :meth:`decode` does tokens."""
-        n, width = embeddings.shape
-        batch = llama_cpp.llama_batch_init(n, width, 1)
+        data = np.ascontiguousarray(embeddings, dtype=np.float32)
+
+        def put_embeddings(batch: llama_cpp.llama_batch) -> None:
+            ctypes.memmove(batch.embd, data.ctypes.data, data.nbytes)
+
+        return self._decode_batch(len(data), data.shape[1], put_embeddings, pos0, logit_rows)
+
+    def _decode_batch(self, n: int, embd_width: int, put_inputs: Callable[[llama_cpp.llama_batch], None], pos0: int,
+                      logit_rows: int) -> np.ndarray:
+        """One llama_decode of ``n`` positions from ``pos0`` (tokens, or embeddings ``embd_width`` wide)."""
+        batch = llama_cpp.llama_batch_init(n, embd_width, 1)
         try:
-            ctypes.memmove(batch.embd, np.ascontiguousarray(embeddings, dtype=np.float32).ctypes.data,
-                           embeddings.size * 4)
+            put_inputs(batch)
             for i in range(n):
                 batch.pos[i] = pos0 + i
                 batch.n_seq_id[i] = 1
@@ -400,7 +389,14 @@ class LlamaSession:
             status = llama_cpp.llama_decode(self.ctx, batch)
         finally:
             llama_cpp.llama_batch_free(batch)
-        return self._after_decode(status, logit_rows)
+        if self.hook is not None and self.hook.interrupted:
+            raise CaptureInterrupted("capture interrupted")
+        if status != 0:
+            raise InspectorError(f"llama_decode failed with status {status}: {self.log.last_error()}")
+        if not logit_rows:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        logits = llama_cpp.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(logits, shape=(logit_rows, self.n_vocab)).copy()
 
     def close(self) -> None:
         if self.projector is not None:
