@@ -83,3 +83,5 @@ KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", 
 # -- mllama ------------------------------------------------------------------------
 # "hf-path" mimics transformers' load_image (EXIF rotation, alpha dropped).
 MLLAMA_IMAGE_LOADERS = ("pil", "hf-path")
+# mllama generate: how the language model gets the vision output (late-read: the original port's bug).
+MLLAMA_VISION_OUTPUTS = ("copy", "late-read")

@@ -33,6 +33,7 @@ def hf_model(tmp_path_factory: pytest.TempPathFactory):
         text_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=300, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                          cross_attention_layers=[1], max_position_embeddings=128),
+        image_token_index=300,  # the default 128256 lies outside a 308-row table: convert refuses it
     )
     model = MllamaForConditionalGeneration(config).eval()
     with torch.no_grad():

@@ -12,7 +12,7 @@ import click
 from inspector.cli import options
 from inspector.cli.llama_options import llama_cpp_options
 from inspector.cli.running import echo_progress
-from inspector.constants import DEFAULT_DUMP_DIR
+from inspector.constants import DEFAULT_DUMP_DIR, MLLAMA_VISION_OUTPUTS
 from inspector.errors import InspectorError
 
 tile_size = click.option("--tile-size", default=560, show_default=True)
@@ -95,7 +95,7 @@ def diff_preprocess(image: Path, against: Path, name: str, tile_size: int, max_t
 
 @click.group()
 def mllama() -> None:
-    """Llama 3.2 Vision: convert the vision tower, encode images with build_mllama, scheduler checks."""
+    """Llama 3.2 Vision: convert a checkpoint, encode images with build_mllama, generate, scheduler checks."""
 
 
 @mllama.command("convert")
@@ -104,7 +104,15 @@ def mllama() -> None:
 @click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True)
 @options.overwrite
 def mllama_convert(hf_dir: Path, output: Path, dtype: str, overwrite: bool) -> None:
-    """Convert a Hugging Face Mllama checkpoint's vision tower and projector to GGUF (no torch needed)."""
+    """Convert a whole Hugging Face MllamaForConditionalGeneration checkpoint to one GGUF (no torch needed).
+
+    The file holds the vision tower, the projector and the text model (with the
+    8 embedding rows past vocab_size, the cross-attention gates and q/k norms,
+    and rope_freqs computed from the rope settings), plus tokenizer.json when
+    HF_DIR has one. `mllama encode` reads the same file. A checkpoint without
+    a text model is refused. --dtype f16 stores the matrices in f16 and keeps
+    embeddings, norms, gates and rope_freqs in f32.
+    """
     from inspector.formatting import human_bytes
     from inspector.mllama.convert import convert
 
@@ -182,6 +190,66 @@ def mllama_sched_check(**values: Any) -> None:
     from inspector.mllama.encode_report import sched_check_text
 
     click.echo(sched_check_text(_encode(probes=(), sched_check=True, **values)))
+
+
+@mllama.command("generate")
+@llama_cpp_options(only=("prompt", "token_ids", "n_predict", "n_ctx", "threads", "n_gpu_layers", "rpc", "devices"),
+                   aliases={"n_gpu_layers": ("--offload-layers",)})
+@click.option("--image", type=click.Path(path_type=Path), required=True)
+@options.tensor_selection("default: all.")
+@click.option("--probe", "probes", multiple=True,
+              help="Add a copy of this vision tensor to the vision graph (NAME_copy), as a debugging port would.")
+@click.option("--vision-output", type=click.Choice(MLLAMA_VISION_OUTPUTS), default="copy", show_default=True,
+              help="copy: the vision output is copied out of the scheduler before the text graph is allocated; "
+                   "late-read: the text graph reads it where the vision graph left it (the original port's bug).")
+@options.image_loader
+@options.output_file("Dump file (default: dumps/mllama-generate-<image>.h5).")
+@options.overwrite
+def mllama_generate(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], regexes: tuple[str, ...],
+                    probes: tuple[str, ...], vision_output: str, loader: str, output: Path | None,
+                    overwrite: bool) -> None:
+    """Encode IMAGE, decode a prompt that holds the image token, generate greedily: the whole Llama 3.2 Vision.
+
+    Needs a GGUF of the whole checkpoint (mllama convert). The prompt is
+    --token-ids (the image token, <|image|>, is the first id past the text
+    vocabulary), or -p TEXT with the checkpoint's tokenizer (the tokenizers
+    package). One dump: the vision graph (kind encode), the prompt (kind
+    decode; result_output holds the logits of every prompt position), then
+    one evaluation per generated token (kind generate). Both graphs run on
+    one scheduler; -ngl N puts the first N layers of each (vision encoder
+    and language model) on the offload device (--rpc or -dev).
+
+    --vision-output late-read reproduces the original port's bug on purpose:
+    the language model's cross_attn_states is read from where the vision
+    graph left it, after the text graph was allocated over that memory, so
+    the text depends on --probe and on -ngl. compare COPY.h5 LATE.h5 names
+    cross_attn_states first.
+    """
+    import os
+
+    from inspector.mllama.encode_report import generate_line
+    from inspector.mllama.tokenizer import prompt_token_ids
+    from inspector.runners.mllama_generate import GenerateConfig, generate
+    from inspector.selection import Selection
+
+    rpc = llama_values["rpc"]
+    devices = llama_values["devices"] or []
+    if len(devices) > 1:
+        raise InspectorError("mllama generate offloads to one device; give one -dev name")
+    device = None if devices in ([], ["none"]) else devices[0]
+    layers = llama_values["n_gpu_layers"]
+    offload_layers = layers if isinstance(layers, int) else (EVERY_LAYER if rpc or device or layers == "all" else 0)
+    model = str(llama_values["model"])
+    token_ids = prompt_token_ids(model, llama_values["prompt"], llama_values["token_ids"])
+    n_ctx = llama_values["n_ctx"] or len(token_ids) + max(llama_values["n_predict"], 0)
+    config = GenerateConfig(model=model, image=str(image), token_ids=token_ids,
+                            n_predict=max(llama_values["n_predict"], 0), n_ctx=n_ctx,
+                            threads=llama_values["threads"] or os.cpu_count() or 1, offload_layers=offload_layers,
+                            rpc=rpc, device=device, probes=list(probes), vision_output=vision_output, loader=loader)
+    output = output or Path(DEFAULT_DUMP_DIR) / f"mllama-generate-{image.stem}.h5"
+    summary = generate(config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
+                       progress=echo_progress)
+    click.echo(generate_line(summary), err=True)
 
 
 COMMANDS = (preprocess_command, diff_preprocess, mllama)

@@ -1,16 +1,22 @@
-"""Convert a Hugging Face Mllama checkpoint's vision tower and projector to GGUF, without torch.
+"""Convert a Hugging Face MllamaForConditionalGeneration checkpoint to one GGUF, without torch.
 
-safetensors is read with a small bounded parser (the format is an 8-byte
-header length, a JSON header, then raw little-endian data), so conversion
-needs neither torch nor the safetensors package, and an untrusted file
-cannot make it allocate more than the file holds.
+The GGUF holds the vision tower, the projector and the text model (layout in
+``docs/mllama.md`` and ``gguf_layout``), plus the checkpoint's tokenizer.json
+when it has one.  safetensors is read with a small bounded parser (the format
+is an 8-byte header length, a JSON header, then raw little-endian data), so
+conversion needs neither torch nor the safetensors package, and an untrusted
+file cannot make it read outside the file.  Tensors are read one at a time
+while the GGUF is written, so a checkpoint never has to fit in memory twice.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +28,46 @@ from inspector.mllama import gguf_layout as L
 from inspector.mllama.preprocess import CLIP_MEAN, CLIP_STD
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
 SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+ROPE_TYPES = ("default", "llama3")
+# MllamaTextConfig's defaults (transformers), used where config.json leaves a setting out, as transformers does.
+TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 40, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "intermediate_size": 14336, "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 131072, "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38],
+}
+DEFAULT_ROPE_THETA = 500000.0
 
 
-def read_safetensors(path: Path, wanted: set[str] | None = None) -> dict[str, np.ndarray]:
-    """Tensors of one .safetensors file as float32 numpy arrays (bf16 widened exactly)."""
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a safetensors file, read (and widened to float32) only when ``load`` is called."""
+
+    path: Path
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in the file
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def load(self) -> np.ndarray:
+        element = np.dtype(SAFETENSORS_DTYPES[self.dtype])
+        count = math.prod(self.shape)
+        raw = np.fromfile(self.path, dtype=element, count=count, offset=self.offset)
+        if raw.size != count:
+            raise InspectorError(f"{self.path}: tensor {self.name} is truncated")
+        raw = raw.reshape(self.shape)
+        if self.dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32)
+
+
+def open_safetensors(path: Path, wanted: set[str] | None = None) -> dict[str, StoredTensor]:
+    """The tensors of one .safetensors file (validated against the file's size), not yet read."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
@@ -39,75 +80,279 @@ def read_safetensors(path: Path, wanted: set[str] | None = None) -> dict[str, np
             header = json.loads(handle.read(header_size))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InspectorError(f"{path} is not a safetensors file (bad header)") from None
+    if not isinstance(header, dict):
+        raise InspectorError(f"{path} is not a safetensors file (bad header)")
     data_start = 8 + header_size
-    mapped = np.memmap(path, dtype=np.uint8, mode="r")
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__" or (wanted is not None and name not in wanted):
             continue
-        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        try:
+            kind = info["dtype"]
+            begin, end = (int(v) for v in info["data_offsets"])
+            shape = tuple(int(v) for v in info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise InspectorError(f"{path}: tensor {name} has a malformed header entry") from None
+        dtype = SAFETENSORS_DTYPES.get(kind)
         if dtype is None:
-            raise InspectorError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
-        begin, end = (int(v) for v in info["data_offsets"])
-        shape = tuple(int(v) for v in info["shape"])
-        element = np.dtype(dtype)
-        if not 0 <= begin <= end <= size - data_start or end - begin != int(np.prod(shape)) * element.itemsize:
+            raise InspectorError(f"{path}: tensor {name} has unsupported dtype {kind}")
+        if (any(n < 0 for n in shape) or not 0 <= begin <= end <= size - data_start
+                or end - begin != math.prod(shape) * np.dtype(dtype).itemsize):
             raise InspectorError(f"{path}: tensor {name} has inconsistent offsets (truncated file?)")
-        raw = mapped[data_start + begin:data_start + end].view(element).reshape(shape)
-        if info["dtype"] == "BF16":
-            tensors[name] = (raw.astype(np.uint32) << 16).view(np.float32)
-        else:
-            tensors[name] = raw.astype(np.float32)
+        tensors[name] = StoredTensor(path, name, kind, shape, data_start + begin)
     return tensors
 
 
-def read_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """config.json and the vision/projector tensors of an HF Mllama folder (single or sharded)."""
+def read_safetensors(path: Path, wanted: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Tensors of one .safetensors file as float32 numpy arrays (bf16 widened exactly)."""
+    return {name: tensor.load() for name, tensor in open_safetensors(path, wanted).items()}
+
+
+def read_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, StoredTensor]]:
+    """config.json and the model's tensors (unread) of an HF Mllama folder (single or sharded)."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise InspectorError(f"{folder} has no config.json: not a Hugging Face checkpoint folder")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InspectorError(f"{config_path} is not valid JSON: {error}") from None
-    if config.get("model_type") != "mllama":
-        raise InspectorError(f"{folder} holds a {config.get('model_type')!r} model, not mllama")
+    if not isinstance(config, dict) or config.get("model_type") != "mllama":
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise InspectorError(f"{folder} holds a {found!r} model, not mllama")
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise InspectorError(f"{folder} has no .safetensors files")
-    tensors: dict[str, np.ndarray] = {}
+    tensors: dict[str, StoredTensor] = {}
     for file in files:
-        header_names = _names(file)
-        wanted = {name for name in header_names if L.gguf_name(name) is not None}
-        tensors.update(read_safetensors(file, wanted))
+        for name, tensor in open_safetensors(file).items():
+            if L.gguf_name(name) is not None:
+                tensors[name] = tensor
     return config, tensors
 
 
-def _names(path: Path) -> list[str]:
+def read_tokenizer_json(folder: str | os.PathLike[str]) -> str | None:
+    """The text of the folder's tokenizer.json (a JSON object, at most 64 MiB), or None when there is none."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        return None
     with open(path, "rb") as handle:
-        header_size = struct.unpack("<Q", handle.read(8))[0]
-        if header_size > min(MAX_HEADER_BYTES, path.stat().st_size - 8):
-            raise InspectorError(f"{path} is not a safetensors file")
-        return [n for n in json.loads(handle.read(header_size)) if n != "__metadata__"]
+        data = handle.read(MAX_TOKENIZER_BYTES + 1)
+    if len(data) > MAX_TOKENIZER_BYTES:
+        raise InspectorError(f"{path} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB")
+    try:
+        text = data.decode("utf-8")
+        document = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InspectorError(f"{path} is not valid UTF-8 JSON") from None
+    if not isinstance(document, dict):
+        raise InspectorError(f"{path} is not a JSON object")
+    return text
 
 
-def write_gguf(config: dict[str, Any], tensors: dict[str, np.ndarray], output: str | os.PathLike[str],
-               dtype: str = "f32") -> Path:
-    """Write the vision tower + projector GGUF (layout in docs/mllama.md)."""
-    if dtype not in ("f32", "f16"):
-        raise InspectorError("--dtype must be f32 or f16")
+# --- text model settings -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RopeSettings:
+    kind: str  # "default" or "llama3"
+    theta: float
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 1.0
+    original_context: int = 0
+
+
+def rope_settings(text: dict[str, Any]) -> RopeSettings:
+    """RoPE settings from ``rope_parameters`` (transformers 5.x) or ``rope_scaling`` + ``rope_theta`` (older)."""
+    params = text.get("rope_parameters")
+    if params is None:
+        params = text.get("rope_scaling") or {}
+    if not isinstance(params, dict):
+        raise InspectorError("text_config's rope settings are not a JSON object")
+    kind = params.get("rope_type", params.get("type", "default"))
+    theta = params.get("rope_theta", text.get("rope_theta", DEFAULT_ROPE_THETA))
+    if kind not in ROPE_TYPES:
+        raise InspectorError(f"text_config has rope_type {kind!r}; only {' and '.join(ROPE_TYPES)} are supported")
+    try:
+        theta = float(theta)
+        if kind == "default":
+            settings = RopeSettings("default", theta)
+        else:
+            settings = RopeSettings("llama3", theta, float(params["factor"]), float(params["low_freq_factor"]),
+                                    float(params["high_freq_factor"]),
+                                    int(params["original_max_position_embeddings"]))
+    except KeyError as error:
+        raise InspectorError(f"text_config's llama3 rope settings lack {error.args[0]!r}") from None
+    except (TypeError, ValueError) as error:
+        raise InspectorError(f"text_config's rope settings are not numbers: {error}") from None
+    usable = math.isfinite(settings.theta) and settings.theta > 0
+    if kind == "llama3":
+        usable = usable and (0 < settings.factor < math.inf and 0 < settings.low_freq_factor
+                             < settings.high_freq_factor < math.inf and settings.original_context > 0)
+    if not usable:
+        raise InspectorError(f"text_config has unusable {kind} rope settings: theta {settings.theta}, factor "
+                             f"{settings.factor}, low/high_freq_factor {settings.low_freq_factor}/"
+                             f"{settings.high_freq_factor}, original_max_position_embeddings "
+                             f"{settings.original_context}")
+    return settings
+
+
+def rope_freq_factors(head_dim: int, rope: RopeSettings) -> np.ndarray:
+    """llama.cpp's ``rope_freqs`` (head_dim/2 values): ggml divides each pair's angle by its factor.
+
+    Llama 3 scaling (transformers' ``_compute_llama3_parameters``): 1 for wavelengths below
+    ``old_ctx / high_freq_factor``, ``factor`` above ``old_ctx / low_freq_factor``, and
+    ``1 / ((1 - smooth) / factor + smooth)`` between.  Default RoPE: all 1.
+    """
+    half = head_dim // 2
+    if rope.kind == "default":
+        return np.ones(half, dtype=np.float32)
+    inv = 1.0 / rope.theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * math.pi / inv
+    low_wavelen = rope.original_context / rope.low_freq_factor
+    high_wavelen = rope.original_context / rope.high_freq_factor
+    smooth = (rope.original_context / wavelen - rope.low_freq_factor) / (rope.high_freq_factor
+                                                                        - rope.low_freq_factor)
+    between = 1.0 / ((1 - smooth) / rope.factor + smooth)
+    factors = np.where(wavelen < high_wavelen, 1.0, np.where(wavelen > low_wavelen, rope.factor, between))
+    return factors.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    vocab: int
+    context: int
+    hidden: int
+    layers: int
+    ffn: int
+    heads: int
+    heads_kv: int
+    eps: float
+    cross_layers: tuple[int, ...]
+    image_token: int
+    bos: int | None
+    eos: int | None
+    rope: RopeSettings
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def shape(self, part: str) -> tuple[int, ...]:
+        """The HF (numpy) shape of a text part (see gguf_layout.text_part)."""
+        h, d = self.hidden, self.head_dim
+        fixed = {"embed_tokens.weight": (self.vocab + L.EXTRA_EMBEDDING_ROWS, h), "norm.weight": (h,),
+                 "lm_head.weight": (self.vocab, h)}
+        if part in fixed:
+            return fixed[part]
+        leaf = part.split(".", 2)[2]
+        if leaf.endswith("_gate"):
+            return (1,)
+        if leaf.endswith(("layernorm.weight",)):
+            return (h,)
+        if leaf.endswith(("q_norm.weight", "k_norm.weight")):
+            return (d,)
+        if leaf.endswith(("gate_proj.weight", "up_proj.weight")):
+            return (self.ffn, h)
+        if leaf.endswith("down_proj.weight"):
+            return (h, self.ffn)
+        if leaf.endswith(("k_proj.weight", "v_proj.weight")):
+            return (self.heads_kv * d, h)
+        return (self.heads * d, h) if leaf.endswith("q_proj.weight") else (h, self.heads * d)
+
+
+def _token_id(value: Any, what: str) -> int | None:
+    if isinstance(value, list):  # eos_token_id may list several ids: the GGUF key holds the first
+        value = value[0] if value else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 32:
+        raise InspectorError(f"text_config has an unusable {what} {value!r}")
+    return value
+
+
+def text_layout(config: dict[str, Any]) -> TextLayout:
+    """The text model's settings from config.json (transformers' defaults where it leaves one out), checked."""
+    text = config.get("text_config")
+    if not isinstance(text, dict):
+        raise InspectorError("config.json has no text_config")
+    settings = {**TEXT_DEFAULTS, **{k: v for k, v in text.items() if k in TEXT_DEFAULTS and v is not None}}
+    try:
+        ints = {key: int(settings[key]) for key in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                    "num_attention_heads", "num_key_value_heads",
+                                                    "intermediate_size", "max_position_embeddings")}
+        eps = float(settings["rms_norm_eps"])
+        cross = tuple(int(i) for i in settings["cross_attention_layers"])
+    except (TypeError, ValueError) as error:
+        raise InspectorError(f"text_config has a setting that is not a number: {error}") from None
+    if any(value <= 0 for value in ints.values()):
+        raise InspectorError(f"text_config has a size that is not positive: {ints}")
+    hidden, heads, heads_kv = ints["hidden_size"], ints["num_attention_heads"], ints["num_key_value_heads"]
+    if hidden % heads or heads % heads_kv or (hidden // heads) % 2:
+        raise InspectorError(f"text_config: hidden_size {hidden}, {heads} heads and {heads_kv} kv heads do not "
+                             "give an even head size shared by whole groups")
+    layers = ints["num_hidden_layers"]
+    if len(set(cross)) != len(cross) or any(not 0 <= i < layers for i in cross):
+        raise InspectorError(f"text_config.cross_attention_layers {list(cross)} are not distinct layers of "
+                             f"0..{layers - 1}")
+    vocab = ints["vocab_size"]
+    rows = vocab + L.EXTRA_EMBEDDING_ROWS
+    image_token = config.get("image_token_index", config.get("image_token_id", vocab))
+    if isinstance(image_token, bool) or not isinstance(image_token, int) or not 0 <= image_token < rows:
+        raise InspectorError(f"image_token_index {image_token!r} is outside the text model's {rows}-row "
+                             f"embedding table (vocab_size {vocab} + {L.EXTRA_EMBEDDING_ROWS})")
+    return TextLayout(vocab=vocab, context=ints["max_position_embeddings"], hidden=hidden, layers=layers,
+                      ffn=ints["intermediate_size"], heads=heads, heads_kv=heads_kv, eps=eps,
+                      cross_layers=tuple(sorted(cross)), image_token=image_token,
+                      bos=_token_id(text.get("bos_token_id"), "bos_token_id"),
+                      eos=_token_id(text.get("eos_token_id"), "eos_token_id"), rope=rope_settings(text))
+
+
+def _text_tensors(layout: TextLayout, found: dict[str, tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """(GGUF name, tensor) of the whole text model in file order, every name and shape checked."""
+    on_disk = any(hf.startswith("language_model.") for hf, _ in found.values())
+    expected = L.text_parts(layout.layers, frozenset(layout.cross_layers))
+    ordered = []
+    for part in expected:
+        name = L.text_gguf_name(part)
+        if name not in found:
+            hf = (L.TEXT_HEAD_ON_DISK if on_disk else L.TEXT_HEAD_IN_MEMORY) if part == "lm_head.weight" else \
+                (L.TEXT_PREFIX_ON_DISK if on_disk else L.TEXT_PREFIX_IN_MEMORY) + part
+            raise InspectorError(f"the checkpoint lacks text tensor {hf} (text_config: {layout.layers} layers, "
+                                 f"cross-attention layers {list(layout.cross_layers)})")
+        hf, tensor = found[name]
+        if tuple(tensor.shape) != layout.shape(part):
+            raise InspectorError(f"text tensor {hf} has shape {tuple(tensor.shape)}, text_config says "
+                                 f"{layout.shape(part)}")
+        ordered.append((name, tensor))
+        if name == L.TOKEN_EMBD:
+            ordered.append((L.ROPE_FREQS, rope_freq_factors(layout.head_dim, layout.rope)))
+    wanted = {name for name, _ in ordered}
+    for name, (hf, _) in found.items():
+        if L.is_text_tensor(name) and name not in wanted:
+            raise InspectorError(f"text tensor {hf} does not fit text_config ({layout.layers} layers, "
+                                 f"cross-attention layers {list(layout.cross_layers)})")
+    return ordered
+
+
+# --- writing -------------------------------------------------------------------------------------------
+
+
+def _as_array(tensor: Any) -> np.ndarray:
+    return tensor.load() if isinstance(tensor, StoredTensor) else np.asarray(tensor, dtype=np.float32)
+
+
+def _add_vision_keys(writer: GGUFWriter, config: dict[str, Any]) -> None:
     vision = config.get("vision_config", {})
     text = config.get("text_config", {})
     try:
-        hidden = int(vision["hidden_size"])
-        writer = GGUFWriter(str(output), L.ARCH)
-        writer.add_name(config.get("_name_or_path") or "mllama-vision")
         writer.add_uint32(L.KEY_IMAGE_SIZE, int(vision["image_size"]))
         writer.add_uint32(L.KEY_PATCH_SIZE, int(vision["patch_size"]))
         writer.add_uint32(L.KEY_MAX_TILES, int(vision["max_num_tiles"]))
         writer.add_uint32(L.KEY_CHANNELS, int(vision.get("num_channels", 3)))
-        writer.add_uint32(L.KEY_HIDDEN, hidden)
+        writer.add_uint32(L.KEY_HIDDEN, int(vision["hidden_size"]))
         writer.add_uint32(L.KEY_FFN, int(vision["intermediate_size"]))
         writer.add_uint32(L.KEY_HEADS, int(vision["attention_heads"]))
         writer.add_float32(L.KEY_EPS, float(vision.get("norm_eps", 1e-5)))
@@ -120,23 +365,92 @@ def write_gguf(config: dict[str, Any], tensors: dict[str, np.ndarray], output: s
         writer.add_array(L.KEY_IMAGE_STD, list(CLIP_STD))
     except (KeyError, TypeError, ValueError) as error:
         raise InspectorError(f"config.json lacks a vision/text setting the converter needs: {error}") from None
-    written = 0
-    for hf_name, array in sorted(tensors.items()):
+
+
+def _add_text_keys(writer: GGUFWriter, layout: TextLayout, tokenizer_json: str | None) -> None:
+    writer.add_uint32(L.KEY_TEXT_VOCAB, layout.vocab)
+    writer.add_uint32(L.KEY_TEXT_CONTEXT, layout.context)
+    writer.add_uint32(L.KEY_TEXT_HIDDEN, layout.hidden)
+    writer.add_uint32(L.KEY_TEXT_LAYERS, layout.layers)
+    writer.add_uint32(L.KEY_TEXT_FFN, layout.ffn)
+    writer.add_uint32(L.KEY_TEXT_HEADS, layout.heads)
+    writer.add_uint32(L.KEY_TEXT_HEADS_KV, layout.heads_kv)
+    writer.add_float32(L.KEY_TEXT_EPS, layout.eps)
+    writer.add_float32(L.KEY_TEXT_ROPE_BASE, layout.rope.theta)
+    writer.add_uint32(L.KEY_TEXT_ROPE_DIMS, layout.head_dim)
+    writer.add_string(L.KEY_TEXT_ROPE_SCALING, layout.rope.kind)
+    writer.add_array(L.KEY_CROSS_LAYERS, list(layout.cross_layers))
+    writer.add_uint32(L.KEY_IMAGE_TOKEN, layout.image_token)
+    if layout.bos is not None:
+        writer.add_bos_token_id(layout.bos)
+    if layout.eos is not None:
+        writer.add_eos_token_id(layout.eos)
+    if tokenizer_json is not None:
+        writer.add_string(L.KEY_TOKENIZER_JSON, tokenizer_json)
+
+
+def write_gguf(config: dict[str, Any], tensors: Mapping[str, Any], output: str | os.PathLike[str],
+               dtype: str = "f32", tokenizer_json: str | None = None) -> Path:
+    """Write the GGUF (layout in docs/mllama.md) from HF-named tensors (numpy arrays or StoredTensor).
+
+    With text-model tensors among them the file is a whole model (architecture ``mllama``: vision,
+    projector, text model and rope_freqs, all checked against config.json); without, a vision tower +
+    projector file (``mllama_vision``), as the tiny demo model writes.
+    """
+    if dtype not in ("f32", "f16"):
+        raise InspectorError("--dtype must be f32 or f16")
+    found: dict[str, tuple[str, Any]] = {}
+    for hf_name in sorted(tensors):
         name = L.gguf_name(hf_name)
         if name is None:
             continue
-        matrix = array.ndim >= 2 and not name.endswith(("_embd", "pos_embd"))
-        writer.add_tensor(name, array.astype(np.float16 if dtype == "f16" and matrix else np.float32))
-        written += 1
-    if written == 0:
-        raise InspectorError("no vision_model.* or multi_modal_projector.* tensors found")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+        if name in found:
+            raise InspectorError(f"the checkpoint holds both {found[name][0]} and {hf_name}")
+        found[name] = (hf_name, tensors[hf_name])
+    vision = [(name, tensor) for name, (_, tensor) in found.items() if not L.is_text_tensor(name)]
+    if not any(name.startswith("v.") for name, _ in vision):
+        raise InspectorError("the checkpoint has no vision model: no vision_model.* tensors found")
+    whole = any(L.is_text_tensor(name) for name in found)
+    layout = text_layout(config) if whole else None
+    ordered = (_text_tensors(layout, found) if layout else []) + vision
+
+    writer = GGUFWriter(str(output), L.TEXT_ARCH if whole else L.ARCH)
+    writer.add_name(config.get("_name_or_path") or ("mllama" if whole else "mllama-vision"))
+    _add_vision_keys(writer, config)
+    if layout is not None:
+        _add_text_keys(writer, layout, tokenizer_json)
+    plan = []
+    for name, tensor in ordered:
+        if L.is_text_tensor(name):
+            matrix = len(tensor.shape) >= 2 and name != L.TOKEN_EMBD
+        else:
+            matrix = len(tensor.shape) >= 2 and not name.endswith(("_embd", "pos_embd"))
+        stored = np.dtype(np.float16 if dtype == "f16" and matrix else np.float32)
+        shape = tuple(int(n) for n in tensor.shape)
+        writer.add_tensor_info(name, shape, stored, math.prod(shape) * stored.itemsize)
+        plan.append((tensor, stored))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor, stored in plan:
+            writer.write_tensor_data(_as_array(tensor).astype(stored))
+        writer.close()
+    except BaseException:
+        try:
+            writer.close()
+        finally:
+            Path(output).unlink(missing_ok=True)  # no half-written GGUF
+        raise
     return Path(output)
 
 
 def convert(folder: str | os.PathLike[str], output: str | os.PathLike[str], dtype: str = "f32") -> Path:
+    """The whole checkpoint (vision, projector, text model, tokenizer.json if present) as one GGUF."""
     config, tensors = read_checkpoint(folder)
-    return write_gguf(config, tensors, output, dtype)
+    if not any(L.is_text_tensor(L.gguf_name(name)) for name in tensors):
+        raise InspectorError(f"{folder} has no text model: its safetensors hold no language_model.* tensors "
+                             "(mllama convert needs the whole MllamaForConditionalGeneration checkpoint)")
+    if not isinstance(config.get("text_config"), dict):
+        raise InspectorError(f"{folder}/config.json has no text_config")
+    return write_gguf(config, tensors, output, dtype, read_tokenizer_json(folder))

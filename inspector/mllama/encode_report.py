@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from inspector.formatting import human_bytes, number, table
 from inspector.runners.mllama import EncodeSummary
+from inspector.runners.mllama_generate import GenerateSummary
 
 
 def encode_line(summary: EncodeSummary) -> str:
@@ -34,3 +35,9 @@ def sched_check_text(summary: EncodeSummary) -> str:
     lines += [f"{buffer.backend} compute buffer: {human_bytes(buffer.after_own_graph)} after its own graph, "
               f"{human_bytes(buffer.after_next_graph)} after the next graph" for buffer in summary.compute_buffers]
     return "\n".join(lines)
+
+
+def generate_line(summary: GenerateSummary) -> str:
+    placed = sorted(set(summary.placement.values()))
+    return (f"generated {summary.generated_ids}; captured {summary.tensors} tensors in {summary.seconds:.2f} s "
+            f"(weights on {', '.join(placed)}) -> {summary.path}")

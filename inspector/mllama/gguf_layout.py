@@ -1,8 +1,11 @@
-"""The GGUF layout of an mllama vision tower + projector, and its Hugging Face names.
+"""The GGUF layout of an mllama checkpoint, and its Hugging Face names.
 
 GGUF tensor names must fit ggml's 63 characters, so HF parameter names are
-shortened by the table below (``docs/mllama.md`` documents it).  Keys live
-under the architecture ``mllama_vision``.
+shortened by the tables below (``docs/mllama.md`` documents them).  The
+vision tower and projector (``v.*``, ``mm.*``) keep their keys under
+``mllama_vision.*``; a whole-model file (architecture ``mllama``) adds the
+text model under the names of Ollama's llama.cpp mllama patch (``token_embd``,
+``blk.N.*``, ``output*``, ``rope_freqs``) and its keys under ``mllama.*``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,32 @@ KEY_ASPECT_RATIOS = f"{ARCH}.supported_aspect_ratios"
 KEY_PROJECTION_DIM = f"{ARCH}.projection_dim"
 KEY_IMAGE_MEAN = f"{ARCH}.image_mean"
 KEY_IMAGE_STD = f"{ARCH}.image_std"
+
+# The whole model: general.architecture of a file with the text model too.
+TEXT_ARCH = "mllama"
+KEY_TEXT_VOCAB = f"{TEXT_ARCH}.vocab_size"  # text vocab_size = logits rows (token_embd has 8 more)
+KEY_TEXT_CONTEXT = f"{TEXT_ARCH}.context_length"
+KEY_TEXT_HIDDEN = f"{TEXT_ARCH}.embedding_length"
+KEY_TEXT_LAYERS = f"{TEXT_ARCH}.block_count"
+KEY_TEXT_FFN = f"{TEXT_ARCH}.feed_forward_length"
+KEY_TEXT_HEADS = f"{TEXT_ARCH}.attention.head_count"
+KEY_TEXT_HEADS_KV = f"{TEXT_ARCH}.attention.head_count_kv"
+KEY_TEXT_EPS = f"{TEXT_ARCH}.attention.layer_norm_rms_epsilon"
+KEY_TEXT_ROPE_BASE = f"{TEXT_ARCH}.rope.freq_base"
+KEY_TEXT_ROPE_DIMS = f"{TEXT_ARCH}.rope.dimension_count"
+KEY_TEXT_ROPE_SCALING = f"{TEXT_ARCH}.rope.scaling.type"  # "llama3" or "default"
+KEY_CROSS_LAYERS = f"{TEXT_ARCH}.attention.cross_attention_layers"
+KEY_IMAGE_TOKEN = f"{TEXT_ARCH}.image_token_id"
+KEY_BOS = "tokenizer.ggml.bos_token_id"
+KEY_EOS = "tokenizer.ggml.eos_token_id"
+KEY_TOKENIZER_JSON = "tokenizer.huggingface.json"
+# Rows of token_embd beyond vocab_size (the image token is row vocab_size).
+EXTRA_EMBEDDING_ROWS = 8
+
+TOKEN_EMBD = "token_embd.weight"
+OUTPUT_NORM = "output_norm.weight"
+OUTPUT = "output.weight"
+ROPE_FREQS = "rope_freqs.weight"
 
 _FIXED = {
     "vision_model.patch_embedding.weight": "v.patch_embd.weight",
@@ -62,8 +91,86 @@ _LAYER_PARTS = {
 _LAYER = re.compile(r"^vision_model\.(transformer|global_transformer)\.layers\.(\d+)\.(.+)$")
 
 
+# Text model: names below the language-model prefix (see text_part).
+_TEXT_FIXED = {
+    "embed_tokens.weight": TOKEN_EMBD,
+    "norm.weight": OUTPUT_NORM,
+    "lm_head.weight": OUTPUT,
+}
+_TEXT_COMMON_PARTS = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+TEXT_SELF_PARTS = {
+    **_TEXT_COMMON_PARTS,
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+}
+TEXT_CROSS_PARTS = {
+    **_TEXT_COMMON_PARTS,
+    "cross_attn.q_proj.weight": "cross_attn_q_proj.weight",
+    "cross_attn.k_proj.weight": "cross_attn_k_proj.weight",
+    "cross_attn.v_proj.weight": "cross_attn_v_proj.weight",
+    "cross_attn.o_proj.weight": "cross_attn_o_proj.weight",
+    "cross_attn.q_norm.weight": "cross_attn_q_norm.weight",
+    "cross_attn.k_norm.weight": "cross_attn_k_norm.weight",
+    "cross_attn_attn_gate": "cross_attn_attn_gate",
+    "cross_attn_mlp_gate": "cross_attn_mlp_gate",
+}
+_TEXT_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+# On disk (save_pretrained, the hub checkpoint) and in memory (state_dict()) prefixes.
+TEXT_PREFIX_ON_DISK = "language_model.model."
+TEXT_HEAD_ON_DISK = "language_model.lm_head.weight"
+TEXT_PREFIX_IN_MEMORY = "model.language_model."
+TEXT_HEAD_IN_MEMORY = "lm_head.weight"
+
+
+def text_part(hf_name: str) -> str | None:
+    """The text-model name below its prefix (``layers.1.cross_attn_mlp_gate``, ``lm_head.weight``), or None.
+
+    Accepts the on-disk ``language_model.model.*`` / ``language_model.lm_head.weight`` and the in-memory
+    ``model.language_model.*`` / ``lm_head.weight``.
+    """
+    if hf_name in (TEXT_HEAD_ON_DISK, TEXT_HEAD_IN_MEMORY):
+        return "lm_head.weight"
+    for prefix in (TEXT_PREFIX_ON_DISK, TEXT_PREFIX_IN_MEMORY):
+        if hf_name.startswith(prefix):
+            return hf_name[len(prefix):]
+    return None
+
+
+def text_gguf_name(part: str) -> str | None:
+    """GGUF name of a text-model part (see text_part), or None if not one the text model has."""
+    if part in _TEXT_FIXED:
+        return _TEXT_FIXED[part]
+    match = _TEXT_LAYER.match(part)
+    if match:
+        leaf = match.group(2)
+        mapped = TEXT_SELF_PARTS.get(leaf) or TEXT_CROSS_PARTS.get(leaf)
+        if mapped is not None:
+            return f"{text_layer_prefix(int(match.group(1)))}{mapped}"
+    return None
+
+
+def text_parts(n_layers: int, cross_layers: set[int] | frozenset[int]) -> list[str]:
+    """Every text-model part a checkpoint with this config must hold (text_part names), in file order."""
+    parts = ["embed_tokens.weight"]
+    for index in range(n_layers):
+        table = TEXT_CROSS_PARTS if index in cross_layers else TEXT_SELF_PARTS
+        parts.extend(f"layers.{index}.{leaf}" for leaf in table)
+    return parts + ["norm.weight", "lm_head.weight"]
+
+
 def gguf_name(hf_name: str) -> str | None:
-    """The GGUF name of an HF parameter (``model.`` prefix optional), or None if not part of the tower."""
+    """The GGUF name of an HF parameter (``model.`` prefix optional), or None if not part of the model."""
+    part = text_part(hf_name)
+    if part is not None:
+        return text_gguf_name(part)
     name = hf_name.removeprefix("model.")
     if name in _FIXED:
         return _FIXED[name]
@@ -74,5 +181,14 @@ def gguf_name(hf_name: str) -> str | None:
     return None
 
 
+def is_text_tensor(gguf: str) -> bool:
+    """True for a text-model GGUF name (vision and projector names start with ``v.`` / ``mm.``)."""
+    return not gguf.startswith(("v.", "mm."))
+
+
 def layer_prefix(global_layer: bool, index: int) -> str:
     return f"v.{'gblk' if global_layer else 'blk'}.{index}."
+
+
+def text_layer_prefix(index: int) -> str:
+    return f"blk.{index}."

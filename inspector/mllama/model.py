@@ -10,18 +10,17 @@ multiple of 8, ``T`` max tiles, ``N = T * Pp`` the sequence length.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from inspector import gguf_info
 from inspector.errors import InspectorError, ModelError
+from inspector.ggml.buffers import BackendTensors
 from inspector.ggml.graph import (
-    GGML_BACKEND_BUFFER_USAGE_WEIGHTS,
     Backend,
     Context,
-    set_data,
 )
 from inspector.ggml.tensor import Tensor
 from inspector.mllama import gguf_layout as L
@@ -73,9 +72,10 @@ def read_hparams(reader) -> VisionHParams:
             raise ModelError(f"the GGUF has no {key}: not an mllama vision GGUF (ggml-inspector mllama convert)")
         return found
 
-    if gguf_info.field_value(reader, "general.architecture") != L.ARCH:
-        raise ModelError(f"the GGUF's architecture is not {L.ARCH!r}; convert a checkpoint with "
-                         "'ggml-inspector mllama convert'")
+    architecture = gguf_info.field_value(reader, "general.architecture")
+    if architecture not in (L.TEXT_ARCH, L.ARCH):
+        raise ModelError(f"the GGUF's architecture is {architecture!r}, not {L.TEXT_ARCH!r} or {L.ARCH!r}; "
+                         "convert a checkpoint with 'ggml-inspector mllama convert'")
     intermediate = reader.get_field(L.KEY_INTERMEDIATE)
     return VisionHParams(
         image_size=int(value(L.KEY_IMAGE_SIZE)), patch_size=int(value(L.KEY_PATCH_SIZE)),
@@ -87,35 +87,17 @@ def read_hparams(reader) -> VisionHParams:
     )
 
 
-@dataclass
-class VisionWeights:
-    """The GGUF's tensors, allocated in backend buffers; layers below ``offload_layers`` on ``offload``."""
+@dataclass(kw_only=True)
+class VisionWeights(BackendTensors):
+    """The vision tower's and projector's tensors; layers below ``offload_layers`` on the offload backend."""
 
     hparams: VisionHParams
-    tensors: dict[str, int]
-    placement: dict[str, str]
-    contexts: list[Context] = field(default_factory=list)
-    buffers: list[int] = field(default_factory=list)
-
-    def __getitem__(self, name: str) -> int:
-        try:
-            return self.tensors[name]
-        except KeyError:
-            raise ModelError(f"the GGUF lacks tensor {name!r}") from None
-
-    def free(self) -> None:
-        for buffer in self.buffers:
-            self.contexts[0].lib.base.ggml_backend_buffer_free(buffer)
-        for context in self.contexts:
-            context.free()
-        self.buffers.clear()
-        self.contexts.clear()
 
 
 def _on_offload(name: str, offload_layers: int) -> bool:
-    """Local layers 0..n-1 go to the offload backend, like llama.cpp's n_gpu_layers."""
+    """Local vision layers ``v.blk.0..n-1`` go to the offload backend, like llama.cpp's n_gpu_layers."""
     parts = name.split(".")
-    return len(parts) > 2 and parts[1] == "blk" and int(parts[2]) < offload_layers
+    return len(parts) > 2 and parts[0] == "v" and parts[1] == "blk" and int(parts[2]) < offload_layers
 
 
 def load_weights(path: str | Path, cpu: Backend, offload: Backend | None = None,
@@ -123,31 +105,10 @@ def load_weights(path: str | Path, cpu: Backend, offload: Backend | None = None,
     """Read the GGUF (validated) and upload its tensors to the CPU and, optionally, an offload backend."""
     reader = gguf_info.open_gguf(path)
     hparams = read_hparams(reader)
-    groups: dict[str, list] = {"cpu": [], "offload": []}
-    for tensor in reader.tensors:
-        target = "offload" if offload is not None and _on_offload(tensor.name, offload_layers) else "cpu"
-        groups[target].append(tensor)
-    weights = VisionWeights(hparams, {}, {})
-    for target, members in groups.items():
-        if not members:
-            continue
-        backend = offload if target == "offload" else cpu
-        context = Context(len(members) + 1)
-        weights.contexts.append(context)
-        for tensor in members:
-            if tensor.tensor_type.name not in ("F32", "F16"):
-                raise ModelError(f"tensor {tensor.name} is {tensor.tensor_type.name}; only F32/F16 are supported")
-            dtype = np.float32 if tensor.tensor_type.name == "F32" else np.float16
-            ne = tuple(int(n) for n in tensor.shape)
-            weights.tensors[tensor.name] = context.tensor(dtype, ne, tensor.name)
-        buffer = context.lib.base.ggml_backend_alloc_ctx_tensors_from_buft(context.address, backend.buffer_type)
-        if not buffer:
-            raise InspectorError(f"cannot allocate the weights on {backend.name}")
-        context.lib.base.ggml_backend_buffer_set_usage(buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
-        weights.buffers.append(buffer)
-        for tensor in members:
-            set_data(context.lib, weights.tensors[tensor.name], np.asarray(tensor.data))
-            weights.placement[tensor.name] = backend.name
+    weights = VisionWeights(hparams=hparams)
+    # A whole-model GGUF also holds the language model: that is load_text_model's to place.
+    weights.upload([t for t in reader.tensors if not L.is_text_tensor(t.name)],
+                   lambda name: offload if offload is not None and _on_offload(name, offload_layers) else cpu)
     return weights
 
 
