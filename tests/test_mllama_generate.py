@@ -157,3 +157,27 @@ def test_bad_inputs_are_one_line(converted, tmp_path):
     vision_only = write_tiny_mllama(tmp_path / "vision-only.gguf")
     assert_one_line_error(run(vision_only, path, tmp_path / "d.h5"), "no mllama language model")
     assert not any(tmp_path.glob("*.h5"))
+
+
+def test_a_text_prompt_goes_through_the_checkpoints_own_tokenizer(hf_model, converted, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocabulary = {"<unk>": 0, "<|begin_of_text|>": 1, "a": 17, "photo": 33, "<|image|>": IMAGE_TOKEN, "of": 50,
+                  "the": 61, "tower": 72}
+    tokenizer = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(["<|begin_of_text|>", "<|image|>"])
+    folder = save(hf_model, tmp_path / "with-tokenizer")
+    tokenizer.save(str(folder / "tokenizer.json"))
+    model = tmp_path / "tokenized.gguf"
+    assert cli("mllama", "convert", folder, "-o", model).returncode == 0
+    path, _ = image_file(tmp_path, (20, 25))
+    text = "<|begin_of_text|>a photo<|image|>of the tower"
+    result = cli("mllama", "generate", model, "--image", path, "-p", text, "-n", "2", "-o", tmp_path / "p.h5")
+    assert result.returncode == 0, result.stderr
+    with open_dump(tmp_path / "p.h5") as dump:
+        assert dump.result["token_ids"] == [1, 17, 33, IMAGE_TOKEN, 50, 61, 72]  # the vocabulary above, by hand
+    assert_one_line_error(cli("mllama", "generate", model, "--image", path, "-o", tmp_path / "q.h5"),
+                          "exactly one of -p/--prompt and --token-ids")
+    assert_one_line_error(cli("mllama", "generate", converted, "--image", path, "-p", text, "-o", tmp_path / "r.h5"),
+                          "has no tokenizer")
