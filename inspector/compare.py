@@ -17,6 +17,7 @@ from inspector.dump_format import STORED_STATS
 from inspector.errors import InspectorError
 from inspector.identity import tensor_key
 from inspector.metrics import PairMetrics, compare_arrays, identical_metrics
+from inspector.origins import Origin, find_origins
 from inspector.store import Dump, Entry, matches_globs, open_dump
 from inspector.tolerance import Tolerance
 from inspector.verdict import DIVERGED, IDENTICAL, MISMATCHED, MISSING, STATUSES, WITHIN
@@ -73,6 +74,8 @@ class Comparison:
     rows: list[TensorComparison]
     config_differences: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     incomplete: list[str] = field(default_factory=list)
+    # The ops that introduced a difference on identical inputs (inspector.origins), execution order.
+    origins: list[Origin] = field(default_factory=list)
 
     @property
     def first_divergence(self) -> int | None:
@@ -219,8 +222,8 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
         for _key, row in ordered:
             row.eval_kind = kinds.get(row.eval_index, "")
         incomplete = [str(d.path) for d in (dump_a, dump_b) if not d.complete]
-        return Comparison(path_a=str(path_a), path_b=str(path_b), tolerance=tolerance,
-                          rows=[row for _, row in ordered],
+        rows = [row for _, row in ordered]
+        return Comparison(path_a=str(path_a), path_b=str(path_b), tolerance=tolerance, rows=rows,
                           config_differences=config_differences(dump_a.config, dump_b.config),
-                          incomplete=incomplete)
+                          incomplete=incomplete, origins=find_origins(rows, dump_a, dump_b))
 

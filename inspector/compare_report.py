@@ -16,6 +16,7 @@ import click
 
 from inspector.compare import DIVERGED, IDENTICAL, MISMATCHED, MISSING, WITHIN, Comparison, TensorComparison
 from inspector.formatting import number, shape_text, table
+from inspector.origins import Origin
 
 JSON_SCHEMA_VERSION = 1
 MAX_CONFIG_CHANGES = 6
@@ -49,6 +50,21 @@ def row_json(row: TensorComparison) -> dict[str, Any]:
     }
 
 
+def origin_json(origin: Origin) -> dict[str, Any]:
+    return {"eval": origin.eval_index, "eval_kind": origin.eval_kind, "node": origin.node, "name": origin.name,
+            "occurrence": origin.occurrence, "op": origin.op, "verdict": origin.verdict,
+            "explanation": origin.explanation, "nmse": origin.nmse, "max_abs_diff": origin.max_abs_diff,
+            "buffers": origin.buffers, "types": origin.types, "sources": [s.name for s in origin.sources],
+            "not_captured": origin.not_captured, "source_details": [asdict(s) for s in origin.sources]}
+
+
+def describe_origin(origin: Origin) -> str:
+    label = origin.name if origin.occurrence == 0 else f"{origin.name} #{origin.occurrence}"
+    where = f"eval {f'{origin.eval_index} {origin.eval_kind}'.rstrip()}, node {origin.node}, {origin.op}"
+    size = f"nmse {number(origin.nmse)}" if origin.nmse is not None else "differs"
+    return f"{label} ({where}): {size}; {origin.explanation}"
+
+
 def first_divergence_json(comparison: Comparison) -> dict[str, Any] | None:
     index = comparison.first_divergence
     if index is None:
@@ -69,6 +85,7 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "passed": comparison.passed,
         "counts": comparison.counts(),
         "config_differences": {k: list(v) for k, v in comparison.config_differences.items()},
+        "origins": [origin_json(origin) for origin in comparison.origins],
         "different_model": comparison.different_model,
         "incomplete_dumps": comparison.incomplete,
         "first_divergence": first_divergence_json(comparison),
@@ -113,6 +130,13 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         return click.style(text, fg=STATUS_COLOURS[status]) if colour else text
 
     lines = []
+    if comparison.origins:
+        first, *others = comparison.origins
+        lines.append("first origin: " + describe_origin(first))
+        if others:
+            lines.append(f"  then {len(others)} more origin{'s' if len(others) > 1 else ''} (--json lists them): "
+                         + ", ".join(f"{o.name} (eval {o.eval_index}, node {o.node})" for o in others[:4])
+                         + (" ..." if len(others) > 4 else ""))
     index = comparison.first_divergence
     if index is None:
         lines.append("first divergence: none")

@@ -146,6 +146,8 @@ class TensorHook:
         self._direct_leaf_names: set[str] = set()
         self._copied_leaf_names: set[str] = set()
         self._pending: _PendingNode | None = None
+        # Address -> (name, occurrence) of every node and leaf seen in this evaluation: a source's identity.
+        self._identity: dict[int, tuple[str, int]] = {}
 
     def _on_eval(self, address: int, ask: bool, _user_data: int) -> bool:
         try:
@@ -171,6 +173,7 @@ class TensorHook:
         self._node_names.add(name)
         occurrence = self._occurrences[name]
         self._occurrences[name] = occurrence + 1
+        self._identity[address] = (name, occurrence)
         if not self.capturing:
             return False
         capture_node = self.selection.matches(name)
@@ -197,6 +200,7 @@ class TensorHook:
             occurrence = self._occurrences[leaf.name]
             self._occurrences[leaf.name] = occurrence + 1
             leaf.occurrence = occurrence
+            self._identity[address] = (leaf.name, occurrence)
             if leaf.sched_copy:
                 is_input = not is_model_state(leaf.name)
             else:
@@ -276,9 +280,28 @@ class TensorHook:
             sources=[source.name for source in tensor.sources],
             view_source=view_source.name if view_source else "",
             view_offset=tensor.view_offset,
+            source_details=[self._source_detail(source) for source in tensor.sources],
+            op_params=trimmed(list(tensor.struct.op_params)),
         )
         self.sink(record, readout.array)
         self.counters.captured += 1
+
+
+    def _source_detail(self, source: Tensor) -> dict:
+        """How compare finds a source again: its pairing key here, its buffer, buffer type and ggml type."""
+        raw = source.name
+        copy = parse_sched_copy(raw)
+        name, occurrence = self._identity.get(source.address, (copy.original if copy else raw, -1))
+        if copy is not None and occurrence < 0 and self._occurrences[name]:
+            occurrence = self._occurrences[name] - 1  # a copy of a node: the latest node of that name
+        return {"name": name, "occurrence": occurrence, "buffer": source.buffer_name,
+                "buffer_type": source.buffer_type_name, "type": source.type_name}
+
+
+def trimmed(words: list[int]) -> list[int]:
+    while words and words[-1] == 0:
+        words.pop()
+    return words
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 
 from inspector import plots
 from inspector.compare import flatten_config
-from inspector.compare_report import STATUS_COLOURS
+from inspector.compare_report import STATUS_COLOURS, describe_origin
 from inspector.constants import TOOL_VERSION
 from inspector.errors import InspectorError
 from inspector.formatting import number, shape_text
@@ -69,6 +69,8 @@ def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance) -> tuple[
         f"(eval {_e(comparison.rows[first].evaluation_label)}, "
         f"{_e(comparison.rows[first].status)}, buffers {_e(comparison.rows[first].buffer_a)} / "
         f"{_e(comparison.rows[first].buffer_b)})")
+    if comparison.origins:
+        answer = f"first origin: {_e(describe_origin(comparison.origins[0]))}<br>{answer}"
     rows = []
     for index, row in enumerate(comparison.rows[:MAX_TABLE_ROWS]):
         m = row.metrics

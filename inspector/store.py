@@ -297,9 +297,25 @@ class Dump:
         if not 0 <= entry.seq < self._n_records:
             raise DumpError(f"{self.path}: the record of {entry.name!r} is missing")
         try:
-            record = json.loads(_text(self._file["records"][entry.seq]))
-        except (KeyError, IndexError, ValueError, RecursionError):
+            text = self._file["records"][entry.seq]
+        except (KeyError, IndexError, ValueError):
             raise DumpError(f"{self.path}: the record of {entry.name!r} is missing") from None
+        return self._parsed_record(text, entry)
+
+    def metadata_of(self, entries: list[Entry]) -> dict[int, dict[str, Any]]:
+        """The records of many entries by seq, read in one pass (compare's origins read hundreds)."""
+        if not entries:
+            return {}
+        if any(not 0 <= entry.seq < self._n_records for entry in entries):
+            raise DumpError(f"{self.path}: a record is missing")
+        texts = self._file["records"][:]
+        return {entry.seq: self._parsed_record(texts[entry.seq], entry) for entry in entries}
+
+    def _parsed_record(self, text: Any, entry: Entry) -> dict[str, Any]:
+        try:
+            record = json.loads(_text(text))
+        except (ValueError, RecursionError):
+            raise DumpError(f"{self.path}: the record of {entry.name!r} is not JSON") from None
         if not isinstance(record, dict) or record.get("seq") != entry.seq or record.get("name") != entry.name:
             raise DumpError(f"{self.path}: the record of {entry.name!r} does not match its index row")
         return record

@@ -61,11 +61,13 @@ def test_planted_weight_change_is_the_first_divergence(planted):
     assert first.metrics.max_abs_index[0] == 0
 
 
-def test_cli_prints_the_first_divergence_first_and_exits_1(planted):
+def test_cli_prints_the_origin_and_the_first_divergence_first_and_exits_1(planted):
     a, b = planted
     result = cli("compare", a, b)
     assert result.returncode == 1
-    assert result.stdout.splitlines()[0].startswith(f"first divergence: Qcur-{PLANTED_LAYER} ")
+    # The planted weight is read first by Qcur: its origin, and there it already crosses the tolerance.
+    assert result.stdout.splitlines()[0].startswith(f"first origin: Qcur-{PLANTED_LAYER} ")
+    assert result.stdout.splitlines()[1].startswith(f"first divergence: Qcur-{PLANTED_LAYER} ")
     assert "preceded by" in result.stdout and result.stdout.rstrip().splitlines()[-1].startswith("FAIL")
     document = json.loads(cli("compare", a, b, "--json").stdout)
     assert document["first_divergence"]["name"] == f"Qcur-{PLANTED_LAYER}"
