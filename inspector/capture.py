@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from inspector import rpc
 from inspector.background_writer import BackgroundWriter
@@ -43,9 +46,30 @@ class CaptureSummary:
     skipped: list[SkippedTensor] = field(default_factory=list)
 
 
+def observer_check(config: llama_runner.LlamaRunConfig, hooked: llama_runner.LlamaRunResult,
+                   log: llama_runner._LlamaLog) -> dict[str, Any]:
+    """Run once more without the hook and say whether observing changed the logits.
+
+    Asking the scheduler for a node splits the graph there and synchronises,
+    which can defeat op fusion (or move an op to another backend) and change
+    the very numbers being observed.  The same configuration, no eval
+    callback: identical final logits and generated tokens mean the capture
+    observed the run it describes.
+    """
+    plain = llama_runner.run(config, None, lambda _kind, _info: -1, log)
+    a, b = hooked.prompt_logits[-1].astype(np.float64), plain.prompt_logits[-1].astype(np.float64)
+    identical = bool(np.array_equal(hooked.prompt_logits, plain.prompt_logits))
+    difference = float(np.nanmax(np.abs(a - b))) if a.shape == b.shape and a.size else None
+    return {"identical": identical and hooked.generated_ids == plain.generated_ids,
+            "logits_identical": identical, "max_abs_diff": difference,
+            "generated_identical": hooked.generated_ids == plain.generated_ids,
+            "plain_generated_ids": plain.generated_ids}
+
+
 def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, output: str | Path,
                   *, overwrite: bool = False, verbose: bool = False, progress: Progress | None = None,
-                  stats_only: bool = False, compression: Compression = NO_COMPRESSION) -> CaptureSummary:
+                  stats_only: bool = False, compression: Compression = NO_COMPRESSION,
+                  check_observer: bool = False) -> CaptureSummary:
     """Run a llama.cpp model and write the selected tensors to ``output``.
 
     The hook only copies; a :class:`BackgroundWriter` computes statistics and
@@ -86,7 +110,12 @@ def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, out
         with stop_on_signals(hook):
             result = llama_runner.run(config, hook, begin_evaluation, log)
         keep_skipped()
+        checked = {}
+        if check_observer:
+            say("observer check: the same run without the hook")
+            checked = {"observer_check": observer_check(config, result, log)}
         writer.set_result({
+            **checked,
             "token_ids": result.token_ids,
             "generated_ids": result.generated_ids,
             "generated_text": result.generated_text,

@@ -76,6 +76,8 @@ class Comparison:
     incomplete: list[str] = field(default_factory=list)
     # The ops that introduced a difference on identical inputs (inspector.origins), execution order.
     origins: list[Origin] = field(default_factory=list)
+    # Runs whose capture --observer-check found that observing changed their logits: "A", "B".
+    observer_failed: list[str] = field(default_factory=list)
 
     @property
     def first_divergence(self) -> int | None:
@@ -225,5 +227,7 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
         rows = [row for _, row in ordered]
         return Comparison(path_a=str(path_a), path_b=str(path_b), tolerance=tolerance, rows=rows,
                           config_differences=config_differences(dump_a.config, dump_b.config),
-                          incomplete=incomplete, origins=find_origins(rows, dump_a, dump_b))
+                          incomplete=incomplete, origins=find_origins(rows, dump_a, dump_b),
+                          observer_failed=[side for side, dump in (("A", dump_a), ("B", dump_b))
+                                           if (dump.result.get("observer_check") or {}).get("identical") is False])
 

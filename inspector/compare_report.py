@@ -88,6 +88,7 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "origins": [origin_json(origin) for origin in comparison.origins],
         "different_model": comparison.different_model,
         "incomplete_dumps": comparison.incomplete,
+        "observer_check_failed": comparison.observer_failed,
         "first_divergence": first_divergence_json(comparison),
         "tensors": [row_json(row) for row in comparison.rows],
     }
@@ -154,6 +155,9 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         lines.append("warning: the runs used different model files (their fingerprints differ)")
     for path in comparison.incomplete:
         lines.append(f"warning: {path} is incomplete")
+    for side in comparison.observer_failed:
+        lines.append(f"warning: run {side}'s observer check failed: capturing changed its logits, so its tensors "
+                     "describe a run that differs from the unobserved one")
     shown = [row for row in comparison.rows if show_all or row.status != IDENTICAL]
     if shown:
         cells = []

@@ -71,6 +71,8 @@ def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance) -> tuple[
         f"{_e(comparison.rows[first].buffer_b)})")
     if comparison.origins:
         answer = f"first origin: {_e(describe_origin(comparison.origins[0]))}<br>{answer}"
+    for side in comparison.observer_failed:
+        answer += f"<br>warning: run {side}'s observer check failed: capturing changed its logits"
     rows = []
     for index, row in enumerate(comparison.rows[:MAX_TABLE_ROWS]):
         m = row.metrics

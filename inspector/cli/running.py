@@ -41,9 +41,12 @@ def echo_progress(message: str) -> None:
 @options.output_file("Dump file (default: dumps/<model>-<time>.h5).")
 @options.overwrite
 @options.storage
+@click.option("--observer-check", is_flag=True,
+              help="Run once more without the hook and record whether the final logits and tokens were identical "
+                   "(asking for a node splits the graph there, which can change what is observed).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[str, ...], output: Path | None,
-            overwrite: bool, stats_only: bool, compression: str, verbose: bool) -> None:
+            overwrite: bool, stats_only: bool, compression: str, observer_check: bool, verbose: bool) -> None:
     """Run a model on a prompt and store the selected tensors as they are computed.
 
     Takes llama.cpp's options (the table above). The model's magic, size,
@@ -75,7 +78,8 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
     output = output or default_output(Path(run_config.model).stem)
     stop_on_sigterm()
     summary = capture_llama(run_config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
-                            verbose=verbose, progress=echo_progress, stats_only=stats_only, compression=storage)
+                            verbose=verbose, progress=echo_progress, stats_only=stats_only, compression=storage,
+                            check_observer=observer_check)
     for line in summary_lines(summary):
         click.echo(line, err=True)
 
