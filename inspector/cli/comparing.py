@@ -18,6 +18,7 @@ from inspector.errors import InspectorError
 
 if TYPE_CHECKING:
     from inspector.runners.llama import LlamaRunConfig
+    from inspector.tolerance import Tolerance
 
 
 def parse_maps(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -80,11 +81,14 @@ def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str
 @options.tensor_selection("default: l_out-* and result_output.")
 @options.tolerance
 @click.option("--per-layer", is_flag=True, help="Aggregate the matrix per layer (worst status, largest NMSE).")
+@click.option("--bisect", is_flag=True,
+              help="With -ngl LOW..HIGH: binary-search the smallest count whose logits diverge from LOW's "
+                   "(logit-only captures), then capture that pair fully and report its origins.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the dumps and summary.json (default: dumps/sweep-<model>-<time>/).")
 @options.overwrite
 def sweep(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], globs: tuple[str, ...],
-          regexes: tuple[str, ...], preset_name: str, per_layer: bool, output_dir: Path | None,
+          regexes: tuple[str, ...], preset_name: str, per_layer: bool, bisect: bool, output_dir: Path | None,
           overwrite: bool) -> None:
     """Capture a model under every configuration and compare each with the first.
 
@@ -105,12 +109,23 @@ def sweep(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], glob
     occurrence, layer, reference buffer, and per configuration its status,
     NMSE and buffer) and passed. Exit code 0 when every run matches the
     first, 1 otherwise.
+
+    --bisect -ngl LOW..HIGH answers "30 layers fine, 36 wrong": it captures
+    only result_output at LOW and at the counts a binary search picks
+    (ceil(log2(HIGH - LOW + 1)) + 1 logit-only captures), finds the smallest
+    count whose logits leave the tolerance, captures that count and the one
+    below fully (or the -T selection), compares them and prints their first
+    origin and first divergence; bisect.json in the folder holds the probes,
+    the boundary and the origins. Exit code 1 when a boundary was found.
     """
     from inspector.selection import Selection
     from inspector.sweep import parse_layers, parse_vary, run_sweep
     from inspector.sweep_summary import render_matrix
     from inspector.tolerance import preset
 
+    if bisect:
+        _bisect(run_config, layers, varies, globs, regexes, preset(preset_name), output_dir, overwrite)
+        return
     counts = parse_layers(layers)
     variations = [parse_vary(v) for v in varies]
     auto_loopback = run_config.rpc != ["none"]
@@ -125,6 +140,41 @@ def sweep(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], glob
     click.echo(render_matrix(result.summary, per_layer))
     click.echo(f"summary: {result.summary_path}", err=True)
     sys.exit(0 if result.summary["passed"] else 1)
+
+
+def _bisect(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], globs: tuple[str, ...],
+            regexes: tuple[str, ...], tolerance: Tolerance, output_dir: Path | None, overwrite: bool) -> None:
+    from inspector.compare_report import describe_origin
+    from inspector.offload_bisect import run_bisect
+    from inspector.selection import Selection
+
+    if varies:
+        raise InspectorError("--bisect searches the offload count only: drop --vary")
+    auto_loopback = run_config.rpc != ["none"]
+    if run_config.rpc in (["none"], ["auto"]):
+        run_config = replace(run_config, rpc=[])
+    model = Path(run_config.model)
+    output_dir = output_dir or Path(DEFAULT_DUMP_DIR) / f"bisect-{model.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    stop_on_sigterm()
+    result = run_bisect(run_config, layers, Selection(globs=globs, regexes=regexes), output_dir, tolerance,
+                        auto_loopback=auto_loopback, overwrite=overwrite, progress=echo_progress)
+    for probe in result.probes:
+        click.echo(f"-ngl {probe.n_gpu_layers}: {'diverged' if probe.diverged else 'within tolerance'}")
+    if result.boundary is None:
+        click.echo(f"no boundary: the logits of -ngl {result.low}..{result.high} all stay within tolerance "
+                   f"({result.logit_captures} logit-only captures)")
+    else:
+        click.echo(f"boundary: -ngl {result.boundary} is the first count whose logits diverge from -ngl "
+                   f"{result.low}'s ({result.logit_captures} logit-only captures)")
+        comparison = result.comparison
+        if comparison is not None and comparison.origins:
+            click.echo(f"first origin between -ngl {result.boundary - 1} and {result.boundary}: "
+                       + describe_origin(comparison.origins[0]))
+        if comparison is not None and comparison.first_divergence is not None:
+            row = comparison.rows[comparison.first_divergence]
+            click.echo(f"first divergence: {row.name} (eval {row.evaluation_label}, node {row.node_a})")
+    click.echo(f"summary: {result.summary_path}", err=True)
+    sys.exit(1 if result.boundary is not None else 0)
 
 
 COMMANDS = (compare, sweep)

@@ -80,6 +80,9 @@ class TinyLlamaSpec:
     n_vocab: int = N_VOCAB
     # tokenizer.chat_template, for chat-formatting tests.
     chat_template: str | None = None
+    # With dtype "quant": only these layers' matrices are quantized (None: every layer), so that offloading
+    # the others moves no repacked weight, a boundary a test can plant.
+    quant_layers: tuple[int, ...] | None = None
 
     @property
     def head_dim(self) -> int:
@@ -135,6 +138,8 @@ def _quant_type(spec: TinyLlamaSpec, name: str, array: np.ndarray) -> GGMLQuanti
         return None
     layer = int(name.split(".")[1]) if name.startswith("blk.") else None
     if spec.dtype == "quant":
+        if spec.quant_layers is not None and layer not in spec.quant_layers:
+            return None
         role = name.split(".", 2)[2] if layer is not None else name  # blk.3.attn_q.weight -> attn_q.weight
         return QUANT_MIX.get(role)
     if spec.dtype == "q4_k_m":
