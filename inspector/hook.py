@@ -280,8 +280,10 @@ class TensorHook:
             sources=[source.name for source in tensor.sources],
             view_source=view_source.name if view_source else "",
             view_offset=tensor.view_offset,
-            source_details=[self._source_detail(source) for source in tensor.sources],
+            source_details=[{**self._source_detail(Tensor(self.lib, address)), "slot": slot}
+                            for slot, address in enumerate(tensor.struct.src) if address],
             op_params=trimmed(list(tensor.struct.op_params)),
+            op_code=tensor.op,
         )
         self.sink(record, readout.array)
         self.counters.captured += 1

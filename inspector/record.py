@@ -52,8 +52,10 @@ class TensorRecord:
     # Per source, in src[] order: the (name, occurrence) it is paired by in this evaluation (occurrence -1
     # when the hook never saw it: a weight), where it lived and its type. compare's origins read these.
     source_details: list[dict] = field(default_factory=list)
-    # The op's parameters, ggml's int32 words (trailing zeros dropped): what a replay of the op needs.
+    # The op's parameters, ggml's int32 words (trailing zeros dropped), and its enum ggml_op value:
+    # what a replay of the op needs.
     op_params: list[int] = field(default_factory=list)
+    op_code: int = -1
 
     @property
     def key(self) -> tuple[int, str, int]:

@@ -177,4 +177,47 @@ def _bisect(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], gl
     sys.exit(1 if result.boundary is not None else 0)
 
 
-COMMANDS = (compare, sweep)
+@click.command()
+@click.argument("dump_a", type=click.Path(path_type=Path))
+@click.argument("dump_b", type=click.Path(path_type=Path))
+@click.option("--eval", "eval_index", type=int, required=True, help="The evaluation of the node.")
+@click.option("--node", type=int, required=True, help="The node's index in run A (compare's origins name it).")
+@click.option("-t", "--threads", type=int, default=1, show_default=True)
+@options.as_json
+def replay(dump_a: Path, dump_b: Path, eval_index: int, node: int, threads: int, as_json: bool) -> None:
+    """Recompute one node of run A alone, as run A placed it and as run B placed it, on A's inputs.
+
+    The op is rebuilt from the capture (op, op_params, source types, shapes
+    and strides) and fed run A's captured inputs and the model file's
+    weights, each in the buffer type its run used (the CPU's CPU_REPACK,
+    an RPC server's buffer, CPU memory; a loopback RPC server stands in for
+    the run's). reproduces_a / reproduces_b: each replay gives that run's
+    captured output bit for bit; op_differs: the two placements disagree on
+    identical inputs, so the kernel is the cause, not the data. Views
+    compute nothing and are refused in one line, as are inputs that were not
+    captured and are not weights. Exit code 1 when op_differs.
+    """
+    import json
+
+    from inspector.replay import replay as replay_node
+
+    result = replay_node(dump_a, dump_b, eval_index, node, threads)
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(json.dumps(asdict(result), indent=1))
+    else:
+        verdict = ("the op differs between the placements on identical inputs: the kernel, not the data"
+                   if result.op_differs else
+                   "the placements agree on identical inputs: the difference came with the inputs or weights")
+        click.echo(f"{result.name} (eval {result.eval_index}, node {result.node}, {result.op})")
+        for side, placed, reproduces in (("A", result.placement_a, result.reproduces_a),
+                                         ("B", result.placement_b, result.reproduces_b)):
+            where = ", ".join(f"{name} in {buffer}" for name, buffer in placed.items() if name != "node")
+            click.echo(f"  as {side} placed it (on {placed['node']}; {where}): "
+                       f"{'reproduces' if reproduces else 'does not reproduce'} run {side}'s output")
+        click.echo(f"  {verdict}" + (f" (max |a-b| {result.max_abs_diff:g})" if result.op_differs else ""))
+    sys.exit(1 if result.op_differs else 0)
+
+
+COMMANDS = (compare, sweep, replay)

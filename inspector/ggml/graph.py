@@ -48,6 +48,8 @@ OPS: dict[str, tuple[object, list[object]]] = {
     "ggml_reshape_4d": (_p, [_p, _p, _i64, _i64, _i64, _i64]),
     "ggml_backend_tensor_alloc": (_i, [_p, _p, _p]),
     "ggml_backend_buffer_clear": (None, [_p, _c.c_uint8]),
+    "ggml_new_graph": (_p, [_p]),
+    "ggml_backend_graph_compute": (_i, [_p, _p]),
     "ggml_new_graph_custom": (_p, [_p, _sz, _c.c_bool]),
     "ggml_build_forward_expand": (None, [_p, _p]),
     "ggml_backend_alloc_ctx_tensors_from_buft": (_p, [_p, _p]),

@@ -89,6 +89,8 @@ _REGISTRY_FUNCTIONS: dict[str, tuple[object, list[object]]] = {
     "ggml_backend_dev_memory": (None, [_p, _c.POINTER(_c.c_size_t), _c.POINTER(_c.c_size_t)]),
     "ggml_backend_register": (None, [_p]),
     "ggml_backend_dev_buffer_type": (_p, [_p]),
+    "ggml_backend_dev_backend_reg": (_p, [_p]),
+    "ggml_backend_reg_get_proc_address": (_p, [_p, _c.c_char_p]),
 }
 
 

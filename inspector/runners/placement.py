@@ -83,6 +83,25 @@ def buffer_types(lib: GgmlLibraries) -> dict[str, int]:
     return found
 
 
+_ExtraBufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)
+
+
+def extra_buffer_types(lib: GgmlLibraries) -> dict[str, int]:
+    """The devices' extra buffer types by name (the CPU's ``CPU_REPACK``), found as llama.cpp finds them."""
+    found = {}
+    for device in _all_devices(lib).values():
+        registry = lib.ggml.ggml_backend_dev_backend_reg(device)
+        address = lib.ggml.ggml_backend_reg_get_proc_address(registry, b"ggml_backend_dev_get_extra_bufts")
+        if not registry or not address:
+            continue
+        bufts = _ExtraBufts(address)(device)
+        index = 0
+        while bufts and bufts[index]:
+            found[lib.base.ggml_backend_buft_name(bufts[index]).decode()] = bufts[index]
+            index += 1
+    return found
+
+
 def placement(lib: GgmlLibraries, devices: list[str] | None, overrides: list[str]) -> Placement:
     """Resolve ``-dev`` names and ``-ot PATTERN=BUFT`` pairs; unknown names fail with what exists."""
     result = Placement()

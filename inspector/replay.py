@@ -1,0 +1,270 @@
+"""Op replay: one node of run A, recomputed alone on A's inputs, as run A placed it and as run B placed it.
+
+An origin says a node's output differs while its inputs are identical.
+Replay says why: it rebuilds the node as a one-op graph (the same op, the
+same ``op_params``, its sources' types and shapes), feeds it run A's captured
+inputs and the model file's weights, and computes it twice: with the weights
+in the buffer type each run used (the CPU's repacked ``CPU_REPACK`` layout,
+an RPC server's buffer, plain CPU memory) on the backend each run computed
+it on.  ``reproduces_a``/``reproduces_b`` say whether each replay gives that
+run's captured output bit for bit; ``op_differs`` whether the two placements
+disagree on identical inputs: then the kernel on that backend is the cause,
+not the data it was handed.
+
+The node is built generically: a tensor of the captured output type and
+shape whose ``op``, ``op_params`` and ``src[]`` are set as the capture
+recorded them, so every op the CPU and RPC backends compute replays.  Views
+compute nothing and are refused, as are sources that were not contiguous
+(their layout is not recorded) or not captured.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from inspector import rpc
+from inspector.errors import InspectorError
+from inspector.ggml import load, read_tensor
+from inspector.ggml.graph import Backend, Context, init_backend
+from inspector.ggml.library import GgmlLibraries
+from inspector.ggml.tensor import GgmlTensorStruct, Tensor
+from inspector.gguf_header import read_header, read_tensor_bytes
+from inspector.identity import KV_CACHE_PREFIX
+from inspector.rpc import LoopbackServer
+from inspector.runners.llama import install_log
+from inspector.runners.placement import extra_buffer_types
+from inspector.store import Dump, Entry, open_dump
+
+VIEW_OPS = {"NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
+# The src[] slot of the tensor an op writes into (its result is a view of it): ggml_set_rows, ggml_cpy.
+DESTINATION_SLOTS = {"SET_ROWS": 2, "CPY": 1}
+CAPTURED_DTYPES = {"f32": np.float32, "f16": np.float16, "i32": np.int32, "i64": np.int64}
+HOST_BUFFER_TYPES = {"CPU", "CPU_Mapped"}
+
+
+@dataclass
+class Replay:
+    eval_index: int
+    node: int
+    name: str
+    op: str
+    placement_a: dict[str, str]
+    placement_b: dict[str, str]
+    reproduces_a: bool
+    reproduces_b: bool
+    op_differs: bool
+    max_abs_diff: float | None
+
+
+def _node(dump: Dump, eval_index: int, node: int) -> Entry:
+    for entry in dump.entries():
+        if entry.eval_index == eval_index and entry.node_index == node and not entry.is_leaf:
+            return entry
+    raise InspectorError(f"{dump.path}: no captured node {node} in evaluation {eval_index}")
+
+
+def _fresh_cache(dump: Dump, cache: str, eval_index: int) -> bool:
+    """True when no earlier evaluation wrote ``cache``: known in evaluation 0, or when every node was captured."""
+    if eval_index == 0:
+        return True
+    select = dump.config.get("select") or {}
+    if select.get("globs") or select.get("regexes"):
+        return False
+    return not any(entry.eval_index < eval_index and entry.name.split(" ", 1)[0] == cache
+                   and entry.op in ("SET_ROWS", "CPY") for entry in dump.entries())
+
+
+def _type_id(name: str) -> int:
+    try:
+        return int(GGMLQuantizationType[name.upper()])
+    except KeyError:
+        raise InspectorError(f"replay does not know the ggml type {name!r}") from None
+
+
+def _laid_out(values: np.ndarray, ne: list[int], nb: list[int]) -> np.ndarray:
+    """The bytes of a tensor with strides ``nb`` holding ``values`` (numpy order): a permuted view's layout.
+
+    A source that was a view (a permuted K cache, a transposed V) is fed in
+    the very layout the op read, so the kernel takes the same path.
+    """
+    itemsize = values.dtype.itemsize
+    if any(stride % itemsize for stride in nb):
+        raise InspectorError("replay cannot lay out a source whose strides are not whole elements")
+    extent = 1 + sum((n - 1) * stride for n, stride in zip(ne, nb, strict=True)) // itemsize
+    flat = np.zeros(extent, dtype=values.dtype)
+    strided = np.lib.stride_tricks.as_strided(flat, shape=tuple(reversed(ne)),
+                                              strides=tuple(reversed([stride for stride in nb])))
+    strided[...] = values.reshape(strided.shape)
+    return flat
+
+
+class _Placements:
+    """Backends and buffer types by the names the runs recorded (``CPU``, ``CPU_REPACK``, ``RPC0[host:port]``)."""
+
+    def __init__(self, lib: GgmlLibraries, threads: int) -> None:
+        self.lib = lib
+        self.threads = threads
+        self.server: LoopbackServer | None = None
+        self.backends: dict[str, Backend] = {}
+
+    def backend(self, buffer_name: str) -> Backend:
+        """The backend that computed a node whose output lived in ``buffer_name``."""
+        key = "RPC" if buffer_name.startswith("RPC") else "CPU"
+        if key not in self.backends:
+            if key == "CPU":
+                self.backends[key] = init_backend(self.lib, None, self.threads)
+            else:
+                # The run's server is gone: a loopback server runs the same CPU kernels behind RPC.
+                self.server = LoopbackServer(threads=self.threads).start()
+                device = rpc.add_servers([self.server.endpoint])[0]
+                self.backends[key] = init_backend(self.lib, device, self.threads)
+        return self.backends[key]
+
+    def buffer_type(self, buffer_type_name: str, compute: Backend) -> int:
+        if buffer_type_name in HOST_BUFFER_TYPES or buffer_type_name.startswith("RPC") or not buffer_type_name:
+            return compute.buffer_type
+        extra = extra_buffer_types(self.lib)
+        if buffer_type_name in extra:
+            return extra[buffer_type_name]
+        raise InspectorError(f"replay cannot place a tensor in buffer type {buffer_type_name!r} on this machine")
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            self.lib.ggml.ggml_backend_free(backend.address)
+        if self.server is not None:
+            self.server.stop()
+
+
+def _compute(lib: GgmlLibraries, placements: _Placements, record: dict[str, Any], node_buffer: str,
+             sources: list[tuple[dict[str, Any], Any, str]]) -> np.ndarray:
+    """One placement: sources ``(detail, data, where)`` (data: an array, or raw weight bytes) -> the output."""
+    compute = placements.backend(node_buffer)
+    contexts: list[Context] = []
+    buffers: list[int] = []
+    try:
+        groups: dict[int, list[tuple[dict[str, Any], Any]]] = {}
+        for detail, data, where in sources:
+            groups.setdefault(placements.buffer_type(where, compute), []).append((detail, data))
+        addresses: dict[int, int] = {}
+        for buft, members in [*groups.items(), (compute.buffer_type, [])]:
+            context = Context(len(members) + 2, lib)
+            contexts.append(context)
+            for detail, _data in members:
+                ne = [int(n) for n in detail["ne"]] + [1] * (4 - len(detail["ne"]))
+                address = lib.base.ggml_new_tensor_4d(context.address, _type_id(detail["type"]), *ne)
+                if "nb" in detail:  # the strides the op read, before the buffer sizes the tensor from them
+                    GgmlTensorStruct.from_address(address).nb[:] = [int(n) for n in detail["nb"]]
+                addresses[detail["slot"]] = address
+            if not members:  # the last context holds the node, allocated with the compute backend's memory
+                ne = [int(n) for n in record["ne"]] + [1] * (4 - len(record["ne"]))
+                node = lib.base.ggml_new_tensor_4d(context.address, _type_id(record["ggml_type"]), *ne)
+                struct = GgmlTensorStruct.from_address(node)
+                struct.op = int(record["op_code"])
+                for index, word in enumerate(record.get("op_params", [])):
+                    struct.op_params[index] = int(word)
+                for slot, address in addresses.items():
+                    struct.src[slot] = address
+            buffer = lib.base.ggml_backend_alloc_ctx_tensors_from_buft(context.address, buft)
+            if not buffer:
+                raise InspectorError("replay could not allocate its tensors")
+            buffers.append(buffer)
+            lib.base.ggml_backend_buffer_clear(buffer, 0)
+            for detail, data in members:
+                raw = np.ascontiguousarray(data).view(np.uint8) if isinstance(data, np.ndarray) else \
+                    np.frombuffer(data, dtype=np.uint8)
+                target = addresses[detail["slot"]]
+                if raw.nbytes != lib.base.ggml_nbytes(target):
+                    raise InspectorError(f"replay: {detail['name']} has {raw.nbytes} bytes for "
+                                         f"{lib.base.ggml_nbytes(target)}")
+                lib.base.ggml_backend_tensor_set(target, raw.ctypes.data_as(ctypes.c_void_p), 0, raw.nbytes)
+        # An op that writes into a view (SET_ROWS, CPY into a cache) leaves the rest of its destination as
+        # it was: the node starts as a copy of that destination.
+        slot = DESTINATION_SLOTS.get(record["op"])
+        destination = next(((detail, data) for detail, data, _where in sources if detail["slot"] == slot), None)
+        if destination is not None:
+            raw = np.ascontiguousarray(destination[1]).view(np.uint8)
+            if raw.nbytes == lib.base.ggml_nbytes(node):
+                lib.base.ggml_backend_tensor_set(node, raw.ctypes.data_as(ctypes.c_void_p), 0, raw.nbytes)
+        graph = lib.base.ggml_new_graph(contexts[-1].address)
+        lib.base.ggml_build_forward_expand(graph, node)
+        if lib.base.ggml_backend_graph_compute(compute.address, graph) != 0:
+            raise InspectorError(f"replay of {record['name']} failed on {compute.name}")
+        return read_tensor(Tensor(lib, node)).array
+    finally:
+        for buffer in buffers:
+            lib.base.ggml_backend_buffer_free(buffer)
+        for context in contexts:
+            context.free()
+
+
+def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, threads: int = 1) -> Replay:
+    """Replay node ``node`` of evaluation ``eval_index`` of run A under A's and B's placements."""
+    lib = load()
+    install_log(False)  # ggml's own log (the CPU backend announces each repack) stays off the terminal
+    with open_dump(path_a) as dump_a, open_dump(path_b) as dump_b:
+        entry_a = _node(dump_a, eval_index, node)
+        record_a = dump_a.metadata(entry_a)
+        entry_b = dump_b.find(entry_a.name, eval_index, entry_a.occurrence)
+        record_b = dump_b.metadata(entry_b)
+        op = record_a["op"]
+        if record_a.get("op_code", -1) < 0 or "source_details" not in record_a:
+            raise InspectorError(f"{path_a} was captured before ops and sources were recorded: capture it again")
+        if op in VIEW_OPS:
+            raise InspectorError(f"{entry_a.name} is a {op}: a view computes nothing, so there is nothing to replay")
+        header = read_header(dump_a.config["model"]) if dump_a.config.get("model") else None
+        keys = {entry.key: entry for entry in dump_a.entries()}
+        sources_a, sources_b = [], []
+        for detail_a, detail_b in zip(record_a["source_details"], record_b.get("source_details", []), strict=False):
+            name, occurrence = detail_a["name"], detail_a["occurrence"]
+            captured = keys.get((eval_index, name, occurrence))
+            if captured is not None:
+                meta = dump_a.metadata(captured)
+                if meta["ggml_type"] not in CAPTURED_DTYPES:
+                    raise InspectorError(f"{name} is {meta['ggml_type']}: replay feeds captured inputs of types "
+                                         f"{', '.join(CAPTURED_DTYPES)} only (a quantized one is stored dequantized)")
+                values = dump_a.read(captured).astype(CAPTURED_DTYPES[meta["ggml_type"]], copy=False)
+                data = _laid_out(values, [int(n) for n in meta["ne"]], [int(n) for n in meta["nb"]])
+                detail = {**detail_a, "ne": meta["ne"], "nb": meta["nb"], "type": meta["ggml_type"]}
+            elif name.startswith(KV_CACHE_PREFIX) and _fresh_cache(dump_a, name, eval_index):
+                # Nothing wrote this cache before (caches start cleared): zeros, as the run had.
+                ne = [int(n) for n in record_a["ne"]]
+                data = np.zeros(int(np.prod(ne)), dtype=CAPTURED_DTYPES.get(detail_a["type"], np.float32))
+                if detail_a["type"] not in CAPTURED_DTYPES:
+                    raise InspectorError(f"{name} is a {detail_a['type']} cache: replay fills f32/f16 caches only")
+                detail = {**detail_a, "ne": ne}
+            elif header is not None and name in header.tensors:
+                info = header.tensors[name]
+                data = read_tensor_bytes(header, name)
+                detail = {**detail_a, "ne": list(info.ne), "type": info.type_name}
+            elif name.startswith(KV_CACHE_PREFIX):
+                raise InspectorError(f"{entry_a.name} writes into the KV cache {name}, which earlier evaluations "
+                                     "wrote and no capture holds: replay the cache's first write instead")
+            else:
+                raise InspectorError(f"{entry_a.name}'s input {name} was not captured and is not a weight of "
+                                     f"{dump_a.config.get('model') or 'a known model file'}: capture it to replay")
+            sources_a.append((detail, data, detail_a.get("buffer_type") or detail_a.get("buffer", "")))
+            sources_b.append((detail, data, detail_b.get("buffer_type") or detail_b.get("buffer", "")))
+        placements = _Placements(lib, threads)
+        try:
+            output_a = _compute(lib, placements, record_a, record_a.get("buffer", ""), sources_a)
+            output_b = _compute(lib, placements, record_a, record_b.get("buffer", ""), sources_b)
+        finally:
+            placements.close()
+        captured_a, captured_b = dump_a.read(entry_a), dump_b.read(entry_b)
+    difference = None
+    if output_a.shape == output_b.shape:
+        difference = float(np.max(np.abs(output_a.astype(np.float64) - output_b.astype(np.float64)))) \
+            if output_a.size else 0.0
+    return Replay(
+        eval_index=eval_index, node=node, name=entry_a.name, op=op,
+        placement_a={"node": record_a.get("buffer", ""), **{s[0]["name"]: s[2] for s in sources_a}},
+        placement_b={"node": record_b.get("buffer", ""), **{s[0]["name"]: s[2] for s in sources_b}},
+        reproduces_a=bool(np.array_equal(output_a, captured_a)),
+        reproduces_b=bool(np.array_equal(output_b, captured_b)),
+        op_differs=not np.array_equal(output_a, output_b), max_abs_diff=difference)
