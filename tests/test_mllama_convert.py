@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.numpy import load_file, save_file
 from test_cli import assert_one_line_error, cli
 from test_mllama_parity import nmse, reference_outputs
-from tiny_mllama_hf import IMAGE_TOKEN, ROPE, VOCAB, make_model, save
+from tiny_mllama_hf import IMAGE_TOKEN, ROPE, VOCAB, convert_with_cli, make_model, save
 
 from inspector import gguf_info, open_dump
 from inspector.mllama import gguf_layout as L
@@ -47,10 +47,7 @@ def hf_model(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def converted(hf_model, tmp_path_factory) -> Path:
     _, folder = hf_model
-    out = tmp_path_factory.mktemp("gguf") / "whole.gguf"
-    result = cli("mllama", "convert", folder, "-o", out)
-    assert result.returncode == 0, result.stderr
-    return out
+    return convert_with_cli(folder, tmp_path_factory.mktemp("gguf") / "whole.gguf")
 
 
 def text_state(model) -> dict[str, np.ndarray]:

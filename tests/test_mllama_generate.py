@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from test_cli import assert_one_line_error, cli
-from tiny_mllama_hf import IMAGE_TOKEN, make_model, save
+from tiny_mllama_hf import IMAGE_TOKEN, convert_with_cli, make_model, save
 
 from inspector import open_dump
 from inspector.compare import compare_dumps
@@ -42,10 +42,7 @@ def hf_model():
 @pytest.fixture(scope="module")
 def converted(hf_model, tmp_path_factory) -> Path:
     folder = save(hf_model, tmp_path_factory.mktemp("hf") / "tiny-mllama")
-    out = tmp_path_factory.mktemp("gguf") / "mllama.gguf"
-    result = cli("mllama", "convert", folder, "-o", out)
-    assert result.returncode == 0, result.stderr
-    return out
+    return convert_with_cli(folder, tmp_path_factory.mktemp("gguf") / "mllama.gguf")
 
 
 def image_file(folder: Path, size: tuple[int, int]) -> tuple[Path, Image.Image]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from test_cli import assert_one_line_error, cli
+from tiny_mllama_hf import convert_with_cli
 from transformers import MllamaConfig, MllamaForConditionalGeneration
 
 from inspector import open_dump
@@ -50,10 +51,7 @@ def hf_model(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def converted(hf_model, tmp_path_factory) -> Path:
     _, folder = hf_model
-    out = tmp_path_factory.mktemp("gguf") / "vision.gguf"
-    result = cli("mllama", "convert", folder, "-o", out)
-    assert result.returncode == 0, result.stderr
-    return out
+    return convert_with_cli(folder, tmp_path_factory.mktemp("gguf") / "vision.gguf")
 
 
 def reference_outputs(model, image: Image.Image) -> dict[str, np.ndarray]:

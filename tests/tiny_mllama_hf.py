@@ -79,3 +79,12 @@ def save(model, folder: Path) -> Path:
     folder = Path(folder)
     model.save_pretrained(folder)
     return folder
+
+
+def convert_with_cli(folder: Path, out: Path) -> Path:
+    """``mllama convert`` through the command line, as a user runs it; the GGUF's path."""
+    from test_cli import cli
+
+    result = cli("mllama", "convert", folder, "-o", out)
+    assert result.returncode == 0, result.stderr
+    return out
