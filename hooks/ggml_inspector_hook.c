@@ -558,8 +558,13 @@ struct name_map {
     size_t              capacity, count;
 };
 
+/* Addresses seen in this evaluation, each with its occurrence under its name (NO_OCCURRENCE until one is
+ * given): a captured node names its sources by (name, occurrence), as the Python hook does. */
+#define NO_OCCURRENCE UINT32_MAX
+
 struct address_set {
     const void ** slots;
+    uint32_t *    occurrences;
     size_t        capacity, count;
 };
 
@@ -619,18 +624,25 @@ enum added { ADDED, PRESENT, NO_MEMORY };
 
 static enum added add_address(struct address_set * set, const void * address) {
     if ((set->count + 1) * 2 > set->capacity) {
-        size_t capacity = set->capacity ? set->capacity * 2 : 256;
+        size_t        capacity = set->capacity ? set->capacity * 2 : 256;
         const void ** slots = calloc(capacity, sizeof *slots);
-        if (slots == NULL) {
+        uint32_t *    occurrences = malloc(capacity * sizeof *occurrences);
+        if (slots == NULL || occurrences == NULL) {
+            free(slots);
+            free(occurrences);
             return NO_MEMORY;
         }
         for (size_t i = 0; i < set->capacity; i++) {
             if (set->slots[i] != NULL) {
-                *probe_address(slots, capacity, set->slots[i]) = set->slots[i];
+                const void ** moved = probe_address(slots, capacity, set->slots[i]);
+                *moved = set->slots[i];
+                occurrences[moved - slots] = set->occurrences[i];
             }
         }
         free(set->slots);
+        free(set->occurrences);
         set->slots = slots;
+        set->occurrences = occurrences;
         set->capacity = capacity;
     }
     const void ** slot = probe_address(set->slots, set->capacity, address);
@@ -638,8 +650,26 @@ static enum added add_address(struct address_set * set, const void * address) {
         return PRESENT;
     }
     *slot = address;
+    set->occurrences[slot - set->slots] = NO_OCCURRENCE;
     set->count++;
     return ADDED;
+}
+
+static void note_occurrence(struct address_set * set, const void * address, uint32_t occurrence) {
+    if (set->capacity > 0) {
+        const void ** slot = probe_address(set->slots, set->capacity, address);
+        if (*slot == address) {
+            set->occurrences[slot - set->slots] = occurrence;
+        }
+    }
+}
+
+static uint32_t occurrence_of(const struct address_set * set, const void * address) {
+    if (set->capacity == 0) {
+        return NO_OCCURRENCE;
+    }
+    const void ** slot = probe_address(set->slots, set->capacity, address);
+    return *slot == address ? set->occurrences[slot - set->slots] : NO_OCCURRENCE;
 }
 
 /* ---- schedulers ---- */
@@ -715,6 +745,7 @@ static void forget(ggml_backend_sched_t sched) {
             *link = s->next;
             free(s->names.slots);
             free(s->seen.slots);
+            free(s->seen.occurrences);
             free(s);
             return;
         }
@@ -759,6 +790,8 @@ static bool reserve_copy(size_t size) {
 /* Sends `t` (the node itself when `consumer` is NULL, else a leaf it consumes) as TENSOR, or as SKIP
  * with the reason when its buffer cannot be read.  The header also names the scheduler and compute:
  * threads computing on different schedulers interleave their frames on the one connection. */
+static void put_source_details(const struct scheduler * s, const struct ggml_tensor * t);
+
 static void capture(const struct scheduler * s, struct ggml_tensor * t, const char * name, int node_index,
                     uint32_t occurrence, const char * consumer, bool through_copy) {
     if (connection < 0) {
@@ -831,6 +864,18 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
         }
     }
     put_text("]");
+    put_source_details(s, t);
+    field_number("op_code", t->op);
+    put_key("op_params");
+    put_text("[");
+    int last_word = GGML_MAX_OP_PARAMS / (int) sizeof(int32_t);
+    while (last_word > 0 && t->op_params[last_word - 1] == 0) {
+        last_word--;
+    }
+    for (int i = 0; i < last_word; i++) {
+        put_number(t->op_params[i]);
+    }
+    put_text("]");
     char view_source[GGML_MAX_NAME] = "";
     if (t->view_src != NULL) {
         tensor_name(t->view_src, view_source);
@@ -849,6 +894,52 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
         }
         offset += part;
     }
+}
+
+/* Per source, in src[] order: the (name, occurrence) it is paired by in this evaluation (-1 when never seen:
+ * a weight), where it lived and its type; compare's origins read these (record field source_details). */
+static void put_source_details(const struct scheduler * s, const struct ggml_tensor * t) {
+    put_key("source_details");
+    put_text("[");
+    for (int i = 0; i < GGML_MAX_SRC; i++) {
+        const struct ggml_tensor * src = t->src[i];
+        if (src == NULL) {
+            continue;
+        }
+        char         raw[GGML_MAX_NAME];
+        size_t       length = tensor_name(src, raw);
+        const char * original;
+        size_t       original_length;
+        char         name[GGML_MAX_NAME];
+        if (parse_sched_copy(raw, length, &original, &original_length)) {
+            memcpy(name, original, original_length);
+            name[original_length] = '\0';
+        } else {
+            memcpy(name, raw, length + 1);
+        }
+        long long occurrence = -1;
+        uint32_t  seen = occurrence_of(&s->seen, src);
+        if (seen != NO_OCCURRENCE) {
+            occurrence = seen;
+        } else if (s->names.capacity > 0) {
+            /* A scheduler copy of a node: the latest node of that name. */
+            struct name_entry * entry = probe_name(s->names.slots, s->names.capacity, name, strlen(name));
+            if (entry->used && entry->occurrences > 0 && name[0] != '\0' && strcmp(name, raw) != 0) {
+                occurrence = (long long) entry->occurrences - 1;
+            }
+        }
+        ggml_backend_buffer_type_t buft = src->buffer != NULL ? gg.buffer_get_type(src->buffer) : NULL;
+        separate();
+        put_text("{");
+        field_string("name", name);
+        field_number("occurrence", occurrence);
+        field_string("buffer", src->buffer != NULL ? gg.buffer_name(src->buffer) : "");
+        field_string("buffer_type", buft != NULL ? gg.buft_name(buft) : "");
+        field_string("type", gg.type_name(src->type));
+        field_number("slot", i);
+        put_text("}");
+    }
+    put_text("]");
 }
 
 /* Whether `src` is a leaf met for the first time in this evaluation, not covered yet, and selected; if
@@ -881,6 +972,7 @@ static bool take_leaf(struct scheduler * s, struct ggml_tensor * src, struct pen
     }
     entry->marks |= through_copy ? TAKEN_THROUGH_COPY : TAKEN_DIRECTLY;
     uint32_t occurrence = entry->occurrences++;
+    note_occurrence(&s->seen, src, occurrence);
     bool is_input = through_copy ? !is_model_state(entry->name) : (src->flags & GGML_TENSOR_FLAG_INPUT) != 0;
     if (!(selection.all ? is_input : name_selected(entry->name))) {
         return false;
@@ -910,6 +1002,7 @@ static bool ask_about(struct scheduler * s, const struct ggml_tensor * t) {
     }
     entry->marks |= SEEN_AS_NODE;
     s->pending.occurrence = entry->occurrences++;
+    note_occurrence(&s->seen, t, s->pending.occurrence);
     s->pending.capture_node = name_selected(name);
     for (int i = 0; i < GGML_MAX_SRC && connection >= 0; i++) {
         if (t->src[i] != NULL && take_leaf(s, t->src[i], &s->pending.leafs[s->pending.n_leafs])) {

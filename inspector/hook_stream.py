@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from inspector.background_writer import BackgroundWriter
-from inspector.constants import GGML_TYPE_BF16, NUMPY_DTYPE_OF_GGML_TYPE
+from inspector.constants import GGML_MAX_OP_PARAMS, GGML_MAX_SRC, GGML_TYPE_BF16, NUMPY_DTYPE_OF_GGML_TYPE
 from inspector.disk_space import DiskFull
 from inspector.errors import InspectorError
 from inspector.ggml.readout import materialise
@@ -155,8 +155,24 @@ def record_of(header: dict[str, Any], eval_index: int, data: bytes) -> tuple[Ten
         sched_copy=str(header.get("sched_copy", "")), flags=flag_names(int(header.get("flags", 0))),
         sources=[str(source) for source in header.get("sources", [])],
         view_source=str(header.get("view_source", "")), view_offset=int(header.get("view_offset", 0)),
+        source_details=_source_details(header.get("source_details", [])),
+        op_params=[int(word) for word in header.get("op_params", [])][:GGML_MAX_OP_PARAMS // 4],
+        op_code=int(header.get("op_code", -1)),
     )
     return record, readout.array
+
+
+SOURCE_DETAIL_FIELDS = {"name": str, "occurrence": int, "buffer": str, "buffer_type": str, "type": str, "slot": int}
+
+
+def _source_details(details: Any) -> list[dict[str, Any]]:
+    """The hook's per-source details, each field checked to be of its kind (the stream may come from a file)."""
+    if not isinstance(details, list) or len(details) > GGML_MAX_SRC:
+        raise ProtocolError("a TENSOR header whose source_details is not a list of at most GGML_MAX_SRC")
+    try:
+        return [{key: kind(detail[key]) for key, kind in SOURCE_DETAIL_FIELDS.items()} for detail in details]
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError("a TENSOR header with a malformed source detail") from None
 
 
 @dataclass

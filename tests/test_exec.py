@@ -167,3 +167,21 @@ def test_a_hook_that_stops_capturing_is_reported_in_one_line(built, tmp_path):
     assert result.returncode == 2 and "exit status 0" in result.stderr
     assert result.stdout.startswith("status 0 asked 0 observed 0 z 0.5")  # the program ran on, unhooked
     assert not out.exists()  # nothing was captured
+
+
+def test_the_native_hook_records_sources_and_op_params_as_the_python_hook_does(built, tiny_f32, tmp_path):
+    """compare's origins and replay read them: an exec dump must describe every op as a capture does."""
+    assert cli("capture", tiny_f32, "-p", PROMPT, "-t", "1", "-c", "64", "-ngl", "0",
+               "-o", tmp_path / "python.h5").returncode == 0
+    assert cli("exec", "-o", tmp_path / "native.h5", "--", built / "llama_client", tiny_f32, PROMPT).returncode == 0
+
+    def described(record: dict) -> tuple:
+        sources = [(s["name"], s["occurrence"], s["slot"], s["type"], s["buffer_type"])
+                   for s in record["source_details"]]
+        return sources, record["op_code"], record["op_params"]
+
+    with open_dump(tmp_path / "python.h5") as python, open_dump(tmp_path / "native.h5") as native:
+        pairs = [(entry, python.find(entry.name, entry.eval_index, entry.occurrence)) for entry in native]
+        assert len(pairs) > 50 and any(python.metadata(p)["op_params"] for _n, p in pairs)  # ROPE has some
+        for entry, partner in pairs:
+            assert described(native.metadata(entry)) == described(python.metadata(partner)), entry.name
