@@ -227,7 +227,7 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
         rows = [row for _, row in ordered]
         return Comparison(path_a=str(path_a), path_b=str(path_b), tolerance=tolerance, rows=rows,
                           config_differences=config_differences(dump_a.config, dump_b.config),
-                          incomplete=incomplete, origins=find_origins(rows, dump_a, dump_b),
+                          incomplete=incomplete, origins=find_origins(rows, dump_a, dump_b, filtered=bool(patterns)),
                           observer_failed=[side for side, dump in (("A", dump_a), ("B", dump_b))
                                            if (dump.result.get("observer_check") or {}).get("identical") is False])
 

@@ -16,6 +16,7 @@ bisection does, that once a count diverges every larger count does too.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -112,8 +113,13 @@ def run_bisect(base: LlamaRunConfig, layers: str, selection: Selection, out_dir:
             middle = (good + bad) // 2
             dump = capture(middle, LOGITS, "logits")
             comparison = compare_dumps(reference, dump, tolerance)
+            if not comparison.rows:
+                raise InspectorError("the logit-only captures hold no result_output: bisection compares the "
+                                     "logits a llama.cpp model names result_output")
             diverged = not comparison.passed
-            worst = max((row.metrics.nmse for row in comparison.rows if row.metrics is not None), default=None)
+            finite = [row.metrics.nmse for row in comparison.rows
+                      if row.metrics is not None and math.isfinite(row.metrics.nmse)]
+            worst = max(finite, default=None)
             probes.append(Probe(middle, diverged, worst, dump))
             progress(f"-ngl {middle}: {'diverged' if diverged else 'within tolerance'}")
             good, bad = (good, middle) if diverged else (middle, bad)

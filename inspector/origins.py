@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from inspector.errors import InspectorError
-from inspector.gguf_header import GgufHeader, read_header, read_tensor_bytes
+from inspector.gguf_header import GgufHeader, fingerprint, read_header, read_tensor_bytes
 from inspector.identity import KV_CACHE_PREFIX, PARAMETER_SUFFIXES
 from inspector.store import Dump, Entry
 from inspector.verdict import IDENTICAL
@@ -80,12 +80,18 @@ def _cache_of(name: str) -> str | None:
 
 
 class _Weights:
-    """Whether a weight has the same bytes in both runs' model files, read in O(tensor) from each header."""
+    """Whether a weight has the same bytes in both runs' model files, read in O(tensor) from each header.
+
+    The fingerprint hashes a file's ends only, so equal fingerprints prove
+    nothing about a weight in the middle: only equal full sha256s (``--sha256``)
+    skip the comparison.  A file is read only if it is still the one its run
+    used (same fingerprint now as recorded), else its weights are unknown.
+    """
 
     def __init__(self, dump_a: Dump, dump_b: Dump) -> None:
         facts = [dump.config.get("model_facts") or {} for dump in (dump_a, dump_b)]
-        self.same_file = bool(facts[0].get("fingerprint")) and facts[0].get("fingerprint") == facts[1].get(
-            "fingerprint")
+        self.same_file = bool(facts[0].get("sha256")) and facts[0].get("sha256") == facts[1].get("sha256")
+        self.facts = facts
         self.paths = [dump.config.get("model") for dump in (dump_a, dump_b)]
         self._headers: list[GgufHeader | None] | None = None
         self._answers: dict[str, str] = {}
@@ -93,9 +99,11 @@ class _Weights:
     def _opened(self) -> list[GgufHeader | None]:
         if self._headers is None:
             self._headers = []
-            for path in self.paths:
+            for path, facts in zip(self.paths, self.facts, strict=True):
                 try:
-                    self._headers.append(read_header(path) if path and Path(path).is_file() else None)
+                    unchanged = bool(path) and Path(path).is_file() and bool(facts.get("fingerprint")) \
+                        and fingerprint(path) == facts["fingerprint"]
+                    self._headers.append(read_header(path) if unchanged else None)
                 except (InspectorError, OSError):
                     self._headers.append(None)
         return self._headers
@@ -113,6 +121,19 @@ class _Weights:
         return self._answers[name]
 
 
+def _sources(details_a: list[Any], details_b: list[Any]) -> list[SourceState]:
+    """The two runs' source details, paired by position; raises TypeError/ValueError on a malformed one."""
+    sources = []
+    for detail_a, detail_b in zip(details_a, details_b, strict=True):
+        if not isinstance(detail_a, dict) or not isinstance(detail_b, dict):
+            raise TypeError("a source detail that is not an object")
+        sources.append(SourceState(
+            str(detail_a["name"]), int(detail_a["occurrence"]), "", str(detail_a.get("buffer", "")),
+            str(detail_b.get("buffer", "")), str(detail_a.get("buffer_type", "")),
+            str(detail_b.get("buffer_type", "")), str(detail_a.get("type", "")), str(detail_b.get("type", ""))))
+    return sources
+
+
 def _explain(verdict: str, sources: list[SourceState], record_a: dict[str, Any], record_b: dict[str, Any]) -> str:
     if verdict == WEIGHT_DIFFERS:
         changed = [s.name for s in sources if s.state == "weight differs"]
@@ -125,10 +146,11 @@ def _explain(verdict: str, sources: list[SourceState], record_a: dict[str, Any],
     placements = []
     if record_a.get("ggml_type") != record_b.get("ggml_type"):
         placements.append(f"it writes {record_a.get('ggml_type')} in A and {record_b.get('ggml_type')} in B")
-    if (record_a.get("buffer_type"), record_a.get("buffer")) != (record_b.get("buffer_type"), record_b.get("buffer")):
+    if _where(str(record_a.get("buffer", ""))) != _where(str(record_b.get("buffer", ""))):
         placements.append(f"its output lived in {record_a.get('buffer')} in A and {record_b.get('buffer')} in B")
     for source in sources:
-        where_a, where_b = (source.buffer_type_a or source.buffer_a), (source.buffer_type_b or source.buffer_b)
+        where_a = _where(source.buffer_type_a or source.buffer_a)
+        where_b = _where(source.buffer_type_b or source.buffer_b)
         if where_a != where_b or source.type_a != source.type_b:
             placements.append(f"{source.name} was {source.type_a} in {where_a} in A and {source.type_b} in "
                               f"{where_b} in B")
@@ -137,13 +159,30 @@ def _explain(verdict: str, sources: list[SourceState], record_a: dict[str, Any],
     return f"identical inputs, different output: the op itself differs ({detail})"
 
 
-def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_ORIGINS) -> list[Origin]:
-    """The origins among ``rows`` (a comparison's, execution order), the first ``limit`` of them."""
+def _captured_everything(dump: Dump) -> bool:
+    select = dump.config.get("select") or {}
+    return not select.get("globs") and not select.get("regexes")
+
+
+def _where(buffer: str) -> str:
+    """``RPC0[127.0.0.1:50052]`` -> ``RPC0``: two captures against loopback servers differ only in the port."""
+    return buffer.split("[", 1)[0]
+
+
+def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_ORIGINS,
+                 filtered: bool = False) -> list[Origin]:
+    """The origins among ``rows`` (a comparison's, execution order), the first ``limit`` of them.
+
+    ``filtered``: the comparison left tensors out (``compare -T``), so a KV
+    cache's writes may be missing and its content cannot be vouched for.
+    """
     status = {(row.eval_index, row.name, row.occurrence): row.status for row in rows if row.present_in == "both"}
     candidates = [row for row in rows if row.present_in == "both" and row.status != IDENTICAL]
     if not candidates:
         return []
     # A KV cache is a leaf no run captures; its content differs from the first write to it that differed.
+    # Known only when every write was captured and compared.
+    caches_known = not filtered and _captured_everything(dump_a) and _captured_everything(dump_b)
     first_bad_write: dict[str, int] = {}
     for position, row in enumerate(rows):
         cache = _cache_of(row.name)
@@ -170,24 +209,22 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
         if not isinstance(details_a, list) or not isinstance(details_b, list) or not details_a \
                 or len(details_a) != len(details_b):
             continue  # captured before sources were recorded, or a different op: nothing to decide on
-        sources = []
-        for detail_a, detail_b in zip(details_a, details_b, strict=True):
-            name, occurrence = str(detail_a.get("name", "")), int(detail_a.get("occurrence", -1))
-            key = (row.eval_index, name, occurrence)
-            cache = _cache_of(name)
+        try:
+            sources = _sources(details_a, details_b)
+        except (TypeError, ValueError):
+            continue  # a malformed record (someone else's file): no verdict on this node
+        for source in sources:
+            key = (row.eval_index, source.name, source.occurrence)
             if key in status:
-                state = "identical" if status[key] == IDENTICAL else "differs"
-            elif cache is not None:
+                source.state = "identical" if status[key] == IDENTICAL else "differs"
+            elif source.name.startswith(KV_CACHE_PREFIX) and " " not in source.name and caches_known:
                 # Cleared at the start, then what the writes before this node put there.
-                state = "differs" if first_bad_write.get(cache, len(rows)) < position_of[id(row)] else "same content"
-            elif _is_weight(name):
-                state = weights.state(name)
+                source.state = "differs" if first_bad_write.get(source.name, len(rows)) < position_of[id(row)] \
+                    else "same content"
+            elif _is_weight(source.name):
+                source.state = weights.state(source.name)
             else:
-                state = "not captured"
-            sources.append(SourceState(name, occurrence, state, str(detail_a.get("buffer", "")),
-                                       str(detail_b.get("buffer", "")), str(detail_a.get("buffer_type", "")),
-                                       str(detail_b.get("buffer_type", "")), str(detail_a.get("type", "")),
-                                       str(detail_b.get("type", ""))))
+                source.state = "not captured"
         states = {source.state for source in sources}
         if "differs" in states:
             continue  # a consequence: it was handed a different input

@@ -69,14 +69,12 @@ def _node(dump: Dump, eval_index: int, node: int) -> Entry:
     raise InspectorError(f"{dump.path}: no captured node {node} in evaluation {eval_index}")
 
 
-def _fresh_cache(dump: Dump, cache: str, eval_index: int) -> bool:
-    """True when no earlier evaluation wrote ``cache``: known in evaluation 0, or when every node was captured."""
-    if eval_index == 0:
-        return True
+def _fresh_cache(dump: Dump, cache: str, eval_index: int, node: int) -> bool:
+    """True when nothing wrote ``cache`` before node ``node``: decidable only when every node was captured."""
     select = dump.config.get("select") or {}
     if select.get("globs") or select.get("regexes"):
         return False
-    return not any(entry.eval_index < eval_index and entry.name.split(" ", 1)[0] == cache
+    return not any((entry.eval_index, entry.node_index) < (eval_index, node) and entry.name.split(" ", 1)[0] == cache
                    and entry.op in ("SET_ROWS", "CPY") for entry in dump.entries())
 
 
@@ -115,7 +113,12 @@ class _Placements:
 
     def backend(self, buffer_name: str) -> Backend:
         """The backend that computed a node whose output lived in ``buffer_name``."""
-        key = "RPC" if buffer_name.startswith("RPC") else "CPU"
+        if buffer_name.startswith("RPC"):
+            key = "RPC"
+        elif buffer_name in HOST_BUFFER_TYPES or buffer_name.startswith("CPU") or not buffer_name:
+            key = "CPU"
+        else:
+            raise InspectorError(f"replay runs ops on the CPU and on RPC servers; this node ran on {buffer_name}")
         if key not in self.backends:
             if key == "CPU":
                 self.backends[key] = init_backend(self.lib, None, self.threads)
@@ -166,8 +169,16 @@ def _compute(lib: GgmlLibraries, placements: _Placements, record: dict[str, Any]
                 node = lib.base.ggml_new_tensor_4d(context.address, _type_id(record["ggml_type"]), *ne)
                 struct = GgmlTensorStruct.from_address(node)
                 struct.op = int(record["op_code"])
-                for index, word in enumerate(record.get("op_params", [])):
-                    struct.op_params[index] = int(word)
+                words = [int(word) for word in record.get("op_params", [])]
+                if len(words) > len(struct.op_params):
+                    raise InspectorError(f"{record['name']}'s record has {len(words)} op_params words")
+                for index, word in enumerate(words):
+                    struct.op_params[index] = word
+                # ggml's op numbering changes between versions: the rebuilt op must be the recorded one.
+                if lib.base.ggml_op_desc(node).decode() != record["op"]:
+                    raise InspectorError(f"op code {record['op_code']} is {lib.base.ggml_op_desc(node).decode()} "
+                                         f"in this ggml, but the capture recorded {record['op']} (another ggml "
+                                         "version?): cannot replay")
                 for slot, address in addresses.items():
                     struct.src[slot] = address
             buffer = lib.base.ggml_backend_alloc_ctx_tensors_from_buft(context.address, buft)
@@ -219,8 +230,13 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
             raise InspectorError(f"{entry_a.name} is a {op}: a view computes nothing, so there is nothing to replay")
         header = read_header(dump_a.config["model"]) if dump_a.config.get("model") else None
         keys = {entry.key: entry for entry in dump_a.entries()}
+        details_a, details_b = record_a["source_details"], record_b.get("source_details")
+        if not isinstance(details_b, list) or [d.get("slot") for d in details_a] != [d.get("slot") for d in details_b]:
+            raise InspectorError(f"{entry_a.name} reads other sources in run B than in run A (or B's capture did not "
+                                 "record them): the two runs computed different ops, nothing to replay as both")
+        destination_slot = DESTINATION_SLOTS.get(op)
         sources_a, sources_b = [], []
-        for detail_a, detail_b in zip(record_a["source_details"], record_b.get("source_details", []), strict=False):
+        for detail_a, detail_b in zip(details_a, details_b, strict=True):
             name, occurrence = detail_a["name"], detail_a["occurrence"]
             captured = keys.get((eval_index, name, occurrence))
             if captured is not None:
@@ -231,8 +247,10 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
                 values = dump_a.read(captured).astype(CAPTURED_DTYPES[meta["ggml_type"]], copy=False)
                 data = _laid_out(values, [int(n) for n in meta["ne"]], [int(n) for n in meta["nb"]])
                 detail = {**detail_a, "ne": meta["ne"], "nb": meta["nb"], "type": meta["ggml_type"]}
-            elif name.startswith(KV_CACHE_PREFIX) and _fresh_cache(dump_a, name, eval_index):
-                # Nothing wrote this cache before (caches start cleared): zeros, as the run had.
+            elif (name.startswith(KV_CACHE_PREFIX) and " " not in name and detail_a["slot"] == destination_slot
+                  and _fresh_cache(dump_a, name, eval_index, node)):
+                # The cache this op writes into, which nothing wrote before (caches start cleared): zeros.
+                # The op's result is a view of it, so it has the node's shape.
                 ne = [int(n) for n in record_a["ne"]]
                 data = np.zeros(int(np.prod(ne)), dtype=CAPTURED_DTYPES.get(detail_a["type"], np.float32))
                 if detail_a["type"] not in CAPTURED_DTYPES:
@@ -243,8 +261,9 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
                 data = read_tensor_bytes(header, name)
                 detail = {**detail_a, "ne": list(info.ne), "type": info.type_name}
             elif name.startswith(KV_CACHE_PREFIX):
-                raise InspectorError(f"{entry_a.name} writes into the KV cache {name}, which earlier evaluations "
-                                     "wrote and no capture holds: replay the cache's first write instead")
+                raise InspectorError(f"{entry_a.name} needs the KV cache {name} as it was at that point, which no "
+                                     "capture holds: replay a write into a fresh cache, or a node that reads a "
+                                     "captured view of it")
             else:
                 raise InspectorError(f"{entry_a.name}'s input {name} was not captured and is not a weight of "
                                      f"{dump_a.config.get('model') or 'a known model file'}: capture it to replay")
@@ -259,12 +278,16 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
         captured_a, captured_b = dump_a.read(entry_a), dump_b.read(entry_b)
     difference = None
     if output_a.shape == output_b.shape:
-        difference = float(np.max(np.abs(output_a.astype(np.float64) - output_b.astype(np.float64)))) \
-            if output_a.size else 0.0
+        gap = np.abs(output_a.astype(np.float64) - output_b.astype(np.float64))
+        difference = float(np.nanmax(gap)) if output_a.size and not np.isnan(gap).all() else None
     return Replay(
         eval_index=eval_index, node=node, name=entry_a.name, op=op,
         placement_a={"node": record_a.get("buffer", ""), **{s[0]["name"]: s[2] for s in sources_a}},
         placement_b={"node": record_b.get("buffer", ""), **{s[0]["name"]: s[2] for s in sources_b}},
-        reproduces_a=bool(np.array_equal(output_a, captured_a)),
-        reproduces_b=bool(np.array_equal(output_b, captured_b)),
-        op_differs=not np.array_equal(output_a, output_b), max_abs_diff=difference)
+        reproduces_a=_same_bits(output_a, captured_a), reproduces_b=_same_bits(output_b, captured_b),
+        op_differs=not _same_bits(output_a, output_b), max_abs_diff=difference)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-identical, NaN included (a NaN reproduced is a NaN reproduced)."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()

@@ -15,6 +15,7 @@ import pytest
 from conftest import PROMPT
 from test_cli import cli
 
+from inspector import open_dump
 from inspector.models import TinyLlamaSpec, write_tiny_llama
 from inspector.rpc import LoopbackServer
 
@@ -97,3 +98,18 @@ def test_identical_runs_have_no_origin(models, tmp_path):
     capture(models / "base.gguf", tmp_path / "b.h5")
     found, text = origins(tmp_path / "a.h5", tmp_path / "b.h5")
     assert found == [] and "origin" not in text
+
+
+def test_a_weight_changed_past_the_fingerprinted_ends_is_still_found(tmp_path):
+    """The fingerprint hashes a file's first 16 MiB and last 64 KiB: a change between them must not pass as
+    'the same file'; the weight's own bytes decide."""
+    spec = TinyLlamaSpec(seed=1, n_embd=512, n_ff=2048, n_layer=4)
+    a_model = write_tiny_llama(tmp_path / "a.gguf", spec)
+    b_model = write_tiny_llama(tmp_path / "b.gguf", TinyLlamaSpec(**{**spec.__dict__, "perturb": (2, 5, 0.5)}))
+    capture(a_model, tmp_path / "a.h5")
+    capture(b_model, tmp_path / "b.h5")
+    with open_dump(tmp_path / "a.h5") as a, open_dump(tmp_path / "b.h5") as b:
+        assert a.config["model_facts"]["fingerprint"] == b.config["model_facts"]["fingerprint"]
+    first = origins(tmp_path / "a.h5", tmp_path / "b.h5")[0][0]
+    assert (first["name"], first["verdict"]) == ("Qcur-2", "weight")
+    assert "blk.2.attn_q.weight" in first["explanation"]

@@ -119,6 +119,7 @@ class _TextRunner:
         lib.ggml.ggml_backend_sched_reset(sched)
         lib.ggml.ggml_backend_sched_set_eval_callback(sched, ctypes.cast(hook.callback, ctypes.c_void_p), None)
         leaf = graph.inputs.get("cross_attn_states")
+        sizes = self.session.buffer_sizes()
         if leaf is not None and left_behind is not None:
             # The original port's read: the leaf is where the vision graph left its output.
             source = Tensor(lib, left_behind).struct
@@ -126,6 +127,11 @@ class _TextRunner:
                 raise InspectorError("cannot place cross_attn_states at the vision output's address")
         if not lib.ggml.ggml_backend_sched_alloc_graph(sched, graph.graph):
             raise InspectorError("the scheduler could not allocate the text graph")
+        if leaf is not None and left_behind is not None and self.session.buffer_sizes() != sizes:
+            # A grown buffer is a freed one: the late read would read freed memory, not reused memory.
+            raise InspectorError("the scheduler reallocated its compute buffers for the text graph, so the vision "
+                                 "output's memory was freed, not reused: late-read cannot be reproduced safely "
+                                 "with this placement")
         n, n_past = graph.n_tokens, graph.n_past
         positions = np.arange(n_past, n_past + n)
         set_data(lib, graph.inputs["inp_tokens"], np.asarray(tokens, dtype=np.int32))
@@ -192,6 +198,8 @@ def generate(config: GenerateConfig, selection: Selection, output: str | Path, *
                                                      vision_out if states is None else None)
                         last = prompt_logits[-1]
                         for step in range(config.n_predict):
+                            if hook.interrupted or hook.error:
+                                break  # Ctrl-C or a failed capture: stop generating, report below
                             token = int(np.argmax(last))
                             generated.append(token)
                             if step == config.n_predict - 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +54,17 @@ def read_image(path: str) -> tuple[bytes, dict[str, Any]]:
         size = file.stat().st_size
         if size > MAX_IMAGE_FILE_BYTES:
             raise SetupError(f"--image {path}: {size} bytes is more than the {MAX_IMAGE_FILE_BYTES} an image may be")
-        with file.open("rb") as handle:
+        with file.open("rb") as handle, warnings.catch_warnings():
+            # Pillow's own bomb limits (a warning, then an error) would speak before ours: ours decide.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             data = handle.read(MAX_IMAGE_FILE_BYTES + 1)
             handle.seek(0)
-            with Image.open(handle) as image:
-                image_format, (width, height) = image.format, image.size
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(handle) as image:
+                    image_format, (width, height) = image.format, image.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
     except UnidentifiedImageError:
         raise SetupError(f"--image {path}: not an image file") from None
     except OSError as error:

@@ -91,8 +91,10 @@ def extra_buffer_types(lib: GgmlLibraries) -> dict[str, int]:
     found = {}
     for device in _all_devices(lib).values():
         registry = lib.ggml.ggml_backend_dev_backend_reg(device)
+        if not registry:
+            continue
         address = lib.ggml.ggml_backend_reg_get_proc_address(registry, b"ggml_backend_dev_get_extra_bufts")
-        if not registry or not address:
+        if not address:
             continue
         bufts = _ExtraBufts(address)(device)
         index = 0
