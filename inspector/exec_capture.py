@@ -146,8 +146,11 @@ class _Interrupts:
 
 def exec_capture(argv: list[str], globs: Sequence[str], regexes: Sequence[str], output: str | Path, *,
                  overwrite: bool = False, progress: Callable[[str], None] | None = None, stats_only: bool = False,
-                 compression: Compression = NO_COMPRESSION) -> ExecSummary:
+                 compression: Compression = NO_COMPRESSION, model: str | Path | None = None) -> ExecSummary:
     """Run ``argv`` with the hook preloaded, write the dump, and return what happened.
+
+    ``model``, the GGUF the program loads if the caller knows it, is recorded
+    as ``capture`` records its model (path and facts, in bounded reads).
 
     ``regexes`` are POSIX extended regular expressions, the hook's dialect;
     each is checked with the C library's regcomp before the program starts.
@@ -168,6 +171,10 @@ def exec_capture(argv: list[str], globs: Sequence[str], regexes: Sequence[str], 
     started = time.perf_counter()
     config = {"runner": "exec", "argv": list(argv), "command_line": shlex.join(argv), "cwd": os.getcwd(),
               "environment": recorded_environment(), "select": {"globs": list(globs), "regexes": list(regexes)}}
+    if model is not None:
+        from inspector.runners.llama import model_facts
+
+        config.update(model=str(model), model_facts=model_facts(str(model)))
     with tempfile.TemporaryDirectory(prefix="ggml-inspector-") as folder, _Interrupts() as interrupts:
         address = str(Path(folder) / "hook.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -8,6 +8,7 @@ same run, from what the program set, and from numpy.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,19 @@ def test_the_native_hook_records_sources_and_op_params_as_the_python_hook_does(b
         assert len(pairs) > 50 and any(python.metadata(p)["op_params"] for _n, p in pairs)  # ROPE has some
         for entry, partner in pairs:
             assert described(native.metadata(entry)) == described(python.metadata(partner)), entry.name
+
+
+def test_exec_with_the_model_named_finds_a_changed_weight_and_replays_it(built, tiny_f32, tmp_path):
+    """-m records the GGUF the program loads: origins compare its weights, replay reads them."""
+    from inspector.models import TinyLlamaSpec, write_tiny_llama
+
+    changed = write_tiny_llama(tmp_path / "changed.gguf", TinyLlamaSpec(dtype="f32", seed=1, perturb=(1, 5, 0.5)))
+    for name, model in (("a", tiny_f32), ("b", changed)):
+        result = cli("exec", "-m", model, "-o", tmp_path / f"{name}.h5", "--", built / "llama_client", model, PROMPT)
+        assert result.returncode == 0, result.stderr
+    document = json.loads(cli("compare", tmp_path / "a.h5", tmp_path / "b.h5", "--json").stdout)
+    first = document["origins"][0]
+    assert (first["name"], first["verdict"]) == ("Qcur-1", "weight") and document["different_model"]
+    replayed = json.loads(cli("replay", tmp_path / "a.h5", tmp_path / "b.h5", "--eval", "0", "--node",
+                              str(first["node"]), "--json").stdout)
+    assert replayed["reproduces_a"] and not replayed["reproduces_b"] and not replayed["op_differs"]

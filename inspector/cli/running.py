@@ -89,9 +89,12 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
 @options.output_file("Dump file (default: dumps/<program>-<time>.h5).")
 @options.overwrite
 @options.storage
+@click.option("-m", "--model", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="The GGUF the program loads, recorded (fingerprint in O(header)) so that compare can tell "
+                   "different model files apart, its origins can compare weights and replay can read them.")
 @click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path | None, overwrite: bool,
-                 stats_only: bool, compression: str, program: tuple[str, ...]) -> None:
+                 stats_only: bool, compression: str, model: Path | None, program: tuple[str, ...]) -> None:
     """Run any ggml program, unmodified, and capture its graphs: ggml-inspector exec [OPTIONS] -- PROGRAM [ARGS]...
 
     The native hook (hooks/) is preloaded into the program: it interposes
@@ -125,7 +128,7 @@ def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path 
     output = output or default_output(Path(program[0]).name)
     stop_on_sigterm()
     summary = exec_capture(list(program), globs, regexes, output, overwrite=overwrite, progress=echo_progress,
-                           stats_only=stats_only, compression=storage)
+                           stats_only=stats_only, compression=storage, model=model)
     for line in exec_lines(summary):
         click.echo(line, err=True)
     status = summary.exit_status
