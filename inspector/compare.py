@@ -15,6 +15,7 @@ from typing import Any
 from inspector import verdict
 from inspector.dump_format import STORED_STATS
 from inspector.errors import InspectorError
+from inspector.formatting import evaluation_label
 from inspector.identity import tensor_key
 from inspector.metrics import PairMetrics, compare_arrays, identical_metrics
 from inspector.origins import Origin, find_origins
@@ -57,7 +58,7 @@ class TensorComparison:
     @property
     def evaluation_label(self) -> str:
         """``1 encode``: the evaluation's index and kind, as listings name it."""
-        return f"{self.eval_index} {self.eval_kind}".rstrip()
+        return evaluation_label(self.eval_index, self.eval_kind)
 
     @property
     def present_in(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from inspector.compare import DIVERGED, IDENTICAL, MISMATCHED, MISSING, WITHIN, Comparison, TensorComparison
-from inspector.formatting import number, shape_text, table
+from inspector.formatting import evaluation_label, number, shape_text, table
 from inspector.origins import Origin
 
 JSON_SCHEMA_VERSION = 1
@@ -60,7 +60,7 @@ def origin_json(origin: Origin) -> dict[str, Any]:
 
 def describe_origin(origin: Origin) -> str:
     label = origin.name if origin.occurrence == 0 else f"{origin.name} #{origin.occurrence}"
-    where = f"eval {f'{origin.eval_index} {origin.eval_kind}'.rstrip()}, node {origin.node}, {origin.op}"
+    where = f"eval {evaluation_label(origin.eval_index, origin.eval_kind)}, node {origin.node}, {origin.op}"
     size = f"nmse {number(origin.nmse)}" if origin.nmse is not None else "differs"
     return f"{label} ({where}): {size}; {origin.explanation}"
 

@@ -10,6 +10,12 @@ import math
 from collections.abc import Sequence
 
 
+def evaluation_label(index: int, kind: str) -> str:
+    """``3 prompt``, ``1 encode``: how listings, comparisons and plots name an evaluation (the index alone
+    when the kind is unknown)."""
+    return f"{index} {kind}".rstrip()
+
+
 def human_bytes(count: int) -> str:
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):

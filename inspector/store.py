@@ -29,6 +29,7 @@ from inspector.dump_format import (
     TensorStats,
 )
 from inspector.errors import DumpError
+from inspector.formatting import evaluation_label
 
 __all__ = ["Dump", "Entry", "TensorStats", "matches_globs", "open_dump"]
 # A table declaring more rows than the file has room for (at this many bytes a row, far below
@@ -226,8 +227,7 @@ class Dump:
 
     def evaluation_label(self, eval_index: int) -> str:
         """``3 prompt``, ``1 encode``: the index and the kind, how listings and plots name an evaluation."""
-        kind = next((e["kind"] for e in self.evaluations if e["index"] == eval_index), "")
-        return f"{eval_index} {kind}".rstrip()
+        return evaluation_label(eval_index, next((e["kind"] for e in self.evaluations if e["index"] == eval_index), ""))
 
     def entries(self, patterns: list[str] | None = None) -> list[Entry]:
         """Index rows in execution order, optionally filtered by glob patterns on the name."""

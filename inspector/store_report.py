@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.formatting import number, shape_text, table
+from inspector.formatting import evaluation_label, number, shape_text, table
 from inspector.store import Dump, Entry
 
 
@@ -52,7 +52,7 @@ def notes(dump: Dump) -> list[str]:
 def listing(entries: list[Entry], kinds: dict[int, str] | None = None) -> str:
     """The tensor table; ``kinds`` labels each evaluation (an image encoder's ``encode`` beside ``prompt``)."""
     kinds = kinds or {}
-    rows = [[f"{e.eval_index} {kinds.get(e.eval_index, '')}".rstrip(),
+    rows = [[evaluation_label(e.eval_index, kinds.get(e.eval_index, "")),
              str(e.node_index), e.name + ("" if e.occurrence == 0 else f" #{e.occurrence}"),
              e.op, e.ggml_type, shape_text(e.shape), e.buffer, number(e.stats.min), number(e.stats.max),
              number(e.stats.mean), number(e.stats.std), str(e.stats.n_nan), str(e.stats.n_inf)]
