@@ -133,25 +133,33 @@ encode_options = options.apply(
 )
 
 
-def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], regexes: tuple[str, ...],
-            loader: str, output: Path | None, overwrite: bool, probes: tuple[str, ...], sched_check: bool):
-    import os
+def _placement(llama_values: dict[str, Any], command: str) -> dict[str, Any]:
+    """The EncodeConfig fields llama.cpp's -t, -ngl, --rpc and -dev give: threads, offload layers and device.
 
-    from inspector.mllama.encode_report import encode_line
-    from inspector.runners.mllama import EncodeConfig, encode
-    from inspector.selection import Selection
+    -ngl auto (the default) offloads every layer when there is an offload
+    device, as llama.cpp's does.
+    """
+    import os
 
     rpc = llama_values["rpc"]
     devices = llama_values["devices"] or []
     if len(devices) > 1:
-        raise InspectorError("mllama encode offloads to one device; give one -dev name")
+        raise InspectorError(f"mllama {command} offloads to one device; give one -dev name")
     device = None if devices in ([], ["none"]) else devices[0]
     layers = llama_values["n_gpu_layers"]
-    has_offload = bool(rpc or device)
-    offload_layers = layers if isinstance(layers, int) else (EVERY_LAYER if has_offload or layers == "all" else 0)
-    config = EncodeConfig(model=str(llama_values["model"]), image=str(image),
-                          threads=llama_values["threads"] or os.cpu_count() or 1, offload_layers=offload_layers,
-                          rpc=rpc, device=device, probes=list(probes), loader=loader)
+    offload_layers = layers if isinstance(layers, int) else (EVERY_LAYER if rpc or device or layers == "all" else 0)
+    return {"threads": llama_values["threads"] or os.cpu_count() or 1, "offload_layers": offload_layers,
+            "rpc": rpc, "device": device}
+
+
+def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], regexes: tuple[str, ...],
+            loader: str, output: Path | None, overwrite: bool, probes: tuple[str, ...], sched_check: bool):
+    from inspector.mllama.encode_report import encode_line
+    from inspector.runners.mllama import EncodeConfig, encode
+    from inspector.selection import Selection
+
+    config = EncodeConfig(model=str(llama_values["model"]), image=str(image), probes=list(probes), loader=loader,
+                          **_placement(llama_values, "encode"))
     output = output or Path(DEFAULT_DUMP_DIR) / f"mllama-{image.stem}.h5"
     summary = encode(config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
                      sched_check=sched_check, progress=echo_progress)
@@ -225,27 +233,17 @@ def mllama_generate(llama_values: dict[str, Any], image: Path, globs: tuple[str,
     the text depends on --probe and on -ngl. compare COPY.h5 LATE.h5 names
     cross_attn_states first.
     """
-    import os
-
     from inspector.mllama.encode_report import generate_line
     from inspector.mllama.tokenizer import prompt_token_ids
     from inspector.runners.mllama_generate import GenerateConfig, generate
     from inspector.selection import Selection
 
-    rpc = llama_values["rpc"]
-    devices = llama_values["devices"] or []
-    if len(devices) > 1:
-        raise InspectorError("mllama generate offloads to one device; give one -dev name")
-    device = None if devices in ([], ["none"]) else devices[0]
-    layers = llama_values["n_gpu_layers"]
-    offload_layers = layers if isinstance(layers, int) else (EVERY_LAYER if rpc or device or layers == "all" else 0)
     model = str(llama_values["model"])
     token_ids = prompt_token_ids(model, llama_values["prompt"], llama_values["token_ids"])
     n_ctx = llama_values["n_ctx"] or len(token_ids) + max(llama_values["n_predict"], 0)
     config = GenerateConfig(model=model, image=str(image), token_ids=token_ids,
-                            n_predict=max(llama_values["n_predict"], 0), n_ctx=n_ctx,
-                            threads=llama_values["threads"] or os.cpu_count() or 1, offload_layers=offload_layers,
-                            rpc=rpc, device=device, probes=list(probes), vision_output=vision_output, loader=loader)
+                            n_predict=max(llama_values["n_predict"], 0), n_ctx=n_ctx, probes=list(probes),
+                            vision_output=vision_output, loader=loader, **_placement(llama_values, "generate"))
     output = output or Path(DEFAULT_DUMP_DIR) / f"mllama-generate-{image.stem}.h5"
     summary = generate(config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
                        progress=echo_progress)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +50,14 @@ from inspector.selection import Selection
 from inspector.system import system_facts
 
 
-@dataclass
-class GenerateConfig:
-    model: str
-    image: str
+@dataclass(kw_only=True)
+class GenerateConfig(EncodeConfig):
+    """The vision run's settings (model, image, placement, probes) and the language model's."""
+
     token_ids: list[int]
     n_predict: int = 0
     n_ctx: int = 256
-    threads: int = 1
-    offload_layers: int = 0
-    rpc: list[str] = field(default_factory=list)
-    device: str | None = None
-    probes: list[str] = field(default_factory=list)
     vision_output: str = "copy"
-    loader: str = "pil"
 
 
 @dataclass
@@ -156,10 +150,7 @@ def generate(config: GenerateConfig, selection: Selection, output: str | Path, *
     if config.vision_output not in MLLAMA_VISION_OUTPUTS:
         raise InspectorError(f"--vision-output must be one of {', '.join(MLLAMA_VISION_OUTPUTS)}")
     started = time.perf_counter()
-    encode_config = EncodeConfig(model=config.model, image=config.image, threads=config.threads,
-                                 offload_layers=config.offload_layers, rpc=config.rpc, device=config.device,
-                                 probes=config.probes, loader=config.loader)
-    with Session(encode_config) as session:
+    with Session(config) as session:
         vision = session.weights.hparams
         model = load_text_model(config.model, session.cpu, session.offload, config.offload_layers, config.n_ctx,
                                 vision.max_tiles * vision.num_positions)
