@@ -151,12 +151,11 @@ class ImageRows:
 
     def masks(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The additive cross mask (n, L) and the row mask (n, 1) of tokens at ``positions``."""
-        keys = self.max_tiles * self.positions_per_tile
         allowed = positions >= self.image_position
         real = np.repeat(np.arange(self.max_tiles) < self.tiles, self.positions_per_tile)
+        # Padding tiles are masked for rows that see the image; rows before it stay all zero.
         additive = np.where(allowed[:, None] & ~real[None, :], np.float32(F32_MIN), np.float32(0.0))
-        additive = np.where(allowed[:, None], additive, np.float32(0.0)).astype(np.float32)
-        return additive.reshape(len(positions), keys), allowed.astype(np.float32).reshape(-1, 1)
+        return additive.astype(np.float32), allowed.astype(np.float32).reshape(-1, 1)
 
 
 @dataclass
