@@ -65,6 +65,12 @@ def is_model_state(name: str) -> bool:
     return original.endswith(PARAMETER_SUFFIXES) or original.startswith(KV_CACHE_PREFIX)
 
 
+def kv_cache_of(name: str) -> str | None:
+    """``cache_k_l0`` for llama.cpp's KV cache leaf and for the nodes that write or view it
+    (``cache_k_l0 (view)``); None for any other tensor."""
+    return name.split(" ", 1)[0] if name.startswith(KV_CACHE_PREFIX) else None
+
+
 TensorKey = tuple[int, str, int]
 
 

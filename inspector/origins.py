@@ -22,7 +22,7 @@ import numpy as np
 
 from inspector.errors import InspectorError
 from inspector.gguf_header import GgufHeader, fingerprint, read_header, read_tensor_bytes
-from inspector.identity import KV_CACHE_PREFIX, PARAMETER_SUFFIXES
+from inspector.identity import KV_CACHE_PREFIX, PARAMETER_SUFFIXES, kv_cache_of
 from inspector.store import Dump, Entry
 from inspector.verdict import IDENTICAL
 
@@ -72,11 +72,6 @@ class Origin:
 
 def _is_weight(name: str) -> bool:
     return name.endswith(PARAMETER_SUFFIXES) and not name.startswith(KV_CACHE_PREFIX)
-
-
-def _cache_of(name: str) -> str | None:
-    """``cache_k_l0`` for the KV cache leaf and for the nodes that write or view it (``cache_k_l0 (view)``)."""
-    return name.split(" ", 1)[0] if name.startswith(KV_CACHE_PREFIX) else None
 
 
 class _Weights:
@@ -185,7 +180,7 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
     caches_known = not filtered and _captured_everything(dump_a) and _captured_everything(dump_b)
     first_bad_write: dict[str, int] = {}
     for position, row in enumerate(rows):
-        cache = _cache_of(row.name)
+        cache = kv_cache_of(row.name)
         if cache and row.present_in == "both" and row.status != IDENTICAL and row.op_a in ("SET_ROWS", "CPY"):
             first_bad_write.setdefault(cache, position)
     position_of = {id(row): position for position, row in enumerate(rows)}
@@ -217,7 +212,7 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
             key = (row.eval_index, source.name, source.occurrence)
             if key in status:
                 source.state = "identical" if status[key] == IDENTICAL else "differs"
-            elif source.name.startswith(KV_CACHE_PREFIX) and " " not in source.name and caches_known:
+            elif kv_cache_of(source.name) == source.name and caches_known:  # the cache leaf, not a view of it
                 # Cleared at the start, then what the writes before this node put there.
                 source.state = "differs" if first_bad_write.get(source.name, len(rows)) < position_of[id(row)] \
                     else "same content"

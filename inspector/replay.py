@@ -35,7 +35,7 @@ from inspector.ggml.graph import Backend, Context, init_backend
 from inspector.ggml.library import GgmlLibraries
 from inspector.ggml.tensor import GgmlTensorStruct, Tensor
 from inspector.gguf_header import read_header, read_tensor_bytes
-from inspector.identity import KV_CACHE_PREFIX
+from inspector.identity import KV_CACHE_PREFIX, kv_cache_of
 from inspector.rpc import LoopbackServer
 from inspector.runners.llama import install_log
 from inspector.runners.placement import extra_buffer_types
@@ -74,7 +74,7 @@ def _fresh_cache(dump: Dump, cache: str, eval_index: int, node: int) -> bool:
     select = dump.config.get("select") or {}
     if select.get("globs") or select.get("regexes"):
         return False
-    return not any((entry.eval_index, entry.node_index) < (eval_index, node) and entry.name.split(" ", 1)[0] == cache
+    return not any((entry.eval_index, entry.node_index) < (eval_index, node) and kv_cache_of(entry.name) == cache
                    and entry.op in ("SET_ROWS", "CPY") for entry in dump.entries())
 
 
@@ -247,7 +247,7 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
                 values = dump_a.read(captured).astype(CAPTURED_DTYPES[meta["ggml_type"]], copy=False)
                 data = _laid_out(values, [int(n) for n in meta["ne"]], [int(n) for n in meta["nb"]])
                 detail = {**detail_a, "ne": meta["ne"], "nb": meta["nb"], "type": meta["ggml_type"]}
-            elif (name.startswith(KV_CACHE_PREFIX) and " " not in name and detail_a["slot"] == destination_slot
+            elif (kv_cache_of(name) == name and detail_a["slot"] == destination_slot
                   and _fresh_cache(dump_a, name, eval_index, node)):
                 # The cache this op writes into, which nothing wrote before (caches start cleared): zeros.
                 # The op's result is a view of it, so it has the node's shape.
