@@ -26,9 +26,9 @@ from inspector.capture import capture_llama
 from inspector.compare import Comparison, compare_dumps
 from inspector.errors import InspectorError
 from inspector.gguf_header import read_header
-from inspector.rpc import LoopbackServer
 from inspector.runners.llama import LlamaRunConfig
 from inspector.selection import Selection
+from inspector.sweep import offload_endpoints
 from inspector.tolerance import Tolerance
 
 LOGITS = Selection(globs=("result_output",))
@@ -88,23 +88,13 @@ def run_bisect(base: LlamaRunConfig, layers: str, selection: Selection, out_dir:
     low, high = parse_range(layers, _block_count(base.model))
     base.validate()
     out_dir.mkdir(parents=True, exist_ok=True)
-    server: LoopbackServer | None = None
-    endpoints = list(base.rpc)
-    if auto_loopback and not endpoints:
-        from inspector.sweep import has_gpu
+    with offload_endpoints(base, True, auto_loopback, progress) as endpoints:
+        def capture(count: int, chosen: Selection, stem: str) -> Path:
+            dump = out_dir / f"{stem}-ngl{count}.h5"
+            capture_llama(replace(base, n_gpu_layers=count, rpc=endpoints if count else []), chosen, dump,
+                          overwrite=overwrite)
+            return dump
 
-        if not has_gpu():
-            server = LoopbackServer(threads=base.threads).start()
-            endpoints = [server.endpoint]
-            progress(f"no GPU: started a loopback RPC server on {server.endpoint}")
-
-    def capture(count: int, chosen: Selection, stem: str) -> Path:
-        dump = out_dir / f"{stem}-ngl{count}.h5"
-        capture_llama(replace(base, n_gpu_layers=count, rpc=endpoints if count else []), chosen, dump,
-                      overwrite=overwrite)
-        return dump
-
-    try:
         progress(f"reference: -ngl {low}, logits only")
         reference = capture(low, LOGITS, "logits")
         probes: list[Probe] = []
@@ -130,9 +120,6 @@ def run_bisect(base: LlamaRunConfig, layers: str, selection: Selection, out_dir:
             pair = (capture(boundary - 1, selection, "full"), capture(boundary, selection, "full"))
             result.pair = pair
             result.comparison = compare_dumps(pair[0], pair[1], tolerance)
-    finally:
-        if server is not None:
-            server.stop()
     result.summary_path.write_text(json.dumps(summary(result), indent=1))
     return result
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,22 @@ def has_gpu() -> bool:
     return any(d["type"] in ("GPU", "IGPU") and not d["name"].startswith("RPC") for d in ggml_devices(load()))
 
 
+@contextmanager
+def offload_endpoints(base: LlamaRunConfig, needed: bool, auto_loopback: bool,
+                      progress: Callable[[str], None]) -> Iterator[list[str]]:
+    """The RPC endpoints runs offload to: ``base.rpc``; with none given, offload ``needed``, ``auto_loopback``
+    and no GPU, a loopback RPC server that stands in for one and is stopped afterwards (Ctrl-C and errors too)."""
+    if base.rpc or not needed or not auto_loopback or has_gpu():
+        yield list(base.rpc)
+        return
+    server = LoopbackServer(threads=base.threads).start()
+    progress(f"no GPU: started a loopback RPC server on {server.endpoint}")
+    try:
+        yield [server.endpoint]
+    finally:
+        server.stop()
+
+
 def run_sweep(base: LlamaRunConfig, layer_counts: list[int | str], varies: list[tuple[str, list[Any]]],
               selection: Selection, out_dir: Path, tolerance: Tolerance, *, auto_loopback: bool = True,
               overwrite: bool = False, progress: Callable[[str], None] = lambda _m: None) -> SweepResult:
@@ -153,13 +170,8 @@ def run_sweep(base: LlamaRunConfig, layer_counts: list[int | str], varies: list[
             raise InspectorError(f"sweep configuration {_label(settings)}: {error}") from None
     read_header(base.model)  # a bad model fails before any server starts or dump is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    server: LoopbackServer | None = None
-    endpoints = list(base.rpc)
-    if auto_loopback and not endpoints and not has_gpu() and any(count != 0 for count in layer_counts):
-        server = LoopbackServer(threads=base.threads).start()
-        endpoints = [server.endpoint]
-        progress(f"no GPU: started a loopback RPC server on {server.endpoint}")
-    try:
+    offloads = any(count != 0 for count in layer_counts)
+    with offload_endpoints(base, offloads, auto_loopback, progress) as endpoints:
         runs = []
         for index, (settings, config) in enumerate(zip(grid, configs, strict=True)):
             label = _label(settings)
@@ -169,9 +181,6 @@ def run_sweep(base: LlamaRunConfig, layer_counts: list[int | str], varies: list[
             runs.append(SweepRun(label, settings, dump))
         for run in runs[1:]:
             run.comparison = compare_dumps(runs[0].dump, run.dump, tolerance)
-    finally:
-        if server is not None:
-            server.stop()
     summary = summarise(runs, tolerance)
     summary["rpc"] = endpoints
     summary_path = out_dir / SUMMARY_NAME

@@ -128,18 +128,27 @@ def sweep(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], glob
         return
     counts = parse_layers(layers)
     variations = [parse_vary(v) for v in varies]
-    auto_loopback = run_config.rpc != ["none"]
-    if run_config.rpc in (["none"], ["auto"]):
-        run_config = replace(run_config, rpc=[])
+    run_config, auto_loopback = _rpc_choice(run_config)
     selection = Selection(globs=globs or (() if regexes else ("l_out-*", "result_output")), regexes=regexes)
-    model = Path(run_config.model)
-    output_dir = output_dir or Path(DEFAULT_DUMP_DIR) / f"sweep-{model.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    output_dir = output_dir or _default_folder("sweep", run_config)
     stop_on_sigterm()
     result = run_sweep(run_config, counts, variations, selection, output_dir, preset(preset_name),
                        auto_loopback=auto_loopback, overwrite=overwrite, progress=echo_progress)
     click.echo(render_matrix(result.summary, per_layer))
     click.echo(f"summary: {result.summary_path}", err=True)
     sys.exit(0 if result.summary["passed"] else 1)
+
+
+def _rpc_choice(run_config: LlamaRunConfig) -> tuple[LlamaRunConfig, bool]:
+    """``--rpc none`` keeps every run on the CPU; none given (or ``auto``) may start a loopback server."""
+    auto_loopback = run_config.rpc != ["none"]
+    if run_config.rpc in (["none"], ["auto"]):
+        run_config = replace(run_config, rpc=[])
+    return run_config, auto_loopback
+
+
+def _default_folder(kind: str, run_config: LlamaRunConfig) -> Path:
+    return Path(DEFAULT_DUMP_DIR) / f"{kind}-{Path(run_config.model).stem}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _bisect(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], globs: tuple[str, ...],
@@ -150,11 +159,8 @@ def _bisect(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], gl
 
     if varies:
         raise InspectorError("--bisect searches the offload count only: drop --vary")
-    auto_loopback = run_config.rpc != ["none"]
-    if run_config.rpc in (["none"], ["auto"]):
-        run_config = replace(run_config, rpc=[])
-    model = Path(run_config.model)
-    output_dir = output_dir or Path(DEFAULT_DUMP_DIR) / f"bisect-{model.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_config, auto_loopback = _rpc_choice(run_config)
+    output_dir = output_dir or _default_folder("bisect", run_config)
     stop_on_sigterm()
     result = run_bisect(run_config, layers, Selection(globs=globs, regexes=regexes), output_dir, tolerance,
                         auto_loopback=auto_loopback, overwrite=overwrite, progress=echo_progress)
