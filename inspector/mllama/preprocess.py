@@ -37,6 +37,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inspector.constants import MLLAMA_IMAGE_LOADERS
 from inspector.errors import InspectorError
+from inspector.image_files import MAX_IMAGE_PIXELS, pillow_pixel_limit
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -46,8 +47,6 @@ PATCH_SIZE = 14
 RESCALE_FACTOR = 1 / 255
 CONVENTIONS = ("hf", "ollama")
 LOADERS = MLLAMA_IMAGE_LOADERS
-# Refuse images beyond this many pixels (decompression bombs): ~16k x 16k.
-MAX_IMAGE_PIXELS = 16384 * 16384
 
 
 @dataclass(frozen=True)
@@ -175,17 +174,14 @@ def load_image(path: str | os.PathLike[str], loader: str = "pil") -> Image.Image
     path = Path(path)
     if not path.exists():
         raise InspectorError(f"{path}: no such file")
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        image = Image.open(path)
-        image.load()
+        with pillow_pixel_limit(MAX_IMAGE_PIXELS):
+            image = Image.open(path)
+            image.load()
     except (UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise InspectorError(f"{path} is not a readable image: {error}") from None
     except OSError as error:
         raise InspectorError(f"{path} cannot be decoded (truncated or corrupt: {error})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
     if loader not in LOADERS:
         raise InspectorError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
     if loader == "hf-path":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from llama_cpp import mtmd_cpp as mtmd
 
 from inspector.errors import SetupError
 from inspector.ggml import load
+from inspector.image_files import MAX_IMAGE_PIXELS, pillow_pixel_limit
 from inspector.runners.placement import device_by_name
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from inspector.runners.llama import LlamaRunConfig, LlamaSession
 
 MAX_IMAGE_FILE_BYTES = 256 * 1024**2
-MAX_IMAGE_PIXELS = 16384 * 16384
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "PPM", "TGA")
 TEXT_CHUNK, IMAGE_CHUNK = mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT, mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE
 
@@ -54,17 +53,12 @@ def read_image(path: str) -> tuple[bytes, dict[str, Any]]:
         size = file.stat().st_size
         if size > MAX_IMAGE_FILE_BYTES:
             raise SetupError(f"--image {path}: {size} bytes is more than the {MAX_IMAGE_FILE_BYTES} an image may be")
-        with file.open("rb") as handle, warnings.catch_warnings():
-            # Pillow's own bomb limits (a warning, then an error) would speak before ours: ours decide.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with file.open("rb") as handle:
             data = handle.read(MAX_IMAGE_FILE_BYTES + 1)
             handle.seek(0)
-            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                with Image.open(handle) as image:
-                    image_format, (width, height) = image.format, image.size
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous
+            # Pillow's bomb bound off (it would warn, then fail, before ours): the check below decides.
+            with pillow_pixel_limit(None), Image.open(handle) as image:
+                image_format, (width, height) = image.format, image.size
     except UnidentifiedImageError:
         raise SetupError(f"--image {path}: not an image file") from None
     except OSError as error:
