@@ -32,6 +32,7 @@ MAX_ORIGINS = 20
 OP_DIFFERS = "op"  # identical inputs and weights: the op computed differently
 WEIGHT_DIFFERS = "weight"  # identical activations, a weight the model files disagree on
 OPEN = "open"  # an input was not captured: an origin, or a consequence of that input
+GRAPH_DIFFERS = "graph"  # an input exists in one run only: the two graphs differ here
 
 
 @dataclass
@@ -133,6 +134,10 @@ def _explain(verdict: str, sources: list[SourceState], record_a: dict[str, Any],
     if verdict == WEIGHT_DIFFERS:
         changed = [s.name for s in sources if s.state == "weight differs"]
         return f"its inputs are identical but the model files' {', '.join(changed)} differ"
+    if verdict == GRAPH_DIFFERS:
+        alone = [f"{s.name} ({s.state})" for s in sources if s.state.startswith("only in")]
+        return (f"the runs computed different graphs here: it reads {', '.join(alone)}; compare the ops around "
+                "it, since the same name no longer means the same computation")
     if verdict == OPEN:
         missing = [s.name for s in sources if s.state == "not captured"]
         return (f"{', '.join(missing)} not captured: this op may have introduced the difference, or "
@@ -172,6 +177,8 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
     cache's writes may be missing and its content cannot be vouched for.
     """
     status = {(row.eval_index, row.name, row.occurrence): row.status for row in rows if row.present_in == "both"}
+    one_sided = {(row.eval_index, row.name, row.occurrence): row.present_in for row in rows
+                 if row.present_in != "both"}
     candidates = [row for row in rows if row.present_in == "both" and row.status != IDENTICAL]
     if not candidates:
         return []
@@ -212,6 +219,8 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
             key = (row.eval_index, source.name, source.occurrence)
             if key in status:
                 source.state = "identical" if status[key] == IDENTICAL else "differs"
+            elif key in one_sided:
+                source.state = f"only in {one_sided[key].upper()}"
             elif kv_cache_of(source.name) == source.name and caches_known:  # the cache leaf, not a view of it
                 # Cleared at the start, then what the writes before this node put there.
                 source.state = "differs" if first_bad_write.get(source.name, len(rows)) < position_of[id(row)] \
@@ -223,7 +232,11 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
         states = {source.state for source in sources}
         if "differs" in states:
             continue  # a consequence: it was handed a different input
-        verdict = OPEN if "not captured" in states else WEIGHT_DIFFERS if "weight differs" in states else OP_DIFFERS
+        if any(state.startswith("only in") for state in states):
+            verdict = GRAPH_DIFFERS
+        else:
+            verdict = OPEN if "not captured" in states else WEIGHT_DIFFERS if "weight differs" in states \
+                else OP_DIFFERS
         metrics = row.metrics
         origins.append(Origin(
             eval_index=row.eval_index, eval_kind=row.eval_kind, node=a.node_index, name=row.name,

@@ -113,3 +113,16 @@ def test_a_weight_changed_past_the_fingerprinted_ends_is_still_found(tmp_path):
     first = origins(tmp_path / "a.h5", tmp_path / "b.h5")[0][0]
     assert (first["name"], first["verdict"]) == ("Qcur-2", "weight")
     assert "blk.2.attn_q.weight" in first["explanation"]
+
+
+def test_a_quantized_cache_that_llama_cpp_rotates_is_a_different_graph_at_the_cache_write(tmp_path):
+    """With a 64-wide head llama.cpp rotates Q and K (a Hadamard matmul) before a quantized K cache: the
+    cache write reads another tensor in that run, which the origin must say rather than blame a kernel."""
+    model = write_tiny_llama(tmp_path / "h64.gguf", TinyLlamaSpec(seed=1, n_embd=256, n_head=4, n_head_kv=2))
+    capture(model, tmp_path / "f16.h5", "-ctk", "f16")
+    capture(model, tmp_path / "q8.h5", "-ctk", "q8_0")
+    with open_dump(tmp_path / "q8.h5") as rotated:
+        assert rotated.entries(["attn_inp_k_rot"])  # llama.cpp's rotation input, absent from the f16 run
+    first = origins(tmp_path / "f16.h5", tmp_path / "q8.h5")[0][0]
+    assert (first["name"], first["op"], first["verdict"]) == ("cache_k_l0 (view)", "SET_ROWS", "graph")
+    assert {s["name"]: s["state"] for s in first["source_details"]}["Kcur-0 (view)"] == "only in A"
