@@ -272,7 +272,9 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
         placements = _Placements(lib, threads)
         try:
             output_a = _compute(lib, placements, record_a, record_a.get("buffer", ""), sources_a)
-            output_b = _compute(lib, placements, record_a, record_b.get("buffer", ""), sources_b)
+            # As B placed it includes the type B wrote (an f16 or a q8_0 KV cache, say).
+            as_b = {**record_a, "ggml_type": record_b.get("ggml_type", record_a["ggml_type"])}
+            output_b = _compute(lib, placements, as_b, record_b.get("buffer", ""), sources_b)
         finally:
             placements.close()
         captured_a, captured_b = dump_a.read(entry_a), dump_b.read(entry_b)

@@ -102,3 +102,12 @@ def test_a_view_or_a_bad_node_is_one_line(tiny_f32, tmp_path):
         view = next(e.node_index for e in opened if e.op == "RESHAPE")
     assert_one_line_error(cli("replay", dump, dump, "--eval", "0", "--node", str(view)), "a view computes nothing")
     assert_one_line_error(cli("replay", dump, dump, "--eval", "7", "--node", "0"), "no captured node")
+
+
+def test_a_cache_write_of_another_type_is_replayed_in_each_runs_type(tmp_path):
+    model = write_tiny_llama(tmp_path / "wide.gguf", TinyLlamaSpec(seed=1, n_embd=128))  # head 32: no rotation
+    f16 = capture(model, tmp_path / "f16.h5", "-ctk", "f16")
+    q8 = capture(model, tmp_path / "q8.h5", "-ctk", "q8_0")
+    code, result = replay_json(f16, q8, 0, node_of(f16, "cache_k_l0 (view)"))
+    assert code == 1
+    assert result["reproduces_a"] and result["reproduces_b"] and result["op_differs"]
