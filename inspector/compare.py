@@ -2,8 +2,9 @@
 
 Tensors are paired by (evaluation, name, occurrence), the identity that
 survives offload changes and graph edits; ``name_map`` pairs tensors whose
-names differ between the runs.  Only one pair of arrays is in memory at a
-time, so two multi-GB dumps compare in bounded RAM.
+names differ between the runs.  A pair is read side by side in pieces of
+``STREAM_CHUNK_BYTES`` (metrics accumulate over them), so two multi-GB
+tensors compare in a few MB of RAM.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from inspector import verdict
+from inspector.constants import STREAM_CHUNK_BYTES
 from inspector.dump_format import STORED_STATS
 from inspector.errors import InspectorError
 from inspector.formatting import evaluation_label
 from inspector.identity import tensor_key
-from inspector.metrics import PairMetrics, compare_arrays, identical_metrics
+from inspector.metrics import PairAccumulator, PairMetrics, identical_metrics
 from inspector.origins import Origin, find_origins
 from inspector.store import Dump, Entry, matches_globs, open_dump
 from inspector.tolerance import Tolerance
@@ -152,14 +156,21 @@ def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tol
                                       f"std {a.stats.std:.6g} vs {b.stats.std:.6g}"])
         return row
     else:
-        array_a = dump_a.read(a)
-        array_b = dump_b.read(b)
         finite = a.stats.n_nan == a.stats.n_inf == b.stats.n_nan == b.stats.n_inf == 0
-        row.metrics = compare_arrays(array_a, array_b, tolerance.atol, tolerance.rtol, all_finite=finite)
-        del array_a, array_b
+        row.metrics = _streamed_metrics(dump_a, a, dump_b, b, tolerance, finite)
     row.status = MISMATCHED if ops_differ else verdict.judge(row.metrics, tolerance)
     row.note = "; ".join(notes)
     return row
+
+
+def _streamed_metrics(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tolerance,
+                      all_finite: bool) -> PairMetrics:
+    """The pair's metrics from pieces of both tensors read side by side: memory is a piece, not a tensor."""
+    accumulator = PairAccumulator(tolerance.atol, tolerance.rtol, all_finite)
+    step = max(1, STREAM_CHUNK_BYTES // max(np.dtype(a.dtype).itemsize, np.dtype(b.dtype).itemsize))
+    for piece_a, piece_b in zip(dump_a.iter_chunks(a, step), dump_b.iter_chunks(b, step), strict=True):
+        accumulator.add(piece_a, piece_b)
+    return accumulator.result(a.shape)
 
 
 def _one_sided(entry: Entry, side: str) -> TensorComparison:

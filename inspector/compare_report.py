@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from inspector.compare import DIVERGED, IDENTICAL, MISMATCHED, MISSING, WITHIN, Comparison, TensorComparison
-from inspector.formatting import evaluation_label, number, shape_text, table
+from inspector.formatting import evaluation_label, number, printable, shape_text, table
 from inspector.origins import Origin
 
 JSON_SCHEMA_VERSION = 1
@@ -24,8 +24,9 @@ STATUS_COLOURS = {IDENTICAL: "green", WITHIN: "cyan", DIVERGED: "red", MISSING: 
 
 
 def _label(row: TensorComparison) -> str:
-    label = row.name if row.occurrence == 0 else f"{row.name} #{row.occurrence}"
-    return f"{label} = {row.name_b}" if row.name_b else label
+    """How the text output names a row, escaped: the names come from the dumps."""
+    label = printable(row.name) if row.occurrence == 0 else f"{printable(row.name)} #{row.occurrence}"
+    return f"{label} = {printable(row.name_b)}" if row.name_b else label
 
 
 def _finite(value: float) -> float | None:
@@ -59,10 +60,11 @@ def origin_json(origin: Origin) -> dict[str, Any]:
 
 
 def describe_origin(origin: Origin) -> str:
-    label = origin.name if origin.occurrence == 0 else f"{origin.name} #{origin.occurrence}"
-    where = f"eval {evaluation_label(origin.eval_index, origin.eval_kind)}, node {origin.node}, {origin.op}"
+    """One line about an origin (names, op and explanation escaped: they quote the dumps)."""
+    label = printable(origin.name) if origin.occurrence == 0 else f"{printable(origin.name)} #{origin.occurrence}"
+    where = f"eval {evaluation_label(origin.eval_index, origin.eval_kind)}, node {origin.node}, {printable(origin.op)}"
     size = f"nmse {number(origin.nmse)}" if origin.nmse is not None else "differs"
-    return f"{label} ({where}): {size}; {origin.explanation}"
+    return f"{label} ({where}): {size}; {printable(origin.explanation)}"
 
 
 def first_divergence_json(comparison: Comparison) -> dict[str, Any] | None:
@@ -100,6 +102,7 @@ CSV_COLUMNS = ["eval", "name", "name_b", "occurrence", "status", "present_in", "
 
 
 def to_csv(comparison: Comparison) -> str:
+    """One row per tensor; text cells escaped like the terminal table, so one row is one line."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
     writer.writeheader()
@@ -110,19 +113,19 @@ def to_csv(comparison: Comparison) -> str:
         for key in ("shape_a", "shape_b", "max_abs_index"):
             value = data.get(key, metrics.get(key))
             flat[key] = "x".join(str(n) for n in value) if value else ""
-        writer.writerow(flat)
+        writer.writerow({key: printable(value) if isinstance(value, str) else value for key, value in flat.items()})
     return out.getvalue()
 
 
 def _describe(row: TensorComparison) -> str:
     where = f"eval {row.evaluation_label}, node {row.node_a if row.node_a is not None else row.node_b}"
-    buffers = f"buffer A {row.buffer_a or '-'}, B {row.buffer_b or '-'}"
+    buffers = f"buffer A {printable(row.buffer_a or '-')}, B {printable(row.buffer_b or '-')}"
     if row.metrics is None:
-        return f"{_label(row)} ({where}): {row.status}: {row.note}; {buffers}"
+        return f"{_label(row)} ({where}): {row.status}: {printable(row.note)}; {buffers}"
     m = row.metrics
-    return (f"{_label(row)} ({where}, {row.op_a}): {row.status}: nmse {number(m.nmse)}, max |a-b| "
+    return (f"{_label(row)} ({where}, {printable(row.op_a)}): {row.status}: nmse {number(m.nmse)}, max |a-b| "
             f"{number(m.max_abs_diff)} at ne{list(m.max_abs_index)}, cosine {number(m.cosine)}"
-            + (f"; {row.note}" if row.note else "") + f"; {buffers}")
+            + (f"; {printable(row.note)}" if row.note else "") + f"; {buffers}")
 
 
 def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
@@ -136,7 +139,7 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         lines.append("first origin: " + describe_origin(first))
         if others:
             lines.append(f"  then {len(others)} more origin{'s' if len(others) > 1 else ''} (--json lists them): "
-                         + ", ".join(f"{o.name} (eval {o.eval_index}, node {o.node})" for o in others[:4])
+                         + ", ".join(f"{printable(o.name)} (eval {o.eval_index}, node {o.node})" for o in others[:4])
                          + (" ..." if len(others) > 4 else ""))
     index = comparison.first_divergence
     if index is None:
@@ -147,14 +150,15 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
             lines.append("  preceded by " + paint(_describe(row), row.status))
     if comparison.config_differences:
         items = list(comparison.config_differences.items())
-        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in items[:MAX_CONFIG_CHANGES])
+        changes = ", ".join(f"{printable(k)}: {printable(repr(a))} -> {printable(repr(b))}"
+                            for k, (a, b) in items[:MAX_CONFIG_CHANGES])
         hidden = len(items) - MAX_CONFIG_CHANGES
         more = f" (+{hidden} more; --json lists all)" if hidden > 0 else ""
         lines.append(f"runs differ in: {changes}{more}")
     if comparison.different_model:
         lines.append("warning: the runs used different model files (their fingerprints differ)")
     for path in comparison.incomplete:
-        lines.append(f"warning: {path} is incomplete")
+        lines.append(f"warning: {printable(path)} is incomplete")
     for side in comparison.observer_failed:
         lines.append(f"warning: run {side}'s observer check failed: capturing changed its logits, so its tensors "
                      "describe a run that differs from the unobserved one")

@@ -11,8 +11,9 @@ DUMP_FORMAT_NAME = "ggml-inspector-dump"
 DUMP_FORMAT_VERSION = 2
 DEFAULT_DUMP_DIR = "dumps"
 
-# Refuse to load one dataset larger than this from an untrusted dump unless asked.
-DEFAULT_MAX_READ_BYTES = 8 * 1024**3
+# The most a reader loads whole into memory (Dump.read, for replay and the Python API); show, export,
+# plot and compare stream a tensor in pieces instead (docs/format.md, Limits a reader enforces).
+DEFAULT_MAX_READ_BYTES = 1 << 30
 
 # -- ggml.h mirror ---------------------------------------------------------------
 GGML_MAX_DIMS = 4
@@ -85,3 +86,49 @@ KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", 
 MLLAMA_IMAGE_LOADERS = ("pil", "hf-path")
 # mllama generate: how the language model gets the vision output (late-read: the original port's bug).
 MLLAMA_VISION_OUTPUTS = ("copy", "late-read")
+
+# -- bounded reading of untrusted dumps and frame streams (issue 19) ------------------
+# Bytes per piece when a reader streams a tensor: the memory show, export, plot and compare hold.
+STREAM_CHUNK_BYTES = 4 << 20
+# A compressed /tensors stream may declare at most this many bytes per stored byte, once it declares
+# more than COMPRESSION_FREE_BYTES: real captures compress far less (docs/format.md), while gzip'd
+# zeros reach ~1000:1 and let a small file claim gigabytes.
+MAX_COMPRESSION_RATIO = 64
+COMPRESSION_FREE_BYTES = 256 << 20
+# HDF5 filters the writer uses on /tensors (deflate is gzip, 32000 is h5py's lzf); any other is refused.
+ALLOWED_HDF5_FILTERS = {1: "gzip", 32000: "lzf"}
+# The most leading (and trailing) values show prints: a list of Python floats costs ~30 bytes a value.
+MAX_SHOWN_VALUES = 1 << 20
+# The most cells a heatmap draws per axis; a larger slice is subsampled (every k-th row/column), as
+# matplotlib's nearest-neighbour drawing of more cells than pixels would show it anyway.
+MAX_HEATMAP_SIDE = 1024
+# A frame's tensor may materialise into more bytes than it carried (overlapping or zero strides, a
+# view ggml allows) by at most this much; beyond it the layout is refused.
+MAX_FRAME_EXPANSION_BYTES = 64 << 20
+
+# -- untrusted GGUFs, images, templates and options (issue 19) ---------------------
+# Images: at most this many pixels are decoded (a 48 MP photo fits; RGBA of it is 268 MB).
+MAX_IMAGE_PIXELS = 8192 * 8192
+# mllama tiles: Llama 3.2 Vision (config max_num_tiles, HF's max_image_tiles) uses 4 tiles of 560 pixels;
+# up to 4x either is accepted, and the canvas (tiles x tile area) at most 16 tiles of 560.
+MLLAMA_MAX_TILES = 16
+MLLAMA_MAX_TILE_SIZE = 4 * 560
+MLLAMA_MAX_CANVAS_PIXELS = 16 * 560 * 560
+# Jinja chat templates: rendered text at most this many characters, or this multiple of the template and
+# messages' length if larger; at most this many seconds; at most this many bytes of new memory.
+MAX_TEMPLATE_OUTPUT_CHARS = 1024 * 1024
+TEMPLATE_OUTPUT_FACTOR = 4
+MAX_TEMPLATE_SECONDS = 5.0
+MAX_TEMPLATE_MEMORY_BYTES = 512 * 1024**2
+# ggml.h's GGML_MAX_N_THREADS: ggml's thread pool has room for no more (beyond it, SIGSEGV).
+GGML_MAX_N_THREADS = 512
+# Threads beyond this multiple of the machine's cores are refused: ggml's workers spin, so more only slows.
+MAX_THREADS_PER_CORE = 4
+# llama.cpp's n_ctx, n_batch, n_ubatch, n_predict are int32 (positions are llama_pos, an int32_t).
+LLAMA_MAX_INT32 = 2**31 - 1
+
+# -- replay ------------------------------------------------------------------------
+# The most bytes one replay builds for a node (its sources' extents and its output, per placement): a dump
+# that declares more is refused before anything is allocated. A real model's largest weight (an f16
+# embedding of 128k x 4k) is 1 GiB.
+REPLAY_MAX_BYTES = 2 * 1024**3

@@ -45,6 +45,7 @@ from inspector.dump_format import (
     digest_of,
 )
 from inspector.errors import CaptureInterrupted, DumpError, InspectorError
+from inspector.output_files import recorded_inputs, refuse_inputs
 from inspector.record import TensorRecord
 
 FLUSH_INTERVAL_S = 1.0
@@ -83,7 +84,9 @@ class DumpWriter:
     complete; leaving it through an exception (Ctrl-C included) closes it with
     ``complete=False`` and the exception's description.  ``stats_only``
     stores per tensor its statistics, digest and first values instead of the
-    data; ``compression`` applies to tensor datasets.
+    data; ``compression`` applies to tensor datasets. An output that is one of
+    the files ``config`` records as the run's inputs is refused, ``overwrite``
+    or not.
     """
 
     def __init__(self, path: str | os.PathLike[str], config: dict[str, Any], system: dict[str, Any], *,
@@ -94,6 +97,8 @@ class DumpWriter:
         self._check_space = check_space
         self.compression = compression
         self.stats_only = stats_only
+        # Before anything is created: opening with "w" would truncate an input the run is about to read.
+        refuse_inputs(self.path, recorded_inputs(config))
         if self.path.exists() and not overwrite:
             raise InspectorError(f"{self.path} exists; pass --overwrite to replace it")
         parent = self.path.parent

@@ -21,7 +21,9 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import xxhash
 
 from inspector.errors import ModelError
+from inspector.input_files import open_regular_file
 
 GGUF_MAGIC = b"GGUF"
 # Arrays up to this length are returned as lists; longer ones as ArraySummary.
@@ -40,6 +43,8 @@ FINGERPRINT_TAIL_BYTES = 64 * 1024
 MAX_SHA256_CACHE_BYTES = 4 * 1024 * 1024
 # How far read_leading_metadata looks for the scalar keys a dump records.
 LEADING_METADATA_BYTES = 64 * 1024
+# ggml's reason for refusing a file, quoted in our one line, is cut here (it can quote a 64 KiB key).
+MAX_REASON_CHARS = 200
 
 GGUF_TYPE_STRING = 8
 GGUF_TYPE_ARRAY = 9
@@ -168,30 +173,57 @@ def _value(base: ctypes.CDLL, ctx: int, key_id: int) -> Any:
 
 
 def check_gguf_file(path: str | os.PathLike[str]) -> Path:
-    """The path, after checking it is a file that starts with GGUF's magic; else ModelError saying why."""
+    """The path, after checking it is a regular file that starts with GGUF's magic; else ModelError saying why.
+
+    A FIFO or a device is refused before it is opened (reading one would hang).
+    """
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelError(f"{path} is a folder, not a GGUF file")
-    with open(path, "rb") as handle:
+    with open_regular_file(path, "a GGUF file", ModelError) as handle:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
         raise ModelError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
     return path
 
 
+def _parse_with_ggml(base: ctypes.CDLL, path: Path) -> int:
+    """ggml's context for the header, its own log captured; else ModelError quoting ggml's reason.
+
+    ggml's parser bounds every count, length and offset by the file (an
+    array of 2^63 elements, a nested array, a key of 2^63 bytes, a tensor
+    offset that wraps around), which is why it, not gguf-py, judges a file first.
+    """
+    from inspector.ggml_log import captured_log  # imports llama_cpp, as the parser's library does
+
+    with captured_log() as log:
+        ctx = base.gguf_init_from_file(os.fsencode(path), _GgufInitParams(True, None))
+    if not ctx:
+        reason = _ggml_reason(log.lines)
+        raise ModelError(f"{path} is not a valid GGUF file (ggml's parser rejected it: "
+                         f"{reason or 'truncated or corrupt'})")
+    return ctx
+
+
+def _ggml_reason(lines: Iterable[str]) -> str:
+    """ggml's most specific complaint (else its first), without the function-name prefix or control characters."""
+    texts = [re.sub(r"^[A-Za-z_][\w:]*: ", "", line) for line in lines]
+    generic = ("failed to read", "failed to load", "failed to initialize")
+    chosen = next((text for text in texts if not text.startswith(generic)), texts[0] if texts else "")
+    return "".join(c if c.isprintable() else "?" for c in chosen)[:MAX_REASON_CHARS]
+
+
 def read_header(path: str | os.PathLike[str]) -> GgufHeader:
-    """Parse a GGUF file's header with ggml's parser, or raise ModelError saying why it is not one."""
+    """Parse a GGUF file's header with ggml's parser, or raise ModelError saying why it is not one.
+
+    Every tensor's data must lie inside the file (offsets summed as Python
+    integers, which cannot wrap around).
+    """
     from inspector.ggml import load  # the C parser lives in libggml-base, loaded with llama.cpp
 
     path = check_gguf_file(path)
     size = path.stat().st_size
     base = load().base
     _declare(base)
-    ctx = base.gguf_init_from_file(os.fsencode(path), _GgufInitParams(True, None))
-    if not ctx:
-        raise ModelError(f"{path} is not a valid GGUF file (ggml's parser rejected it: truncated or corrupt)")
+    ctx = _parse_with_ggml(base, path)
     try:
         header = GgufHeader(path=path, size=size, version=base.gguf_get_version(ctx),
                             alignment=base.gguf_get_alignment(ctx), data_offset=base.gguf_get_data_offset(ctx))
@@ -215,6 +247,14 @@ def read_header(path: str | os.PathLike[str]) -> GgufHeader:
     finally:
         base.gguf_free(ctx)
     return header
+
+
+def check_loadable(header: GgufHeader) -> None:
+    """Refuse a tensor with a zero dimension: ggml builds no op on it (it asserts), so a graph must never see one."""
+    for info in header.tensors.values():
+        if 0 in info.ne:
+            raise ModelError(f"{header.path}: tensor {info.name!r} has a zero dimension (ne {list(info.shape)}); "
+                             "a model's tensors have at least one element")
 
 
 def read_tensor_bytes(header: GgufHeader, name: str) -> bytes:

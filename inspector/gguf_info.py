@@ -16,22 +16,24 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
 from inspector.errors import ModelError
-from inspector.gguf_header import MAX_LISTED_ARRAY, check_gguf_file
+from inspector.gguf_header import MAX_LISTED_ARRAY, check_loadable, read_header
 
 
 def open_gguf(path: str | os.PathLike[str]) -> GGUFReader:
-    """Parse a GGUF file, or raise ModelError saying why it is not one."""
-    path = check_gguf_file(path)
+    """Parse a GGUF file to load it, or raise ModelError saying why it is not one.
+
+    ``GGUFReader`` trusts the file: an array count of 2^63 or a nested array
+    makes it allocate without end, and a tensor offset near 2^64 wraps around
+    to the header.  So ggml's C parser judges the file first (bounded, its
+    log captured), with our checks that every tensor lies inside the file
+    and has no zero dimension; only a file that passes reaches gguf-py.
+    """
+    header = read_header(path)
+    check_loadable(header)
     try:
-        reader = GGUFReader(path, "r")
+        return GGUFReader(header.path, "r")
     except (ValueError, IndexError, KeyError, OSError, OverflowError, TypeError) as error:
         raise ModelError(f"{path} is not a valid GGUF file (truncated or corrupt: {error})") from None
-    size = path.stat().st_size
-    for tensor in reader.tensors:
-        end = int(tensor.data_offset) + int(tensor.n_bytes)
-        if end > size:
-            raise ModelError(f"{path} is truncated: tensor {tensor.name!r} ends at byte {end}, file has {size}")
-    return reader
 
 
 def field_value(reader: GGUFReader, key: str) -> Any:

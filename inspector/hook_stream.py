@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from inspector.background_writer import BackgroundWriter
-from inspector.constants import GGML_MAX_OP_PARAMS, GGML_MAX_SRC, GGML_TYPE_BF16, NUMPY_DTYPE_OF_GGML_TYPE
+from inspector.constants import (
+    GGML_MAX_OP_PARAMS,
+    GGML_MAX_SRC,
+    GGML_TYPE_BF16,
+    MAX_FRAME_EXPANSION_BYTES,
+    NUMPY_DTYPE_OF_GGML_TYPE,
+)
 from inspector.disk_space import DiskFull
 from inspector.errors import InspectorError
 from inspector.ggml.readout import materialise
@@ -111,53 +118,116 @@ def read_frame(read: Read) -> tuple[int, dict[str, Any], bytes] | None:
     return head.kind, header, data
 
 
+def _sizes_of(ggml_type: int) -> tuple[int, int, int] | None:
+    """(block size, bytes per block, bytes per materialised value) of a ggml type; None for a type gguf lacks."""
+    if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE:
+        item = np.dtype(NUMPY_DTYPE_OF_GGML_TYPE[ggml_type]).itemsize
+        return 1, item, item
+    if ggml_type == GGML_TYPE_BF16:
+        return 1, 2, 4  # widened to float32
+    try:
+        block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        return None
+    return block_size, type_size, 4  # dequantized to float32
+
+
 def _check_layout(ggml_type: int, ne: tuple[int, ...], nb: tuple[int, ...], n_dims: int, block_size: int,
                   type_size: int, nbytes: int) -> None:
     """Refuse a layout that would make numpy read outside the tensor's bytes or build a giant array.
 
     The bounds are the ones :func:`~inspector.ggml.readout.materialise` walks:
     elements at nb strides for plain types, rows of whole blocks for
-    quantized ones.
+    quantized ones; the reach is ggml's own ``ggml_nbytes``.  ggml lets a view
+    have any strides, zero and overlapping ones included, so they are not
+    refused as such: what is refused is a tensor that would materialise into
+    more than its bytes can hold without overlap (for quantized types, what
+    they dequantize to) plus ``MAX_FRAME_EXPANSION_BYTES``.
     """
     if (len(ne) != GGML_MAX_DIMS or len(nb) != GGML_MAX_DIMS or min(ne) < 0 or min(nb) < 0
             or not 1 <= n_dims <= GGML_MAX_DIMS or block_size < 1 or type_size < 1):
         raise ProtocolError("a tensor header with an impossible layout")
-    if 0 in ne:
-        return
-    if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE or ggml_type == GGML_TYPE_BF16:
-        item = 2 if ggml_type == GGML_TYPE_BF16 else np.dtype(NUMPY_DTYPE_OF_GGML_TYPE[ggml_type]).itemsize
-        end = item + sum((n - 1) * stride for n, stride in zip(ne, nb, strict=True))
+    sizes = _sizes_of(ggml_type)
+    if sizes is not None and sizes[:2] != (block_size, type_size):
+        raise ProtocolError(f"a tensor of ggml type {ggml_type} with block size {block_size} and type size "
+                            f"{type_size}; ggml's are {sizes[0]} and {sizes[1]}")
+    if 0 in ne or sizes is None:
+        return  # empty; or a type materialise refuses before reading a byte
+    if block_size == 1:
+        end = type_size + sum((n - 1) * stride for n, stride in zip(ne, nb, strict=True))
     else:
-        item = 4  # dequantized to float32
         end = ne[0] // block_size * type_size + sum((n - 1) * stride for n, stride in zip(ne[1:], nb[1:], strict=True))
     if end > nbytes:
         raise ProtocolError(f"a tensor whose layout reaches byte {end} of the {nbytes} it sent")
-    if math.prod(ne) * item > MAX_TENSOR_BYTES:
+    materialised = math.prod(ne) * sizes[2]
+    if materialised > MAX_TENSOR_BYTES:
         raise ProtocolError("a tensor larger than 8 GiB once laid out")
+    carried = nbytes // type_size * block_size * sizes[2]
+    if materialised > carried + MAX_FRAME_EXPANSION_BYTES:
+        raise ProtocolError(f"a tensor whose strides repeat its {nbytes} bytes into {materialised} bytes "
+                            f"(ne {list(ne)}, nb {list(nb)}): more than {MAX_FRAME_EXPANSION_BYTES >> 20} MiB over "
+                            "what the bytes hold without overlap")
 
 
-def record_of(header: dict[str, Any], eval_index: int, data: bytes) -> tuple[TensorRecord, np.ndarray]:
-    """A TENSOR frame as the record and array the Python hook would have made of the same tensor."""
+@dataclass(frozen=True)
+class TensorHeader:
+    """A TENSOR frame's header, every field converted and its layout checked against the bytes sent."""
+
+    name: str
+    op: str
+    type_name: str
+    ggml_type: int
+    ne: tuple[int, ...]
+    nb: tuple[int, ...]
+    n_dims: int
+    block_size: int
+    type_size: int
+    node_index: int
+    occurrence: int
+    flags: int
+    view_offset: int
+    op_params: list[int]
+    op_code: int
+    source_details: list[dict[str, Any]]
+
+
+def tensor_header(header: dict[str, Any], data_length: int) -> TensorHeader:
+    """The checked header of a TENSOR frame of ``data_length`` bytes; ProtocolError for anything forged.
+
+    ``import`` runs this over a whole file before it writes anything, so a
+    stream from someone else is refused in one line, not half imported.
+    """
     try:
         ne, nb = tuple(int(n) for n in header["ne"]), tuple(int(n) for n in header["nb"])
         ggml_type, n_dims = int(header["type"]), int(header["n_dims"])
         block_size, type_size = int(header["block_size"]), int(header["type_size"])
         name, op, type_name = str(header["name"]), str(header["op"]), str(header["type_name"])
         node_index, occurrence = int(header["node_index"]), int(header["occurrence"])
-    except (KeyError, TypeError, ValueError):
-        raise ProtocolError("a TENSOR header without its name, op, type or layout") from None
-    _check_layout(ggml_type, ne, nb, n_dims, block_size, type_size, len(data))
-    readout = materialise(np.frombuffer(data, dtype=np.uint8), ggml_type, ne, nb, block_size, type_size, n_dims)
+        flags, view_offset = int(header.get("flags", 0)), int(header.get("view_offset", 0))
+        op_params = [int(word) for word in header.get("op_params", [])][:GGML_MAX_OP_PARAMS // 4]
+        op_code = int(header.get("op_code", -1))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise ProtocolError("a TENSOR header without its name, op, type or layout, or with a field of the wrong "
+                            "kind") from None
+    _check_layout(ggml_type, ne, nb, n_dims, block_size, type_size, data_length)
+    return TensorHeader(name, op, type_name, ggml_type, ne, nb, n_dims, block_size, type_size, node_index, occurrence,
+                        flags, view_offset, op_params, op_code, _source_details(header.get("source_details", [])))
+
+
+def record_of(header: dict[str, Any], eval_index: int, data: bytes) -> tuple[TensorRecord, np.ndarray]:
+    """A TENSOR frame as the record and array the Python hook would have made of the same tensor."""
+    checked = tensor_header(header, len(data))
+    readout = materialise(np.frombuffer(data, dtype=np.uint8), checked.ggml_type, checked.ne, checked.nb,
+                          checked.block_size, checked.type_size, checked.n_dims)
     record = TensorRecord(
-        name=name, eval_index=eval_index, node_index=node_index, occurrence=occurrence, op=op, ggml_type=type_name,
-        ne=ne, nb=nb, buffer=str(header.get("buffer", "")), buffer_type=str(header.get("buffer_type", "")),
+        name=checked.name, eval_index=eval_index, node_index=checked.node_index, occurrence=checked.occurrence,
+        op=checked.op, ggml_type=checked.type_name, ne=checked.ne, nb=checked.nb,
+        buffer=str(header.get("buffer", "")), buffer_type=str(header.get("buffer_type", "")),
         storage=readout.storage, is_leaf=bool(header.get("is_leaf")), consumer=str(header.get("consumer", "")),
-        sched_copy=str(header.get("sched_copy", "")), flags=flag_names(int(header.get("flags", 0))),
+        sched_copy=str(header.get("sched_copy", "")), flags=flag_names(checked.flags),
         sources=[str(source) for source in header.get("sources", [])],
-        view_source=str(header.get("view_source", "")), view_offset=int(header.get("view_offset", 0)),
-        source_details=_source_details(header.get("source_details", [])),
-        op_params=[int(word) for word in header.get("op_params", [])][:GGML_MAX_OP_PARAMS // 4],
-        op_code=int(header.get("op_code", -1)),
+        view_source=str(header.get("view_source", "")), view_offset=checked.view_offset,
+        source_details=checked.source_details, op_params=checked.op_params, op_code=checked.op_code,
     )
     return record, readout.array
 
@@ -171,7 +241,7 @@ def _source_details(details: Any) -> list[dict[str, Any]]:
         raise ProtocolError("a TENSOR header whose source_details is not a list of at most GGML_MAX_SRC")
     try:
         return [{key: kind(detail[key]) for key, kind in SOURCE_DETAIL_FIELDS.items()} for detail in details]
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise ProtocolError("a TENSOR header with a malformed source detail") from None
 
 

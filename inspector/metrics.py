@@ -73,72 +73,116 @@ def _bit_identical(a: np.ndarray, b: np.ndarray) -> bool:
     return True
 
 
-def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0,
-                   all_finite: bool = False) -> PairMetrics:
-    """Metrics of ``b`` against reference ``a`` (same shape required).
+class PairAccumulator:
+    """The metrics of ``b`` against reference ``a``, fed piece by piece in C order.
 
-    Computed over chunks of ``CHUNK_ELEMENTS``, so the memory on top of the two
-    arrays stays a few MB whatever their size.  Sums are float64; floating
-    chunks are not widened first (float32 differences, float64 dot products),
-    and with ``all_finite`` (both runs' statistics counted no NaN or Inf) the
-    finite masks are skipped: together a several-fold speed-up on large dumps.
+    A caller that streams two tensors from their files (``compare``) holds
+    one pair of pieces at a time; :func:`compare_arrays` feeds whole arrays.
+    Sums are float64; floating pieces are not widened first (float32
+    differences, float64 dot products), and with ``all_finite`` (both runs'
+    statistics counted no NaN or Inf) the finite masks are skipped unless a
+    piece's sums come out non-finite, when that piece is measured again
+    with them.
     """
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-    squared = absolute = reference = other = dot = 0.0
-    count = nan_a = nan_b = inf_a = inf_b = 0
-    max_abs, max_index = -1.0, 0
-    nonfinite_mismatch = False
-    close = True
-    for start in range(0, flat_a.size, CHUNK_ELEMENTS):
-        x, y = _working_pair(flat_a[start:start + CHUNK_ELEMENTS], flat_b[start:start + CHUNK_ELEMENTS])
-        if not all_finite:
+
+    def __init__(self, atol: float = 0.0, rtol: float = 0.0, all_finite: bool = False) -> None:
+        self.atol, self.rtol, self.all_finite = atol, rtol, all_finite
+        self.squared = self.absolute = self.reference = self.other = self.dot = 0.0
+        self.count = self.nan_a = self.nan_b = self.inf_a = self.inf_b = 0
+        self.max_abs, self.max_index = -1.0, 0
+        self.nonfinite_mismatch = False
+        self.close = True
+        self.identical = True
+        self.position = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        """The next ``len(a)`` values of both tensors (any shape, equal sizes), in C order."""
+        flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+        if flat_a.size != flat_b.size:
+            raise ValueError(f"pieces differ in size: {flat_a.size} vs {flat_b.size}")
+        if a.dtype != b.dtype:
+            self.identical = False
+        for start in range(0, flat_a.size, CHUNK_ELEMENTS):
+            x, y = flat_a[start:start + CHUNK_ELEMENTS], flat_b[start:start + CHUNK_ELEMENTS]
+            self.identical = self.identical and _bit_identical(x, y)
+            if not self._add(x, y, masked=not self.all_finite):
+                self._add(x, y, masked=True)
+            self.position += x.size
+
+    def _add(self, raw_x: np.ndarray, raw_y: np.ndarray, masked: bool) -> bool:
+        """Accumulate one piece; False (nothing kept) when unmasked sums came out non-finite."""
+        x, y = _working_pair(raw_x, raw_y)
+        nan_a = nan_b = inf_a = inf_b = 0
+        mismatch = False
+        count = x.size
+        if masked:
             x_nan, y_nan, x_inf, y_inf = np.isnan(x), np.isnan(y), np.isinf(x), np.isinf(y)
-            nan_a, nan_b = nan_a + int(x_nan.sum()), nan_b + int(y_nan.sum())
-            inf_a, inf_b = inf_a + int(x_inf.sum()), inf_b + int(y_inf.sum())
+            nan_a, nan_b = int(x_nan.sum()), int(y_nan.sum())
+            inf_a, inf_b = int(x_inf.sum()), int(y_inf.sum())
             finite = ~(x_nan | y_nan | x_inf | y_inf)
             if not finite.all():
                 # The same non-finite value in the same place counts as agreement (inf == inf, nan vs nan).
                 same_nonfinite = (x_nan & y_nan) | (x_inf & y_inf & (x == y))
-                nonfinite_mismatch = nonfinite_mismatch or bool(np.any(~finite & ~same_nonfinite))
+                mismatch = bool(np.any(~finite & ~same_nonfinite))
                 x = np.where(finite, x, 0)
                 y = np.where(finite, y, 0)
-                count += int(finite.sum())
-            else:
-                count += x.size
-        else:
-            count += x.size
+                count = int(finite.sum())
         with np.errstate(over="ignore"):  # an overflow is detected and redone in float64 just below
             difference = np.abs(x - y)
         if x.dtype == np.float32 and difference.size and not np.isfinite(difference.max()):
-            # Finite float32 values whose difference overflows float32 (3e38 - -3e38): widen this chunk.
+            # Finite float32 values whose difference overflows float32 (3e38 - -3e38): widen this piece.
             x, y = x.astype(np.float64), y.astype(np.float64)
             difference = np.abs(x - y)
+        absolute = float(difference.sum(dtype=np.float64))
+        squared, reference = _dot64(difference, difference), _dot64(x, x)
+        other, dot = _dot64(y, y), _dot64(x, y)
+        if not masked and not all(map(math.isfinite, (squared, reference, other, absolute))):
+            return False  # the statistics promised finite values and the data disagrees: measure it properly
         if difference.size:
             local = int(np.argmax(difference))
-            if difference[local] > max_abs:
-                max_abs, max_index = float(difference[local]), start + local
-        absolute += float(difference.sum(dtype=np.float64))
-        squared += _dot64(difference, difference)
-        reference += _dot64(x, x)
-        other += _dot64(y, y)
-        dot += _dot64(x, y)
-        if atol or rtol:
-            close = close and bool(np.all(difference <= atol + rtol * np.abs(y)))
-    if all_finite and not all(map(math.isfinite, (squared, reference, other, absolute))):
-        # The statistics promised finite values and the data disagrees: measure it properly.
-        return compare_arrays(a, b, atol, rtol, all_finite=False)
-    if count:
-        index = tuple(int(i) for i in reversed(np.unravel_index(max_index, a.shape))) if a.ndim else ()
-        nmse = squared / reference if reference > 0 else (0.0 if squared == 0 else math.inf)
-        norms = math.sqrt(reference) * math.sqrt(other)
-        cosine = dot / norms if norms > 0 else (1.0 if squared == 0 else 0.0)
-        mean_abs, rmse = absolute / count, math.sqrt(squared / count)
-    else:
-        max_abs, index, mean_abs, rmse, nmse, cosine = 0.0, (), 0.0, 0.0, 0.0, 1.0
-    return PairMetrics(
-        identical=_bit_identical(a, b), max_abs_diff=max_abs, max_abs_index=index, mean_abs_diff=mean_abs,
-        rmse=rmse, nmse=nmse, cosine=cosine, allclose=close and not nonfinite_mismatch,
-        nan_a=nan_a, nan_b=nan_b, inf_a=inf_a, inf_b=inf_b, nonfinite_mismatch=nonfinite_mismatch,
-    )
+            if difference[local] > self.max_abs:
+                self.max_abs, self.max_index = float(difference[local]), self.position + local
+        self.absolute += absolute
+        self.squared += squared
+        self.reference += reference
+        self.other += other
+        self.dot += dot
+        self.count += count
+        self.nan_a, self.nan_b = self.nan_a + nan_a, self.nan_b + nan_b
+        self.inf_a, self.inf_b = self.inf_a + inf_a, self.inf_b + inf_b
+        self.nonfinite_mismatch = self.nonfinite_mismatch or mismatch
+        if self.atol or self.rtol:
+            self.close = self.close and bool(np.all(difference <= self.atol + self.rtol * np.abs(y)))
+        return True
+
+    def result(self, shape: tuple[int, ...]) -> PairMetrics:
+        """The metrics, ``max_abs_index`` placed in ``shape`` (numpy order) and given in ggml order."""
+        if self.count:
+            index = tuple(int(i) for i in reversed(np.unravel_index(self.max_index, shape))) if shape else ()
+            nmse = (self.squared / self.reference if self.reference > 0
+                    else (0.0 if self.squared == 0 else math.inf))
+            norms = math.sqrt(self.reference) * math.sqrt(self.other)
+            cosine = self.dot / norms if norms > 0 else (1.0 if self.squared == 0 else 0.0)
+            max_abs, mean_abs, rmse = self.max_abs, self.absolute / self.count, math.sqrt(self.squared / self.count)
+        else:
+            max_abs, index, mean_abs, rmse, nmse, cosine = 0.0, (), 0.0, 0.0, 0.0, 1.0
+        return PairMetrics(
+            identical=self.identical, max_abs_diff=max_abs, max_abs_index=index, mean_abs_diff=mean_abs,
+            rmse=rmse, nmse=nmse, cosine=cosine, allclose=self.close and not self.nonfinite_mismatch,
+            nan_a=self.nan_a, nan_b=self.nan_b, inf_a=self.inf_a, inf_b=self.inf_b,
+            nonfinite_mismatch=self.nonfinite_mismatch,
+        )
+
+
+def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0,
+                   all_finite: bool = False) -> PairMetrics:
+    """Metrics of ``b`` against reference ``a`` (same shape required), over pieces of ``CHUNK_ELEMENTS``.
+
+    The memory on top of the two arrays stays a few MB whatever their size
+    (:class:`PairAccumulator` says how it is computed).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    accumulator = PairAccumulator(atol, rtol, all_finite)
+    accumulator.add(a, b)
+    return accumulator.result(a.shape)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from inspector.capture import capture_llama
 from inspector.compare import Comparison, compare_dumps
 from inspector.errors import InspectorError
 from inspector.gguf_header import read_header
+from inspector.output_files import recorded_inputs, refuse_inputs, write_text
 from inspector.runners.llama import LlamaRunConfig
 from inspector.selection import Selection
 from inspector.sweep import offload_endpoints
@@ -87,6 +88,8 @@ def run_bisect(base: LlamaRunConfig, layers: str, selection: Selection, out_dir:
     """Binary-search the first count in LOW+1..HIGH whose logits diverge from LOW's; then compare that pair fully."""
     low, high = parse_range(layers, _block_count(base.model))
     base.validate()
+    inputs = recorded_inputs(asdict(base))
+    refuse_inputs(out_dir / SUMMARY_NAME, inputs)  # each dump is checked as it is opened
     out_dir.mkdir(parents=True, exist_ok=True)
     with offload_endpoints(base, True, auto_loopback, progress) as endpoints:
         def capture(count: int, chosen: Selection, stem: str) -> Path:
@@ -120,7 +123,7 @@ def run_bisect(base: LlamaRunConfig, layers: str, selection: Selection, out_dir:
             pair = (capture(boundary - 1, selection, "full"), capture(boundary, selection, "full"))
             result.pair = pair
             result.comparison = compare_dumps(pair[0], pair[1], tolerance)
-    result.summary_path.write_text(json.dumps(summary(result), indent=1))
+    write_text(result.summary_path, json.dumps(summary(result), indent=1), inputs=inputs)
     return result
 
 

@@ -9,6 +9,7 @@ computations.  Tensors are loaded one at a time.  Rendering is headless (Agg).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from inspector import verdict  # noqa: E402
 from inspector.compare import compare_dumps  # noqa: E402
+from inspector.constants import MAX_HEATMAP_SIDE, STREAM_CHUNK_BYTES  # noqa: E402
 from inspector.dump_format import TensorStats  # noqa: E402
 from inspector.errors import InspectorError  # noqa: E402
 from inspector.identity import layer_of  # noqa: E402
 from inspector.mllama.preprocess import CLIP_MEAN, CLIP_STD  # noqa: E402
+from inspector.output_files import atomic_output  # noqa: E402
 from inspector.store import Dump, Entry  # noqa: E402
 from inspector.sweep_summary import sweep_matrix  # noqa: E402
 from inspector.tolerance import Tolerance  # noqa: E402
@@ -34,6 +37,9 @@ from inspector.tolerance import Tolerance  # noqa: E402
 STATISTICS = ("mean", "std", "min", "max", "absmax", "rms")
 FORMATS = (".png", ".svg", ".pdf")
 HEATMAP_PERCENTILES = (1.0, 99.0)
+# Axis and colour limits are kept within ±this: matplotlib computes ranges such as vmax - vmin, which
+# overflow float64 for values near ±1.8e308 (a hostile or broken tensor) and then fail to lay out.
+PLOT_LIMIT = 1e300
 
 
 @dataclass
@@ -41,13 +47,16 @@ class Plot:
     figure: Figure
     data: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+        """Write the figure to ``path`` (replacing an older one, never one of ``inputs``), whole or not at all."""
         path = Path(path)
         if path.suffix.lower() not in FORMATS:
             raise InspectorError(f"{path}: choose an output ending in {', '.join(FORMATS)}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.figure.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(self.figure)
+        try:
+            with atomic_output(path, overwrite=True, inputs=inputs) as temporary:
+                self.figure.savefig(temporary, dpi=110, bbox_inches="tight")
+        finally:
+            plt.close(self.figure)
         return path
 
 
@@ -58,8 +67,11 @@ def plotted_statistics(stats: TensorStats) -> dict[str, float]:
     (float64); abs-max and RMS follow from them (RMS² = std² + mean²), so the
     plot reads the index only, never the tensors.
     """
-    return {"mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max,
-            "absmax": max(abs(stats.min), abs(stats.max)), "rms": math.sqrt(stats.std ** 2 + stats.mean ** 2)}
+    values = {"mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max,
+              "absmax": max(abs(stats.min), abs(stats.max)), "rms": math.hypot(stats.std, stats.mean)}
+    # Beyond ±PLOT_LIMIT matplotlib's axis cannot be laid out (its range overflows float64).
+    return {name: max(-PLOT_LIMIT, min(PLOT_LIMIT, value)) if math.isfinite(value) else value
+            for name, value in values.items()}
 
 
 def _x_positions(entries: list[Entry]) -> tuple[list[float], str]:
@@ -96,18 +108,44 @@ def stats(dump: Dump, patterns: list[str], eval_index: int = 0, statistic: str |
     return Plot(figure, {"x": x, "names": [e.name for e in entries], **{k: values[k] for k in chosen}})
 
 
+def bin_edges(stats: TensorStats, bins: int) -> np.ndarray:
+    """Fixed edges from the index's min and max of the finite values, as numpy's automatic range picks them.
+
+    Known before a value is read, so the counts can be built piece by piece.
+    """
+    low, high = stats.min, stats.max
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        low, high = 0.0, 1.0
+    # Beyond ±PLOT_LIMIT the axis cannot be drawn; values past it count as outside the range.
+    low, high = max(low, -PLOT_LIMIT), min(high, PLOT_LIMIT)
+    if low >= high:
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, bins + 1)
+
+
 def histogram(dump: Dump, entry: Entry, log: bool = False, bins: int = 100, title: str | None = None) -> Plot:
-    array = dump.read(entry).astype(np.float64).ravel()
-    finite = array[np.isfinite(array)]
-    n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    """Value histogram, counted piece by piece: memory is one piece of the tensor, whatever its size."""
+    dump.require_values(entry)
+    edges = bin_edges(entry.stats, bins)
+    counts = np.zeros(bins, dtype=np.int64)
+    n_finite = n_nan = n_inf = 0
+    for piece in dump.iter_chunks(entry):
+        values = piece.astype(np.float64, copy=False)
+        nan, inf = np.isnan(values), np.isinf(values)
+        n_nan, n_inf = n_nan + int(nan.sum()), n_inf + int(inf.sum())
+        finite = values[~(nan | inf)]
+        n_finite += finite.size
+        counts += np.histogram(finite, bins=edges)[0]
+    outside = n_finite - int(counts.sum())
+    label = f"{n_finite} finite, {n_nan} NaN, {n_inf} Inf" + (
+        f", {outside} outside the index's range" if outside else "")
     figure, axis = plt.subplots(figsize=(8, 4))
-    counts, edges, _ = axis.hist(finite, bins=bins, log=log,
-                                 label=f"{finite.size} finite, {n_nan} NaN, {n_inf} Inf")
+    counts, edges, _ = axis.hist(edges[:-1], bins=edges, weights=counts, log=log, label=label)
     axis.legend()
     axis.set_xlabel("value")
     axis.set_ylabel("count")
     axis.set_title(title or f"{entry.name} (eval {dump.evaluation_label(entry.eval_index)}) {entry.shape}")
-    return Plot(figure, {"counts": counts, "edges": edges, "n_nan": n_nan, "n_inf": n_inf})
+    return Plot(figure, {"counts": counts, "edges": edges, "n_nan": n_nan, "n_inf": n_inf, "outside": outside})
 
 
 def parse_slice(text: str | None, ndim: int) -> tuple[Any, ...]:
@@ -139,6 +177,62 @@ def parse_slice(text: str | None, ndim: int) -> tuple[Any, ...]:
     return tuple(result)
 
 
+def selected_positions(shape: tuple[int, ...], slicing: str | None,
+                       max_side: int = MAX_HEATMAP_SIDE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Flat C-order positions of the 2-D selection ``--slice`` makes of ``shape``, and the subsampling steps.
+
+    A side longer than ``max_side`` keeps every k-th row or column, so the
+    positions (and what is read for them) stay bounded whatever the tensor.
+    """
+    if len(shape) <= 1:
+        axes: list[range | int] = [range(1), range(shape[0] if shape else 1)]
+        strides = [0, 1]
+    else:
+        axes, strides = [], []
+        stride = 1
+        for n in reversed(shape):
+            strides.insert(0, stride)
+            stride *= n
+        try:
+            axes = [range(n)[part] for n, part in zip(shape, parse_slice(slicing, len(shape)), strict=True)]
+        except IndexError as error:
+            raise InspectorError(f"--slice is out of range: {error}") from None
+        except ValueError as error:
+            raise InspectorError(f"--slice: {error}") from None
+    base = sum(axis * stride for axis, stride in zip(axes, strides, strict=True) if isinstance(axis, int))
+    (rows, row_stride), (columns, column_stride) = [(axis, stride) for axis, stride in zip(axes, strides, strict=True)
+                                                    if isinstance(axis, range)]
+    steps = (max(1, -(-len(rows) // max_side)), max(1, -(-len(columns) // max_side)))
+    rows, columns = rows[::steps[0]], columns[::steps[1]]
+    if not rows or not columns:
+        raise InspectorError(f"the slice of a tensor of shape {shape} is empty: nothing to draw")
+    positions = (base + np.asarray(rows, dtype=np.int64)[:, None] * row_stride
+                 + np.asarray(columns, dtype=np.int64)[None, :] * column_stride)
+    return positions, steps
+
+
+def gather(dump: Dump, entry: Entry, positions: np.ndarray) -> np.ndarray:
+    """The values at flat ``positions`` as float64, reading only the pieces of the tensor that hold them."""
+    dump.require_values(entry)
+    flat = positions.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    wanted = flat[order]
+    values = np.empty(flat.size, dtype=np.float64)
+    step = max(1, STREAM_CHUNK_BYTES // np.dtype(entry.dtype).itemsize)
+    i = 0
+    while i < wanted.size:
+        start = int(wanted[i]) // step * step
+        piece = dump.read_range(entry, start, start + step)
+        j = int(np.searchsorted(wanted, start + step, side="left"))
+        values[order[i:j]] = piece[wanted[i:j] - start]
+        i = j
+    return values.reshape(positions.shape)
+
+
+def _subsampled(steps: tuple[int, int]) -> str:
+    return "" if steps == (1, 1) else f" (every {steps[0]}th row, {steps[1]}th column)"
+
+
 def two_d(array: np.ndarray, slicing: str | None) -> np.ndarray:
     if array.ndim == 1:
         return array.reshape(1, -1)
@@ -152,12 +246,18 @@ def robust_limits(values: np.ndarray) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return -1.0, 1.0
-    low, high = np.percentile(finite, HEATMAP_PERCENTILES)
-    return (float(low), float(high)) if high > low else (float(low) - 1, float(high) + 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        percentiles = np.percentile(finite, HEATMAP_PERCENTILES)
+    # Interpolating between values near ±1.8e308 can overflow; past PLOT_LIMIT matplotlib would.
+    low, high = np.clip(np.nan_to_num(percentiles, nan=0.0, posinf=PLOT_LIMIT, neginf=-PLOT_LIMIT),
+                        -PLOT_LIMIT, PLOT_LIMIT).tolist()
+    return (low, high) if high > low else (low - 1, high + 1)
 
 
 def heatmap(dump: Dump, entry: Entry, slicing: str | None = None, title: str | None = None) -> Plot:
-    view = two_d(dump.read(entry).astype(np.float64), slicing)
+    """A 2-D slice drawn with robust limits; only the bytes holding the (subsampled) slice are read."""
+    positions, steps = selected_positions(entry.shape, slicing)
+    view = gather(dump, entry, positions)
     low, high = robust_limits(view)
     figure, axis = plt.subplots(figsize=(9, 5))
     image = axis.imshow(view, aspect="auto", cmap="coolwarm", vmin=low, vmax=high, interpolation="nearest")
@@ -166,8 +266,8 @@ def heatmap(dump: Dump, entry: Entry, slicing: str | None = None, title: str | N
     axis.set_xlabel("last axis (ggml ne[0])")
     axis.set_ylabel("rows")
     axis.set_title(title or f"{entry.name} (eval {dump.evaluation_label(entry.eval_index)}) {entry.shape}"
-                   + (f" [{slicing}]" if slicing else ""))
-    return Plot(figure, {"image": view, "limits": (low, high)})
+                   + (f" [{slicing}]" if slicing else "") + _subsampled(steps))
+    return Plot(figure, {"image": view, "limits": (low, high), "steps": steps})
 
 
 def difference_along_execution(path_a: str | Path, path_b: str | Path, tolerance: Tolerance,
@@ -203,11 +303,12 @@ def difference_along_execution(path_a: str | Path, path_b: str | Path, tolerance
 
 def element_difference(dump_a: Dump, dump_b: Dump, name: str, eval_index: int | None, occurrence: int,
                        slicing: str | None = None, title: str | None = None) -> Plot:
-    a = dump_a.read(name, eval_index, occurrence).astype(np.float64)
-    b = dump_b.read(name, eval_index, occurrence).astype(np.float64)
-    if a.shape != b.shape:
-        raise InspectorError(f"{name}: shapes differ ({a.shape} vs {b.shape})")
-    difference = two_d(b - a, slicing)
+    entry_a, entry_b = dump_a.find(name, eval_index, occurrence), dump_b.find(name, eval_index, occurrence)
+    if entry_a.shape != entry_b.shape:
+        raise InspectorError(f"{name}: shapes differ ({entry_a.shape} vs {entry_b.shape})")
+    positions, _steps = selected_positions(entry_a.shape, slicing)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, or extremes of opposite sign
+        difference = gather(dump_b, entry_b, positions) - gather(dump_a, entry_a, positions)
     limit = max(abs(v) for v in robust_limits(difference)) or 1.0
     figure, axis = plt.subplots(figsize=(9, 5))
     image = axis.imshow(difference, aspect="auto", cmap="seismic", vmin=-limit, vmax=limit, interpolation="nearest")
@@ -263,7 +364,7 @@ def image(dumps: list[Dump], name: str = "inp_raw", title: str | None = None) ->
     for axis, panel, label in zip(axes[0], panels, labels, strict=True):
         axis.imshow(panel, cmap="magma" if panel.ndim == 2 else None, interpolation="nearest")
         axis.set_title(label, fontsize=9)
-        size = dumps[0].read(name).shape[-1]
+        size = dumps[0].find(name).shape[-1]
         for edge in range(size, panel.shape[1], size):
             axis.axvline(edge - 0.5, color="yellow", linewidth=0.8)
         for edge in range(size, panel.shape[0], size):

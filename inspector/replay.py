@@ -13,29 +13,33 @@ not the data it was handed.
 
 The node is built generically: a tensor of the captured output type and
 shape whose ``op``, ``op_params`` and ``src[]`` are set as the capture
-recorded them, so every op the CPU and RPC backends compute replays.  Views
-compute nothing and are refused, as are sources that were not contiguous
-(their layout is not recorded) or not captured.
+recorded them.  Views compute nothing and are refused, as are sources that
+were not captured.  A dump comes from someone else and ggml trusts these
+fields, so nothing reaches ggml before :mod:`inspector.replay_checks` has
+checked the op against its allowlist and that op's own rules; the model file
+a dump names is opened only if it is a regular file.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
 from inspector import rpc
-from inspector.errors import InspectorError
+from inspector.errors import InspectorError, ModelError
 from inspector.ggml import load, read_tensor
 from inspector.ggml.graph import Backend, Context, init_backend
 from inspector.ggml.library import GgmlLibraries
 from inspector.ggml.tensor import GgmlTensorStruct, Tensor
-from inspector.gguf_header import read_header, read_tensor_bytes
+from inspector.gguf_header import GgufHeader, read_header, read_tensor_bytes
 from inspector.identity import KV_CACHE_PREFIX, kv_cache_of
+from inspector.replay_checks import TYPES, Node, Operand, ReplayRefused, check_node, op_of, op_params, operand
 from inspector.rpc import LoopbackServer
 from inspector.runners.llama import install_log
 from inspector.runners.placement import extra_buffer_types
@@ -79,10 +83,44 @@ def _fresh_cache(dump: Dump, cache: str, eval_index: int, node: int) -> bool:
 
 
 def _type_id(name: str) -> int:
+    return TYPES[name][0]
+
+
+def _model_header(model: object) -> GgufHeader:
+    """The header of the model file a dump names, opened only if it is a regular file.
+
+    The path comes from the dump: a FIFO would block the open forever, a
+    device or a folder is no model.  ``read_header`` refuses a tensor whose
+    offset and size reach past the file's end, so weight reads stay inside it.
+    """
+    if not isinstance(model, str) or not model or "\0" in model:
+        raise ModelError(f"the dump names its model as {model!r}, not a file path")
     try:
-        return int(GGMLQuantizationType[name.upper()])
-    except KeyError:
-        raise InspectorError(f"replay does not know the ggml type {name!r}") from None
+        mode = os.stat(model).st_mode
+    except OSError as error:
+        raise ModelError(f"{model}, the model the dump names, cannot be read: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ModelError(f"{model}, the model the dump names, is not a regular file: replay reads weights only "
+                         "from one")
+    return read_header(model)
+
+
+def _source_details(name: str, details: object) -> list[dict[str, Any]]:
+    """A record's source_details, each field of its kind and each slot one of ggml's, once."""
+    kinds = {"name": str, "occurrence": int, "slot": int, "type": str}
+    if not isinstance(details, list) or not all(
+            isinstance(d, dict) and all(isinstance(d.get(k), kind) and not isinstance(d.get(k), bool)
+                                        for k, kind in kinds.items()) for d in details):
+        raise ReplayRefused(f"replay refuses {name}: its source_details are not a list of sources with a name, "
+                            "occurrence, slot and type")
+    slots = [d["slot"] for d in details]
+    if len(set(slots)) != len(slots) or not all(0 <= slot < len(GgmlTensorStruct().src) for slot in slots):
+        raise ReplayRefused(f"replay refuses {name}: its sources' slots {slots} are not distinct slots of ggml's src[]")
+    for d in details:
+        where = d.get("buffer_type") or d.get("buffer", "")
+        if not isinstance(where, str):
+            raise ReplayRefused(f"replay refuses {name}: a source's buffer is {where!r}, not a name")
+    return details
 
 
 def _laid_out(values: np.ndarray, ne: list[int], nb: list[int]) -> np.ndarray:
@@ -169,10 +207,7 @@ def _compute(lib: GgmlLibraries, placements: _Placements, record: dict[str, Any]
                 node = lib.base.ggml_new_tensor_4d(context.address, _type_id(record["ggml_type"]), *ne)
                 struct = GgmlTensorStruct.from_address(node)
                 struct.op = int(record["op_code"])
-                words = [int(word) for word in record.get("op_params", [])]
-                if len(words) > len(struct.op_params):
-                    raise InspectorError(f"{record['name']}'s record has {len(words)} op_params words")
-                for index, word in enumerate(words):
+                for index, word in enumerate(record["op_params"]):
                     struct.op_params[index] = word
                 # ggml's op numbering changes between versions: the rebuilt op must be the recorded one.
                 if lib.base.ggml_op_desc(node).decode() != record["op"]:
@@ -185,6 +220,12 @@ def _compute(lib: GgmlLibraries, placements: _Placements, record: dict[str, Any]
             if not buffer:
                 raise InspectorError("replay could not allocate its tensors")
             buffers.append(buffer)
+            for detail, _data in members:
+                # An extra buffer type (CPU_REPACK) lays out only the types and shapes it knows; ggml would
+                # write any other through a null layout.
+                if buft != compute.buffer_type and not GgmlTensorStruct.from_address(addresses[detail["slot"]]).extra:
+                    raise ReplayRefused(f"replay refuses {record['name']}: this ggml has no {detail['type']} "
+                                        f"layout of ne {detail['ne']} for {detail['name']}'s buffer type")
             lib.base.ggml_backend_buffer_clear(buffer, 0)
             for detail, data in members:
                 raw = np.ascontiguousarray(data).view(np.uint8) if isinstance(data, np.ndarray) else \
@@ -223,57 +264,90 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
         record_a = dump_a.metadata(entry_a)
         entry_b = dump_b.find(entry_a.name, eval_index, entry_a.occurrence)
         record_b = dump_b.metadata(entry_b)
-        op = record_a["op"]
-        if record_a.get("op_code", -1) < 0 or "source_details" not in record_a:
+        op = record_a.get("op")
+        if not isinstance(record_a.get("op_code"), int) or record_a["op_code"] < 0 or "source_details" not in record_a:
             raise InspectorError(f"{path_a} was captured before ops and sources were recorded: capture it again")
-        if op in VIEW_OPS:
+        if isinstance(op, str) and op in VIEW_OPS:
             raise InspectorError(f"{entry_a.name} is a {op}: a view computes nothing, so there is nothing to replay")
-        header = read_header(dump_a.config["model"]) if dump_a.config.get("model") else None
+        op_name = op_of(entry_a.name, record_a["op_code"])
+        words = op_params(entry_a.name, record_a.get("op_params", []))
+        outputs = [operand(f"{entry_a.name}'s output", record_a.get("ggml_type"), record_a.get("ne")),
+                   operand(f"{entry_a.name}'s output in run B", record_b.get("ggml_type"), record_a.get("ne"))]
+        if not all(isinstance(record.get("buffer", ""), str) for record in (record_a, record_b)):
+            raise ReplayRefused(f"replay refuses {entry_a.name}: its record's buffer is not a name")
+        header: GgufHeader | None = None
         keys = {entry.key: entry for entry in dump_a.entries()}
-        details_a, details_b = record_a["source_details"], record_b.get("source_details")
-        if not isinstance(details_b, list) or [d.get("slot") for d in details_a] != [d.get("slot") for d in details_b]:
+        details_a = _source_details(entry_a.name, record_a["source_details"])
+        details_b = record_b.get("source_details")
+        if not isinstance(details_b, list) or [d.get("slot") for d in details_a] != \
+                [d.get("slot") if isinstance(d, dict) else None for d in details_b]:
             raise InspectorError(f"{entry_a.name} reads other sources in run B than in run A (or B's capture did not "
                                  "record them): the two runs computed different ops, nothing to replay as both")
-        destination_slot = DESTINATION_SLOTS.get(op)
+        details_b = _source_details(entry_a.name, details_b)
+        destination_slot = DESTINATION_SLOTS.get(op_name)
         sources_a, sources_b = [], []
+        operands: dict[int, Operand] = {}
+        indices: dict[int, np.ndarray] = {}
         for detail_a, detail_b in zip(details_a, details_b, strict=True):
-            name, occurrence = detail_a["name"], detail_a["occurrence"]
+            name, occurrence, slot = detail_a["name"], detail_a["occurrence"], detail_a["slot"]
+            label = f"{entry_a.name}'s source {name} (slot {slot})"
             captured = keys.get((eval_index, name, occurrence))
             if captured is not None:
                 meta = dump_a.metadata(captured)
-                if meta["ggml_type"] not in CAPTURED_DTYPES:
-                    raise InspectorError(f"{name} is {meta['ggml_type']}: replay feeds captured inputs of types "
+                if meta.get("ggml_type") not in CAPTURED_DTYPES:
+                    raise InspectorError(f"{name} is {meta.get('ggml_type')}: replay feeds captured inputs of types "
                                          f"{', '.join(CAPTURED_DTYPES)} only (a quantized one is stored dequantized)")
+                source = operand(label, meta["ggml_type"], meta.get("ne"), meta.get("nb"))
                 values = dump_a.read(captured).astype(CAPTURED_DTYPES[meta["ggml_type"]], copy=False)
-                data = _laid_out(values, [int(n) for n in meta["ne"]], [int(n) for n in meta["nb"]])
-                detail = {**detail_a, "ne": meta["ne"], "nb": meta["nb"], "type": meta["ggml_type"]}
-            elif (kv_cache_of(name) == name and detail_a["slot"] == destination_slot
+                if values.size != source.nelements:
+                    raise ReplayRefused(f"replay refuses {entry_a.name}: {name} holds {values.size} values for "
+                                        f"ne {list(source.ne)}")
+                if meta["ggml_type"] in ("i32", "i64"):
+                    indices[slot] = values
+                data: Any = _laid_out(values, list(source.ne), list(source.nb))
+            elif (kv_cache_of(name) == name and slot == destination_slot
                   and _fresh_cache(dump_a, name, eval_index, node)):
                 # The cache this op writes into, which nothing wrote before (caches start cleared): zeros.
                 # The op's result is a view of it, so it has the node's shape.
-                ne = [int(n) for n in record_a["ne"]]
-                data = np.zeros(int(np.prod(ne)), dtype=CAPTURED_DTYPES.get(detail_a["type"], np.float32))
                 if detail_a["type"] not in CAPTURED_DTYPES:
                     raise InspectorError(f"{name} is a {detail_a['type']} cache: replay fills f32/f16 caches only")
-                detail = {**detail_a, "ne": ne}
-            elif header is not None and name in header.tensors:
-                info = header.tensors[name]
-                data = read_tensor_bytes(header, name)
-                detail = {**detail_a, "ne": list(info.ne), "type": info.type_name}
-            elif name.startswith(KV_CACHE_PREFIX):
-                raise InspectorError(f"{entry_a.name} needs the KV cache {name} as it was at that point, which no "
-                                     "capture holds: replay a write into a fresh cache, or a node that reads a "
-                                     "captured view of it")
+                source = operand(label, detail_a["type"], record_a.get("ne"))
+                data = np.zeros(source.nelements, dtype=CAPTURED_DTYPES[detail_a["type"]])
             else:
-                raise InspectorError(f"{entry_a.name}'s input {name} was not captured and is not a weight of "
-                                     f"{dump_a.config.get('model') or 'a known model file'}: capture it to replay")
-            sources_a.append((detail, data, detail_a.get("buffer_type") or detail_a.get("buffer", "")))
-            sources_b.append((detail, data, detail_b.get("buffer_type") or detail_b.get("buffer", "")))
+                if header is None and dump_a.config.get("model") and not name.startswith(KV_CACHE_PREFIX):
+                    header = _model_header(dump_a.config["model"])
+                if header is not None and name in header.tensors:
+                    info = header.tensors[name]
+                    source = operand(label, info.type_name, list(info.ne))
+                    if info.n_bytes != source.nbytes:
+                        raise ModelError(f"{header.path}: tensor {name!r} has {info.n_bytes} bytes for its "
+                                         f"{info.type_name} shape {list(info.ne)}")
+                    data = read_tensor_bytes(header, name)
+                elif name.startswith(KV_CACHE_PREFIX):
+                    raise InspectorError(f"{entry_a.name} needs the KV cache {name} as it was at that point, which "
+                                         "no capture holds: replay a write into a fresh cache, or a node that reads "
+                                         "a captured view of it")
+                else:
+                    raise InspectorError(f"{entry_a.name}'s input {name} was not captured and is not a weight of "
+                                         f"{dump_a.config.get('model') or 'a known model file'}: capture it to replay")
+            operands[slot] = source
+            detail = {**detail_a, "ne": list(source.ne), "nb": list(source.nb), "type": source.type}
+            where_a = detail_a.get("buffer_type") or detail_a.get("buffer", "")
+            where_b = detail_b.get("buffer_type") or detail_b.get("buffer", "")
+            if not (op_name == "MUL_MAT" and slot == 0) and any(_extra_placement(w) for w in (where_a, where_b)):
+                raise ReplayRefused(f"replay refuses {entry_a.name}: {name} is in buffer {where_a or where_b}, a "
+                                    "layout only a matrix multiplication's weight has")
+            sources_a.append((detail, data, where_a))
+            sources_b.append((detail, data, where_b))
+        for output in outputs:
+            check_node(Node(entry_a.name, op_name, words, output, operands, indices))
+        record_a = {**record_a, "name": entry_a.name, "ne": list(outputs[0].ne), "ggml_type": outputs[0].type,
+                    "op_params": words}
         placements = _Placements(lib, threads)
         try:
             output_a = _compute(lib, placements, record_a, record_a.get("buffer", ""), sources_a)
             # As B placed it includes the type B wrote (an f16 or a q8_0 KV cache, say).
-            as_b = {**record_a, "ggml_type": record_b.get("ggml_type", record_a["ggml_type"])}
+            as_b = {**record_a, "ggml_type": outputs[1].type}
             output_b = _compute(lib, placements, as_b, record_b.get("buffer", ""), sources_b)
         finally:
             placements.close()
@@ -288,6 +362,11 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
         placement_b={"node": record_b.get("buffer", ""), **{s[0]["name"]: s[2] for s in sources_b}},
         reproduces_a=_same_bits(output_a, captured_a), reproduces_b=_same_bits(output_b, captured_b),
         op_differs=not _same_bits(output_a, output_b), max_abs_diff=difference)
+
+
+def _extra_placement(where: str) -> bool:
+    """A buffer type other than plain host or RPC memory: a repacked weight layout such as CPU_REPACK."""
+    return bool(where) and where not in HOST_BUFFER_TYPES and not where.startswith("RPC")
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:

@@ -19,6 +19,7 @@ from inspector.compare_report import STATUS_COLOURS, describe_origin
 from inspector.constants import TOOL_VERSION
 from inspector.errors import InspectorError
 from inspector.formatting import number, shape_text
+from inspector.output_files import check_output, write_text
 from inspector.store import Dump, open_dump
 from inspector.tolerance import Tolerance
 
@@ -105,10 +106,16 @@ def _layer_patterns(dump: Dump) -> list[str]:
 
 
 def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Path, tolerance: Tolerance) -> Path:
+    """Write the report of A (or A against B) to ``output``, replacing an older report there.
+
+    The file appears only once the report is whole (a failure leaves the old
+    one, or none), and never over one of the dumps it reports on.
+    """
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm"):
         raise InspectorError(f"{output}: the report is HTML; give a name ending in .html")
     paths = [Path(path_a)] + ([Path(path_b)] if path_b else [])
+    check_output(output, overwrite=True, inputs=paths)
     dumps = [open_dump(p) for p in paths]
     try:
         parts = [f"<h1>ggml-inspector report</h1><p>{_e(', '.join(str(p) for p in paths))}<br>"
@@ -137,6 +144,4 @@ def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Pa
     finally:
         for dump in dumps:
             dump.close()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(document, encoding="utf-8")
-    return output
+    return write_text(output, document, overwrite=True, inputs=paths)

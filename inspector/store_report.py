@@ -9,10 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
-from inspector.formatting import evaluation_label, number, shape_text, table
-from inspector.store import Dump, Entry
+from inspector.formatting import evaluation_label, number, printable, shape_text, table
+from inspector.store import Dump, Entry, TensorPreview
 
 
 def entry_json(entry: Entry) -> dict[str, Any]:
@@ -43,9 +41,9 @@ def notes(dump: Dump) -> list[str]:
     if not dump.complete:
         dropped = (f"; dropped {dump.dropped_bytes} bytes written after the last indexed tensor"
                    if dump.dropped_bytes else "")
-        lines.append(f"warning: {dump.path} is incomplete ({dump.incomplete_reason}){dropped}")
-    lines += [f"note: {skip['name']} (eval {skip['eval_index']}) was not captured: {skip['reason']}"
-              for skip in dump.skipped]
+        lines.append(f"warning: {printable(dump.path)} is incomplete ({printable(dump.incomplete_reason)}){dropped}")
+    lines += [f"note: {printable(skip.get('name'))} (eval {printable(skip.get('eval_index'))}) was not captured: "
+              f"{printable(skip.get('reason'))}" for skip in dump.skipped]
     return lines
 
 
@@ -62,45 +60,38 @@ def listing(entries: list[Entry], kinds: dict[int, str] | None = None) -> str:
 
 
 def configuration(dump: Dump, command_line: str | None) -> str:
-    """The recorded run configuration, key by key, then the command line that reproduces it."""
-    lines = [f"{key} = {value}" for key, value in dump.config.items() if key not in ("model_facts", "select")]
+    """The recorded run configuration, key by key, then the command line that reproduces it (one line each)."""
+    lines = [f"{printable(key)} = {printable(value)}" for key, value in dump.config.items()
+             if key not in ("model_facts", "select")]
     facts = dump.config.get("model_facts", {})
-    if facts:
-        lines.append(f"model: {facts.get('name') or '-'} ({facts.get('architecture') or '?'}), "
-                     f"{facts.get('size')} bytes, fingerprint {facts.get('fingerprint')}")
+    if isinstance(facts, dict) and facts:
+        lines.append(f"model: {printable(facts.get('name') or '-')} ({printable(facts.get('architecture') or '?')}), "
+                     f"{printable(facts.get('size'))} bytes, fingerprint {printable(facts.get('fingerprint'))}")
     if dump.result and dump.result.get("token_ids") is not None:
-        lines.append(f"tokens: {dump.result['token_ids']}")
+        lines.append(f"tokens: {printable(dump.result['token_ids'])}")
     if command_line:
-        lines += ["", command_line]
+        lines += ["", printable(command_line)]
     return "\n".join(lines)
 
 
-def edge_values(array: np.ndarray, count: int) -> tuple[list[float], list[float]]:
-    """The first and the last ``count`` values (no tail when the head already holds every value).
-
-    The tail slice starts at ``size - count`` rather than ``-count``: ``flat[-0:]``
-    is the whole array, so ``-n 0`` would print every value instead of none.
-    """
-    flat = array.reshape(-1)
-    return flat[:count].tolist(), flat[flat.size - count:].tolist() if flat.size > count else []
+def tensor_json(entry: Entry, values: TensorPreview, metadata: dict[str, Any]) -> dict[str, Any]:
+    """``show --json``: the index row, the record, and the values ``Dump.preview`` read (not the tensor)."""
+    return {**entry_json(entry), "metadata": metadata, "sum": values.total, "head": values.head, "tail": values.tail}
 
 
-def tensor_json(entry: Entry, array: np.ndarray, metadata: dict[str, Any], count: int) -> dict[str, Any]:
-    head, tail = edge_values(array, count)
-    return {**entry_json(entry), "metadata": metadata, "sum": float(np.sum(array, dtype=np.float64)),
-            "head": head, "tail": tail}
-
-
-def tensor_text(entry: Entry, array: np.ndarray, metadata: dict[str, Any], count: int) -> str:
-    head, tail = edge_values(array, count)
+def tensor_text(entry: Entry, values: TensorPreview, metadata: dict[str, Any]) -> str:
+    """``show``: the index row, the record, and the values ``Dump.preview`` read (not the tensor)."""
+    head, tail, total = values.head, values.tail, values.total
     stats = entry.stats
-    total = float(np.sum(array, dtype=np.float64))
+    sources = metadata.get("sources") or []
     lines = [
-        f"{entry.name}  (eval {entry.eval_index}, node {entry.node_index}, occurrence {entry.occurrence})",
-        f"  op {entry.op}, type {entry.ggml_type} stored as {array.dtype} ({entry.storage}), "
-        f"numpy shape {shape_text(array.shape)}, ggml ne {shape_text(metadata.get('ne', []))}",
-        f"  buffer {entry.buffer or '-'}; sources: {', '.join(metadata.get('sources', [])) or '-'}"
-        + (f"; view of {metadata['view_source']}" if metadata.get("view_source") else ""),
+        f"{printable(entry.name)}  (eval {entry.eval_index}, node {entry.node_index}, occurrence {entry.occurrence})",
+        f"  op {printable(entry.op)}, type {printable(entry.ggml_type)} stored as {values.dtype} "
+        f"({printable(entry.storage)}), numpy shape {shape_text(values.shape)}, "
+        f"ggml ne {printable(shape_text(metadata.get('ne', [])))}",
+        f"  buffer {printable(entry.buffer or '-')}; sources: "
+        f"{', '.join(printable(source) for source in sources) or '-'}"
+        + (f"; view of {printable(metadata['view_source'])}" if metadata.get("view_source") else ""),
         f"  min {number(stats.min)}  max {number(stats.max)}  mean {number(stats.mean)}  "
         f"std {number(stats.std)}  sum {number(total)}  nan {stats.n_nan}  inf {stats.n_inf}",
     ]

@@ -24,7 +24,21 @@ from inspector.disk_space import DiskFull
 from inspector.dump_writer import DumpWriter
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.hook import SkippedTensor
-from inspector.hook_stream import FRAME, HELLO, MAGIC, FrameSink, ProcessReport, ProtocolError, parse_head
+from inspector.hook_stream import (
+    BYE,
+    EVAL,
+    FRAME,
+    HELLO,
+    MAGIC,
+    NOTICE,
+    SKIP,
+    TENSOR,
+    FrameSink,
+    ProcessReport,
+    ProtocolError,
+    parse_head,
+    tensor_header,
+)
 from inspector.system import host_facts
 
 STREAM_SUFFIX = ".frames"
@@ -91,6 +105,41 @@ def hello_of(path: Path) -> dict[str, object] | None:
     return header
 
 
+FRAME_NAMES = {HELLO: "HELLO", EVAL: "EVAL", TENSOR: "TENSOR", SKIP: "SKIP", NOTICE: "NOTICE", BYE: "BYE"}
+
+
+def check_frames(path: Path) -> None:
+    """Refuse a stream file holding a forged frame, before anything is written: one line naming the frame.
+
+    Reads every frame head and header but skips over tensor data, so a
+    file costs its headers' bytes in memory, whatever sizes it declares.
+    A file that ends inside a frame is not refused: that is a process that
+    crashed, and the import keeps its whole frames.
+    """
+    number = 0
+    with open(path, "rb") as handle:
+        while len(head := handle.read(FRAME.size)) == FRAME.size:
+            number += 1
+            try:
+                frame = parse_head(head)
+                raw = handle.read(frame.header_length)
+                if len(raw) < frame.header_length:
+                    return
+                header = json.loads(raw.decode("utf-8")) if frame.header_length else {}
+                if not isinstance(header, dict):
+                    raise ProtocolError("a frame header that is not a JSON object")
+                if number == 1 and frame.kind != HELLO:
+                    raise ProtocolError("a stream that does not begin with HELLO")
+                if frame.kind == TENSOR:
+                    tensor_header(header, frame.data_length)
+            except ProtocolError as error:
+                raise InspectorError(f"{path.name}: frame {number}: {error}") from None
+            except (ValueError, RecursionError):
+                raise InspectorError(f"{path.name}: frame {number} ({FRAME_NAMES.get(frame.kind, frame.kind)}): "
+                                     "a header that is not JSON") from None
+            handle.seek(frame.data_length, 1)
+
+
 def import_streams(folder: Path, output: Path, *, overwrite: bool = False,
                    progress: Callable[[str], None] | None = None) -> ImportSummary:
     """Write every stream of ``folder`` into the dump ``output`` and say how it went.
@@ -104,6 +153,8 @@ def import_streams(folder: Path, output: Path, *, overwrite: bool = False,
     started = time.perf_counter()
     files = stream_files(folder)
     hellos = [hello_of(path) for path in files]
+    for path in files:
+        check_frames(path)
     config = {"runner": "import", "folder": str(folder.resolve()), "streams": [path.name for path in files],
               "pids": [hello.get("pid") for hello in hellos if hello is not None],
               "argv0": [hello.get("argv0") for hello in hellos if hello is not None]}

@@ -12,7 +12,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from inspector.constants import KV_CACHE_TYPES
 from inspector.errors import InspectorError
 from inspector.ggml import load
 from inspector.gguf_header import read_header
+from inspector.output_files import recorded_inputs, refuse_inputs, write_text
 from inspector.rpc import LoopbackServer
 from inspector.runners.llama import FLASH_ATTN_MODES, LlamaRunConfig
 from inspector.selection import Selection
@@ -169,13 +170,16 @@ def run_sweep(base: LlamaRunConfig, layer_counts: list[int | str], varies: list[
         except InspectorError as error:
             raise InspectorError(f"sweep configuration {_label(settings)}: {error}") from None
     read_header(base.model)  # a bad model fails before any server starts or dump is written
+    inputs = recorded_inputs(asdict(base))
+    dumps = [out_dir / f"{index:02d}-{_label(settings)}.h5" for index, settings in enumerate(grid)]
+    for planned in (*dumps, out_dir / SUMMARY_NAME):
+        refuse_inputs(planned, inputs)  # before the first capture, not after the last
     out_dir.mkdir(parents=True, exist_ok=True)
     offloads = any(count != 0 for count in layer_counts)
     with offload_endpoints(base, offloads, auto_loopback, progress) as endpoints:
         runs = []
-        for index, (settings, config) in enumerate(zip(grid, configs, strict=True)):
+        for index, (settings, config, dump) in enumerate(zip(grid, configs, dumps, strict=True)):
             label = _label(settings)
-            dump = out_dir / f"{index:02d}-{label}.h5"
             progress(f"[{index + 1}/{len(grid)}] capturing {label}")
             capture_llama(replace(config, rpc=endpoints), selection, dump, overwrite=overwrite)
             runs.append(SweepRun(label, settings, dump))
@@ -184,5 +188,5 @@ def run_sweep(base: LlamaRunConfig, layer_counts: list[int | str], varies: list[
     summary = summarise(runs, tolerance)
     summary["rpc"] = endpoints
     summary_path = out_dir / SUMMARY_NAME
-    summary_path.write_text(json.dumps(summary, indent=1))
+    write_text(summary_path, json.dumps(summary, indent=1), inputs=inputs)
     return SweepResult(runs, endpoints[0] if endpoints else None, summary_path, summary)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inspector.compare import Comparison
-from inspector.formatting import number, table
+from inspector.formatting import number, printable, table
 from inspector.identity import layer_of
 from inspector.tolerance import Tolerance
 
@@ -137,7 +137,7 @@ def render_matrix(summary: dict[str, Any], per_layer: bool = False) -> str:
             continue
         first = config["first_divergence"]
         lines.append(f"{config['label']}: " + ("no divergence" if first is None else
-                     f"first divergence {first['name']} (eval {first['eval']}, {first['status']}, "
-                     f"buffer {first['buffer']})"))
+                     f"first divergence {printable(first['name'])} (eval {first['eval']}, {first['status']}, "
+                     f"buffer {printable(first['buffer'])})"))
     lines.append("legend: = identical, ~ within tolerance, X diverged, ? missing, ! mismatched; then NMSE and buffer")
     return "\n".join(lines)

@@ -9,9 +9,11 @@ so ``--help`` starts fast.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
+import warnings
 from typing import Any, NoReturn
 
 import click
@@ -19,13 +21,15 @@ import click
 from inspector.cli import comparing, dumps, mllama, plotting, running, servers
 from inspector.constants import TOOL_VERSION
 from inspector.errors import CaptureInterrupted, InspectorError
+from inspector.formatting import printable
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"ggml-inspector: error: {message}", err=True)
+    """Print the one error line and exit; whatever the message quotes from a file stays on that line."""
+    click.echo(f"ggml-inspector: error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -67,6 +71,10 @@ def main() -> None:
     if not os.environ.get("GGML_INSPECTOR_DEBUG"):
         # ggml prints a gdb backtrace on an internal abort; its one-line assertion is enough here.
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+        # numpy's RuntimeWarnings on a tensor full of NaN and infinities (the output already counts
+        # them) and matplotlib's font and layout notices are not errors: stderr keeps its one line.
+        warnings.simplefilter("ignore")
+        logging.getLogger("matplotlib").setLevel(logging.ERROR)
     if hasattr(signal, "SIGXFSZ"):
         # Past a file-size limit (ulimit -f) a write fails with EFBIG, which the writer turns
         # into a clean incomplete dump, instead of the signal killing the process.

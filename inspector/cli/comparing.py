@@ -154,6 +154,7 @@ def _default_folder(kind: str, run_config: LlamaRunConfig) -> Path:
 def _bisect(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], globs: tuple[str, ...],
             regexes: tuple[str, ...], tolerance: Tolerance, output_dir: Path | None, overwrite: bool) -> None:
     from inspector.compare_report import describe_origin
+    from inspector.formatting import printable
     from inspector.offload_bisect import run_bisect
     from inspector.selection import Selection
 
@@ -178,7 +179,7 @@ def _bisect(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], gl
                        + describe_origin(comparison.origins[0]))
         if comparison is not None and comparison.first_divergence is not None:
             row = comparison.rows[comparison.first_divergence]
-            click.echo(f"first divergence: {row.name} (eval {row.evaluation_label}, node {row.node_a})")
+            click.echo(f"first divergence: {printable(row.name)} (eval {row.evaluation_label}, node {row.node_a})")
     click.echo(f"summary: {result.summary_path}", err=True)
     sys.exit(1 if result.boundary is not None else 0)
 
@@ -205,6 +206,7 @@ def replay(dump_a: Path, dump_b: Path, eval_index: int, node: int, threads: int,
     """
     import json
 
+    from inspector.formatting import printable
     from inspector.replay import replay as replay_node
 
     result = replay_node(dump_a, dump_b, eval_index, node, threads)
@@ -216,11 +218,12 @@ def replay(dump_a: Path, dump_b: Path, eval_index: int, node: int, threads: int,
         verdict = ("the op differs between the placements on identical inputs: the kernel, not the data"
                    if result.op_differs else
                    "the placements agree on identical inputs: the difference came with the inputs or weights")
-        click.echo(f"{result.name} (eval {result.eval_index}, node {result.node}, {result.op})")
+        click.echo(f"{printable(result.name)} (eval {result.eval_index}, node {result.node}, {printable(result.op)})")
         for side, placed, reproduces in (("A", result.placement_a, result.reproduces_a),
                                          ("B", result.placement_b, result.reproduces_b)):
-            where = ", ".join(f"{name} in {buffer}" for name, buffer in placed.items() if name != "node")
-            click.echo(f"  as {side} placed it (on {placed['node']}; {where}): "
+            where = ", ".join(f"{printable(name)} in {printable(buffer)}" for name, buffer in placed.items()
+                              if name != "node")
+            click.echo(f"  as {side} placed it (on {printable(placed['node'])}; {where}): "
                        f"{'reproduces' if reproduces else 'does not reproduce'} run {side}'s output")
         click.echo(f"  {verdict}" + (f" (max |a-b| {result.max_abs_diff:g})" if result.op_differs else ""))
     sys.exit(1 if result.op_differs else 0)

@@ -81,12 +81,12 @@ def show(dump: Path, tensor: str, eval_index: int | None, occurrence: int, count
 
     with open_dump(dump) as opened:
         entry = opened.find(tensor, eval_index, occurrence)
-        array = opened.read(entry)
+        values = opened.preview(entry, count)  # the edge values and the sum, read in pieces
         metadata = opened.metadata(entry)
     if as_json:
-        click.echo(json.dumps(store_report.tensor_json(entry, array, metadata, count), indent=1, default=str))
+        click.echo(json.dumps(store_report.tensor_json(entry, values, metadata), indent=1, default=str))
     else:
-        click.echo(store_report.tensor_text(entry, array, metadata, count))
+        click.echo(store_report.tensor_text(entry, values, metadata))
 
 
 @click.command()
@@ -97,20 +97,22 @@ def show(dump: Path, tensor: str, eval_index: int | None, occurrence: int, count
 @options.occurrence
 @options.overwrite
 def export(dump: Path, tensor: str, output: Path, eval_index: int | None, occurrence: int, overwrite: bool) -> None:
-    """Write one tensor to a .npy file (numpy shape = ggml ne reversed)."""
+    """Write one tensor to a .npy file (numpy shape = ggml ne reversed), copied in pieces of 4 MiB."""
     import numpy as np
 
-    from inspector.formatting import shape_text
+    from inspector.formatting import printable, shape_text
+    from inspector.output_files import atomic_output, check_output
     from inspector.store import open_dump
 
     if output.suffix != ".npy":
         raise InspectorError(f"{output}: export writes .npy files; give a name ending in .npy")
-    if output.exists() and not overwrite:
-        raise InspectorError(f"{output} exists; pass --overwrite to replace it")
+    check_output(output, overwrite=overwrite, inputs=[dump])
     with open_dump(dump) as opened:
-        array = opened.read(tensor, eval_index, occurrence)
-    np.save(output, array, allow_pickle=False)
-    click.echo(f"wrote {tensor} {shape_text(array.shape)} {array.dtype} -> {output}", err=True)
+        entry = opened.find(tensor, eval_index, occurrence)
+        opened.require_values(entry)
+        with atomic_output(output, overwrite=overwrite, inputs=[dump]) as temporary:
+            opened.export_npy(entry, temporary)
+    click.echo(f"wrote {printable(tensor)} {shape_text(entry.shape)} {np.dtype(entry.dtype)} -> {output}", err=True)
 
 
 @click.command("gguf")
@@ -146,9 +148,11 @@ def gguf_command(model: Path, with_tensors: bool, as_json: bool) -> None:
 def import_raw(file: Path, name: str, dtype: str, ne: str | None, shape: str | None, output: Path,
                overwrite: bool) -> None:
     """Import a raw tensor file (fwrite of a tensor's data) or a .npy as a one-tensor dump."""
-    from inspector.formatting import shape_text
+    from inspector.formatting import printable, shape_text
     from inspector.importer import parse_dims, read_npy, read_raw, write_arrays
+    from inspector.output_files import atomic_output, check_output
 
+    check_output(output, overwrite=overwrite, inputs=[file])
     if file.suffix == ".npy":
         if ne or shape:
             raise InspectorError(".npy files carry their own shape; drop --ne/--shape")
@@ -158,10 +162,11 @@ def import_raw(file: Path, name: str, dtype: str, ne: str | None, shape: str | N
             raise InspectorError("give the size of a raw file with exactly one of --ne or --shape")
         dims = tuple(reversed(parse_dims(ne))) if ne else parse_dims(shape)
         array = read_raw(file, dtype, dims)
-    write_arrays(output, {name: array}, "import", {"source": str(file)},
-                 {"runner": "import", "source": str(file), "dtype": str(array.dtype), "shape": list(array.shape)},
-                 overwrite=overwrite, op="IMPORT")
-    click.echo(f"imported {name} {shape_text(array.shape)} {array.dtype} -> {output}", err=True)
+    with atomic_output(output, overwrite=overwrite, inputs=[file]) as temporary:
+        write_arrays(temporary, {name: array}, "import", {"source": str(file)},
+                     {"runner": "import", "source": str(file), "dtype": str(array.dtype), "shape": list(array.shape)},
+                     overwrite=True, op="IMPORT")
+    click.echo(f"imported {printable(name)} {shape_text(array.shape)} {array.dtype} -> {output}", err=True)
 
 
 @click.command("import")
@@ -179,18 +184,19 @@ def import_streams(folder: Path, output: Path, overwrite: bool) -> None:
     and leaves the dump marked incomplete, with the reason; a file that is
     not a stream is refused before anything is written.
     """
-    from inspector.formatting import human_bytes
+    from inspector.formatting import human_bytes, printable
     from inspector.stream_import import import_streams as run_import
 
     stop_on_sigterm()
     summary = run_import(folder, output, overwrite=overwrite, progress=echo_progress)
     for process in summary.processes:
-        click.echo(f"process {process.pid} ({process.argv0}): {process.schedulers} schedulers, "
+        click.echo(f"process {process.pid} ({printable(process.argv0)}): {process.schedulers} schedulers, "
                    f"{process.computes} graph computations, {process.tensors} tensors", err=True)
     for skip in summary.skipped:
-        click.echo(f"note: {skip.name} (eval {skip.eval_index}) was not captured: {skip.reason}", err=True)
+        click.echo(f"note: {printable(skip.name)} (eval {skip.eval_index}) was not captured: "
+                   f"{printable(skip.reason)}", err=True)
     if summary.incomplete_reason:
-        click.echo(f"warning: the dump is incomplete: {summary.incomplete_reason}", err=True)
+        click.echo(f"warning: the dump is incomplete: {printable(summary.incomplete_reason)}", err=True)
     click.echo(f"imported {summary.tensors} tensors ({human_bytes(summary.bytes)}) from {summary.evaluations} "
                f"evaluations in {summary.seconds:.2f} s -> {summary.path}", err=True)
 

@@ -27,10 +27,14 @@ from inspector.constants import (
     DEFAULT_N_UBATCH,
     DEFAULT_SEED,
     FLASH_ATTN_SPELLINGS,
+    GGML_MAX_N_THREADS,
     KV_CACHE_TYPES,
+    LLAMA_MAX_INT32,
     LOAD_MODES,
+    MAX_THREADS_PER_CORE,
 )
 from inspector.errors import InspectorError
+from inspector.input_files import open_regular_file
 
 if TYPE_CHECKING:
     from inspector.runners.llama import LlamaRunConfig
@@ -66,7 +70,21 @@ class Threads(click.ParamType):
             count = int(value)
         except ValueError:
             self.fail(f"{value!r} is not a whole number", param, ctx)
+        if count > max_threads():
+            self.fail(f"{count} threads is more than {max_threads()} ({MAX_THREADS_PER_CORE} per core of this "
+                      f"machine's {os.cpu_count() or 1}, and ggml's pool holds at most {GGML_MAX_N_THREADS})",
+                      param, ctx)
         return count if count > 0 else os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    """The most CPU threads a run may ask for.
+
+    ggml's thread pool has GGML_MAX_N_THREADS slots (512; past them ggml
+    writes out of bounds and the process dies with SIGSEGV), and its workers
+    spin while they wait, so threads well beyond the cores only slow a run.
+    """
+    return min(GGML_MAX_N_THREADS, MAX_THREADS_PER_CORE * (os.cpu_count() or 1))
 
 
 class FlashAttention(click.ParamType):
@@ -181,15 +199,17 @@ INPUT_OPTIONS = (
 
 RUN_OPTIONS = (
     LlamaOption("n_predict", ("-n", "--predict", "--n-predict"), "Tokens to generate greedily after the prompt "
-                "(-1: until end of generation, -2: until the context is full).", type=click.IntRange(min=-2),
+                "(-1: until end of generation, -2: until the context is full).",
+                type=click.IntRange(min=-2, max=LLAMA_MAX_INT32),
                 default=0, metavar="N", llama_cpp_default="-1; here 0, because the prompt's graphs are what a "
                 "capture is usually for"),
     LlamaOption("n_ctx", ("-c", "--ctx-size"), "Context size (0: the model's training context).", aliases=("--ctx",),
-                type=click.IntRange(min=0), default=DEFAULT_N_CTX, metavar="N"),
+                type=click.IntRange(min=0, max=LLAMA_MAX_INT32), default=DEFAULT_N_CTX, metavar="N"),
     LlamaOption("n_batch", ("-b", "--batch-size"), "Logical batch size.", aliases=("--batch",),
-                type=click.IntRange(min=1), default=DEFAULT_N_BATCH, metavar="N"),
+                type=click.IntRange(min=1, max=LLAMA_MAX_INT32), default=DEFAULT_N_BATCH, metavar="N"),
     LlamaOption("n_ubatch", ("-ub", "--ubatch-size"), "Physical batch size: tokens per graph evaluation.",
-                aliases=("--ubatch",), type=click.IntRange(min=1), default=DEFAULT_N_UBATCH, metavar="N"),
+                aliases=("--ubatch",), type=click.IntRange(min=1, max=LLAMA_MAX_INT32), default=DEFAULT_N_UBATCH,
+                metavar="N"),
     LlamaOption("n_gpu_layers", ("-ngl", "--gpu-layers", "--n-gpu-layers"), "Layers to offload: a number, 'auto' "
                 "or 'all' (auto: every layer onto the offload devices).", type=GpuLayers(), default="auto",
                 metavar="N|auto|all",
@@ -256,12 +276,11 @@ def _click_option(option: LlamaOption, extra_aliases: tuple[str, ...] = ()
 
 def _read_prompt_file(path: Path) -> str:
     try:
-        size = path.stat().st_size
-        if size > MAX_PROMPT_FILE_BYTES:
-            raise InspectorError(f"-f {path}: {size} bytes is too large for a prompt file")
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InspectorError(f"-f {path}: no such file") from None
+        with open_regular_file(path, "a prompt file") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_PROMPT_FILE_BYTES:
+                raise InspectorError(f"-f {path}: {size} bytes is too large for a prompt file")
+            text = handle.read(MAX_PROMPT_FILE_BYTES + 1).decode("utf-8")
     except UnicodeDecodeError as error:
         raise InspectorError(f"-f {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     return text[:-1] if text.endswith("\n") else text

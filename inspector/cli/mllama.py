@@ -46,16 +46,19 @@ def preprocess_command(image: Path, convention: str, tile_size: int, max_tiles: 
     from inspector.importer import write_arrays
     from inspector.mllama.preprocess import load_image, preprocess
     from inspector.mllama.preprocess_report import geometry_sentence
+    from inspector.output_files import atomic_output, check_output
 
     config = _preprocess_config(convention, tile_size, max_tiles)
-    result = preprocess(load_image(image, loader), config)
     output = output or Path(DEFAULT_DUMP_DIR) / f"{image.stem}-{convention}.h5"
+    check_output(output, overwrite=overwrite, inputs=[image])
+    result = preprocess(load_image(image, loader), config)
     geometry = result.geometry.as_dict()
-    write_arrays(output, {"inp_raw": result.inp_raw, "aspect_ratio_ids": result.aspect_ratio_ids,
-                          "aspect_ratio_mask": result.aspect_ratio_mask},
-                 "preprocess", {"geometry": geometry, "steps": result.steps},
-                 {"runner": "preprocess", "image": str(image), "loader": loader, "preprocess": asdict(config),
-                  "geometry": geometry}, overwrite=overwrite, op="PREPROCESS")
+    with atomic_output(output, overwrite=overwrite, inputs=[image]) as temporary:
+        write_arrays(temporary, {"inp_raw": result.inp_raw, "aspect_ratio_ids": result.aspect_ratio_ids,
+                                 "aspect_ratio_mask": result.aspect_ratio_mask},
+                     "preprocess", {"geometry": geometry, "steps": result.steps},
+                     {"runner": "preprocess", "image": str(image), "loader": loader, "preprocess": asdict(config),
+                      "geometry": geometry}, overwrite=True, op="PREPROCESS")
     if explain:
         for step in result.steps:
             click.echo(step)
@@ -115,11 +118,12 @@ def mllama_convert(hf_dir: Path, output: Path, dtype: str, overwrite: bool) -> N
     """
     from inspector.formatting import human_bytes
     from inspector.mllama.convert import convert
+    from inspector.output_files import atomic_output, folder_files
 
-    if output.exists() and not overwrite:
-        raise InspectorError(f"{output} exists; pass --overwrite to replace it")
-    path = convert(hf_dir, output, dtype)
-    click.echo(f"wrote {path} ({human_bytes(path.stat().st_size)})", err=True)
+    # The checkpoint's files (and their hard links elsewhere) are inputs.
+    with atomic_output(output, overwrite=overwrite, inputs=[hf_dir, *folder_files(hf_dir)]) as temporary:
+        convert(hf_dir, temporary, dtype)
+    click.echo(f"wrote {output} ({human_bytes(output.stat().st_size)})", err=True)
 
 
 encode_options = options.apply(

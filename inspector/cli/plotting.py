@@ -21,8 +21,9 @@ slicing = click.option("--slice", "slicing", default=None,
                        help="numpy-order index per axis leaving two ranges, e.g. '0,:,:' (docs/plots.md).")
 
 
-def _save(plot, output: Path | None, stem: str) -> None:
-    path = plot.save(output or PLOT_DIR / f"{stem}.png")
+def _save(plot, output: Path | None, stem: str, inputs: tuple[Path, ...]) -> None:
+    """Write the figure; ``inputs`` (the files the plot read) are never overwritten."""
+    path = plot.save(output or PLOT_DIR / f"{stem}.png", inputs)
     click.echo(f"wrote {path}", err=True)
 
 
@@ -44,7 +45,7 @@ def plot_stats(dump: Path, globs: tuple[str, ...], eval_index: int, statistic: s
     from inspector.store import open_dump
 
     with open_dump(dump) as opened:
-        _save(plots.stats(opened, list(globs), eval_index, statistic, title), output, f"{dump.stem}-stats")
+        _save(plots.stats(opened, list(globs), eval_index, statistic, title), output, f"{dump.stem}-stats", (dump,))
 
 
 @plot.command("hist")
@@ -62,7 +63,7 @@ def plot_hist(dump: Path, tensor: str, eval_index: int | None, occurrence: int, 
 
     with open_dump(dump) as opened:
         entry = opened.find(tensor, eval_index, occurrence)
-        _save(plots.histogram(opened, entry, log, title=title), output, f"{dump.stem}-hist")
+        _save(plots.histogram(opened, entry, log, title=title), output, f"{dump.stem}-hist", (dump,))
 
 
 @plot.command("heatmap")
@@ -80,7 +81,7 @@ def plot_heatmap(dump: Path, tensor: str, eval_index: int | None, occurrence: in
 
     with open_dump(dump) as opened:
         entry = opened.find(tensor, eval_index, occurrence)
-        _save(plots.heatmap(opened, entry, slicing, title), output, f"{dump.stem}-heatmap")
+        _save(plots.heatmap(opened, entry, slicing, title), output, f"{dump.stem}-heatmap", (dump,))
 
 
 @plot.command("diff")
@@ -105,10 +106,10 @@ def plot_diff(dump_a: Path, dump_b: Path, tensor: str | None, globs: tuple[str, 
     if tensor:
         with open_dump(dump_a) as a, open_dump(dump_b) as b:
             result = plots.element_difference(a, b, tensor, eval_index, occurrence, slicing, title)
-        _save(result, output, f"{dump_a.stem}-vs-{dump_b.stem}-{tensor}")
+        _save(result, output, f"{dump_a.stem}-vs-{dump_b.stem}-{tensor}", (dump_a, dump_b))
         return
     result = plots.difference_along_execution(dump_a, dump_b, preset(preset_name), list(globs) or None, title)
-    _save(result, output, f"{dump_a.stem}-vs-{dump_b.stem}")
+    _save(result, output, f"{dump_a.stem}-vs-{dump_b.stem}", (dump_a, dump_b))
 
 
 @plot.command("image")
@@ -128,7 +129,7 @@ def plot_image(dumps: tuple[Path, ...], name: str, output: Path | None, title: s
     finally:
         for dump in opened:
             dump.close()
-    _save(result, output, "-vs-".join(d.stem for d in dumps) + "-image")
+    _save(result, output, "-vs-".join(d.stem for d in dumps) + "-image", dumps)
 
 
 @plot.command("sweep")
@@ -148,7 +149,7 @@ def plot_sweep(summary: Path, per_layer: bool, output: Path | None, title: str |
         result = plots.sweep(document, per_layer, title)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise InspectorError(f"{summary} is not a sweep summary: {error}") from None
-    _save(result, output, f"{summary.parent.name}-sweep")
+    _save(result, output, f"{summary.parent.name}-sweep", (summary,))
 
 
 @click.command()

@@ -123,9 +123,12 @@ def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path 
     from inspector.capture_report import exec_lines
     from inspector.dump_format import Compression
     from inspector.exec_capture import exec_capture
+    from inspector.output_files import recorded_inputs, refuse_inputs
 
     storage = Compression.parse(compression)
     output = output or default_output(Path(program[0]).name)
+    # The dump writer checks this too; here it fails before the hook is built and the program started.
+    refuse_inputs(output, recorded_inputs({"runner": "exec", "argv": list(program), "model": model}))
     stop_on_sigterm()
     summary = exec_capture(list(program), globs, regexes, output, overwrite=overwrite, progress=echo_progress,
                            stats_only=stats_only, compression=storage, model=model)

@@ -7,13 +7,15 @@ import signal
 
 import click
 
+from inspector.cli.llama_options import Threads
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @click.command("rpc-server")
 @click.option("-H", "--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("-p", "--port", default=50052, show_default=True)
-@click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=50052, show_default=True)
+@click.option("-t", "--threads", type=Threads(), default=None, help="CPU threads (default: all cores).")
 @click.option("-d", "--device", default=None, help="ggml device to serve (default: the CPU).")
 def rpc_server(host: str, port: int, threads: int | None, device: str | None) -> None:
     """Serve this host's CPU (or DEVICE) over ggml's RPC backend until stopped (llama.cpp's rpc-server options)."""

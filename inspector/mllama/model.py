@@ -24,6 +24,7 @@ from inspector.ggml.graph import (
 )
 from inspector.ggml.tensor import Tensor
 from inspector.mllama import gguf_layout as L
+from inspector.mllama.preprocess import MAX_TILE_SIZE, MAX_TILES_LIMIT, supported_aspect_ratios
 
 GRAPH_SIZE = 16384
 F32_MIN = float(np.finfo(np.float32).min)
@@ -65,6 +66,14 @@ class VisionHParams:
         return self.max_tiles * self.padded_positions
 
 
+def _whole(key: str, found: object) -> int:
+    if isinstance(found, np.generic):
+        found = found.item()
+    if isinstance(found, bool) or not isinstance(found, int | float) or found != int(found):
+        raise ModelError(f"the GGUF's {key} is {found!r}, not a whole number")
+    return int(found)
+
+
 def read_hparams(reader) -> VisionHParams:
     def value(key: str):
         found = gguf_info.field_value(reader, key)
@@ -77,14 +86,85 @@ def read_hparams(reader) -> VisionHParams:
         raise ModelError(f"the GGUF's architecture is {architecture!r}, not {L.TEXT_ARCH!r} or {L.ARCH!r}; "
                          "convert a checkpoint with 'ggml-inspector mllama convert'")
     intermediate = reader.get_field(L.KEY_INTERMEDIATE)
-    return VisionHParams(
-        image_size=int(value(L.KEY_IMAGE_SIZE)), patch_size=int(value(L.KEY_PATCH_SIZE)),
-        max_tiles=int(value(L.KEY_MAX_TILES)), hidden=int(value(L.KEY_HIDDEN)), ffn=int(value(L.KEY_FFN)),
-        heads=int(value(L.KEY_HEADS)), eps=float(value(L.KEY_EPS)), n_layers=int(value(L.KEY_LAYERS)),
-        n_global_layers=int(value(L.KEY_GLOBAL_LAYERS)),
-        intermediate=tuple(int(intermediate.parts[i][0]) for i in intermediate.data),
-        projection_dim=int(value(L.KEY_PROJECTION_DIM)),
+    if intermediate is None:
+        raise ModelError(f"the GGUF has no {L.KEY_INTERMEDIATE}: not an mllama vision GGUF")
+    eps = value(L.KEY_EPS)
+    if not isinstance(eps, float) or not 0 < eps < 1:
+        raise ModelError(f"the GGUF's {L.KEY_EPS} is {eps!r}, not a small positive number")
+    hparams = VisionHParams(
+        image_size=_whole(L.KEY_IMAGE_SIZE, value(L.KEY_IMAGE_SIZE)),
+        patch_size=_whole(L.KEY_PATCH_SIZE, value(L.KEY_PATCH_SIZE)),
+        max_tiles=_whole(L.KEY_MAX_TILES, value(L.KEY_MAX_TILES)), hidden=_whole(L.KEY_HIDDEN, value(L.KEY_HIDDEN)),
+        ffn=_whole(L.KEY_FFN, value(L.KEY_FFN)), heads=_whole(L.KEY_HEADS, value(L.KEY_HEADS)), eps=eps,
+        n_layers=_whole(L.KEY_LAYERS, value(L.KEY_LAYERS)),
+        n_global_layers=_whole(L.KEY_GLOBAL_LAYERS, value(L.KEY_GLOBAL_LAYERS)),
+        intermediate=tuple(_whole(L.KEY_INTERMEDIATE, intermediate.parts[i][0]) for i in intermediate.data),
+        projection_dim=_whole(L.KEY_PROJECTION_DIM, value(L.KEY_PROJECTION_DIM)),
     )
+    check_hparams(hparams)
+    return hparams
+
+
+def check_hparams(h: VisionHParams) -> None:
+    """Refuse hyperparameters the graph cannot be built from: ggml would assert (abort) on them.
+
+    The tile count and size are bounded as ``preprocess`` bounds them, so a
+    hostile file cannot make the graph's input or mask (``sequence``² floats) huge.
+    """
+    problems = []
+    if not 1 <= h.patch_size <= h.image_size <= MAX_TILE_SIZE or h.image_size % h.patch_size:
+        problems.append(f"image size {h.image_size} must be a multiple of the patch size {h.patch_size}, "
+                        f"at most {MAX_TILE_SIZE}")
+    if not 1 <= h.max_tiles <= MAX_TILES_LIMIT:
+        problems.append(f"{h.max_tiles} tiles is outside 1..{MAX_TILES_LIMIT}")
+    if h.hidden < 1 or h.heads < 1 or h.hidden % h.heads:
+        problems.append(f"embedding length {h.hidden} is not a positive multiple of the head count {h.heads}")
+    if h.ffn < 1 or h.projection_dim < 1 or h.n_layers < 1 or h.n_global_layers < 0:
+        problems.append("feed-forward length, projection size and block count must be positive")
+    if not h.intermediate or any(not 0 <= i < h.n_layers for i in h.intermediate):
+        problems.append(f"intermediate layers {list(h.intermediate)} must be some of 0..{h.n_layers - 1}")
+    if problems:
+        raise ModelError(f"the GGUF's mllama_vision hyperparameters cannot make a graph: {'; '.join(problems)}")
+
+
+def expected_shapes(h: VisionHParams) -> dict[str, tuple[int, ...]]:
+    """Every vision and projector tensor's ggml ``ne`` (trailing 1s dropped) that ``build_mllama`` relies on."""
+    d, positions, tiles = h.hidden, h.num_positions, h.max_tiles
+    ids = len(supported_aspect_ratios(tiles)) + 1
+    shapes: dict[str, tuple[int, ...]] = {
+        "v.patch_embd.weight": (h.patch_size, h.patch_size, 3, d), "v.class_embd": (d,),
+        "v.pos_embd": (d, positions), "v.pos_gate": (1,), "v.tile_pos_embd": (tiles * positions * d, ids),
+        "v.pre_tile_embd": (tiles * d, ids), "v.pre_tile_gate": (1,),
+        "v.post_tile_embd": (tiles * d, ids), "v.post_tile_gate": (1,),
+        "mm.proj.weight": (d * (1 + len(h.intermediate)), h.projection_dim), "mm.proj.bias": (h.projection_dim,),
+    }
+    for norm in ("v.ln_pre.", "v.ln_post."):
+        shapes[norm + "weight"] = shapes[norm + "bias"] = (d,)
+    for global_layer, count in ((False, h.n_layers), (True, h.n_global_layers)):
+        for index in range(count):
+            p = L.layer_prefix(global_layer, index)
+            for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+                shapes[f"{p}{name}.weight"] = (d, d)
+            shapes[p + "ffn_up.weight"], shapes[p + "ffn_up.bias"] = (d, h.ffn), (h.ffn,)
+            shapes[p + "ffn_down.weight"], shapes[p + "ffn_down.bias"] = (h.ffn, d), (d,)
+            for norm in ("ln1.", "ln2."):
+                shapes[p + norm + "weight"] = shapes[p + norm + "bias"] = (d,)
+            if global_layer:
+                shapes[p + "gate_attn"] = shapes[p + "gate_ffn"] = (1,)
+    return shapes
+
+
+def check_vision_tensors(reader, h: VisionHParams) -> None:
+    """Every tensor the graph uses is present with the shape the hyperparameters give, or ModelError naming it."""
+    found = {t.name: tuple(int(n) for n in t.shape) for t in reader.tensors if not L.is_text_tensor(t.name)}
+    for name, shape in expected_shapes(h).items():
+        if name not in found:
+            raise ModelError(f"the GGUF lacks tensor {name!r}")
+        actual = found[name]
+        while len(actual) > 1 and actual[-1] == 1:
+            actual = actual[:-1]
+        if actual != shape:
+            raise ModelError(f"tensor {name!r} has ne {list(actual)}; the hyperparameters need {list(shape)}")
 
 
 @dataclass(kw_only=True)
@@ -97,7 +177,8 @@ class VisionWeights(BackendTensors):
 def _on_offload(name: str, offload_layers: int) -> bool:
     """Local vision layers ``v.blk.0..n-1`` go to the offload backend, like llama.cpp's n_gpu_layers."""
     parts = name.split(".")
-    return len(parts) > 2 and parts[0] == "v" and parts[1] == "blk" and int(parts[2]) < offload_layers
+    return (len(parts) > 2 and parts[0] == "v" and parts[1] == "blk" and parts[2].isdecimal()
+            and int(parts[2]) < offload_layers)
 
 
 def load_weights(path: str | Path, cpu: Backend, offload: Backend | None = None,
@@ -105,6 +186,7 @@ def load_weights(path: str | Path, cpu: Backend, offload: Backend | None = None,
     """Read the GGUF (validated) and upload its tensors to the CPU and, optionally, an offload backend."""
     reader = gguf_info.open_gguf(path)
     hparams = read_hparams(reader)
+    check_vision_tensors(reader, hparams)
     weights = VisionWeights(hparams=hparams)
     # A whole-model GGUF also holds the language model: that is load_text_model's to place.
     weights.upload([t for t in reader.tensors if not L.is_text_tensor(t.name)],

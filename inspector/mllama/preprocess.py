@@ -33,11 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from inspector.constants import MLLAMA_IMAGE_LOADERS
+from inspector.constants import (
+    MLLAMA_IMAGE_LOADERS,
+    MLLAMA_MAX_CANVAS_PIXELS,
+    MLLAMA_MAX_TILE_SIZE,
+    MLLAMA_MAX_TILES,
+)
 from inspector.errors import InspectorError
-from inspector.image_files import MAX_IMAGE_PIXELS, pillow_pixel_limit
+from inspector.image_files import open_image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -47,6 +52,9 @@ PATCH_SIZE = 14
 RESCALE_FACTOR = 1 / 255
 CONVENTIONS = ("hf", "ollama")
 LOADERS = MLLAMA_IMAGE_LOADERS
+# Bounds on --max-tiles and --tile-size (and on a GGUF's tiles), see inspector.constants.
+MAX_TILES_LIMIT = MLLAMA_MAX_TILES
+MAX_TILE_SIZE = MLLAMA_MAX_TILE_SIZE
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,12 @@ class PreprocessConfig:
             raise InspectorError(f"--convention must be one of {', '.join(CONVENTIONS)}")
         if self.tile_size < 1 or self.max_tiles < 1:
             raise InspectorError("--tile-size and --max-tiles must be positive")
+        if self.max_tiles > MAX_TILES_LIMIT:
+            raise InspectorError(f"--max-tiles {self.max_tiles} is more than {MAX_TILES_LIMIT} (Llama 3.2 Vision "
+                                 f"uses {MAX_TILES})")
+        if self.tile_size > MAX_TILE_SIZE or self.max_tiles * self.tile_size**2 > MLLAMA_MAX_CANVAS_PIXELS:
+            raise InspectorError(f"--tile-size {self.tile_size} with --max-tiles {self.max_tiles} makes a canvas "
+                                 f"larger than {MLLAMA_MAX_CANVAS_PIXELS} pixels (tiles of at most {MAX_TILE_SIZE})")
         if self.tile_size % self.patch_size:
             raise InspectorError(f"tile size {self.tile_size} is not a multiple of the patch size {self.patch_size}")
 
@@ -165,27 +179,20 @@ def to_rgb(image: Image.Image, convention: str) -> Image.Image:
 
 
 def load_image(path: str | os.PathLike[str], loader: str = "pil") -> Image.Image:
-    """Open an untrusted image file with bounded size.
+    """Open an untrusted image file: a regular file, its pixel count bounded before decoding.
 
     ``pil`` hands the decoded image on as is (what ``processor(images=Image.open(p))``
     sees); ``hf-path`` mimics transformers' ``load_image`` for a path string,
     which applies the EXIF orientation and converts to RGB without compositing.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InspectorError(f"{path}: no such file")
-    try:
-        with pillow_pixel_limit(MAX_IMAGE_PIXELS):
-            image = Image.open(path)
-            image.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise InspectorError(f"{path} is not a readable image: {error}") from None
-    except OSError as error:
-        raise InspectorError(f"{path} cannot be decoded (truncated or corrupt: {error})") from None
     if loader not in LOADERS:
         raise InspectorError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+    image = open_image(Path(path))
     if loader == "hf-path":
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        try:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+        except MemoryError:
+            raise InspectorError(f"{path}: not enough memory to convert {image.width}x{image.height} pixels") from None
     return image
 
 
@@ -229,7 +236,10 @@ def preprocess(image: Image.Image, config: PreprocessConfig = DEFAULT_CONFIG) ->
     width, height = image.size
     if width < 1 or height < 1:
         raise InspectorError("the image is empty")
-    rgb = to_rgb(image, config.convention)
+    try:
+        rgb = to_rgb(image, config.convention)
+    except MemoryError:
+        raise InspectorError(f"not enough memory to convert the {width}×{height} image to RGB") from None
     steps.append(f"loaded {width}×{height} (w×h) {image.mode}" + (
         f", converted to RGB{' (alpha over white)' if hf else ' (alpha premultiplied: transparent is black)'}"
         if image.mode != "RGB" else ""))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType
+from gguf.constants import GGML_QUANT_SIZES
 
 from inspector import rpc
 from inspector.constants import (
@@ -28,10 +27,14 @@ from inspector.constants import (
     DEFAULT_N_UBATCH,
     DEFAULT_SEED,
     KV_CACHE_TYPES,
+    LLAMA_MAX_INT32,
     LOAD_MODES,
 )
 from inspector.errors import CaptureInterrupted, InspectorError, ModelError, SetupError
+from inspector.formatting import human_bytes
 from inspector.ggml import load
+from inspector.ggml_log import LOG_THUNK, LogBuffer
+from inspector.ggml_log import install_log as install_log  # re-exported for capture and replay
 from inspector.gguf_header import cached_sha256, check_gguf_file, fingerprint, read_leading_metadata
 from inspector.hook import TensorHook
 from inspector.runners.multimodal import VisionProjector, decode_multimodal_prompt
@@ -44,6 +47,9 @@ FLASH_ATTN_MODES = {
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
+
+# llama.cpp pads the context to a multiple of this (llama-context.cpp: GGML_PAD(n_ctx, 256)).
+CONTEXT_PADDING = 256
 
 # Called before each llama_decode with the evaluation's kind and facts; returns its index.
 BeginEvaluation = Callable[[str, dict[str, Any]], int]
@@ -113,6 +119,15 @@ class LlamaRunConfig:
                              ("-t/--threads", self.threads), ("-tb/--threads-batch", self.threads_batch or 1)):
             if value < 1:
                 raise InspectorError(f"{label} must be at least 1")
+        from inspector.cli.llama_options import max_threads
+
+        for label, value in (("-t/--threads", self.threads), ("-tb/--threads-batch", self.threads_batch or 1)):
+            if value > max_threads():
+                raise InspectorError(f"{label} {value} is more than {max_threads()} threads on this machine")
+        for label, value in (("-c/--ctx-size", self.n_ctx), ("-b/--batch-size", self.n_batch),
+                             ("-ub/--ubatch-size", self.n_ubatch), ("-n/--n-predict", self.n_predict)):
+            if value > LLAMA_MAX_INT32:
+                raise InspectorError(f"{label} {value} is more than llama.cpp's limit {LLAMA_MAX_INT32}")
         if self.n_ctx < 0:
             raise InspectorError("-c/--ctx-size must not be negative (0: the model's training context)")
         if self.n_predict < -2:
@@ -160,60 +175,9 @@ class LlamaRunResult:
     images: list[dict[str, Any]] | None = None
 
 
-class _LlamaLog:
-    """Route llama.cpp's log into a bounded buffer, echoing it when verbose.
-
-    The last lines explain failures such as a model llama.cpp refuses.
-    """
-
-    def __init__(self, verbose: bool) -> None:
-        self.verbose = verbose
-        self.lines: deque[str] = deque(maxlen=50)
-
-    def write(self, text: bytes) -> None:
-        message = text.decode("utf-8", errors="replace")
-        if message.strip():
-            self.lines.append(message.strip())
-        if self.verbose:
-            print(message, end="", flush=True, file=sys.stderr)
-
-    def last_error(self) -> str:
-        """The most specific recent failure: llama.cpp logs the cause ("error loading model: unknown
-        model architecture") before the generic "failed to load model" that follows it."""
-        for marker in ("error", "failed"):
-            for line in reversed(self.lines):
-                if marker in line.lower():
-                    return line
-        return self.lines[-1] if self.lines else ""
-
-
-_active_log: _LlamaLog | None = None
-
-
-def _on_log(_level: int, text: bytes, _user_data: int) -> None:
-    """Hand a llama.cpp log line to the log installed last (read once: another thread may swap it)."""
-    log = _active_log
-    if log is not None:
-        log.write(text)
-
-
-# One ctypes thunk for the life of the process.  llama.cpp calls the log callback
-# through a bare C pointer from any thread, without a lock: a thunk made per
-# install_log and freed when replaced (even one install later) crashed a thread
-# that had read the old pointer and was still entering it (tests/test_llama_log.py).
-_LOG_THUNK = llama_cpp.llama_log_callback(_on_log)
-
-
-def install_log(verbose: bool) -> _LlamaLog:
-    """Start a fresh log buffer and point llama.cpp's (and ggml's) log at it, off the terminal.
-
-    Only the Python-side buffer changes; the C callback is always the same
-    thunk, so nothing llama.cpp may still call is ever freed.
-    """
-    global _active_log
-    _active_log = _LlamaLog(verbose)
-    llama_cpp.llama_log_set(_LOG_THUNK, ctypes.c_void_p(0))
-    return _active_log
+# The log buffer and its one C thunk live in inspector.ggml_log; these names are kept for the callers.
+_LlamaLog = LogBuffer
+_LOG_THUNK = LOG_THUNK
 
 
 def _route_mtmd_log() -> None:
@@ -256,6 +220,8 @@ class LlamaSession:
         self.config = config
         self.hook = hook
         self.log = log
+        if config.mmproj:
+            check_gguf_file(config.mmproj)  # a FIFO would hang llama.cpp's loader
         llama_cpp.llama_backend_init()
         own_rpc_devices = rpc.add_servers(config.rpc) if config.rpc else []
         self.offload_devices = self._device_names(own_rpc_devices)
@@ -270,6 +236,12 @@ class LlamaSession:
         self.model = llama_cpp.llama_model_load_from_file(config.model.encode(), model_params)
         if not self.model:
             raise ModelError(f"llama.cpp could not load {config.model}: {log.last_error() or 'unknown error'}")
+        try:
+            check_context_memory(self.model, config)
+        except BaseException:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+            raise
         self._abort = llama_cpp.ggml_abort_callback(lambda _data: hook is not None and hook.should_abort())
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = config.n_ctx
@@ -295,6 +267,9 @@ class LlamaSession:
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        # What llama.cpp made of -b and -ub (n_batch is at most n_ctx): a decode of more tokens aborts.
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.n_ubatch = llama_cpp.llama_n_ubatch(self.ctx)
         self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.adds_eos = bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
         if config.mmproj:
@@ -432,7 +407,7 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
         return index
 
     with LlamaSession(config, hook, log) as session:
-        step = min(config.n_batch, config.n_ubatch)
+        step = min(session.n_batch, session.n_ubatch)
         multimodal = None
         if session.projector is not None:
             multimodal = decode_multimodal_prompt(session, session.projector, formatted_prompt(session, config),
@@ -446,6 +421,9 @@ def run(config: LlamaRunConfig, hook: TensorHook | None, begin_evaluation: Begin
             if not token_ids:
                 raise SetupError("the prompt is empty after tokenization")
             n_past = len(token_ids)
+            if config.n_ctx and n_past > config.n_ctx:
+                raise SetupError(f"the prompt is {n_past} tokens: -c/--ctx-size {config.n_ctx} cannot hold it "
+                                 f"(give -c {n_past} or more, or -c 0 for the model's training context)")
             room = session.n_ctx - n_past
             _check_room(room, n_past, config, session.n_ctx)
             logit_rows = []
@@ -491,6 +469,75 @@ def _check_room(room: int, n_past: int, config: LlamaRunConfig, n_ctx: int) -> N
     if room < 0 or (config.n_predict > 0 and config.n_predict > room):
         raise SetupError(f"the prompt ({n_past} positions) plus -n/--n-predict needs -c/--ctx-size "
                          f"{n_past + max(config.n_predict, 0)} or more (it is {n_ctx})")
+
+
+def _address_space_left() -> int | None:
+    """Bytes this process may still map under its RLIMIT_AS, or None when unlimited."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status") as status:
+            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        used = 0
+    return max(limit - used, 0)
+
+
+def memory_budget(offload: bool) -> tuple[int, str]:
+    """Bytes a KV cache may take on this machine, and how they were counted.
+
+    The host's physical memory (or what RLIMIT_AS leaves, if less) plus the
+    free memory of the local offload devices when the run offloads.
+    """
+    host = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    left = _address_space_left()
+    if left is not None and left < host:
+        host, host_text = left, f"{human_bytes(left)} of address space left (RLIMIT_AS)"
+    else:
+        host_text = f"{human_bytes(host)} of RAM"
+    devices = 0
+    if offload:
+        devices = sum(d["memory_free"] for d in ggml_devices(load()) if d["type"] in ("GPU", "IGPU"))
+    if devices:
+        return host + devices, f"{host_text} and {human_bytes(devices)} free on devices"
+    return host, host_text
+
+
+def kv_cache_bytes(model: Any, config: LlamaRunConfig) -> tuple[int, int]:
+    """(context, bytes): the context llama.cpp would make and a lower estimate of its KV cache.
+
+    Every layer keeps n_ctx keys and values of n_head_kv heads, each
+    n_embd / n_head wide, in the cache types' sizes; sliding-window or
+    recurrent layers keep less, and the estimate then errs high only for those.
+    """
+    n_ctx = config.n_ctx or llama_cpp.llama_model_n_ctx_train(model)
+    n_ctx = -(-max(n_ctx, 1) // CONTEXT_PADDING) * CONTEXT_PADDING
+    n_head = llama_cpp.llama_model_n_head(model)
+    head_dim = llama_cpp.llama_model_n_embd(model) // n_head if n_head > 0 else 0
+    width = llama_cpp.llama_model_n_layer(model) * max(llama_cpp.llama_model_n_head_kv(model), 0) * head_dim
+
+    def row_bytes(type_name: str) -> float:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name.upper()]]
+        return size / block
+
+    return n_ctx, int(n_ctx * width * (row_bytes(config.type_k) + row_bytes(config.type_v)))
+
+
+def check_context_memory(model: Any, config: LlamaRunConfig) -> None:
+    """Refuse a context whose KV cache cannot fit this machine, before llama.cpp tries (std::bad_alloc aborts).
+
+    Runs that offload to RPC servers are not checked: their memory is not known here.
+    """
+    if config.rpc:
+        return
+    n_ctx, needed = kv_cache_bytes(model, config)
+    budget, counted = memory_budget(offload=config.devices != ["none"])
+    if needed > budget:
+        raise SetupError(f"-c/--ctx-size {config.n_ctx or n_ctx} needs a KV cache of {human_bytes(needed)}, more "
+                         f"than this machine has ({counted}); give a smaller -c")
 
 
 def describe_config(config: LlamaRunConfig) -> dict[str, Any]:

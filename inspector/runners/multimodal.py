@@ -29,7 +29,8 @@ from llama_cpp import mtmd_cpp as mtmd
 
 from inspector.errors import SetupError
 from inspector.ggml import load
-from inspector.image_files import MAX_IMAGE_PIXELS, pillow_pixel_limit
+from inspector.image_files import check_pixels, pillow_pixel_limit
+from inspector.input_files import check_regular_file, open_regular_file
 from inspector.runners.placement import device_by_name
 
 if TYPE_CHECKING:
@@ -50,10 +51,10 @@ def read_image(path: str) -> tuple[bytes, dict[str, Any]]:
 
     file = Path(path)
     try:
-        size = file.stat().st_size
+        size = check_regular_file(file, "an image file", SetupError).st_size
         if size > MAX_IMAGE_FILE_BYTES:
             raise SetupError(f"--image {path}: {size} bytes is more than the {MAX_IMAGE_FILE_BYTES} an image may be")
-        with file.open("rb") as handle:
+        with open_regular_file(file, "an image file", SetupError) as handle:
             data = handle.read(MAX_IMAGE_FILE_BYTES + 1)
             handle.seek(0)
             # Pillow's bomb bound off (it would warn, then fail, before ours): the check below decides.
@@ -66,8 +67,7 @@ def read_image(path: str) -> tuple[bytes, dict[str, Any]]:
     if image_format not in IMAGE_FORMATS:
         raise SetupError(f"--image {path}: {image_format} images are not decoded by llama.cpp "
                          f"(it reads {', '.join(IMAGE_FORMATS)})")
-    if width * height > MAX_IMAGE_PIXELS:
-        raise SetupError(f"--image {path}: {width}x{height} pixels is more than {MAX_IMAGE_PIXELS}")
+    check_pixels(f"--image {path}", width, height, SetupError)
     return data, {"path": str(file.resolve()), "format": image_format, "width": width, "height": height,
                   "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
