@@ -115,6 +115,7 @@ class TensorStats:
     n_inf: int
 
     @classmethod
+    @np.errstate(over="ignore", invalid="ignore")  # float64 extremes overflow to inf: a statistic, not a warning
     def of(cls, array: np.ndarray) -> TensorStats:
         """One streaming pass in chunks: float64 accumulators, no 8-byte-per-element temporaries.
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from inspector.disk_space import describe_errno, disk_full_errno
 from inspector.errors import InspectorError
 
 PathLike = str | os.PathLike[str]
@@ -157,6 +158,13 @@ def atomic_output(path: PathLike, *, overwrite: bool = False,
         yield temporary
         os.chmod(temporary, _default_mode())
         _publish(temporary, path, overwrite)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        code = disk_full_errno(error)
+        if code is None:
+            raise
+        # Named after the output, not the temporary name the user never gave.
+        raise InspectorError(f"cannot write {path}: {describe_errno(code)}; nothing was written") from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -260,7 +260,8 @@ def heatmap(dump: Dump, entry: Entry, slicing: str | None = None, title: str | N
     view = gather(dump, entry, positions)
     low, high = robust_limits(view)
     figure, axis = plt.subplots(figsize=(9, 5))
-    image = axis.imshow(view, aspect="auto", cmap="coolwarm", vmin=low, vmax=high, interpolation="nearest")
+    image = axis.imshow(np.clip(view, -PLOT_LIMIT, PLOT_LIMIT), aspect="auto", cmap="coolwarm", vmin=low, vmax=high,
+                        interpolation="nearest")
     figure.colorbar(image, ax=axis, label=f"value (colour limits: {HEATMAP_PERCENTILES[0]:g}th-"
                                           f"{HEATMAP_PERCENTILES[1]:g}th percentile)")
     axis.set_xlabel("last axis (ggml ne[0])")
@@ -311,7 +312,8 @@ def element_difference(dump_a: Dump, dump_b: Dump, name: str, eval_index: int | 
         difference = gather(dump_b, entry_b, positions) - gather(dump_a, entry_a, positions)
     limit = max(abs(v) for v in robust_limits(difference)) or 1.0
     figure, axis = plt.subplots(figsize=(9, 5))
-    image = axis.imshow(difference, aspect="auto", cmap="seismic", vmin=-limit, vmax=limit, interpolation="nearest")
+    image = axis.imshow(np.clip(difference, -PLOT_LIMIT, PLOT_LIMIT), aspect="auto", cmap="seismic", vmin=-limit,
+                        vmax=limit, interpolation="nearest")
     figure.colorbar(image, ax=axis, label="B - A")
     axis.set_title(title or f"{name}: B - A")
     return Plot(figure, {"difference": difference})

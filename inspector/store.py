@@ -52,8 +52,10 @@ DTYPE_OF_TYPE_NAME = {"f32": "<f4", "f16": "<f2", "f64": "<f8", "i8": "|i1", "i1
 WIDENED_DTYPE = "<f4"
 # What kind of numpy column each /index column must be for the reader to make sense of it.
 _COLUMN_KINDS = {"i": "iu", "b": "biu", "f": "fiu", "O": "OSU"}
-# Members of the root a dump may hold, and what they must be.
-_DATASETS = ("index", "records", TENSORS_DATASET)
+# Record fields the presenters read, and their JSON kinds: (field, kind, kind of each item or None).
+_RECORD_FIELDS = (("ne", list, int), ("nb", list, int), ("sources", list, str), ("flags", list, str),
+                  ("op_params", list, int), ("view_source", str, None), ("buffer", str, None),
+                  ("consumer", str, None), ("source_details", list, dict))
 
 
 def matches_globs(name: str, patterns: list[str]) -> bool:
@@ -539,6 +541,11 @@ class Dump:
             raise DumpError(f"{self.path}: the record of {entry.name!r} is not JSON") from None
         if not isinstance(record, dict) or record.get("seq") != entry.seq or record.get("name") != entry.name:
             raise DumpError(f"{self.path}: the record of {entry.name!r} does not match its index row")
+        for field, kind, item in _RECORD_FIELDS:
+            value = record.get(field)
+            if value is not None and not (isinstance(value, kind) and (
+                    item is None or all(isinstance(v, item) and not isinstance(v, bool) for v in value))):
+                raise DumpError(f"{self.path}: the record of {entry.name!r} has a malformed {field!r}")
         return record
 
     def close(self) -> None:

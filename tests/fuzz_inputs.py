@@ -455,7 +455,7 @@ def dump_structure_mutations(base: Path, target: DumpTarget, model: Path, fifo: 
     add("tensors=gzip-zeros,row=3GiB-1d", lambda p: zero_bomb(p, seq, three_gib, (three_gib // 4,), True), "bomb")
     add("tensors=unwritten-chunks,row=3GiB", lambda p: zero_bomb(p, seq, three_gib, (786432, 1024), False), "bomb")
     add("tensors=unwritten-chunks,row=64GiB", lambda p: zero_bomb(p, seq, 64 << 30, (1 << 24, 1024), False), "bomb")
-    add("row.stored=weird", lambda p: edit_rows(p, seq, stored="weird"))
+    add("row.stored=weird", lambda p: edit_rows(p, seq, stored="weird"), "plots")
     add("row.stored=stats", lambda p: edit_rows(p, seq, stored="stats"))
     add("row.stored=empty", lambda p: edit_rows(p, seq, stored=""))
     for dtype in ("|O", "<U4", "V8", ">f4", "<c8", "<M8[s]", "f16", "S0", "<f2", "bool"):
@@ -473,7 +473,7 @@ def dump_structure_mutations(base: Path, target: DumpTarget, model: Path, fifo: 
           "reason": HOSTILE_TEXT}])), "text")
     add("evals.kind=control-characters", lambda p: _edit_first_eval(p, "kind", HOSTILE_TEXT), "text")
     add("evals.index=not-a-number", lambda p: _edit_first_eval(p, "index", "x"))
-    add("evals.info=not-json", lambda p: _edit_first_eval(p, "info", "{"))
+    add("evals.info=not-json", lambda p: _edit_first_eval(p, "info", "{"), "plots")
     add("link./index->/index", _replace_object("index", lambda h: h5py.SoftLink("/index")), "link")
     add("link./tensors->/index", _replace_object("tensors", lambda h: h5py.SoftLink("/index")), "link")
     add("link./records->/nowhere", _replace_object("records", lambda h: h5py.SoftLink("/nowhere")), "link")
@@ -482,7 +482,7 @@ def dump_structure_mutations(base: Path, target: DumpTarget, model: Path, fifo: 
     add("link./index->external-self", _replace_object("index", lambda h: h5py.ExternalLink(".", "/index")), "link")
     add("link./tensors->external-fifo", _replace_object("tensors", lambda h: h5py.ExternalLink(str(fifo), "/t")),
         "link")
-    add("link./evals->/evals/loop", lambda p: _evals_loop(p), "link")
+    add("link./evals->/evals/loop", lambda p: _evals_loop(p), "link", "plots")
     add("index=group", _replace_object("index", lambda h: h.create_group("index") and None))
     add("tensors=group", _replace_object("tensors", lambda h: h.create_group("tensors") and None))
     add("tensors=2d-float", _replace_object("tensors", lambda h: h.create_dataset("tensors", data=np.zeros((4, 4)))
@@ -829,7 +829,7 @@ def frame_mutations(base: list[Frame], count: int, seed: int = SEED) -> list[tup
                                           "reason": HOSTILE_TEXT}), *fr[2:]], "text")
     add("starts-with-eval", lambda fr: fr[1:])
     add("hello-twice", lambda fr: [fr[0], *fr])
-    add("10000-evals", lambda fr: [fr[0], *[Frame(EVAL, {"sched": 0, "compute": i}) for i in range(10000)], fr[-1]])
+    add("2000-evals", lambda fr: [fr[0], *[Frame(EVAL, {"sched": 0, "compute": i}) for i in range(2000)], fr[-1]])
     stream = encode_stream(base)
     for cut in sorted({rng.randrange(1, len(stream)) for _ in range(6)} | {FRAME.size - 1, FRAME.size + 3}):
         add(f"truncated-at-{cut}", lambda fr, c=cut: stream[:c], "truncated")

@@ -41,7 +41,9 @@ from typing import Any
 PRELOADED = ("numpy", "h5py", "PIL.Image", "matplotlib", "matplotlib.pyplot", "gguf", "llama_cpp",
              "inspector.cli.app", "inspector.store", "inspector.plots", "inspector.report", "inspector.compare",
              "inspector.replay", "inspector.capture", "inspector.stream_import", "inspector.gguf_header",
-             "inspector.mllama.preprocess", "inspector.runners.mllama")
+             "inspector.mllama.preprocess", "inspector.runners.mllama", "inspector.store_report", "inspector.formatting",
+             "inspector.compare_report", "inspector.importer", "inspector.gguf_report", "inspector.mllama.convert",
+             "inspector.mllama.preprocess_report", "inspector.mllama.diagnose")
 POLL_SECONDS = 0.005
 
 

@@ -38,6 +38,7 @@ import os
 import shlex
 import signal
 import stat
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from fuzz_inputs import (
     frame_mutations,
     frames_from_dump,
     ggml_enums,
+    gguf_layout,
     gguf_mutations,
     image_mutations,
     materialise,
@@ -78,7 +80,7 @@ LLAMA_TIMEOUT = 30.0
 PARALLEL = 2
 # Per family: a hanging case costs its whole deadline, so a family that has spent this much stops
 # and reports the cases it could not run as failures.
-FAMILY_BUDGET_SECONDS = 150.0
+FAMILY_BUDGET_SECONDS = 90.0
 BATCH = 8
 PROMPT = "Hi there"
 CONTROL_CHARACTERS = {chr(c) for c in range(32) if chr(c) not in "\t\n"} | {"\x7f"}
@@ -169,7 +171,7 @@ class Fuzzer:
         with open(target, "a") as log:
             for outcome in outcomes:
                 log.write(json.dumps({"name": outcome.case.name, **outcome.result,
-                                      "stderr": outcome.stderr[-300:]}) + "\n")
+                                      "stderr": outcome.stderr[-3000:]}) + "\n")
 
     def _run_batch(self, cases: list[Case]) -> list[Outcome]:
         before = [fingerprints(case.inputs) for case in cases]
@@ -195,7 +197,10 @@ class Fuzzer:
                        if not path.exists() or not stat.S_ISREG(path.stat().st_mode) or sha256(path) != digest]
             left = [path for path in case.outputs if path not in kept and os.path.lexists(path)]
             result["changed"] = [str(path) for path in changed]
-            result["left"] = [str(path) for path in left] if result["code"] not in (0, 1) else []
+            # A dump a failed capture or import keeps on purpose says so (a full disk, a hook that stopped).
+            kept_on_purpose = "marked incomplete" in stderr
+            result["left"] = [str(path) for path in left] if result["code"] not in (0, 1) and not kept_on_purpose \
+                else []
             outcomes.append(outcome)
         return outcomes
 
@@ -339,16 +344,18 @@ def reading_commands(dump: Path, aim: tuple[str, int] | None, other: Path, out: 
 
 
 DUMP_COMMANDS_BY_TAG = {
-    "bomb": {"ls", "show", "export", "compare-json", "plot-hist", "plot-heatmap", "plot-diff", "report"},
-    "text": {"ls", "ls-config", "show", "compare", "export"},
-    "link": {"ls", "ls-config", "show", "compare-json", "plot-stats", "report"},
+    "bomb": {"ls", "show", "export", "compare-json", "plot-hist", "plot-heatmap", "report"},
+    "text": {"ls", "ls-config", "show", "compare"},
+    "link": {"ls", "show", "compare-json"},
+    "plots": {"plot-stats", "report"},
     "model": {"ls-config", "replay"},
-    "truncated": {"ls", "show", "compare-json"},
-    "attr": {"ls", "ls-config", "ls-json", "compare-json", "report"},
+    "truncated": {"ls", "show"},
+    "attr": {"ls", "ls-config", "compare-json"},
     "seeded": {"ls", "show", "export", "compare-json"},
-    "record": {"show-json", "compare-json", "replay"},
+    "record": {"show-json", "replay"},
+    "custom": {"compare-json"},
 }
-DEFAULT_DUMP_COMMANDS = {"ls", "ls-config", "show", "export", "compare-json", "plot-stats", "report"}
+DEFAULT_DUMP_COMMANDS = {"ls", "show", "export", "compare-json"}
 
 
 def dump_cases(corpus: Corpus, mutations: list[Mutation], folder: str) -> list[Case]:
@@ -477,14 +484,14 @@ def test_crafted_dump_structure(fuzzer: Fuzzer, corpus: Corpus) -> None:
 
 def test_crafted_index_rows(fuzzer: Fuzzer, corpus: Corpus) -> None:
     """Seeded single-field mutations of /index rows, read by every command that reads a tensor."""
-    cases = dump_cases(corpus, dump_row_mutations(corpus.dump, count=30), "dump-rows")
+    cases = dump_cases(corpus, dump_row_mutations(corpus.dump, count=24), "dump-rows")
     failures, outcomes = fuzzer.run(cases)
     assert_no_failures(failures, len(outcomes))
 
 
 def test_crafted_records_reach_replay(fuzzer: Fuzzer, corpus: Corpus) -> None:
     """The replayed node's record: custom ops with a function pointer, then seeded op codes, shapes, types, slots."""
-    mutations = record_mutations(corpus.dump, corpus.node, ggml_enums(), count=40)
+    mutations = record_mutations(corpus.dump, corpus.node, ggml_enums(), count=36)
     cases = dump_cases(corpus, mutations, "dump-records")
     failures, outcomes = fuzzer.run(cases)
     assert_no_failures(failures, len(outcomes))
@@ -497,7 +504,7 @@ def test_crafted_frame_streams(fuzzer: Fuzzer, corpus: Corpus) -> None:
     tensor = _first_tensor(corpus.frames)
     for number, (name, stream, tags) in enumerate(frame_mutations(corpus.frames, count=20)):
         folder = stream_folder(root / f"{number:03d}", stream)
-        then = ["ls", "show", "export"] if "bomb" in tags or "text" in tags else ["ls"]
+        then = ["ls", "show", "export"] if tags & {"bomb", "text"} else ["ls"] if "seeded" in tags else []
         cases.append(import_case(name, folder, root / f"{number:03d}.h5", then, tensor))
     special = {"fifo": lambda p: os.mkfifo(p), "dev-zero": lambda p: p.symlink_to("/dev/zero"),
                "folder": lambda p: p.mkdir(), "empty": lambda p: p.write_bytes(b""),
@@ -524,10 +531,14 @@ def test_crafted_streams_reach_replay(fuzzer: Fuzzer, corpus: Corpus) -> None:
 def test_crafted_gguf_headers(fuzzer: Fuzzer, corpus: Corpus) -> None:
     """gguf (and --tensors, --json) on crafted key/value headers and tensor infos of both models."""
     cases = []
-    for base, count in ((corpus.model, 25), (corpus.vision, 10)):
+    for base, count in ((corpus.model, 15), (corpus.vision, 6)):
         for mutation in gguf_mutations(base, count, seed=19 + count):
+            if base == corpus.vision and not mutation.tags & {"tensors", "seeded"}:
+                continue  # the header's own fields are the same in both files
             path = materialise(base, corpus.root / f"gguf-{base.stem}", mutation)
-            for extra in ([], ["--tensors"], ["--json", "--tensors"]):
+            variants = [["--tensors"], ["--json", "--tensors"]] if mutation.tags & {"text", "seeded"} \
+                else [["--tensors"]]
+            for extra in variants:
                 cases.append(Case(f"{base.stem}:{mutation.name} [gguf {' '.join(extra)}]", ["gguf", *extra, path],
                                   [path]))
     failures, outcomes = fuzzer.run(cases)
@@ -538,8 +549,11 @@ def test_crafted_gguf_loaded(fuzzer: Fuzzer, corpus: Corpus) -> None:
     """capture and mllama encode load crafted GGUFs: zero dimensions, wrapped offsets, bad types, bombs."""
     cases = []
     for base, command in ((corpus.model, "capture"), (corpus.vision, "encode")):
-        for mutation in gguf_mutations(base, 8, seed=29):
-            if not mutation.tags & {"tensors", "seeded"} and "array" not in mutation.name:
+        mutations = gguf_mutations(base, 6, seed=29)
+        first = gguf_layout(base.read_bytes()).tensors[0].name
+        for mutation in mutations:
+            if not ("seeded" in mutation.tags or "array" in mutation.name or f"[{first}]" in mutation.name
+                    or mutation.name.endswith(("ne0=0", "offset=18446744073709551584"))):
                 continue
             path = materialise(base, corpus.root / f"gguf-loaded-{base.stem}", mutation)
             out = corpus.root / "out" / f"{path.stem}-{command}.h5"
@@ -662,7 +676,12 @@ def test_hostile_options(fuzzer: Fuzzer, corpus: Corpus) -> None:
     hf_fifo = root / "hf-fifo"
     hf_fifo.mkdir()
     os.mkfifo(hf_fifo / "config.json")
-    for folder in (hf, hf_fifo):
+    hf_header = root / "hf-safetensors-deep"
+    hf_header.mkdir()
+    (hf_header / "config.json").write_text('{"model_type": "mllama"}')
+    deep = b"[" * 50000 + b"]" * 50000
+    (hf_header / "model.safetensors").write_bytes(struct.pack("<Q", len(deep)) + deep)
+    for folder in (hf, hf_fifo, hf_header):
         out = root / f"{folder.name}.gguf"
         cases.append(Case(f"options/mllama convert {folder.name}", ["mllama", "convert", folder, "-o", out],
                           [folder], [out]))

@@ -224,3 +224,12 @@ def test_a_fifo_given_as_a_model_is_refused_at_once(tmp_path):
     os.mkfifo(fifo)
     outcome = run_capped("gguf", fifo, timeout=60)
     assert_refused(outcome, "is a FIFO, not a GGUF file")
+
+
+def test_the_log_callback_survives_invalid_utf8_and_null():
+    from inspector.ggml_log import LOG_THUNK, captured_log
+
+    with captured_log() as log:
+        LOG_THUNK(3, b"gguf_init: key '\xff\xfe' has invalid GGUF type 99\n", None)
+        LOG_THUNK(3, None, None)
+    assert list(log.lines) == ["gguf_init: key '\ufffd\ufffd' has invalid GGUF type 99"]

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,13 +35,15 @@ from inspector.record import TensorRecord
 # Subprocesses run side by side: each refusal is quick, but there are many.
 WORKERS = 4
 OLD_CONTENT = b"the old output, which a failed command must keep\n"
+# Every output of the fault tests is larger than this (a report, a 64x64 float32 tensor, a PNG, a dump).
+FILE_LIMIT = 8 * 1024
 
 
-def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: object, preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("GGML_INSPECTOR_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "inspector", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+                          env=env, timeout=300, preexec_fn=preexec_fn)
 
 
 def sha256(path: Path) -> str:
@@ -210,7 +214,7 @@ def damaged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     (["plot", "hist", "{bad}", "x"], "hist.png"),
     (["plot", "diff", "{good}", "{bad}"], "diff.png"),
 ])
-def test_a_failed_command_leaves_no_file_and_keeps_the_old_one(damaged, tmp_path, command, output_name):
+def test_a_command_failing_before_writing_leaves_no_file(damaged, tmp_path, command, output_name):
     good, bad = damaged
     args = [str(part).format(good=good, bad=bad) for part in command]
     fresh = tmp_path / "fresh" / output_name
@@ -224,6 +228,37 @@ def test_a_failed_command_leaves_no_file_and_keeps_the_old_one(damaged, tmp_path
     assert not fresh.parent.exists() or list(fresh.parent.iterdir()) == []
     assert kept.read_bytes() == OLD_CONTENT
     assert [p.name for p in kept.parent.iterdir()] == [output_name]  # no temporary file left either
+
+
+def _small_files() -> None:
+    """In the child: files end at FILE_LIMIT bytes (EFBIG past it; the CLI ignores SIGXFSZ)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+
+
+@pytest.mark.parametrize("command, output_name", [
+    (["report", "{good}", "{good}"], "report.html"),
+    (["export", "{good}", "x", "--overwrite"], "x.npy"),
+    (["plot", "heatmap", "{good}", "x"], "heat.png"),
+    (["preprocess", "{image}", "--overwrite"], "pre.h5"),
+])
+def test_a_write_failing_midway_leaves_no_file_and_keeps_the_old_one(damaged, files, tmp_path, command,
+                                                                      output_name):
+    """A real fault while the output is written: RLIMIT_FSIZE cuts the file at FILE_LIMIT bytes."""
+    good, _ = damaged
+    args = [str(part).format(good=good, image=files["image"]) for part in command]
+    fresh = tmp_path / "fresh" / output_name
+    kept = tmp_path / "kept" / output_name
+    fresh.parent.mkdir()
+    kept.parent.mkdir()
+    kept.write_bytes(OLD_CONTENT)
+    for output in (fresh, kept):
+        result = cli(*args, "-o", output, preexec_fn=_small_files)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and "file size limit" in lines[0], result.stderr
+    assert list(fresh.parent.iterdir()) == []
+    assert kept.read_bytes() == OLD_CONTENT
+    assert [p.name for p in kept.parent.iterdir()] == [output_name]
 
 
 def test_a_successful_overwrite_replaces_the_file_whole(damaged, tmp_path):

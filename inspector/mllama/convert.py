@@ -81,7 +81,7 @@ def open_safetensors(path: Path, wanted: set[str] | None = None) -> dict[str, St
             raise InspectorError(f"{path} is not a safetensors file (header of {header_size} bytes)")
         try:
             header = json.loads(handle.read(header_size))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise InspectorError(f"{path} is not a safetensors file (bad header)") from None
     if not isinstance(header, dict):
         raise InspectorError(f"{path} is not a safetensors file (bad header)")
@@ -119,7 +119,7 @@ def read_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
         raise InspectorError(f"{folder} has no config.json: not a Hugging Face checkpoint folder")
     try:
         config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise InspectorError(f"{config_path} is not valid JSON: {error}") from None
     if not isinstance(config, dict) or config.get("model_type") != "mllama":
         found = config.get("model_type") if isinstance(config, dict) else None
