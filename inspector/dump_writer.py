@@ -150,7 +150,16 @@ class DumpWriter:
         self._seq = 0
         self.tensor_count = 0
         self.byte_count = 0
-        self.flush()
+        try:
+            self.flush()
+        except BaseException:
+            # No tensor yet, so no dump: an HDF5 file left open here would retry its failed write
+            # when Python exits, and crash the process.
+            self._guard.release()
+            with contextlib.suppress(OSError, RuntimeError):
+                self._file.close()
+            self.path.unlink(missing_ok=True)
+            raise
 
     @property
     def current_evaluation(self) -> int:

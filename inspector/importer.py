@@ -16,6 +16,7 @@ import numpy as np
 
 from inspector.dump_writer import DumpWriter
 from inspector.errors import InspectorError
+from inspector.input_files import check_regular_file
 from inspector.record import TensorRecord
 
 RAW_DTYPES = {"f32": "<f4", "f16": "<f2", "f64": "<f8", "i8": "i1", "i16": "<i2", "i32": "<i4", "i64": "<i8"}
@@ -80,6 +81,7 @@ def read_tensor_file(path: Path, name: str, raw_shape: tuple[int, ...]) -> np.nd
 
     from inspector.store import open_dump
 
+    check_regular_file(path, "a tensor file")  # h5py.is_hdf5 on a FIFO would wait for a writer
     if path.suffix == ".npy":
         return read_npy(path)
     if path.exists() and h5py.is_hdf5(path):

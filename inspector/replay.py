@@ -37,11 +37,11 @@ from inspector.ggml import load, read_tensor
 from inspector.ggml.graph import Backend, Context, init_backend
 from inspector.ggml.library import GgmlLibraries
 from inspector.ggml.tensor import GgmlTensorStruct, Tensor
+from inspector.ggml_log import install_log
 from inspector.gguf_header import GgufHeader, read_header, read_tensor_bytes
 from inspector.identity import KV_CACHE_PREFIX, kv_cache_of
 from inspector.replay_checks import TYPES, Node, Operand, ReplayRefused, check_node, op_of, op_params, operand
 from inspector.rpc import LoopbackServer
-from inspector.runners.llama import install_log
 from inspector.runners.placement import extra_buffer_types
 from inspector.store import Dump, Entry, open_dump
 

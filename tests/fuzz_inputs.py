@@ -100,6 +100,8 @@ class Mutation:
     # What the mutation aims at, for commands that name one tensor: (name, eval index).
     target: tuple[str, int] | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
+    # Commands (by label) that must refuse the file: accepting it would read corrupt data as if it were whole.
+    refuse: frozenset[str] = frozenset()
 
 
 def materialise(base: Path, folder: Path, mutation: Mutation) -> Path:
@@ -448,18 +450,24 @@ def dump_structure_mutations(base: Path, target: DumpTarget, model: Path, fifo: 
     three_gib = 3 << 30
     m: list[Mutation] = []
 
-    def add(label: str, apply: Callable[[Path], None], *tags: str, aimed: tuple[str, int] | None = aim) -> None:
-        m.append(Mutation(f"dump/{label}", apply, aimed, frozenset(tags)))
+    def add(label: str, apply: Callable[[Path], None], *tags: str, aimed: tuple[str, int] | None = aim,
+            refuse: frozenset[str] = frozenset()) -> None:
+        m.append(Mutation(f"dump/{label}", apply, aimed, frozenset(tags), refuse))
+
+    reads = frozenset({"show", "export", "plot-hist", "plot-heatmap"})
 
     add("tensors=gzip-zeros,row=3GiB-2d", lambda p: zero_bomb(p, seq, three_gib, (786432, 1024), True), "bomb")
     add("tensors=gzip-zeros,row=3GiB-1d", lambda p: zero_bomb(p, seq, three_gib, (three_gib // 4,), True), "bomb")
     add("tensors=unwritten-chunks,row=3GiB", lambda p: zero_bomb(p, seq, three_gib, (786432, 1024), False), "bomb")
     add("tensors=unwritten-chunks,row=64GiB", lambda p: zero_bomb(p, seq, 64 << 30, (1 << 24, 1024), False), "bomb")
-    add("row.stored=weird", lambda p: edit_rows(p, seq, stored="weird"), "plots")
+    add("row.stored=weird", lambda p: edit_rows(p, seq, stored="weird"), "plots", refuse=reads)
     add("row.stored=stats", lambda p: edit_rows(p, seq, stored="stats"))
     add("row.stored=empty", lambda p: edit_rows(p, seq, stored=""))
     for dtype in ("|O", "<U4", "V8", ">f4", "<c8", "<M8[s]", "f16", "S0", "<f2", "bool"):
-        add(f"row.dtype={dtype}", lambda p, d=dtype: edit_rows(p, seq, dtype=d))
+        add(f"row.dtype={dtype}", lambda p, d=dtype: edit_rows(p, seq, dtype=d),
+            refuse=reads if dtype in ("|O", "<U4", "V8", "<c8", "<M8[s]", "S0") else frozenset())
+    add("data=nan-and-inf", lambda p: _fill(p, seq, [np.nan, np.inf, -np.inf, 0.0]), "values")
+    add("data=float32-max", lambda p: _fill(p, seq, [3.4e38, -3.4e38, 3.4e38]), "values")
     add("row.shape=2^62-elements", lambda p: edit_rows(p, seq, shape=[2**31, 2**31, 1, 0], ndim=2))
     add("row.offset+nbytes-overflows", lambda p: edit_rows(p, seq, offset=2**62, nbytes=2**62))
     add("row.name=control-characters", lambda p: _rename(p, seq, name + HOSTILE_TEXT), "text",
@@ -512,6 +520,16 @@ def dump_structure_mutations(base: Path, target: DumpTarget, model: Path, fifo: 
     for fraction in (0.1, 0.5, 0.9):
         add(f"truncated-at-{fraction}", lambda p, f=fraction: _truncate(p, int(size * f)), "truncated")
     return m
+
+
+def _fill(path: Path, seq: int, pattern: list[float]) -> None:
+    """Overwrite the f32 tensor of row ``seq`` with ``pattern`` repeated: values a run may well produce."""
+    with h5py.File(path, "r+") as handle:
+        index = _index(handle)
+        row = index[index["seq"] == seq][0]
+        count = int(row["nbytes"]) // 4
+        values = np.resize(np.array(pattern, dtype=np.float32), count)
+        handle["tensors"][row["offset"]:row["offset"] + row["nbytes"]] = values.view(np.uint8)
 
 
 def _edit_config(path: Path, **values: Any) -> None:
@@ -594,8 +612,9 @@ def record_mutations(base: Path, node: DumpTarget, enums: GgmlEnums, count: int,
     m: list[Mutation] = []
 
     def add(label: str, change: Callable[[dict[str, Any]], Any], *tags: str) -> None:
+        refuse = frozenset({"replay"}) if "custom" in tags else frozenset()
         m.append(Mutation(f"record/{label}", lambda p: edit_record(p, node.seq, change), aim,
-                          frozenset({"record", *tags})))
+                          frozenset({"record", *tags}), refuse))
 
     pointer = [0x41414141, 0x4141, 1, 0, 0, 0, 0, 0]
     for op in ("MAP_CUSTOM1", "MAP_CUSTOM2", "MAP_CUSTOM3", "CUSTOM"):
@@ -604,7 +623,7 @@ def record_mutations(base: Path, node: DumpTarget, enums: GgmlEnums, count: int,
             lambda r, c=code, o=op: {**r, "op_code": c, "op": o, "op_params": pointer}, "custom")
     im2col = enums.code("IM2COL")
     add("op=IM2COL,op_params=garbage", lambda r: {**r, "op_code": im2col, "op": "IM2COL",
-                                                  "op_params": [7, 0, 0, 0, -3, 99, 1]})
+                                                  "op_params": [7, 0, 0, 0, -3, 99, 1]}, "custom")
     for value in (-1, len(enums.ops), 2**31, 2**63):
         add(f"op_code={value}", lambda r, v=value: {**r, "op_code": v})
     add("source_details=not-a-list", lambda r: {**r, "source_details": "x"})

@@ -97,6 +97,8 @@ class Case:
     outputs: list[Path] = field(default_factory=list)
     cap: int = READ_CAP
     timeout: float = READ_TIMEOUT
+    # The input is corrupt or the option impossible: exit 2 is the only right answer.
+    must_fail: bool = False
     # Commands to run on this case's first output when it succeeded (a dump import wrote, read back).
     then: list[Callable[[Path], Case]] = field(default_factory=list)
 
@@ -218,6 +220,8 @@ class Fuzzer:
         lines = [line for line in stderr.splitlines() if line.strip()]
         if code not in (0, 1, 2):
             problems.append(f"exit status {code}")
+        if outcome.case.must_fail and code in (0, 1):
+            problems.append("accepted a corrupt input or an impossible option instead of refusing it")
         if code not in (0, 1):
             if len(lines) != 1 or not lines[0].startswith("ggml-inspector: error: "):
                 problems.append(f"{len(lines)} stderr lines on failure")
@@ -354,6 +358,7 @@ DUMP_COMMANDS_BY_TAG = {
     "seeded": {"ls", "show", "export", "compare-json"},
     "record": {"show-json", "replay"},
     "custom": {"compare-json"},
+    "values": {"show", "compare", "plot-hist", "plot-heatmap", "plot-diff"},
 }
 DEFAULT_DUMP_COMMANDS = {"ls", "show", "export", "compare-json"}
 
@@ -373,7 +378,8 @@ def dump_cases(corpus: Corpus, mutations: list[Mutation], folder: str) -> list[C
             else:
                 cap, timeout = READ_CAP, READ_TIMEOUT
             inputs = [path, corpus.dump, corpus.model]
-            cases.append(Case(f"{mutation.name} [{label}]", argv, inputs, outputs, cap, timeout))
+            cases.append(Case(f"{mutation.name} [{label}]", argv, inputs, outputs, cap, timeout,
+                              must_fail=label in mutation.refuse))
     return cases
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from inspector.cli import options
-from inspector.cli.llama_options import llama_cpp_options
+from inspector.cli.llama_options import Threads, llama_cpp_options
 from inspector.cli.running import echo_progress, stop_on_sigterm
 from inspector.constants import DEFAULT_DUMP_DIR
 from inspector.errors import InspectorError
@@ -189,7 +189,8 @@ def _bisect(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], gl
 @click.argument("dump_b", type=click.Path(path_type=Path))
 @click.option("--eval", "eval_index", type=int, required=True, help="The evaluation of the node.")
 @click.option("--node", type=int, required=True, help="The node's index in run A (compare's origins name it).")
-@click.option("-t", "--threads", type=int, default=1, show_default=True)
+@click.option("-t", "--threads", type=Threads(), default=1, show_default=True,
+              help="CPU threads for the replayed op (0 or less: every core).")
 @options.as_json
 def replay(dump_a: Path, dump_b: Path, eval_index: int, node: int, threads: int, as_json: bool) -> None:
     """Recompute one node of run A alone, as run A placed it and as run B placed it, on A's inputs.

@@ -22,6 +22,7 @@ from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.ggml import load, read_tensor
 from inspector.ggml.graph import Backend, init_backend, set_data
 from inspector.ggml.tensor import Tensor
+from inspector.ggml_log import install_log
 from inspector.hook import HookCounters, TensorHook, stop_on_signals
 from inspector.metrics import compare_arrays
 from inspector.mllama.model import MllamaGraph, VisionWeights, attention_mask, build_mllama, load_weights
@@ -92,6 +93,7 @@ class Session:
 
     def __init__(self, config: EncodeConfig) -> None:
         self.lib = load()
+        install_log(False)  # ggml's own lines (a failed allocation, each repack) stay off the one-line output
         self.config = config
         self.backends: list[Backend] = []
         self.sched = None
