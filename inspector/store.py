@@ -431,7 +431,7 @@ class Dump:
         self.require_values(entry)
         if entry.nbytes > max_bytes:
             raise DumpError(f"{self.path}: {entry.name!r} holds {entry.nbytes} bytes, over the {max_bytes}-byte "
-                            "limit for reading a tensor whole; export it (written in pieces) or read it with "
+                            "read limit for a whole tensor; export it (written in pieces) or read it with "
                             "Dump.iter_chunks, or pass a larger max_bytes to Dump.read")
         values = self._stored(entry, 0, entry.nbytes // self._itemsize(entry))
         return values.reshape(entry.shape)

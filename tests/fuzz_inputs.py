@@ -254,32 +254,37 @@ def gguf_mutations(base: Path, count: int, seed: int = SEED) -> list[Mutation]:
     first, middle, last = tensors[0], tensors[len(tensors) // 2], tensors[-1]
     m: list[Mutation] = []
 
-    def add(name: str, apply: Callable[[Path], None], *tags: str) -> None:
-        m.append(Mutation(name, apply, tags=frozenset(tags)))
+    every, loading = frozenset({"gguf", "capture", "encode"}), frozenset({"capture", "encode"})
+
+    def add(name: str, apply: Callable[[Path], None], *tags: str, refuse: frozenset[str] = every) -> None:
+        m.append(Mutation(name, apply, tags=frozenset(tags), refuse=refuse))
 
     def set_field(at: int, fmt: str, value: Any) -> Callable[[Path], None]:
         return lambda path: _patch(path, at, fmt, value)
 
     for version in (0, 1, 2, 4, 2**32 - 1):
-        add(f"gguf/version={version}", set_field(4, "<I", version), "header")
+        add(f"gguf/version={version}", set_field(4, "<I", version), "header",
+            refuse=frozenset() if version == 2 else every)
     for value in (0, len(tensors) + 1, 2**63, 2**64 - 1):
-        add(f"gguf/n_tensors={value}", set_field(8, "<Q", value), "header")
+        add(f"gguf/n_tensors={value}", set_field(8, "<Q", value), "header", refuse=loading if value == 0 else every)
     for value in (len(layout.kvs) + 1, 2**63, 2**64 - 1):
         add(f"gguf/n_kv={value}", set_field(16, "<Q", value), "header")
     kv = layout.kvs[0]
     for value in (2**63, 0, 2**32 + 5, size):
-        add(f"gguf/kv[{kv.key}].key_length={value}", set_field(kv.at, "<Q", value), "header")
+        add(f"gguf/kv[{kv.key}].key_length={value}", set_field(kv.at, "<Q", value), "header",
+            refuse=frozenset() if value == 0 else every)
     add(f"gguf/kv[{kv.key}].key=invalid-utf8", lambda path, at=kv.at: _patch_bytes(path, at + 8, b"\xff\xfe"),
-        "header")
+        "header", refuse=loading)
     for value in (13, 99, 2**32 - 1, GGUF_ARRAY):
-        add(f"gguf/kv[{kv.key}].type={value}", set_field(kv.type_at, "<I", value), "header")
+        add(f"gguf/kv[{kv.key}].type={value}", set_field(kv.type_at, "<I", value), "header",
+            refuse=loading if value == GGUF_ARRAY else every)
     for kv in strings[:2]:
         for value in (2**63, 2**64 - 1, size):
             add(f"gguf/kv[{kv.key}].string_length={value}", set_field(kv.value_at, "<Q", value), "header")
     hostile = HOSTILE_TEXT.encode()
     add("gguf/kv=control-characters", _add_kv(_kv(b"fuzz.hostile\x1b]0;x\x07\n", struct.pack("<IQ", GGUF_STRING,
                                                                                               len(hostile)) + hostile)),
-        "header", "text")
+        "header", "text", refuse=frozenset())
     for kv in arrays[:2]:
         for value in (2**63, 2**64 - 1, 2**32):
             add(f"gguf/kv[{kv.key}].array_count={value}", set_field(kv.value_at + 4, "<Q", value), "header")
@@ -294,15 +299,18 @@ def gguf_mutations(base: Path, count: int, seed: int = SEED) -> list[Mutation]:
     add(f"gguf/duplicate-key-{layout.kvs[0].key}", _add_kv(duplicate), "header")
     for value in (0, 3, 2**31):
         add(f"gguf/general.alignment={value}", _add_kv(_kv(b"general.alignment", struct.pack("<II", 4, value))),
-            "header")
+            "header", refuse=loading if value == 2**31 else every)
     # Tensor infos: name length, n_dims, ne, type, offset.
     for tensor in (first, middle):
         for value in (2**63, 0, 65, 2**32):
-            add(f"gguf/tensor[{tensor.name}].name_length={value}", set_field(tensor.at, "<Q", value), "tensors")
+            add(f"gguf/tensor[{tensor.name}].name_length={value}", set_field(tensor.at, "<Q", value), "tensors",
+                refuse=loading if value == 0 else every)
         for value in (0, 5, 2**32 - 1):
-            add(f"gguf/tensor[{tensor.name}].n_dims={value}", set_field(tensor.n_dims_at, "<I", value), "tensors")
+            add(f"gguf/tensor[{tensor.name}].n_dims={value}", set_field(tensor.n_dims_at, "<I", value), "tensors",
+                refuse=loading if value == 0 else every)
         for value in (0, 2**63, 2**64 - 1, 2**62):
-            add(f"gguf/tensor[{tensor.name}].ne0={value}", set_field(tensor.ne_at[0], "<Q", value), "tensors")
+            add(f"gguf/tensor[{tensor.name}].ne0={value}", set_field(tensor.ne_at[0], "<Q", value), "tensors",
+                refuse=loading if value == 0 else every)
         for value in (4, 99, 2**32 - 1, GGML_TYPE_IDS["q4_0"]):
             add(f"gguf/tensor[{tensor.name}].type={value}", set_field(tensor.type_at, "<I", value), "tensors")
         for value in (2**64 - 32, 2**63, tensor.offset + 1, size, first.offset if tensor is not first else 32):
@@ -312,10 +320,12 @@ def gguf_mutations(base: Path, count: int, seed: int = SEED) -> list[Mutation]:
             lambda path, t=last: (_patch(path, t.ne_at[0], "<Q", 2**32), _patch(path, t.ne_at[1], "<Q", 2**32)),
             "tensors")
     add(f"gguf/tensor[{first.name}].name=control-characters",
-        lambda path, t=first: _patch_bytes(path, t.at + 8, b"\x1b]0;x\x07\n"[:len(t.name)]), "tensors", "text")
+        lambda path, t=first: _patch_bytes(path, t.at + 8, b"\x1b]0;x\x07\n"[:len(t.name)]), "tensors", "text",
+        refuse=loading)
     for cut in sorted({3, 8, 23, layout.kvs[len(layout.kvs) // 2].at + 3, layout.info_end - 5,
                        (layout.info_end + size) // 2, size - 1}):
-        add(f"gguf/truncated-at-{cut}", lambda path, c=cut: _truncate(path, c), "truncated")
+        add(f"gguf/truncated-at-{cut}", lambda path, c=cut: _truncate(path, c), "truncated",
+            refuse=every if cut < layout.info_end else loading)
     # Seeded single-field mutations of any integer field of the header and tensor infos.
     fields: list[tuple[str, int, str]] = [("version", 4, "<I"), ("n_tensors", 8, "<Q"), ("n_kv", 16, "<Q")]
     for kv in layout.kvs:
@@ -337,7 +347,7 @@ def gguf_mutations(base: Path, count: int, seed: int = SEED) -> list[Mutation]:
         current = struct.unpack_from(fmt, data, at)[0]
         value = rng.choice(edges + [current + 1, max(current - 1, 0), current * 2 + 1])
         value %= 2 ** (8 * struct.calcsize(fmt))
-        add(f"gguf/seeded/{name}={value}", set_field(at, fmt, value), "seeded")
+        add(f"gguf/seeded/{name}={value}", set_field(at, fmt, value), "seeded", refuse=frozenset())
     return m
 
 

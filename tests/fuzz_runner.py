@@ -38,12 +38,14 @@ from typing import Any
 
 # Imported once in the server so that a child starts with them; a module another change has
 # broken for the moment is imported (and fails, visibly) in the child instead.
-PRELOADED = ("numpy", "h5py", "PIL.Image", "matplotlib", "matplotlib.pyplot", "gguf", "llama_cpp",
-             "inspector.cli.app", "inspector.store", "inspector.plots", "inspector.report", "inspector.compare",
-             "inspector.replay", "inspector.capture", "inspector.stream_import", "inspector.gguf_header",
-             "inspector.mllama.preprocess", "inspector.runners.mllama", "inspector.store_report", "inspector.formatting",
-             "inspector.compare_report", "inspector.importer", "inspector.gguf_report", "inspector.mllama.convert",
-             "inspector.mllama.preprocess_report", "inspector.mllama.diagnose")
+PRELOADED = (
+    "numpy", "h5py", "PIL.Image", "matplotlib", "matplotlib.pyplot", "gguf", "llama_cpp", "inspector.cli.app",
+    "inspector.store", "inspector.store_report", "inspector.formatting", "inspector.plots", "inspector.report",
+    "inspector.compare", "inspector.compare_report", "inspector.replay", "inspector.capture",
+    "inspector.stream_import", "inspector.importer", "inspector.gguf_header", "inspector.gguf_report",
+    "inspector.mllama.preprocess", "inspector.mllama.preprocess_report", "inspector.mllama.diagnose",
+    "inspector.mllama.convert", "inspector.runners.mllama",
+)
 POLL_SECONDS = 0.005
 
 

@@ -461,7 +461,8 @@ def stream_folder(folder: Path, stream: bytes, name: str = "4242.frames") -> Pat
     return folder
 
 
-def import_case(label: str, folder: Path, output: Path, then: list[str], tensor: str = "c") -> Case:
+def import_case(label: str, folder: Path, output: Path, then: list[str], tensor: str = "c",
+                replay_must_fail: bool = False) -> Case:
     """``import FOLDER -o OUTPUT``, then the given readers on the dump it wrote."""
     follow: dict[str, Callable[[Path], Case]] = {
         "ls": lambda dump: Case(f"{label} [ls of the import]", ["ls", dump], [dump]),
@@ -471,7 +472,7 @@ def import_case(label: str, folder: Path, output: Path, then: list[str], tensor:
                                     [dump.with_suffix(".npy")]),
         "replay": lambda dump: Case(f"{label} [replay of the import]",
                                     ["replay", dump, dump, "--eval", "0", "--node", "0"], [dump], [], LLAMA_CAP,
-                                    LLAMA_TIMEOUT),
+                                    LLAMA_TIMEOUT, must_fail=replay_must_fail),
     }
     return Case(f"{label} [import]", ["import", folder, "-o", output], [folder], [output],
                 then=[follow[step] for step in then])
@@ -528,7 +529,8 @@ def test_crafted_frame_streams(fuzzer: Fuzzer, corpus: Corpus) -> None:
 def test_crafted_streams_reach_replay(fuzzer: Fuzzer, corpus: Corpus) -> None:
     """A stream's op code and op_params travel through import into a dump that replay rebuilds."""
     root = corpus.root / "replay-streams"
-    cases = [import_case(name, stream_folder(root / f"{number:03d}", stream), root / f"{number:03d}.h5", ["replay"])
+    cases = [import_case(name, stream_folder(root / f"{number:03d}", stream), root / f"{number:03d}.h5", ["replay"],
+                         replay_must_fail="CUSTOM" in name or "IM2COL" in name)
              for number, (name, stream) in enumerate(replay_streams(ggml_enums(), count=25))]
     failures, outcomes = fuzzer.run(cases)
     assert_no_failures(failures, len(outcomes))
@@ -546,7 +548,7 @@ def test_crafted_gguf_headers(fuzzer: Fuzzer, corpus: Corpus) -> None:
                 else [["--tensors"]]
             for extra in variants:
                 cases.append(Case(f"{base.stem}:{mutation.name} [gguf {' '.join(extra)}]", ["gguf", *extra, path],
-                                  [path]))
+                                  [path], must_fail="gguf" in mutation.refuse))
     failures, outcomes = fuzzer.run(cases)
     assert_no_failures(failures, len(outcomes))
 
@@ -559,7 +561,7 @@ def test_crafted_gguf_loaded(fuzzer: Fuzzer, corpus: Corpus) -> None:
         first = gguf_layout(base.read_bytes()).tensors[0].name
         for mutation in mutations:
             if not ("seeded" in mutation.tags or "array" in mutation.name or f"[{first}]" in mutation.name
-                    or mutation.name.endswith(("ne0=0", "offset=18446744073709551584"))):
+                    or mutation.name.endswith(("ne0=0", "offset=18446744073709551584", "invalid-utf8"))):
                 continue
             path = materialise(base, corpus.root / f"gguf-loaded-{base.stem}", mutation)
             out = corpus.root / "out" / f"{path.stem}-{command}.h5"
@@ -569,6 +571,7 @@ def test_crafted_gguf_loaded(fuzzer: Fuzzer, corpus: Corpus) -> None:
                 case = Case("encode", ["mllama", "encode", path, "--image", corpus.png, "-t", "1", "-T", "inp_raw",
                                        "-o", out], [path, corpus.png], [out], LLAMA_CAP, LLAMA_TIMEOUT)
             case.name = f"{base.stem}:{mutation.name} [{command}]"
+            case.must_fail = command in mutation.refuse
             cases.append(case)
     failures, outcomes = fuzzer.run(cases)
     assert_no_failures(failures, len(outcomes))
@@ -590,14 +593,14 @@ def test_crafted_images(fuzzer: Fuzzer, corpus: Corpus) -> None:
     cases = []
     for name, path in images:
         out = root / f"{path.name}.h5"
-        cases += [Case(f"{name} [preprocess]", ["preprocess", path, "-o", out], [path], [out]),
+        cases += [Case(f"{name} [preprocess]", ["preprocess", path, "-o", out], [path], [out], must_fail=True),
                   Case(f"{name} [diff-preprocess]", ["diff-preprocess", path, "--against", corpus.preprocessed],
-                       [path, corpus.preprocessed])]
+                       [path, corpus.preprocessed], must_fail=True)]
         if "bomb" in name or "20000" in name or name in ("image/fifo", "image/dev-zero"):
             encoded = root / f"{path.name}-enc.h5"
             cases.append(Case(f"{name} [mllama encode]", ["mllama", "encode", corpus.vision, "--image", path, "-t",
                                                           "1", "-o", encoded], [path, corpus.vision], [encoded],
-                              LLAMA_CAP, LLAMA_TIMEOUT))
+                              LLAMA_CAP, LLAMA_TIMEOUT, must_fail=True))
     failures, outcomes = fuzzer.run(cases)
     assert_no_failures(failures, len(outcomes))
 
@@ -639,28 +642,30 @@ def test_hostile_options(fuzzer: Fuzzer, corpus: Corpus) -> None:
             else:
                 argv += [option, value]
         label = " ".join(f"{o} {v if v is None or len(v) < 40 else v[:37] + '...'}" for o, v in options)
-        cases.append(Case(f"options/capture {label}", argv, [model], [out], LLAMA_CAP, LLAMA_TIMEOUT))
+        honourable = options[0][0] in ("-ngl",) or options in ([("-t", "0")], [("-t", "-1")])
+        cases.append(Case(f"options/capture {label}", argv, [model], [out], LLAMA_CAP, LLAMA_TIMEOUT,
+                          must_fail=not honourable))
     for options in (["-t", "100000"], ["-ngl", "2147483647"], ["-t", "0"]):
         out = root / f"encode-{options[0]}{options[1]}.h5"
         cases.append(Case(f"options/mllama encode {' '.join(options)}",
                           ["mllama", "encode", vision, "--image", png, *options, "-o", out], [vision, png], [out],
-                          LLAMA_CAP, LLAMA_TIMEOUT))
+                          LLAMA_CAP, LLAMA_TIMEOUT, must_fail=options == ["-t", "100000"]))
     out = root / "generate.h5"
     cases.append(Case("options/mllama generate of a vision-only GGUF -c 2^31",
                       ["mllama", "generate", vision, "--image", png, "-p", "hi", "-c", "2147483648", "-o", out],
-                      [vision, png], [out], LLAMA_CAP, LLAMA_TIMEOUT))
+                      [vision, png], [out], LLAMA_CAP, LLAMA_TIMEOUT, must_fail=True))
     for options in (["--max-tiles", "100000"], ["--max-tiles", "0"], ["--max-tiles", "-1"], ["--tile-size", "0"],
                     ["--tile-size", "1"], ["--tile-size", "100000"], ["--tile-size", "-5"],
                     ["--convention", "ollama", "--max-tiles", "100000"], ["--loader", "nope"]):
         out = root / f"pre-{'-'.join(options)}.h5"
         cases.append(Case(f"options/preprocess {' '.join(options)}", ["preprocess", png, *options, "-o", out], [png],
-                          [out]))
+                          [out], must_fail=True))
     cases.append(Case("options/diff-preprocess --max-tiles 100000",
                       ["diff-preprocess", png, "--against", corpus.preprocessed, "--max-tiles", "100000"],
-                      [png, corpus.preprocessed]))
+                      [png, corpus.preprocessed], must_fail=True))
     for options in (["-p", "99999"], ["-p", "-1"], ["-p", "65536"], ["-p", "99999", "-t", "100000"]):
         cases.append(Case(f"options/rpc-server {' '.join(options)}", ["rpc-server", *options], [], [], LLAMA_CAP,
-                          READ_TIMEOUT))
+                          READ_TIMEOUT, must_fail=True))
     name = corpus.tensor.name
     for argv in (["show", dump, name, "-n", str(2**62)], ["show", dump, name, "-n", "1000000000"],
                  ["plot", "heatmap", dump, name, "--slice", "0,0,0,0,0,0,0,0", "-o", root / "s1.png"],
@@ -675,7 +680,9 @@ def test_hostile_options(fuzzer: Fuzzer, corpus: Corpus) -> None:
                  ["import-raw", png, "--name", "x", "--shape", "99999999999,99999999999", "-o", root / "raw4.h5"]):
         outputs = [Path(arg) for arg in argv if isinstance(arg, Path) and arg.parent == root]
         inputs = [arg for arg in argv if isinstance(arg, Path) and arg not in outputs]
-        cases.append(Case(f"options/{' '.join(str(a) for a in argv[:1] + argv[2:5])[:70]}", argv, inputs, outputs))
+        refused = argv[0] == "import-raw" or "--slice" in argv
+        cases.append(Case(f"options/{' '.join(str(a) for a in argv[:1] + argv[2:5])[:70]}", argv, inputs, outputs,
+                          must_fail=refused))
     hf = root / "hf-deep"
     hf.mkdir()
     (hf / "config.json").write_text("[" * 100000 + "]" * 100000)
@@ -690,7 +697,7 @@ def test_hostile_options(fuzzer: Fuzzer, corpus: Corpus) -> None:
     for folder in (hf, hf_fifo, hf_header):
         out = root / f"{folder.name}.gguf"
         cases.append(Case(f"options/mllama convert {folder.name}", ["mllama", "convert", folder, "-o", out],
-                          [folder], [out]))
+                          [folder], [out], must_fail=True))
     failures, outcomes = fuzzer.run(cases)
     assert_no_failures(failures, len(outcomes))
 
@@ -740,5 +747,7 @@ def test_an_output_is_never_an_input(fuzzer: Fuzzer, corpus: Corpus) -> None:
             Case(f"same-file/{how} plot hist -o dump", ["plot", "hist", dump, corpus.tensor.name, "-o", alias(dump)],
                  [dump]),
         ]
+    for case in cases:
+        case.must_fail = True
     failures, outcomes = fuzzer.run(cases)
     assert_no_failures(failures, len(outcomes))

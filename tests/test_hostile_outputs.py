@@ -71,14 +71,14 @@ def aliases(target: Path) -> list[Path]:
 
 
 def assert_inputs_kept(command: list[object], inputs: list[Path], targets: list[Path], *,
-                       has_overwrite: bool = True, after: tuple[object, ...] = ()) -> None:
+                       has_overwrite: bool = True, after: tuple[object, ...] = (), quick: bool = False) -> None:
     """Run ``command -o ALIAS [--overwrite] after...`` for every alias of every target: each refused, every
-    input intact."""
+    input intact. ``quick``: only the hard link, with --overwrite (for a second input of the same command)."""
     before = {path: sha256(path) for path in inputs}
     runs = []
     for target in targets:
-        for alias in aliases(target):
-            for overwrite in ((False, True) if has_overwrite else (False,)):
+        for alias in aliases(target)[2:] if quick else aliases(target):
+            for overwrite in (False, True) if has_overwrite and not quick else (has_overwrite,):
                 runs.append([*command, "-o", alias, *(["--overwrite"] if overwrite else []), *after])
     with ThreadPoolExecutor(WORKERS) as pool:
         results = list(pool.map(lambda args: cli(*args), runs))
@@ -122,8 +122,9 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_f32: Path) -> dict[str,
 
 def test_capture_never_writes_over_its_model_or_prompt(files):
     model, prompt = files["model"], files["prompt"]
-    assert_inputs_kept(["capture", "-m", model, "-f", prompt, "-t", "1", "-c", "64"], [model, prompt],
-                       [model, prompt])
+    command = ["capture", "-m", model, "-f", prompt, "-t", "1", "-c", "64"]
+    assert_inputs_kept(command, [model, prompt], [model])
+    assert_inputs_kept(command, [model, prompt], [prompt], quick=True)
 
 
 def test_exec_never_writes_over_its_model_or_program_files(files):
@@ -146,8 +147,9 @@ def test_import_commands_never_write_over_their_sources(files):
 def test_preprocess_and_mllama_never_write_over_the_image_or_model(files):
     image, vision = files["image"], files["vision"]
     assert_inputs_kept(["preprocess", image], [image], [image])
-    assert_inputs_kept(["mllama", "encode", "-m", vision, "--image", image, "-t", "1"], [image, vision],
-                       [vision, image])
+    command = ["mllama", "encode", "-m", vision, "--image", image, "-t", "1"]
+    assert_inputs_kept(command, [image, vision], [vision])
+    assert_inputs_kept(command, [image, vision], [image], quick=True)
     before = sha256(vision)
     result = cli("mllama", "sched-check", "-m", vision, "--image", image, "-t", "1", "-o", vision, "--overwrite")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "is the input" in result.stderr
@@ -165,9 +167,9 @@ def test_readers_never_write_over_the_dump_they_read(files):
     assert_inputs_kept(["report", files["dump.html"]], [files["dump.html"]], [files["dump.html"]],
                        has_overwrite=False)
     png = files["dump.png"]
-    for command in (["plot", "hist", png, "a"], ["plot", "heatmap", png, "a"], ["plot", "stats", png]):
-        assert_inputs_kept(command, [png], [png], has_overwrite=False)
-    assert_inputs_kept(["plot", "diff", files["dump.h5"], png], [png], [png], has_overwrite=False)
+    assert_inputs_kept(["plot", "hist", png, "a"], [png], [png], has_overwrite=False)
+    for command in (["plot", "heatmap", png, "a"], ["plot", "stats", png], ["plot", "diff", files["dump.h5"], png]):
+        assert_inputs_kept(command, [png], [png], has_overwrite=False, quick=True)
 
 
 def test_sweep_and_bisect_refuse_a_folder_holding_an_input_they_would_write(files, tmp_path):
