@@ -108,11 +108,8 @@ def materialise(base: Path, folder: Path, mutation: Mutation) -> Path:
     """A copy of ``base`` in ``folder`` with ``mutation`` applied; the file name keeps the base's suffix."""
     folder.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.=+-]", "_", mutation.name)[:120]
-    path = folder / f"{safe}{''.join(base.suffixes) or ''}"
-    if base.is_dir():
-        shutil.copytree(base, path)
-    else:
-        shutil.copyfile(base, path)
+    path = folder / f"{safe}{base.suffix}"
+    shutil.copyfile(base, path)
     mutation.apply(path)
     return path
 
@@ -275,6 +272,9 @@ def gguf_mutations(base: Path, count: int, seed: int = SEED) -> list[Mutation]:
             refuse=frozenset() if value == 0 else every)
     add(f"gguf/kv[{kv.key}].key=invalid-utf8", lambda path, at=kv.at: _patch_bytes(path, at + 8, b"\xff\xfe"),
         "header", refuse=loading)
+    architecture = layout.kv("general.architecture")
+    add("gguf/kv[general.architecture].value=invalid-utf8",
+        lambda path, at=architecture.value_at: _patch_bytes(path, at + 8, b"\xff\xfe"), "header", refuse=loading)
     for value in (13, 99, 2**32 - 1, GGUF_ARRAY):
         add(f"gguf/kv[{kv.key}].type={value}", set_field(kv.type_at, "<I", value), "header",
             refuse=loading if value == GGUF_ARRAY else every)
@@ -290,8 +290,11 @@ def gguf_mutations(base: Path, count: int, seed: int = SEED) -> list[Mutation]:
             add(f"gguf/kv[{kv.key}].array_count={value}", set_field(kv.value_at + 4, "<Q", value), "header")
         for value in (GGUF_ARRAY, 99):
             add(f"gguf/kv[{kv.key}].array_type={value}", set_field(kv.value_at, "<I", value), "header")
-    inner = struct.pack("<IQ", 0, 0) * 4
-    nested = struct.pack("<I", GGUF_ARRAY) + struct.pack("<IQ", GGUF_ARRAY, 2**63) + inner
+    # gguf-py's reader loops once per element and an element past the end of the file reads as zero bytes:
+    # an array of u8 declaring 2^63 items that the file cannot hold grows its lists forever.
+    add("gguf/array-of-2^63-u8-past-the-end", _add_kv(_kv(b"fuzz.bomb", struct.pack("<IIQ", GGUF_ARRAY, 0, 2**63))),
+        "header")
+    nested = struct.pack("<I", GGUF_ARRAY) + struct.pack("<IQ", GGUF_ARRAY, 2**63) + struct.pack("<IQ", 0, 2**63)
     add("gguf/nested-array-of-2^63-arrays", _add_kv(_kv(b"fuzz.nested", nested)), "header")
     deep = struct.pack("<I", GGUF_ARRAY) + struct.pack("<IQ", GGUF_ARRAY, 1) * 64 + struct.pack("<IQ", 0, 0)
     add("gguf/64-deep-nested-arrays", _add_kv(_kv(b"fuzz.deep", deep)), "header")
@@ -480,16 +483,18 @@ def dump_structure_mutations(base: Path, target: DumpTarget, model: Path, fifo: 
     add("data=float32-max", lambda p: _fill(p, seq, [3.4e38, -3.4e38, 3.4e38]), "values")
     add("row.shape=2^62-elements", lambda p: edit_rows(p, seq, shape=[2**31, 2**31, 1, 0], ndim=2))
     add("row.offset+nbytes-overflows", lambda p: edit_rows(p, seq, offset=2**62, nbytes=2**62))
-    add("row.name=control-characters", lambda p: _rename(p, seq, name + HOSTILE_TEXT), "text",
+    add("row.name=control-characters", lambda p: _rename(p, seq, name + HOSTILE_TEXT), "text", "plots",
         aimed=(name + HOSTILE_TEXT, target.eval_index))
     add("row.op=control-characters", lambda p: edit_rows(p, seq, op=HOSTILE_TEXT, buffer=HOSTILE_TEXT), "text")
     add("attr.incomplete_reason=control-characters",
         lambda p: (_set_attr("complete", False)(p), _set_attr("incomplete_reason", HOSTILE_TEXT)(p)), "text")
     add("attr.config.prompt=control-characters", lambda p: _edit_config(p, prompt=HOSTILE_TEXT), "text")
+    add("attr.config.prompt=lone-surrogate", lambda p: _set_attr("config", json.dumps({"prompt": "\ud800"}))(p),
+        "text", "report")
     add("attr.skipped=control-characters", _set_attr("skipped", json.dumps(
         [{"eval_index": 0, "name": HOSTILE_TEXT, "occurrence": 0, "buffer_type": HOSTILE_TEXT,
           "reason": HOSTILE_TEXT}])), "text")
-    add("evals.kind=control-characters", lambda p: _edit_first_eval(p, "kind", HOSTILE_TEXT), "text")
+    add("evals.kind=control-characters", lambda p: _edit_first_eval(p, "kind", HOSTILE_TEXT), "text", "plots")
     add("evals.index=not-a-number", lambda p: _edit_first_eval(p, "index", "x"))
     add("evals.info=not-json", lambda p: _edit_first_eval(p, "info", "{"), "plots")
     add("link./index->/index", _replace_object("index", lambda h: h5py.SoftLink("/index")), "link")
@@ -911,13 +916,6 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
-def png_bytes(width: int, height: int, bit_depth: int, colour: int, rows: bytes) -> bytes:
-    """A PNG written here from its chunks (not by Pillow), so that any IHDR can be declared."""
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(rows, 9))
-            + png_chunk(b"IEND", b""))
-
-
 def png_bomb(side: int) -> bytes:
     """A real side x side 1-bit PNG of zeros: every row is there, compressed (a few hundred KB)."""
     row = b"\0" * (1 + (side + 7) // 8)
@@ -958,3 +956,58 @@ def image_mutations(png: Path, jpeg: Path) -> list[tuple[str, bytes, str]]:
     m.append(("image/text-named-png", b"hello, not an image\n", ".png"))
     m.append(("image/empty", b"", ".png"))
     return m
+
+
+# ---------------------------------------------------------------- .npy files and sweep summaries
+
+
+def npy_bytes(header: str, data: bytes = b"", version: tuple[int, int] = (1, 0), header_length: int | None = None
+              ) -> bytes:
+    """A .npy file written from its parts (numpy's format 1.0/2.0/3.0), so its header can say anything."""
+    raw = header.encode("utf-8" if version[0] >= 3 else "latin1")
+    width = 2 if version[0] == 1 else 4
+    pad = (-(6 + 2 + width + len(raw) + 1)) % 64
+    raw += b" " * pad + b"\n"
+    length = len(raw) if header_length is None else header_length
+    prefix = b"\x93NUMPY" + bytes(version) + (struct.pack("<H", length) if width == 2 else struct.pack("<I", length))
+    return prefix + raw + data
+
+
+def npy_mutations() -> list[tuple[str, bytes]]:
+    """(name, bytes): .npy headers that lie about their data, pickle, or nest without end."""
+    def header(descr: str, shape: str, fortran: str = "False") -> str:
+        return f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}"
+
+    sixteen = bytes(16)
+    return [
+        ("npy/shape=(2^40,)", npy_bytes(header("'<f4'", "(1099511627776,)"), sixteen)),
+        ("npy/shape=(4,3,560,560)-16-bytes", npy_bytes(header("'<f4'", "(4, 3, 560, 560)"), sixteen)),
+        ("npy/shape=(2^31,2^31)", npy_bytes(header("'<f4'", "(2147483648, 2147483648)"), sixteen)),
+        ("npy/shape=(-1,)", npy_bytes(header("'<f4'", "(-1,)"), sixteen)),
+        ("npy/descr=object", npy_bytes(header("'|O'", "(2,)"), sixteen)),
+        ("npy/descr=unicode", npy_bytes(header("'<U4'", "(1,)"), sixteen)),
+        ("npy/descr=void", npy_bytes(header("'|V16'", "(1,)"), sixteen)),
+        ("npy/descr=structured", npy_bytes(header("[('a', '<f4'), ('b', '<f4')]", "(2,)"), sixteen)),
+        ("npy/descr=big-endian", npy_bytes(header("'>f4'", "(4,)"), sixteen)),
+        ("npy/fortran-order", npy_bytes(header("'<f4'", "(2, 2)", "True"), sixteen)),
+        ("npy/header=deep-nesting", npy_bytes("{'descr': " + "[" * 50000 + "]" * 50000 + "}", sixteen, (2, 0))),
+        ("npy/header=not-a-dict", npy_bytes("[1, 2, 3]", sixteen)),
+        ("npy/header=call", npy_bytes("{'descr': __import__('os').system('true'), 'fortran_order': False, "
+                                      "'shape': (4,)}", sixteen)),
+        ("npy/header_length=2^32-1", npy_bytes(header("'<f4'", "(4,)"), sixteen, (2, 0), 2**32 - 1)),
+        ("npy/version=9.9", npy_bytes(header("'<f4'", "(4,)"), sixteen, (9, 9))),
+        ("npy/truncated-header", npy_bytes(header("'<f4'", "(4,)"), sixteen)[:20]),
+    ]
+
+
+def sweep_summaries() -> list[tuple[str, str]]:
+    """(name, text): summary.json documents plot sweep reads, made hostile."""
+    return [
+        ("summary/deep-nesting", "[" * 100000 + "]" * 100000),
+        ("summary/empty-object", "{}"),
+        ("summary/list", "[1, 2, 3]"),
+        ("summary/wrong-types", json.dumps({"configs": "x", "rows": 5, "tensors": None, "layers": {"a": 1}})),
+        ("summary/huge-numbers", '{"configs": [1e999], "rows": [[1e999, -1e999, NaN]]}'),
+        ("summary/control-characters", json.dumps({"configs": [HOSTILE_TEXT], "rows": [{"name": HOSTILE_TEXT}]})),
+        ("summary/invalid-utf8", "\udcff"),
+    ]

@@ -10,10 +10,20 @@ and must end the way the project promises:
 - on failure exactly one stderr line, ``ggml-inspector: error: ...``, that is
   not the catch-all ``unexpected ...`` (kept for bugs), and never a traceback
   or a warning;
-- memory under the cap (a MemoryError would reach the catch-all);
+- memory under the cap: no MemoryError, ``std::bad_alloc`` or numpy
+  "Unable to allocate" (an allocation that failed under the cap is one
+  that would have taken more);
 - every input file byte for byte unchanged (sha256 before and after), and no
-  output file left behind by a failure;
-- no control character from a file printed raw (ESC, BEL, a forged line).
+  output file left behind by a failure (unless the error says it kept a dump
+  marked incomplete, as a full disk does);
+- no control character from a file printed raw (ESC, BEL, a forged line);
+- for a corrupt file or an impossible option marked so (``must_fail``), exit
+  2: accepting it would read corrupt data as if it were whole.
+
+Time is bounded three ways: a fixed seed and a fixed number of mutations, a
+deadline per case (a hang is killed and reported), and a budget per family
+after which the cases not yet run are reported as failures, so a run that
+hangs everywhere still ends in a few minutes. About two minutes on 2 cores.
 
 The inputs are made from real ones (``tests/fuzz_inputs.py``): a dump
 captured from a generated llama model, a frame stream made of its tensors, the
@@ -21,13 +31,13 @@ generated llama and mllama GGUFs, a generated PNG and JPEG. The mutations are
 named and seeded (``fuzz_inputs.SEED``); one test per family collects every
 failing case before failing, so a run shows all of them at once.
 
-Caps, measured with the real inputs (``test_real_inputs_pass_every_command``):
-the fork server's address space is ~0.5 GiB before a case starts; a command
-that only reads dumps, images and GGUF headers fits in READ_CAP = 1 GiB. A
-command that loads a model into llama.cpp or builds a ggml graph (capture,
-mllama encode, replay, rpc-server) maps the CPU backend and its thread
-stacks and gets LLAMA_CAP = 2 GiB, still far below what the bombs of the
-issue reached (3 to 14 GB).
+The cap is 1 GiB of address space for every command, the bound the issue
+sets. Measured with the real inputs (``test_real_inputs_pass_every_command``):
+the fork server holds ~225 MiB of address space before a case starts, and a
+legitimate run peaks at 70-140 MiB resident (capture, mllama encode and
+replay included, which load llama.cpp and ggml's CPU backend), so the cap
+leaves room for real work and none for the bombs of the issue (3 to 14 GB).
+A command that loads a model gets a longer deadline, not more memory.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ import stat
 import struct
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +74,11 @@ from fuzz_inputs import (
     gguf_mutations,
     image_mutations,
     materialise,
+    npy_mutations,
     record_mutations,
     replay_streams,
+    sweep_summaries,
+    zero_bomb,
 )
 from fuzz_runner import ForkServer
 from PIL import Image
@@ -73,8 +86,7 @@ from PIL import Image
 from inspector.models import TinyLlamaSpec, write_tiny_llama
 from inspector.models.tiny_mllama import write_tiny_mllama
 
-READ_CAP = 1 << 30
-LLAMA_CAP = 2 << 30
+CAP = 1 << 30
 READ_TIMEOUT = 15.0
 LLAMA_TIMEOUT = 30.0
 PARALLEL = 2
@@ -84,7 +96,9 @@ FAMILY_BUDGET_SECONDS = 90.0
 BATCH = 8
 PROMPT = "Hi there"
 CONTROL_CHARACTERS = {chr(c) for c in range(32) if chr(c) not in "\t\n"} | {"\x7f"}
-NOT_IN_OUTPUT = ("Traceback", "Warning:", "MemoryError", "warnings.warn")
+NOT_IN_OUTPUT = ("Traceback", "Warning:", "warnings.warn")
+# What a process says when an allocation failed: under the cap, that means it tried to take more than the cap.
+OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "Unable to allocate", "Cannot allocate memory", "out of memory")
 
 
 @dataclass
@@ -95,7 +109,7 @@ class Case:
     argv: list[str]
     inputs: list[Path]
     outputs: list[Path] = field(default_factory=list)
-    cap: int = READ_CAP
+    cap: int = CAP
     timeout: float = READ_TIMEOUT
     # The input is corrupt or the option impossible: exit 2 is the only right answer.
     must_fail: bool = False
@@ -139,8 +153,10 @@ class Fuzzer:
         self.counter = 0
 
     def shown(self, case: Case) -> str:
+        """The command line, shortened to the fuzz folder and with control characters escaped for the terminal."""
         words = [str(arg).replace(str(self.root) + "/", "") for arg in case.argv]
-        return "ggml-inspector " + " ".join(shlex.quote(word) for word in words)
+        line = "ggml-inspector " + " ".join(shlex.quote(word) for word in words)
+        return "".join(c if c not in CONTROL_CHARACTERS else f"\\x{ord(c):02x}" for c in line)
 
     def run(self, cases: list[Case], budget: float = FAMILY_BUDGET_SECONDS) -> tuple[list[str], list[Outcome]]:
         failures: list[str] = []
@@ -172,7 +188,7 @@ class Fuzzer:
             return
         with open(target, "a") as log:
             for outcome in outcomes:
-                log.write(json.dumps({"name": outcome.case.name, **outcome.result,
+                log.write(json.dumps({"name": outcome.case.name, "must_fail": outcome.case.must_fail, **outcome.result,
                                       "stderr": outcome.stderr[-3000:]}) + "\n")
 
     def _run_batch(self, cases: list[Case]) -> list[Outcome]:
@@ -230,6 +246,8 @@ class Fuzzer:
         for marker in NOT_IN_OUTPUT:
             if marker in stderr or marker in stdout:
                 problems.append(f"printed {marker!r}")
+        if any(marker in stderr for marker in OUT_OF_MEMORY):
+            problems.append(f"ran out of memory under the {outcome.case.cap >> 20} MiB cap")
         raw = sorted({repr(c) for c in stdout + stderr if c in CONTROL_CHARACTERS})
         if raw or any(line.lstrip().startswith(FORGED_MARK) for line in (stdout + "\n" + stderr).splitlines()):
             problems.append(f"printed raw control characters {' '.join(raw)} from a file")
@@ -252,7 +270,7 @@ def assert_no_failures(failures: list[str], total: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> ForkServer:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
     home = tmp_path_factory.mktemp("fuzz-home")
     env = {key: value for key, value in os.environ.items() if key != "GGML_INSPECTOR_DEBUG"}
     env.update(MPLBACKEND="Agg", HOME=str(home), XDG_CACHE_HOME=str(home / "cache"), PYTHONUNBUFFERED="1",
@@ -282,7 +300,7 @@ class Corpus:
 
 def capture_case(model: Path, output: Path, *extra: str) -> Case:
     return Case("capture", ["capture", "-m", model, "-p", PROMPT, "-t", "1", "-c", "64", "-o", output, *extra],
-                [model], [output], LLAMA_CAP, LLAMA_TIMEOUT)
+                [model], [output], timeout=LLAMA_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -352,6 +370,7 @@ DUMP_COMMANDS_BY_TAG = {
     "text": {"ls", "ls-config", "show", "compare"},
     "link": {"ls", "show", "compare-json"},
     "plots": {"plot-stats", "report"},
+    "report": {"report"},
     "model": {"ls-config", "replay"},
     "truncated": {"ls", "show"},
     "attr": {"ls", "ls-config", "compare-json"},
@@ -361,6 +380,7 @@ DUMP_COMMANDS_BY_TAG = {
     "values": {"show", "compare", "plot-hist", "plot-heatmap", "plot-diff"},
 }
 DEFAULT_DUMP_COMMANDS = {"ls", "show", "export", "compare-json"}
+ADDED_DUMP_COMMANDS = {"plots", "report"}
 
 
 def dump_cases(corpus: Corpus, mutations: list[Mutation], folder: str) -> list[Case]:
@@ -369,16 +389,17 @@ def dump_cases(corpus: Corpus, mutations: list[Mutation], folder: str) -> list[C
         path = materialise(corpus.dump, corpus.root / folder, mutation)
         out = corpus.root / "out" / path.stem
         out.mkdir(parents=True, exist_ok=True)
-        which = set().union(*(DUMP_COMMANDS_BY_TAG.get(tag, set()) for tag in mutation.tags)) or DEFAULT_DUMP_COMMANDS
+        # "plots" and "report" add to a mutation's commands; alone they add to the default ones.
+        primary = [DUMP_COMMANDS_BY_TAG.get(tag, set()) for tag in mutation.tags if tag not in ADDED_DUMP_COMMANDS]
+        which = set().union(*primary) if primary else set(DEFAULT_DUMP_COMMANDS)
+        which |= set().union(*(DUMP_COMMANDS_BY_TAG[tag] for tag in mutation.tags & ADDED_DUMP_COMMANDS))
         for label, argv, outputs in reading_commands(path, mutation.target, corpus.dump, out, which):
             if label == "replay":
                 argv[argv.index("--eval") + 1] = str(corpus.node.eval_index)
                 argv[argv.index("--node") + 1] = str(corpus.node.node)
-                cap, timeout = LLAMA_CAP, LLAMA_TIMEOUT
-            else:
-                cap, timeout = READ_CAP, READ_TIMEOUT
             inputs = [path, corpus.dump, corpus.model]
-            cases.append(Case(f"{mutation.name} [{label}]", argv, inputs, outputs, cap, timeout,
+            cases.append(Case(f"{mutation.name} [{label}]", argv, inputs, outputs,
+                              timeout=LLAMA_TIMEOUT if label == "replay" else READ_TIMEOUT,
                               must_fail=label in mutation.refuse))
     return cases
 
@@ -391,7 +412,7 @@ def test_the_runner_reports_a_crash_a_hang_and_an_exit_status(server: ForkServer
     def request(label: str, argv: list[str], timeout: float = 20.0, **extra: Any) -> dict[str, Any]:
         out = tmp_path / label
         out.mkdir()
-        return {"argv": argv, "cwd": str(out), "cap": READ_CAP, "timeout": timeout, "out": str(out), **extra}
+        return {"argv": argv, "cwd": str(out), "cap": CAP, "timeout": timeout, "out": str(out), **extra}
 
     segv, hang, usage, fine = server.run([request("segv", ["--help"], self_test="segv"),
                                           request("hang", ["--help"], timeout=1.0, self_test="hang"),
@@ -420,8 +441,8 @@ def test_real_inputs_pass_every_command(fuzzer: Fuzzer, corpus: Corpus, server: 
         cases.append(Case(f"real dump [{label}]", argv, [corpus.dump], outputs))
     cases += [
         Case("real dump [replay]", ["replay", corpus.dump, corpus.dump, "--eval", str(corpus.node.eval_index),
-                                    "--node", str(corpus.node.node)], [corpus.dump, corpus.model], [], LLAMA_CAP,
-             LLAMA_TIMEOUT),
+                                    "--node", str(corpus.node.node)], [corpus.dump, corpus.model], [], CAP,
+             timeout=LLAMA_TIMEOUT),
         Case("real dump [plot image]", ["plot", "image", corpus.preprocessed, "-o", out / "image.png"],
              [corpus.preprocessed], [out / "image.png"]),
         Case("real gguf [gguf]", ["gguf", corpus.model], [corpus.model]),
@@ -433,7 +454,7 @@ def test_real_inputs_pass_every_command(fuzzer: Fuzzer, corpus: Corpus, server: 
              [corpus.png, corpus.preprocessed]),
         Case("real gguf [mllama encode]", ["mllama", "encode", corpus.vision, "--image", corpus.png, "-t", "1", "-o",
                                            out / "enc.h5"], [corpus.vision, corpus.png], [out / "enc.h5"],
-             LLAMA_CAP, LLAMA_TIMEOUT),
+             timeout=LLAMA_TIMEOUT),
     ]
     frames = stream_folder(corpus.root / "real-frames", encode_stream(corpus.frames))
     cases.append(import_case("real frames", frames, corpus.root / "out" / "real-import.h5",
@@ -447,7 +468,7 @@ def test_real_inputs_pass_every_command(fuzzer: Fuzzer, corpus: Corpus, server: 
                for o in outcomes if o.result["code"] != 0]
     assert not refused, "a real input was refused:\n" + "\n".join(refused)
     assert len(outcomes) == len(cases) + 3  # the imports' follow-ups ran too
-    assert server.vm_kib * 1024 < READ_CAP // 2
+    assert server.vm_kib * 1024 < CAP // 2
 
 
 def _first_tensor(frames: list[Frame]) -> str:
@@ -471,8 +492,8 @@ def import_case(label: str, folder: Path, output: Path, then: list[str], tensor:
                                     ["export", dump, tensor, "-o", dump.with_suffix(".npy")], [dump],
                                     [dump.with_suffix(".npy")]),
         "replay": lambda dump: Case(f"{label} [replay of the import]",
-                                    ["replay", dump, dump, "--eval", "0", "--node", "0"], [dump], [], LLAMA_CAP,
-                                    LLAMA_TIMEOUT, must_fail=replay_must_fail),
+                                    ["replay", dump, dump, "--eval", "0", "--node", "0"], [dump], [], CAP,
+                                    timeout=LLAMA_TIMEOUT, must_fail=replay_must_fail),
     }
     return Case(f"{label} [import]", ["import", folder, "-o", output], [folder], [output],
                 then=[follow[step] for step in then])
@@ -569,7 +590,7 @@ def test_crafted_gguf_loaded(fuzzer: Fuzzer, corpus: Corpus) -> None:
                 case = capture_case(path, out, "-n", "0", "-T", "result_output")
             else:
                 case = Case("encode", ["mllama", "encode", path, "--image", corpus.png, "-t", "1", "-T", "inp_raw",
-                                       "-o", out], [path, corpus.png], [out], LLAMA_CAP, LLAMA_TIMEOUT)
+                                       "-o", out], [path, corpus.png], [out], timeout=LLAMA_TIMEOUT)
             case.name = f"{base.stem}:{mutation.name} [{command}]"
             case.must_fail = command in mutation.refuse
             cases.append(case)
@@ -600,7 +621,58 @@ def test_crafted_images(fuzzer: Fuzzer, corpus: Corpus) -> None:
             encoded = root / f"{path.name}-enc.h5"
             cases.append(Case(f"{name} [mllama encode]", ["mllama", "encode", corpus.vision, "--image", path, "-t",
                                                           "1", "-o", encoded], [path, corpus.vision], [encoded],
-                              LLAMA_CAP, LLAMA_TIMEOUT, must_fail=True))
+                              timeout=LLAMA_TIMEOUT, must_fail=True))
+    failures, outcomes = fuzzer.run(cases)
+    assert_no_failures(failures, len(outcomes))
+
+
+def test_crafted_side_files(fuzzer: Fuzzer, corpus: Corpus) -> None:
+    """The other files commands read: .npy headers, sweep summaries, a preprocessed dump, models that are no files."""
+    root = corpus.root / "side-files"
+    root.mkdir()
+    png = corpus.png
+    cases = []
+    for number, (name, data) in enumerate(npy_mutations()):
+        path = root / f"{number:03d}.npy"
+        path.write_bytes(data)
+        out = root / f"{number:03d}.h5"
+        valid = name in ("npy/descr=big-endian", "npy/fortran-order")  # unusual, but real arrays
+        cases += [Case(f"{name} [import-raw]", ["import-raw", path, "--name", "x", "-o", out], [path], [out],
+                       must_fail=not valid),
+                  Case(f"{name} [diff-preprocess --against]", ["diff-preprocess", png, "--against", path],
+                       [path, png], must_fail=True)]
+    for number, (name, text) in enumerate(sweep_summaries()):
+        path = root / f"summary-{number}.json"
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        out = root / f"sweep-{number}.png"
+        cases.append(Case(f"{name} [plot sweep]", ["plot", "sweep", path, "-o", out], [path], [out], must_fail=True))
+    fifo_summary = root / "fifo-summary"
+    fifo_summary.mkdir()
+    os.mkfifo(fifo_summary / "summary.json")
+    cases.append(Case("summary/fifo [plot sweep]", ["plot", "sweep", fifo_summary, "-o", root / "f.png"],
+                      [], [root / "f.png"], must_fail=True))
+    # inp_raw of a preprocessed dump made a bomb: plot image and diff-preprocess --against read it.
+    seq = next(int(row["seq"]) for row in dump_rows(corpus.preprocessed) if row["name"] in (b"inp_raw", "inp_raw"))
+    for label, written in (("gzip-zeros", True), ("unwritten-chunks", False)):
+        path = materialise(corpus.preprocessed, root, Mutation(f"pre/inp_raw={label}-3GiB", lambda p, w=written:
+                                                               zero_bomb(p, seq, 3 << 30, (4, 3, 8192, 8192), w)))
+        out = root / f"{path.stem}.png"
+        cases += [Case(f"pre/inp_raw={label}-3GiB [plot image]", ["plot", "image", path, "-o", out], [path], [out]),
+                  Case(f"pre/inp_raw={label}-3GiB [diff-preprocess --against]",
+                       ["diff-preprocess", png, "--against", path], [path, png])]
+    # A model that is not a file.
+    empty, short, loop = root / "empty.gguf", root / "short.gguf", root / "loop.gguf"
+    empty.write_bytes(b"")
+    short.write_bytes(b"GGU")
+    loop.symlink_to(loop)
+    for model in (corpus.fifo, Path("/dev/zero"), corpus.folder, empty, short, loop):
+        out = root / f"model-{model.name}.h5"
+        cases += [Case(f"model/{model.name} [gguf]", ["gguf", "--tensors", model], [model], must_fail=True),
+                  Case(f"model/{model.name} [capture]", ["capture", "-m", model, "-p", PROMPT, "-t", "1", "-o", out],
+                       [model], [out], timeout=LLAMA_TIMEOUT, must_fail=True),
+                  Case(f"model/{model.name} [mllama encode]", ["mllama", "encode", model, "--image", png, "-t", "1",
+                                                               "-o", out], [model, png], [out],
+                       timeout=LLAMA_TIMEOUT, must_fail=True)]
     failures, outcomes = fuzzer.run(cases)
     assert_no_failures(failures, len(outcomes))
 
@@ -643,17 +715,17 @@ def test_hostile_options(fuzzer: Fuzzer, corpus: Corpus) -> None:
                 argv += [option, value]
         label = " ".join(f"{o} {v if v is None or len(v) < 40 else v[:37] + '...'}" for o, v in options)
         honourable = options[0][0] in ("-ngl",) or options in ([("-t", "0")], [("-t", "-1")])
-        cases.append(Case(f"options/capture {label}", argv, [model], [out], LLAMA_CAP, LLAMA_TIMEOUT,
+        cases.append(Case(f"options/capture {label}", argv, [model], [out], timeout=LLAMA_TIMEOUT,
                           must_fail=not honourable))
     for options in (["-t", "100000"], ["-ngl", "2147483647"], ["-t", "0"]):
         out = root / f"encode-{options[0]}{options[1]}.h5"
         cases.append(Case(f"options/mllama encode {' '.join(options)}",
                           ["mllama", "encode", vision, "--image", png, *options, "-o", out], [vision, png], [out],
-                          LLAMA_CAP, LLAMA_TIMEOUT, must_fail=options == ["-t", "100000"]))
+                          timeout=LLAMA_TIMEOUT, must_fail=options == ["-t", "100000"]))
     out = root / "generate.h5"
     cases.append(Case("options/mllama generate of a vision-only GGUF -c 2^31",
                       ["mllama", "generate", vision, "--image", png, "-p", "hi", "-c", "2147483648", "-o", out],
-                      [vision, png], [out], LLAMA_CAP, LLAMA_TIMEOUT, must_fail=True))
+                      [vision, png], [out], timeout=LLAMA_TIMEOUT, must_fail=True))
     for options in (["--max-tiles", "100000"], ["--max-tiles", "0"], ["--max-tiles", "-1"], ["--tile-size", "0"],
                     ["--tile-size", "1"], ["--tile-size", "100000"], ["--tile-size", "-5"],
                     ["--convention", "ollama", "--max-tiles", "100000"], ["--loader", "nope"]):
@@ -664,8 +736,8 @@ def test_hostile_options(fuzzer: Fuzzer, corpus: Corpus) -> None:
                       ["diff-preprocess", png, "--against", corpus.preprocessed, "--max-tiles", "100000"],
                       [png, corpus.preprocessed], must_fail=True))
     for options in (["-p", "99999"], ["-p", "-1"], ["-p", "65536"], ["-p", "99999", "-t", "100000"]):
-        cases.append(Case(f"options/rpc-server {' '.join(options)}", ["rpc-server", *options], [], [], LLAMA_CAP,
-                          READ_TIMEOUT, must_fail=True))
+        cases.append(Case(f"options/rpc-server {' '.join(options)}", ["rpc-server", *options], [], [], CAP,
+                          must_fail=True))
     name = corpus.tensor.name
     for argv in (["show", dump, name, "-n", str(2**62)], ["show", dump, name, "-n", "1000000000"],
                  ["plot", "heatmap", dump, name, "--slice", "0,0,0,0,0,0,0,0", "-o", root / "s1.png"],
@@ -729,13 +801,13 @@ def test_an_output_is_never_an_input(fuzzer: Fuzzer, corpus: Corpus) -> None:
         cases += [
             Case(f"same-file/{how} capture -o model", ["capture", "-m", model, "-p", PROMPT, "-t", "1", "-c", "64",
                                                        "-n", "0", "-o", alias(model), "--overwrite"], [model], [],
-                 LLAMA_CAP, LLAMA_TIMEOUT),
+                 timeout=LLAMA_TIMEOUT),
             Case(f"same-file/{how} mllama encode -o model", ["mllama", "encode", vision, "--image", png, "-t", "1",
                                                              "-o", alias(vision), "--overwrite"], [vision, png], [],
-                 LLAMA_CAP, LLAMA_TIMEOUT),
+                 timeout=LLAMA_TIMEOUT),
             Case(f"same-file/{how} mllama encode -o image", ["mllama", "encode", vision, "--image", png, "-t", "1",
                                                              "-o", alias(png), "--overwrite"], [vision, png], [],
-                 LLAMA_CAP, LLAMA_TIMEOUT),
+                 timeout=LLAMA_TIMEOUT),
             Case(f"same-file/{how} preprocess -o image", ["preprocess", png, "-o", alias(png), "--overwrite"], [png]),
             Case(f"same-file/{how} export -o dump", ["export", dump, corpus.tensor.name, "-o", alias(dump),
                                                      "--overwrite"], [dump]),

@@ -147,7 +147,7 @@ def plot_sweep(summary: Path, per_layer: bool, output: Path | None, title: str |
     try:
         document = json.loads(summary.read_text())
         result = plots.sweep(document, per_layer, title)
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise InspectorError(f"{summary} is not a sweep summary: {error}") from None
     _save(result, output, f"{summary.parent.name}-sweep", (summary,))
 
