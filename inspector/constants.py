@@ -124,7 +124,8 @@ MAX_TEMPLATE_MEMORY_BYTES = 512 * 1024**2
 GGML_MAX_N_THREADS = 512
 # Threads beyond this multiple of the machine's cores are refused: ggml's workers spin, so more only slows.
 MAX_THREADS_PER_CORE = 4
-# llama.cpp's n_ctx, n_batch, n_ubatch, n_predict are int32 (positions are llama_pos, an int32_t).
+# llama.cpp's n_ctx, n_batch, n_ubatch, n_predict are int32 (positions are llama_pos, an int32_t), and so are
+# a dump index's node and occurrence columns.
 LLAMA_MAX_INT32 = 2**31 - 1
 
 # -- replay ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from inspector.constants import (
     GGML_MAX_OP_PARAMS,
     GGML_MAX_SRC,
     GGML_TYPE_BF16,
+    LLAMA_MAX_INT32,
     MAX_FRAME_EXPANSION_BYTES,
     NUMPY_DTYPE_OF_GGML_TYPE,
 )
@@ -209,6 +210,9 @@ def tensor_header(header: dict[str, Any], data_length: int) -> TensorHeader:
     except (KeyError, TypeError, ValueError, OverflowError):
         raise ProtocolError("a TENSOR header without its name, op, type or layout, or with a field of the wrong "
                             "kind") from None
+    if not -1 <= node_index <= LLAMA_MAX_INT32 or not 0 <= occurrence <= LLAMA_MAX_INT32:
+        raise ProtocolError(f"a TENSOR header with node index {node_index} and occurrence {occurrence}; the index "
+                            f"stores both as int32")
     _check_layout(ggml_type, ne, nb, n_dims, block_size, type_size, data_length)
     return TensorHeader(name, op, type_name, ggml_type, ne, nb, n_dims, block_size, type_size, node_index, occurrence,
                         flags, view_offset, op_params, op_code, _source_details(header.get("source_details", [])))

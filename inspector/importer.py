@@ -14,11 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from inspector.constants import DEFAULT_MAX_READ_BYTES
 from inspector.dump_writer import DumpWriter
 from inspector.errors import InspectorError
 from inspector.input_files import check_regular_file
 from inspector.record import TensorRecord
 
+# A .npy preamble: magic (6), version (2), header length (2 in version 1, 4 after); numpy itself refuses
+# headers over 10,000 bytes unless told otherwise.
+NPY_PREAMBLE_BYTES = 12
+NPY_MAX_HEADER_BYTES = 65536
 RAW_DTYPES = {"f32": "<f4", "f16": "<f2", "f64": "<f8", "i8": "i1", "i16": "<i2", "i32": "<i4", "i64": "<i8"}
 
 
@@ -51,8 +56,17 @@ def read_raw(path: str | os.PathLike[str], dtype: str, shape: tuple[int, ...]) -
 def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
     """Load a .npy without pickle, checking that its header agrees with its size."""
     path = Path(path)
-    if not path.is_file():
-        raise InspectorError(f"{path}: no such file")
+    size = check_regular_file(path, "a .npy file").st_size
+    with open(path, "rb") as file:
+        head = file.read(NPY_PREAMBLE_BYTES)
+    # numpy allocates the header length a file declares before it checks it: check it against the file first.
+    if len(head) < NPY_PREAMBLE_BYTES or head[:6] != b"\x93NUMPY" or head[6] not in (1, 2, 3):
+        raise InspectorError(f"{path} is not a .npy file (no NUMPY magic and version)")
+    header_length = int.from_bytes(head[8:10] if head[6] == 1 else head[8:12], "little")
+    if header_length > min(size, NPY_MAX_HEADER_BYTES):
+        raise InspectorError(f"{path} declares a {header_length}-byte .npy header in a {size}-byte file")
+    if size > DEFAULT_MAX_READ_BYTES:
+        raise InspectorError(f"{path} has {size} bytes, over the {DEFAULT_MAX_READ_BYTES}-byte read limit")
     try:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:

@@ -200,13 +200,14 @@ def _close(writer: BackgroundWriter, sink: FrameSink, folder: Path, cut_short: l
     else:
         reason = f"{writer.error}" if writer.error is not None else ""
     if incompatible or not sink.processes:
-        writer.close(False, "nothing captured")
-        if tensors == 0:
-            writer.path.unlink(missing_ok=True)
-        if incompatible:
-            raise InspectorError(f"process {incompatible[0].pid} ({incompatible[0].argv0}) uses a ggml the hook "
-                                 f"cannot read ({incompatible[0].reason}); nothing was captured")
-        raise InspectorError(f"no stream in {folder} got as far as its first frame; nothing was captured")
+        unreadable = (f"process {incompatible[0].pid} ({incompatible[0].argv0}) uses a ggml the hook cannot read "
+                      f"({incompatible[0].reason})" if incompatible else
+                      f"no stream in {folder} got as far as its first frame")
+        writer.close(False, unreadable)
+        if tensors:  # another process of the folder was read: its tensors stay, the dump says what is missing
+            raise InspectorError(f"{unreadable}; kept {tensors} tensors in {writer.path}, marked incomplete")
+        writer.path.unlink(missing_ok=True)
+        raise InspectorError(f"{unreadable}; nothing was captured")
     writer.close(not reason, reason)
     if full is not None:
         raise DiskFull(f"{reason}; kept in {writer.path}, marked incomplete")

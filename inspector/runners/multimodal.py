@@ -29,6 +29,7 @@ from llama_cpp import mtmd_cpp as mtmd
 
 from inspector.errors import SetupError
 from inspector.ggml import load
+from inspector.gguf_header import read_header
 from inspector.image_files import check_pixels, pillow_pixel_limit
 from inspector.input_files import check_regular_file, open_regular_file
 from inspector.runners.placement import device_by_name
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from inspector.runners.llama import LlamaRunConfig, LlamaSession
 
 MAX_IMAGE_FILE_BYTES = 256 * 1024**2
+# Vision encoders have tens of blocks; a count past this is a crafted header, not a model.
+MAX_PROJECTOR_BLOCKS = 1024
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "PPM", "TGA")
 TEXT_CHUNK, IMAGE_CHUNK = mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT, mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE
 
@@ -96,6 +99,7 @@ class VisionProjector:
     @classmethod
     def load(cls, session: LlamaSession, config: LlamaRunConfig, hook: TensorHook | None,
              offload_devices: list[str] | None) -> VisionProjector:
+        check_projector_tensors(config.mmproj)
         params = mtmd.mtmd_context_params_default()
         params.print_timings = False
         params.warmup = False  # a warm-up encode would be one more graph in the dump, of a blank image
@@ -168,6 +172,31 @@ def with_markers(text: str, n_images: int) -> str:
     """As llama-mtmd-cli: a prompt without a media marker gets one in front per image."""
     marker = mtmd.mtmd_default_marker().decode()
     return text if marker in text else marker * n_images + text
+
+
+def check_projector_tensors(path: str) -> None:
+    """Refuse a projector lacking a tensor that libmtmd's vision encoders use without checking.
+
+    libmtmd loads the patch embedding and the attention projections as
+    optional (different families use different ones) and then builds the
+    graph on whichever it expects, so a file without them is a null pointer
+    in ggml, not an error.  These are the tensors every ViT-style encoder
+    reads: the patch embedding, and per block attn_q/k/v (or a fused attn_qkv).
+    """
+    header = read_header(path)
+    missing = [] if "v.patch_embd.weight" in header.tensors else ["v.patch_embd.weight"]
+    blocks = header.get("clip.vision.block_count")
+    if not isinstance(blocks, int) or not 0 < blocks <= MAX_PROJECTOR_BLOCKS:
+        raise SetupError(f"--mmproj {path} declares clip.vision.block_count {blocks!r}")
+    for block in range(blocks):
+        prefix = f"v.blk.{block}."
+        if f"{prefix}attn_qkv.weight" not in header.tensors:
+            missing += [f"{prefix}attn_{part}.weight" for part in "qkv"
+                        if f"{prefix}attn_{part}.weight" not in header.tensors]
+    if missing:
+        raise SetupError(f"--mmproj {path} has no {missing[0]}" + (f" (and {len(missing) - 1} more tensors)"
+                                                                   if len(missing) > 1 else "")
+                         + ", which libmtmd's vision encoder needs")
 
 
 def decode_multimodal_prompt(session: LlamaSession, projector: VisionProjector, text: str, image_paths: list[str],
