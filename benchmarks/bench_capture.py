@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.background_writer import BackgroundWriter
-from inspector.dump_writer import DumpWriter
-from inspector.hook import TensorHook
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.record import TensorRecord
-from inspector.runners import llama as llama_runner
-from inspector.selection import Selection
+from inspector.capture.hook import TensorHook
+from inspector.capture.selection import Selection
+from inspector.dump.background_writer import BackgroundWriter
+from inspector.dump.record import TensorRecord
+from inspector.dump.writer import DumpWriter
+from inspector.llamacpp import session as llama_runner
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 

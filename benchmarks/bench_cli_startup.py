@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from timing import wall
 
-from inspector.dump_writer import DumpWriter
-from inspector.record import TensorRecord
+from inspector.dump.record import TensorRecord
+from inspector.dump.writer import DumpWriter
 
 
 def small_dump(path: Path) -> Path:

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.dump_writer import DumpWriter
-from inspector.record import TensorRecord
+from inspector.dump.record import TensorRecord
+from inspector.dump.writer import DumpWriter
 
 # VmHWM (peak RSS of this process image): ru_maxrss would inherit the parent's peak across fork+exec.
 MEASURE = """
 import sys
-from inspector.store import open_dump
-from inspector.compare import compare_dumps
-from inspector.tolerance import preset
+from inspector.dump.reader import open_dump
+from inspector.compare.runs import compare_dumps
+from inspector.compare.tolerance import preset
 a, b, mode = sys.argv[1:4]
 if mode == "compare":
     comparison = compare_dumps(a, b, preset("f32"))

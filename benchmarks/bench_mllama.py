@@ -85,9 +85,9 @@ IMAGE_SIZE = (1000, 800)  # width, height: HF's canvas is 2x2 tiles of 560 (the 
 PHASES = """
 import json, sys, time
 started = time.perf_counter()
-from inspector.runners import mllama as encoder
-from inspector.runners import mllama_generate as runner
-from inspector.selection import Selection
+from inspector.mllama import encode as encoder
+from inspector.mllama import generate as runner
+from inspector.capture.selection import Selection
 imported = time.perf_counter() - started
 spent = {}
 

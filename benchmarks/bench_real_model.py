@@ -38,8 +38,8 @@ import numpy as np
 from bench_capture import timed  # the in-process median timer both benchmarks share
 from timing import wall
 
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.models.tiny_llava import TinyLlavaSpec, write_tiny_llava
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
+from inspector.tiny_models.llava import TinyLlavaSpec, write_tiny_llava
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPEC = TinyLlamaSpec(dtype="q4_k_m", n_embd=768, n_ff=2048, n_layer=16, n_head=12, n_head_kv=4,
@@ -63,7 +63,7 @@ llm(sys.argv[2], max_tokens={n_predict}, temperature=0.0)
 # The multimodal prompt through the same runner with no eval callback: the baseline of a multimodal capture.
 MULTIMODAL_PLAIN = """
 import sys
-from inspector.runners import llama as runner
+from inspector.llamacpp import session as runner
 config = runner.LlamaRunConfig(model=sys.argv[1], prompt=sys.argv[2], mmproj=sys.argv[3] or None, images=sys.argv[4:],
                                threads={threads}, n_ctx=512, flash_attn="off", n_predict={n_predict})
 indices = iter(range(10**6))
@@ -72,9 +72,9 @@ runner.run(config, None, lambda kind, info: next(indices), runner.install_log(Fa
 
 FLOOR = """
 import sys
-from inspector.hook import TensorHook
-from inspector.runners import llama as runner
-from inspector.selection import Selection
+from inspector.capture.hook import TensorHook
+from inspector.llamacpp import session as runner
+from inspector.capture.selection import Selection
 config = runner.LlamaRunConfig(model=sys.argv[1], prompt=sys.argv[2], threads={threads}, n_ctx=512,
                                flash_attn="off", n_predict={n_predict})
 hook = TensorHook(Selection(), lambda record, array: None)
@@ -151,7 +151,7 @@ def bench_storage(model: Path, folder: Path, repeats: int) -> dict[str, dict[str
 
 
 def bench_metadata(model: Path, repeats: int) -> dict[str, float]:
-    from inspector.runners.llama import model_facts
+    from inspector.llamacpp.session import model_facts
 
     return {
         "model_facts_s": timed(lambda: model_facts(str(model)), repeats),
@@ -189,7 +189,7 @@ def _perturbed_copy(source: Path, target: Path) -> None:
     """The same dump with every float tensor changed (data and digest): nothing can be decided by digest."""
     import shutil
 
-    from inspector.dump_format import digest_of
+    from inspector.dump.format import digest_of
 
     shutil.copy(source, target)
     with h5py.File(target, "r+") as handle:
@@ -218,8 +218,8 @@ def _wall_allow(expected_code: int, command: list[str], repeats: int) -> float:
 
 
 def bench_listing(folder: Path, count: int, repeats: int) -> dict[str, float]:
-    from inspector.dump_writer import DumpWriter
-    from inspector.record import TensorRecord
+    from inspector.dump.record import TensorRecord
+    from inspector.dump.writer import DumpWriter
 
     path = folder / "many.h5"
     with DumpWriter(path, {}, {}, overwrite=True) as writer:

@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from inspector import open_dump, plots
-from inspector.capture import capture_llama
-from inspector.importer import write_arrays
+from inspector import open_dump
+from inspector.present import plots
+from inspector.llamacpp.capture import capture_llama
+from inspector.dump.raw_import import write_arrays
 from inspector.mllama.preprocess import preprocess
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.rpc import LoopbackServer
-from inspector.runners.llama import LlamaRunConfig
-from inspector.selection import Selection
-from inspector.sweep import run_sweep
-from inspector.tolerance import preset
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
+from inspector.ggml.rpc import LoopbackServer
+from inspector.llamacpp.session import LlamaRunConfig
+from inspector.capture.selection import Selection
+from inspector.sweep.run import run_sweep
+from inspector.compare.tolerance import preset
 
 OUT = Path(__file__).parent / "images"
 PROMPT = "The quick brown fox jumps over the lazy dog"

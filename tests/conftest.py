@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspector.capture import CaptureSummary, capture_llama
-from inspector.gguf_info import open_gguf, tensor_array
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.runners.llama import LlamaRunConfig
-from inspector.selection import Selection
+from inspector.capture.selection import Selection
+from inspector.gguf.reader import open_gguf, tensor_array
+from inspector.llamacpp.capture import CaptureSummary, capture_llama
+from inspector.llamacpp.session import LlamaRunConfig
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 PROMPT = "Hi, ggml!"
 SMALL_DISK = 3 * 1024 * 1024
@@ -58,7 +58,7 @@ def rewrite_tensor(path: Path, name: str, change, update_digest: bool = True) ->
     import h5py
 
     from inspector import open_dump
-    from inspector.dump_format import digest_of
+    from inspector.dump.format import digest_of
 
     with open_dump(path) as dump:
         entry = dump.find(name)
@@ -68,7 +68,7 @@ def rewrite_tensor(path: Path, name: str, change, update_digest: bool = True) ->
         stored = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
         handle["tensors"][entry.offset:entry.offset + entry.nbytes] = stored
         if update_digest:
-            from inspector.dump_format import TensorStats
+            from inspector.dump.format import TensorStats
 
             index = handle["index"][()]
             row = index["seq"] == entry.seq

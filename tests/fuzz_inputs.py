@@ -723,7 +723,7 @@ def _contiguous(ne: list[int], item: int) -> list[int]:
 
 
 def tensor_header(name: str, ne: list[int], type_name: str = "f32", **extra: Any) -> dict[str, Any]:
-    """A TENSOR header as the hook writes one (hooks/README.md), contiguous, with the given extra fields."""
+    """A TENSOR header as the hook writes one (inspector/native/README.md), contiguous, with the given extra fields."""
     item = np.dtype(NUMPY_OF[type_name]).itemsize
     header = {"sched": 0, "compute": 0, "name": name, "node_index": 0, "occurrence": 0, "op": "NONE", "op_code": 0,
               "type": GGML_TYPE_IDS[type_name], "type_name": type_name, "ne": ne, "nb": _contiguous(ne, item),

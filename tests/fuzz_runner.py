@@ -40,11 +40,12 @@ from typing import Any
 # broken for the moment is imported (and fails, visibly) in the child instead.
 PRELOADED = (
     "numpy", "h5py", "PIL.Image", "matplotlib", "matplotlib.pyplot", "gguf", "llama_cpp", "inspector.cli.app",
-    "inspector.store", "inspector.store_report", "inspector.formatting", "inspector.plots", "inspector.report",
-    "inspector.compare", "inspector.compare_report", "inspector.replay", "inspector.capture",
-    "inspector.stream_import", "inspector.importer", "inspector.gguf_header", "inspector.gguf_report",
+    "inspector.dump.reader", "inspector.dump.report", "inspector.formatting", "inspector.present.plots",
+    "inspector.present.report",
+    "inspector.compare.runs", "inspector.compare.report", "inspector.compare.replay", "inspector.llamacpp.capture",
+    "inspector.native.stream_import", "inspector.dump.raw_import", "inspector.gguf.header", "inspector.gguf.report",
     "inspector.mllama.preprocess", "inspector.mllama.preprocess_report", "inspector.mllama.diagnose",
-    "inspector.mllama.convert", "inspector.runners.mllama",
+    "inspector.mllama.convert", "inspector.mllama.encode",
 )
 POLL_SECONDS = 0.005
 

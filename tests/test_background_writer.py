@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from inspector import open_dump
-from inspector.background_writer import BackgroundWriter
-from inspector.disk_space import DiskFull
-from inspector.dump_writer import DumpWriter
-from inspector.record import TensorRecord
+from inspector.dump.background_writer import BackgroundWriter
+from inspector.dump.record import TensorRecord
+from inspector.dump.writer import DumpWriter
+from inspector.files.disk_space import DiskFull
 
 
 def tensor(name: str, eval_index: int, node: int, value: float, size: int = 64) -> tuple[TensorRecord, np.ndarray]:
@@ -71,10 +71,10 @@ def test_a_writer_failure_is_raised_to_the_producer_and_the_dump_stays_valid(tmp
     script = textwrap.dedent(f"""
         import resource, signal
         import numpy as np
-        from inspector.background_writer import BackgroundWriter
-        from inspector.disk_space import DiskFull
-        from inspector.dump_writer import DumpWriter
-        from inspector.record import TensorRecord
+        from inspector.dump.background_writer import BackgroundWriter
+        from inspector.files.disk_space import DiskFull
+        from inspector.dump.writer import DumpWriter
+        from inspector.dump.record import TensorRecord
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 1024 * 1024, 2 * 1024 * 1024))
         writer = BackgroundWriter(DumpWriter({str(path)!r}, {{}}, {{}}))

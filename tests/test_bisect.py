@@ -14,7 +14,7 @@ import math
 import pytest
 from test_cli import cli
 
-from inspector.models import TinyLlamaSpec, write_tiny_llama
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 PLANTED = 3
 N_LAYER = 6

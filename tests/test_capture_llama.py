@@ -10,7 +10,7 @@ from conftest import PROMPT, run_capture, weights
 from reference import rms_norm, rope_norm
 
 from inspector import open_dump
-from inspector.models import TinyLlamaSpec, byte_token_ids, write_tiny_llama
+from inspector.tiny_models import TinyLlamaSpec, byte_token_ids, write_tiny_llama
 
 SPEC_F32 = TinyLlamaSpec(dtype="f32", seed=1)
 

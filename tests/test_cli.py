@@ -13,7 +13,7 @@ import pytest
 from conftest import PROMPT
 
 from inspector import open_dump
-from inspector.models import byte_token_ids
+from inspector.tiny_models import byte_token_ids
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,11 +13,11 @@ import pytest
 from conftest import rewrite_tensor, run_capture
 from test_cli import assert_one_line_error, cli
 
-from inspector.compare import DIVERGED, IDENTICAL, MISMATCHED, MISSING, compare_dumps
-from inspector.dump_writer import DumpWriter
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.record import TensorRecord
-from inspector.tolerance import preset
+from inspector.compare.runs import DIVERGED, IDENTICAL, MISMATCHED, MISSING, compare_dumps
+from inspector.compare.tolerance import preset
+from inspector.dump.record import TensorRecord
+from inspector.dump.writer import DumpWriter
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 PLANTED_LAYER = 2
 BASE = TinyLlamaSpec(n_layer=4, seed=11)

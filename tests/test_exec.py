@@ -20,9 +20,9 @@ from conftest import PROMPT
 from test_cli import assert_one_line_error, cli
 
 from inspector import open_dump
-from inspector.compare import compare_dumps
-from inspector.native_hook import include_directory
-from inspector.tolerance import preset
+from inspector.compare.runs import compare_dumps
+from inspector.compare.tolerance import preset
+from inspector.native.build import include_directory
 
 PROGRAMS = Path(__file__).parent / "programs"
 LIBRARIES = Path(llama_cpp.__file__).parent / "lib"
@@ -190,7 +190,7 @@ def test_the_native_hook_records_sources_and_op_params_as_the_python_hook_does(b
 
 def test_exec_with_the_model_named_finds_a_changed_weight_and_replays_it(built, tiny_f32, tmp_path):
     """-m records the GGUF the program loads: origins compare its weights, replay reads them."""
-    from inspector.models import TinyLlamaSpec, write_tiny_llama
+    from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
     changed = write_tiny_llama(tmp_path / "changed.gguf", TinyLlamaSpec(dtype="f32", seed=1, perturb=(1, 5, 0.5)))
     for name, model in (("a", tiny_f32), ("b", changed)):

@@ -1,11 +1,11 @@
 """Link-time use: the hook compiled into a program, a dump folder written without exec, and ``import``.
 
 ``linked_graph.c`` calls ``ggml_inspector_attach`` and ``ggml_inspector_begin``
-itself and is built together with ``hooks/ggml_inspector_hook.c`` under
+itself and is built together with ``inspector/native/ggml_inspector_hook.c`` under
 ``-DGGML_INSPECTOR_LINKED``; it runs with no LD_PRELOAD and no parent, with
 ``GGML_INSPECTOR_DIR`` naming the folder.  Expected values are computed
 here with numpy from what the program sets; frame boundaries for cutting a
-stream are found by walking the wire format of ``hooks/README.md``.
+stream are found by walking the wire format of ``inspector/native/README.md``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from test_cli import assert_one_line_error, cli
 from test_exec import LIBRARIES, PROGRAMS
 
 from inspector import open_dump
-from inspector.native_hook import SOURCE, include_directory
+from inspector.native.build import SOURCE, include_directory
 
 HEAD = struct.Struct("<IIIIQ")  # magic, kind, header length, reserved, data length
 MAGIC = 0x48494747

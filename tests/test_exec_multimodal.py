@@ -17,10 +17,10 @@ from test_exec import compile_program
 from test_multimodal_capture import SPEC, write_image
 
 from inspector import open_dump
-from inspector.compare import compare_dumps
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.models.tiny_llava import write_tiny_llava
-from inspector.tolerance import preset
+from inspector.compare.runs import compare_dumps
+from inspector.compare.tolerance import preset
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
+from inspector.tiny_models.llava import write_tiny_llava
 
 SELECTED = ("-T", "inp_raw", "-T", "patch_bias", "-T", "embd", "-T", "l_out-*", "-T", "result_output")
 

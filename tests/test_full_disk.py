@@ -19,7 +19,7 @@ from conftest import mount_tmpfs
 from test_cli import cli
 
 from inspector import open_dump
-from inspector.models import TinyLlamaSpec, write_tiny_llama
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 # Wide enough that a capture-all is several MiB: 3 MiB fill up mid-run.
 SPEC = TinyLlamaSpec(n_embd=256, n_ff=512, n_layer=4, seed=9)
@@ -79,9 +79,9 @@ def test_hdf5s_own_full_disk_error_leaves_a_valid_dump(tmp_path):
     try:
         script = textwrap.dedent(f"""
             import numpy as np
-            from inspector.disk_space import DiskFull
-            from inspector.record import TensorRecord
-            from inspector.dump_writer import DumpWriter
+            from inspector.files.disk_space import DiskFull
+            from inspector.dump.record import TensorRecord
+            from inspector.dump.writer import DumpWriter
             written = 0
             with DumpWriter({str(folder / "fb.h5")!r}, {{}}, {{}}, check_space=False) as writer:
                 writer.begin_evaluation("prompt", {{}})

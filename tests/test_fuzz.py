@@ -84,9 +84,9 @@ from fuzz_inputs import (
 from fuzz_runner import ForkServer
 from PIL import Image
 
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.models.tiny_llava import TinyLlavaSpec, write_tiny_llava
-from inspector.models.tiny_mllama import write_tiny_mllama
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
+from inspector.tiny_models.llava import TinyLlavaSpec, write_tiny_llava
+from inspector.tiny_models.mllama import write_tiny_mllama
 
 CAP = 1 << 30
 READ_TIMEOUT = 15.0

@@ -71,7 +71,7 @@ def test_one_ggml_is_mapped_in_the_process():
 
 
 def test_devices_include_the_cpu():
-    from inspector.system import ggml_devices
+    from inspector.ggml.system import ggml_devices
 
     devices = ggml_devices(load())
     assert any(device["type"] == "CPU" for device in devices)

@@ -9,10 +9,10 @@ import pytest
 from conftest import PROMPT, run_capture
 
 from inspector import open_dump
-from inspector.hook import TensorHook
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.runners import llama as llama_runner
-from inspector.selection import Selection
+from inspector.capture.hook import TensorHook
+from inspector.capture.selection import Selection
+from inspector.llamacpp import session as llama_runner
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 # ~240 MB in f16: large enough that capturing everything would be visible.
 BIG = TinyLlamaSpec(n_embd=1024, n_layer=8, n_head=16, n_head_kv=8, n_ff=4096, dtype="f16", seed=5)

@@ -22,10 +22,10 @@ import h5py
 import numpy as np
 import pytest
 
-from inspector.dump_format import CHUNK_BYTES, Compression
-from inspector.dump_writer import DumpWriter
-from inspector.importer import write_arrays
-from inspector.record import TensorRecord
+from inspector.dump.format import CHUNK_BYTES, Compression
+from inspector.dump.raw_import import write_arrays
+from inspector.dump.record import TensorRecord
+from inspector.dump.writer import DumpWriter
 
 # Python, h5py, numpy and matplotlib start (and read a dump) well under this; see test_the_cap_leaves_room.
 MEMORY_CAP = 1 << 30

@@ -20,7 +20,7 @@ import pytest
 from capped_cli import assert_refused, digest, run_capped
 from PIL import Image
 
-from inspector.models.tiny_mllama import write_tiny_mllama
+from inspector.tiny_models.mllama import write_tiny_mllama
 
 # The GGUF value types' sizes (gguf-py's GGUFValueType), for this independent walker.
 SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -227,7 +227,7 @@ def test_a_fifo_given_as_a_model_is_refused_at_once(tmp_path):
 
 
 def test_the_log_callback_survives_invalid_utf8_and_null():
-    from inspector.ggml_log import LOG_THUNK, captured_log
+    from inspector.ggml.log import LOG_THUNK, captured_log
 
     with captured_log() as log:
         LOG_THUNK(3, b"gguf_init: key '\xff\xfe' has invalid GGUF type 99\n", None)

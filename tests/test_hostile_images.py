@@ -18,7 +18,7 @@ from PIL import Image
 
 from inspector.constants import MAX_IMAGE_PIXELS
 from inspector.errors import SetupError
-from inspector.runners.multimodal import read_image
+from inspector.llamacpp.multimodal import read_image
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

@@ -18,9 +18,9 @@ from PIL import Image
 
 from inspector import open_dump
 from inspector.errors import InspectorError
-from inspector.models.tiny_mllama import write_tiny_mllama
-from inspector.runners.llama import LlamaRunConfig
-from inspector.runners.prompt import render_template
+from inspector.llamacpp.prompt import render_template
+from inspector.llamacpp.session import LlamaRunConfig
+from inspector.tiny_models.mllama import write_tiny_mllama
 
 CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

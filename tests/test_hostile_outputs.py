@@ -26,11 +26,11 @@ import pytest
 from PIL import Image
 
 from inspector import open_dump
-from inspector.dump_format import NO_COMPRESSION, TENSORS_DATASET, Compression
-from inspector.dump_writer import DumpWriter
-from inspector.hook_stream import MAGIC
-from inspector.models.tiny_mllama import write_tiny_mllama
-from inspector.record import TensorRecord
+from inspector.dump.format import NO_COMPRESSION, TENSORS_DATASET, Compression
+from inspector.dump.record import TensorRecord
+from inspector.dump.writer import DumpWriter
+from inspector.native.stream import MAGIC
+from inspector.tiny_models.mllama import write_tiny_mllama
 
 # Subprocesses run side by side: each refusal is quick, but there are many.
 WORKERS = 4

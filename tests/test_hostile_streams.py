@@ -1,6 +1,6 @@
 """``.frames`` streams from someone else: a frame's layout may not expand a few bytes into gigabytes.
 
-The frames are the hook's wire format (hooks/README.md), built byte for
+The frames are the hook's wire format (inspector/native/README.md), built byte for
 byte here; ``import`` runs as a real CLI subprocess under a 1 GiB
 address-space cap and must refuse a forged frame in one line, exit 2,
 before it writes a dump.

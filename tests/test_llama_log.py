@@ -8,7 +8,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from inspector.runners import llama as llama_runner
+from inspector.llamacpp import session as llama_runner
 
 MISSING_MODEL = b"/nonexistent/ggml-inspector/missing.gguf"
 
@@ -18,7 +18,7 @@ MISSING_MODEL = b"/nonexistent/ggml-inspector/missing.gguf"
 STRESS = f"""
 import threading, time
 import llama_cpp
-from inspector.runners import llama as llama_runner
+from inspector.llamacpp import session as llama_runner
 
 stop = threading.Event()
 loads = 0

@@ -19,9 +19,9 @@ from conftest import PROMPT
 from test_cli import assert_one_line_error, cli
 
 from inspector import open_dump
-from inspector.models import TinyLlamaSpec, byte_token_ids, write_tiny_llama
-from inspector.models.tiny_llama import BOS_ID, EOS_ID
-from inspector.rpc import LoopbackServer
+from inspector.ggml.rpc import LoopbackServer
+from inspector.tiny_models import TinyLlamaSpec, byte_token_ids, write_tiny_llama
+from inspector.tiny_models.llama import BOS_ID, EOS_ID
 
 ISSUE_COMMAND = ("-n", "3", "-c", "128", "-b", "32", "-ub", "16", "-ngl", "0", "-t", "1", "-fa", "off",
                  "-ctk", "f16", "-ctv", "f16", "--tensor", "l_out-*")

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from inspector.dump_format import digest_of
-from inspector.metrics import compare_arrays
-from inspector.tolerance import PRESETS, preset
-from inspector.verdict import DIVERGED, IDENTICAL, WITHIN, judge
+from inspector.compare.metrics import compare_arrays
+from inspector.compare.tolerance import PRESETS, preset
+from inspector.compare.verdict import DIVERGED, IDENTICAL, WITHIN, judge
+from inspector.dump.format import digest_of
 
 
 def test_identical_arrays():

@@ -23,7 +23,8 @@ from test_cli import assert_one_line_error, cli
 from test_mllama_parity import nmse, reference_outputs
 from tiny_mllama_hf import IMAGE_TOKEN, ROPE, VOCAB, convert_with_cli, make_model, save
 
-from inspector import gguf_info, open_dump
+from inspector import open_dump
+from inspector.gguf import reader as gguf_info
 from inspector.mllama import gguf_layout as L
 from inspector.mllama.convert import convert, write_gguf
 from inspector.mllama.model import _on_offload
@@ -285,7 +286,7 @@ def test_image_token_index_defaults_to_the_first_extra_row(hf_model, tmp_path):
 
 def test_vision_only_tensors_still_write_a_vision_gguf(tmp_path):
     """The torch-free tiny vision model (demo, graph tests) goes through write_gguf without a text model."""
-    from inspector.models.tiny_mllama import write_tiny_mllama
+    from inspector.tiny_models.mllama import write_tiny_mllama
 
     path = write_tiny_mllama(tmp_path / "vision.gguf")
     assert fields(path)["general.architecture"] == L.ARCH

@@ -22,11 +22,11 @@ from test_cli import assert_one_line_error, cli
 from tiny_mllama_hf import IMAGE_TOKEN, convert_with_cli, make_model, save
 
 from inspector import open_dump
-from inspector.compare import compare_dumps
+from inspector.compare.runs import compare_dumps
+from inspector.compare.tolerance import preset
+from inspector.ggml.rpc import LoopbackServer
 from inspector.mllama.preprocess import PreprocessConfig, preprocess
-from inspector.models.tiny_mllama import write_tiny_mllama
-from inspector.rpc import LoopbackServer
-from inspector.tolerance import preset
+from inspector.tiny_models.mllama import write_tiny_mllama
 
 NMSE_LIMIT = 1e-10
 # (w, h) -> tiles at tile size 28: one tile, a 1x2 grid, a 2x2 grid

@@ -11,12 +11,12 @@ from PIL import Image
 from test_cli import assert_one_line_error, cli
 
 from inspector import open_dump
-from inspector.compare import compare_dumps
+from inspector.compare.runs import compare_dumps
+from inspector.compare.tolerance import preset
+from inspector.ggml.rpc import LoopbackServer
+from inspector.mllama.encode import NEXT_GRAPH_PROBES, EncodeConfig, Session
 from inspector.mllama.model import build_mllama
-from inspector.models.tiny_mllama import TinyMllamaSpec, write_tiny_mllama
-from inspector.rpc import LoopbackServer
-from inspector.runners.mllama import NEXT_GRAPH_PROBES, EncodeConfig, Session
-from inspector.tolerance import preset
+from inspector.tiny_models.mllama import TinyMllamaSpec, write_tiny_mllama
 
 SPEC = TinyMllamaSpec(seed=4)
 

@@ -10,9 +10,9 @@ import pytest
 from gguf import GGUFReader
 from test_cli import cli
 
-from inspector.gguf_header import cached_sha256, fingerprint, read_header, read_leading_metadata
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.runners.llama import model_facts
+from inspector.gguf.header import cached_sha256, fingerprint, read_header, read_leading_metadata
+from inspector.llamacpp.session import model_facts
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 REAL_VOCAB = 262_144
 

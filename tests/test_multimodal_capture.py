@@ -19,8 +19,8 @@ from PIL import Image
 from test_cli import assert_one_line_error, cli
 
 from inspector import open_dump
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.models.tiny_llava import IMAGE_MEAN, IMAGE_STD, PAD_COLOR, TinyLlavaSpec, write_tiny_llava
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
+from inspector.tiny_models.llava import IMAGE_MEAN, IMAGE_STD, PAD_COLOR, TinyLlavaSpec, write_tiny_llava
 
 SPEC = TinyLlavaSpec(text_n_embd=TinyLlamaSpec().n_embd)
 MARKER = "<__media__>"

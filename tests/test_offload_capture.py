@@ -13,10 +13,10 @@ from conftest import PROMPT
 from test_cli import cli
 
 from inspector import open_dump
-from inspector.compare import compare_dumps
-from inspector.models import byte_token_ids
-from inspector.rpc import LoopbackServer
-from inspector.tolerance import preset
+from inspector.compare.runs import compare_dumps
+from inspector.compare.tolerance import preset
+from inspector.ggml.rpc import LoopbackServer
+from inspector.tiny_models import byte_token_ids
 
 
 @pytest.fixture(scope="module")

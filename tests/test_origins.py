@@ -16,8 +16,8 @@ from conftest import PROMPT
 from test_cli import cli
 
 from inspector import open_dump
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.rpc import LoopbackServer
+from inspector.ggml.rpc import LoopbackServer
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 
 def capture(model: Path, out: Path, *extra: object) -> None:

@@ -12,10 +12,11 @@ from conftest import rewrite_tensor, run_capture
 from PIL import Image
 from test_cli import assert_one_line_error, cli
 
-from inspector import open_dump, plots
+from inspector import open_dump
+from inspector.compare.tolerance import preset
 from inspector.errors import InspectorError
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.tolerance import preset
+from inspector.present import plots
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 MAGIC = {".png": b"\x89PNG", ".pdf": b"%PDF", ".svg": b"<?xml"}
 

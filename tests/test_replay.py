@@ -16,11 +16,11 @@ from PIL import Image
 from test_cli import assert_one_line_error, cli
 
 from inspector import open_dump
+from inspector.compare.replay import replay
 from inspector.errors import InspectorError
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.models.tiny_mllama import write_tiny_mllama
-from inspector.replay import replay
-from inspector.rpc import LoopbackServer
+from inspector.ggml.rpc import LoopbackServer
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
+from inspector.tiny_models.mllama import write_tiny_mllama
 
 VIEWS = {"RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE"}
 

@@ -13,7 +13,7 @@ from conftest import run_capture
 from PIL import Image
 from test_cli import assert_one_line_error, cli
 
-from inspector.models import TinyLlamaSpec, write_tiny_llama
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -11,11 +11,11 @@ from conftest import PROMPT
 from test_cli import assert_one_line_error, cli
 
 from inspector import open_dump
-from inspector.compare import DIVERGED, MISMATCHED, compare_dumps
+from inspector.compare.runs import DIVERGED, MISMATCHED, compare_dumps
+from inspector.compare.tolerance import preset
 from inspector.errors import InspectorError
-from inspector.rpc import LoopbackServer, free_port
-from inspector.sweep import parse_vary
-from inspector.tolerance import preset
+from inspector.ggml.rpc import LoopbackServer, free_port
+from inspector.sweep.run import parse_vary
 
 N_LAYER = 2  # the tiny_f32 fixture's layers
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from inspector.capture.selection import Selection
 from inspector.errors import InspectorError
-from inspector.selection import Selection
 
 
 def test_empty_selection_selects_all_nodes_but_only_input_leafs():

@@ -15,11 +15,11 @@ from conftest import PROMPT, run_capture
 from test_cli import assert_one_line_error, cli
 
 from inspector import open_dump
-from inspector.compare import DIVERGED, IDENTICAL, compare_dumps
-from inspector.dump_format import Compression, digest_of
+from inspector.compare.runs import DIVERGED, IDENTICAL, compare_dumps
+from inspector.compare.tolerance import preset
+from inspector.dump.format import Compression, digest_of
 from inspector.errors import InspectorError
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.tolerance import preset
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 
 @pytest.fixture(scope="module")

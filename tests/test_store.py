@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from inspector import open_dump
-from inspector.dump_format import TensorStats
-from inspector.dump_writer import DumpWriter
+from inspector.dump.format import TensorStats
+from inspector.dump.record import TensorRecord
+from inspector.dump.writer import DumpWriter
 from inspector.errors import DumpError, InspectorError
-from inspector.record import TensorRecord
 
 
 def record(name: str, eval_index: int = 0, node: int = 0, occurrence: int = 0) -> TensorRecord:
@@ -68,8 +68,8 @@ def test_dump_left_open_by_a_crash_holds_everything_up_to_the_last_flush(tmp_pat
     path = tmp_path / "crash.h5"
     script = (
         "import os, numpy as np\n"
-        "from inspector.dump_writer import DumpWriter\n"
-        "from inspector.record import TensorRecord\n"
+        "from inspector.dump.writer import DumpWriter\n"
+        "from inspector.dump.record import TensorRecord\n"
         f"w = DumpWriter({str(path)!r}, {{}}, {{}})\n"
         "w.begin_evaluation('prompt', {})\n"
         "for i in range(3):\n"

@@ -25,9 +25,9 @@ import h5py
 import numpy as np
 import pytest
 
-from inspector.dump_writer import DumpWriter
+from inspector.dump.record import TensorRecord
+from inspector.dump.writer import DumpWriter
 from inspector.formatting import printable
-from inspector.record import TensorRecord
 
 EVIL = "evil\x1b]0;pwned\x07\nforged line\u202e"
 # The same text as printable must show it, written out by hand.

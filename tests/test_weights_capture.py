@@ -24,9 +24,9 @@ from inspector.errors import InspectorError
 from inspector.ggml import Tensor, load, read_tensor
 from inspector.ggml.library import GgmlInitParams
 from inspector.ggml.readout import UnreadableTensor
-from inspector.gguf_header import read_header
-from inspector.models import TinyLlamaSpec, write_tiny_llama
-from inspector.models.tiny_llama import QUANT_MIX
+from inspector.gguf.header import read_header
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
+from inspector.tiny_models.llama import QUANT_MIX
 
 REPACKED_ON_AVX2 = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.IQ4_NL}
 SPEC = TinyLlamaSpec(dtype="quant", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2, seed=5)

@@ -17,8 +17,8 @@ from inspector.constants import DEFAULT_DUMP_DIR
 from inspector.errors import InspectorError
 
 if TYPE_CHECKING:
-    from inspector.runners.llama import LlamaRunConfig
-    from inspector.tolerance import Tolerance
+    from inspector.compare.tolerance import Tolerance
+    from inspector.llamacpp.session import LlamaRunConfig
 
 
 def parse_maps(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -54,9 +54,9 @@ def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str
     """
     import json
 
-    from inspector import compare_report
-    from inspector.compare import compare_dumps
-    from inspector.tolerance import preset
+    from inspector.compare import report as compare_report
+    from inspector.compare.runs import compare_dumps
+    from inspector.compare.tolerance import preset
 
     if as_json and as_csv:
         raise InspectorError("choose one of --json and --csv")
@@ -118,10 +118,10 @@ def sweep(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], glob
     origin and first divergence; bisect.json in the folder holds the probes,
     the boundary and the origins. Exit code 1 when a boundary was found.
     """
-    from inspector.selection import Selection
-    from inspector.sweep import parse_layers, parse_vary, run_sweep
-    from inspector.sweep_summary import render_matrix
-    from inspector.tolerance import preset
+    from inspector.capture.selection import Selection
+    from inspector.compare.tolerance import preset
+    from inspector.sweep.run import parse_layers, parse_vary, run_sweep
+    from inspector.sweep.summary import render_matrix
 
     if bisect:
         _bisect(run_config, layers, varies, globs, regexes, preset(preset_name), output_dir, overwrite)
@@ -153,10 +153,10 @@ def _default_folder(kind: str, run_config: LlamaRunConfig) -> Path:
 
 def _bisect(run_config: LlamaRunConfig, layers: str, varies: tuple[str, ...], globs: tuple[str, ...],
             regexes: tuple[str, ...], tolerance: Tolerance, output_dir: Path | None, overwrite: bool) -> None:
-    from inspector.compare_report import describe_origin
+    from inspector.capture.selection import Selection
+    from inspector.compare.report import describe_origin
     from inspector.formatting import printable
-    from inspector.offload_bisect import run_bisect
-    from inspector.selection import Selection
+    from inspector.sweep.bisect import run_bisect
 
     if varies:
         raise InspectorError("--bisect searches the offload count only: drop --vary")
@@ -207,8 +207,8 @@ def replay(dump_a: Path, dump_b: Path, eval_index: int, node: int, threads: int,
     """
     import json
 
+    from inspector.compare.replay import replay as replay_node
     from inspector.formatting import printable
-    from inspector.replay import replay as replay_node
 
     result = replay_node(dump_a, dump_b, eval_index, node, threads)
     if as_json:

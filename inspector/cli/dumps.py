@@ -13,7 +13,7 @@ from inspector.cli.running import echo_progress, stop_on_sigterm
 from inspector.errors import InspectorError
 
 if TYPE_CHECKING:
-    from inspector.store import Dump
+    from inspector.dump.reader import Dump
 
 
 @click.command("ls")
@@ -31,8 +31,8 @@ def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, as_json:
     reported on stderr first. --config prints the run's configuration under
     llama.cpp's names and the ggml-inspector command line that reproduces it.
     """
-    from inspector import store_report
-    from inspector.store import open_dump
+    from inspector.dump import report as store_report
+    from inspector.dump.reader import open_dump
 
     with open_dump(dump) as opened:
         if show_config:
@@ -49,8 +49,8 @@ def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, as_json:
 
 
 def _echo_config(opened: Dump, as_json: bool) -> None:
-    from inspector import store_report
     from inspector.cli.llama_options import command_line
+    from inspector.dump import report as store_report
 
     runner = opened.config.get("runner")
     line = command_line(opened.config) if runner == "llama" else None
@@ -76,8 +76,8 @@ def show(dump: Path, tensor: str, eval_index: int | None, occurrence: int, count
     source; then the statistics, the sum, and the first and last values in
     memory order, like llama.cpp's llama-eval-callback but from the file.
     """
-    from inspector import store_report
-    from inspector.store import open_dump
+    from inspector.dump import report as store_report
+    from inspector.dump.reader import open_dump
 
     with open_dump(dump) as opened:
         entry = opened.find(tensor, eval_index, occurrence)
@@ -100,9 +100,9 @@ def export(dump: Path, tensor: str, output: Path, eval_index: int | None, occurr
     """Write one tensor to a .npy file (numpy shape = ggml ne reversed), copied in pieces of 4 MiB."""
     import numpy as np
 
+    from inspector.dump.reader import open_dump
+    from inspector.files.outputs import atomic_output, check_output
     from inspector.formatting import printable, shape_text
-    from inspector.output_files import atomic_output, check_output
-    from inspector.store import open_dump
 
     if output.suffix != ".npy":
         raise InspectorError(f"{output}: export writes .npy files; give a name ending in .npy")
@@ -126,8 +126,8 @@ def gguf_command(model: Path, with_tensors: bool, as_json: bool) -> None:
     header is parsed by ggml's own C parser (the one llama.cpp loads with)
     and no array is materialised in Python.
     """
-    from inspector import gguf_report
-    from inspector.gguf_header import read_header
+    from inspector.gguf import report as gguf_report
+    from inspector.gguf.header import read_header
 
     header = read_header(model)
     if as_json:
@@ -148,9 +148,9 @@ def gguf_command(model: Path, with_tensors: bool, as_json: bool) -> None:
 def import_raw(file: Path, name: str, dtype: str, ne: str | None, shape: str | None, output: Path,
                overwrite: bool) -> None:
     """Import a raw tensor file (fwrite of a tensor's data) or a .npy as a one-tensor dump."""
+    from inspector.dump.raw_import import parse_dims, read_npy, read_raw, write_arrays
+    from inspector.files.outputs import atomic_output, check_output
     from inspector.formatting import printable, shape_text
-    from inspector.importer import parse_dims, read_npy, read_raw, write_arrays
-    from inspector.output_files import atomic_output, check_output
 
     check_output(output, overwrite=overwrite, inputs=[file])
     if file.suffix == ".npy":
@@ -178,14 +178,14 @@ def import_streams(folder: Path, output: Path, overwrite: bool) -> None:
 
     Without exec's socket, the hook writes each process's frames to
     FOLDER/<pid>.frames: a program run with GGML_INSPECTOR_DIR set, and one
-    with the hook compiled in (hooks/README.md, link-time use). Every
+    with the hook compiled in (inspector/native/README.md, link-time use). Every
     stream is read like exec reads its sockets, one process after the
     other. A stream cut short (the program crashed) keeps every whole frame
     and leaves the dump marked incomplete, with the reason; a file that is
     not a stream is refused before anything is written.
     """
     from inspector.formatting import human_bytes, printable
-    from inspector.stream_import import import_streams as run_import
+    from inspector.native.stream_import import import_streams as run_import
 
     stop_on_sigterm()
     summary = run_import(folder, output, overwrite=overwrite, progress=echo_progress)

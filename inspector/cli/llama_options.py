@@ -4,7 +4,7 @@ People who use this tool live in ``llama-cli`` and ``llama-server``: each
 option here keeps llama.cpp's spellings (``common/arg.cpp``), meaning and,
 where a capture allows, default; older ggml-inspector spellings stay as
 aliases.  The same table builds the click options, turns their values into a
-:class:`~inspector.runners.llama.LlamaRunConfig` whose field names are
+:class:`~inspector.llamacpp.session.LlamaRunConfig` whose field names are
 llama.cpp's, renders a recorded configuration back into the command line that
 makes it (``ls --config``), and writes the option table of ``docs/cli.md``.
 """
@@ -34,10 +34,11 @@ from inspector.constants import (
     MAX_THREADS_PER_CORE,
 )
 from inspector.errors import InspectorError
-from inspector.input_files import open_regular_file
+from inspector.files.inputs import open_regular_file
+from inspector.ggml.system import max_threads
 
 if TYPE_CHECKING:
-    from inspector.runners.llama import LlamaRunConfig
+    from inspector.llamacpp.session import LlamaRunConfig
 
 # A prompt file is read whole; beyond this it is not a prompt.
 MAX_PROMPT_FILE_BYTES = 64 * 1024 * 1024
@@ -75,16 +76,6 @@ class Threads(click.ParamType):
                       f"machine's {os.cpu_count() or 1}, and ggml's pool holds at most {GGML_MAX_N_THREADS})",
                       param, ctx)
         return count if count > 0 else os.cpu_count() or 1
-
-
-def max_threads() -> int:
-    """The most CPU threads a run may ask for.
-
-    ggml's thread pool has GGML_MAX_N_THREADS slots (512; past them ggml
-    writes out of bounds and the process dies with SIGSEGV), and its workers
-    spin while they wait, so threads well beyond the cores only slow a run.
-    """
-    return min(GGML_MAX_N_THREADS, MAX_THREADS_PER_CORE * (os.cpu_count() or 1))
 
 
 class FlashAttention(click.ParamType):
@@ -299,7 +290,7 @@ def model_path(model_argument: Path | None, model_option: Path | None) -> Path:
 def config_from_values(values: dict[str, Any], model_argument: Path | None, model_option: Path | None
                        ) -> LlamaRunConfig:
     """A LlamaRunConfig from parsed option values (every one named by its config field)."""
-    from inspector.runners.llama import LlamaRunConfig
+    from inspector.llamacpp.session import LlamaRunConfig
 
     model = model_path(model_argument, model_option)
     settings = {field: value for field, value in values.items() if value is not None}

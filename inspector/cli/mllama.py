@@ -43,10 +43,10 @@ def preprocess_command(image: Path, convention: str, tile_size: int, max_tiles: 
     """Preprocess IMAGE for mllama and write inp_raw, aspect_ratio_ids and aspect_ratio_mask to a dump."""
     from dataclasses import asdict
 
-    from inspector.importer import write_arrays
+    from inspector.dump.raw_import import write_arrays
+    from inspector.files.outputs import atomic_output, check_output
     from inspector.mllama.preprocess import load_image, preprocess
     from inspector.mllama.preprocess_report import geometry_sentence
-    from inspector.output_files import atomic_output, check_output
 
     config = _preprocess_config(convention, tile_size, max_tiles)
     output = output or Path(DEFAULT_DUMP_DIR) / f"{image.stem}-{convention}.h5"
@@ -80,7 +80,7 @@ def diff_preprocess(image: Path, against: Path, name: str, tile_size: int, max_t
 
     Exit code 0 when they are identical, 1 when they differ, 2 on error.
     """
-    from inspector.importer import read_tensor_file
+    from inspector.dump.raw_import import read_tensor_file
     from inspector.mllama.diagnose import diagnose
     from inspector.mllama.preprocess import load_image
     from inspector.mllama.preprocess_report import diagnosis_json, diagnosis_text
@@ -116,9 +116,9 @@ def mllama_convert(hf_dir: Path, output: Path, dtype: str, overwrite: bool) -> N
     a text model is refused. --dtype f16 stores the matrices in f16 and keeps
     embeddings, norms, gates and rope_freqs in f32.
     """
+    from inspector.files.outputs import atomic_output, folder_files
     from inspector.formatting import human_bytes
     from inspector.mllama.convert import convert
-    from inspector.output_files import atomic_output, folder_files
 
     # The checkpoint's files (and their hard links elsewhere) are inputs.
     with atomic_output(output, overwrite=overwrite, inputs=[hf_dir, *folder_files(hf_dir)]) as temporary:
@@ -158,9 +158,9 @@ def _placement(llama_values: dict[str, Any], command: str) -> dict[str, Any]:
 
 def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], regexes: tuple[str, ...],
             loader: str, output: Path | None, overwrite: bool, probes: tuple[str, ...], sched_check: bool):
+    from inspector.capture.selection import Selection
+    from inspector.mllama.encode import EncodeConfig, encode
     from inspector.mllama.encode_report import encode_line
-    from inspector.runners.mllama import EncodeConfig, encode
-    from inspector.selection import Selection
 
     config = EncodeConfig(model=str(llama_values["model"]), image=str(image), probes=list(probes), loader=loader,
                           **_placement(llama_values, "encode"))
@@ -237,10 +237,10 @@ def mllama_generate(llama_values: dict[str, Any], image: Path, globs: tuple[str,
     the text depends on --probe and on -ngl. compare COPY.h5 LATE.h5 names
     cross_attn_states first.
     """
+    from inspector.capture.selection import Selection
     from inspector.mllama.encode_report import generate_line
+    from inspector.mllama.generate import GenerateConfig, generate
     from inspector.mllama.tokenizer import prompt_token_ids
-    from inspector.runners.mllama_generate import GenerateConfig, generate
-    from inspector.selection import Selection
 
     model = str(llama_values["model"])
     token_ids = prompt_token_ids(model, llama_values["prompt"], llama_values["token_ids"])

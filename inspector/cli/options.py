@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
+from inspector.compare.tolerance import DEFAULT_PRESET, PRESETS
 from inspector.constants import MLLAMA_IMAGE_LOADERS
-from inspector.tolerance import DEFAULT_PRESET, PRESETS
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 

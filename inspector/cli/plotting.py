@@ -41,8 +41,8 @@ def plot() -> None:
 def plot_stats(dump: Path, globs: tuple[str, ...], eval_index: int, statistic: str | None, output: Path | None,
                title: str | None) -> None:
     """Per-layer mean, std, min, max, abs-max and RMS: where activations blow up."""
-    from inspector import plots
-    from inspector.store import open_dump
+    from inspector.dump.reader import open_dump
+    from inspector.present import plots
 
     with open_dump(dump) as opened:
         _save(plots.stats(opened, list(globs), eval_index, statistic, title), output, f"{dump.stem}-stats", (dump,))
@@ -58,8 +58,8 @@ def plot_stats(dump: Path, globs: tuple[str, ...], eval_index: int, statistic: s
 def plot_hist(dump: Path, tensor: str, eval_index: int | None, occurrence: int, log: bool, output: Path | None,
               title: str | None) -> None:
     """Value histogram of one tensor, NaN/Inf counts in the legend."""
-    from inspector import plots
-    from inspector.store import open_dump
+    from inspector.dump.reader import open_dump
+    from inspector.present import plots
 
     with open_dump(dump) as opened:
         entry = opened.find(tensor, eval_index, occurrence)
@@ -76,8 +76,8 @@ def plot_hist(dump: Path, tensor: str, eval_index: int | None, occurrence: int, 
 def plot_heatmap(dump: Path, tensor: str, eval_index: int | None, occurrence: int, slicing: str | None,
                  output: Path | None, title: str | None) -> None:
     """2-D view of a tensor (e.g. tokens × channels) with robust colour limits."""
-    from inspector import plots
-    from inspector.store import open_dump
+    from inspector.dump.reader import open_dump
+    from inspector.present import plots
 
     with open_dump(dump) as opened:
         entry = opened.find(tensor, eval_index, occurrence)
@@ -99,9 +99,9 @@ def plot_diff(dump_a: Path, dump_b: Path, tensor: str | None, globs: tuple[str, 
               eval_index: int | None, occurrence: int, slicing: str | None, output: Path | None,
               title: str | None) -> None:
     """NMSE and max |a-b| along execution order with the first divergence; with TENSOR, B - A as a heatmap."""
-    from inspector import plots
-    from inspector.store import open_dump
-    from inspector.tolerance import preset
+    from inspector.compare.tolerance import preset
+    from inspector.dump.reader import open_dump
+    from inspector.present import plots
 
     if tensor:
         with open_dump(dump_a) as a, open_dump(dump_b) as b:
@@ -118,8 +118,8 @@ def plot_diff(dump_a: Path, dump_b: Path, tensor: str | None, globs: tuple[str, 
 @figure_options
 def plot_image(dumps: tuple[Path, ...], name: str, output: Path | None, title: str | None) -> None:
     """inp_raw tiles rendered back to RGB in their grid; two dumps side by side with a difference panel."""
-    from inspector import plots
-    from inspector.store import open_dump
+    from inspector.dump.reader import open_dump
+    from inspector.present import plots
 
     if len(dumps) > 2:
         raise InspectorError("plot image takes one or two dumps")
@@ -138,7 +138,7 @@ def plot_image(dumps: tuple[Path, ...], name: str, output: Path | None, title: s
 @figure_options
 def plot_sweep(summary: Path, per_layer: bool, output: Path | None, title: str | None) -> None:
     """The sweep matrix (tensors or layers × configurations) as an NMSE heatmap with buffer placement."""
-    from inspector import plots
+    from inspector.present import plots
 
     if summary.is_dir():
         summary = summary / "summary.json"
@@ -159,8 +159,8 @@ def plot_sweep(summary: Path, per_layer: bool, output: Path | None, title: str |
 @options.tolerance
 def report(dump_a: Path, dump_b: Path | None, output: Path | None, preset_name: str) -> None:
     """Write one self-contained HTML report of run A, or of A compared with B (opens offline)."""
-    from inspector.report import write_report
-    from inspector.tolerance import preset
+    from inspector.compare.tolerance import preset
+    from inspector.present.report import write_report
 
     output = output or Path(DEFAULT_DUMP_DIR) / f"report-{dump_a.stem}{'-vs-' + dump_b.stem if dump_b else ''}.html"
     path = write_report(dump_a, dump_b, output, preset(preset_name))

@@ -14,7 +14,7 @@ from inspector.cli.llama_options import llama_cpp_options
 from inspector.constants import DEFAULT_DUMP_DIR
 
 if TYPE_CHECKING:
-    from inspector.runners.llama import LlamaRunConfig
+    from inspector.llamacpp.session import LlamaRunConfig
 
 
 def default_output(stem: str) -> Path:
@@ -69,10 +69,10 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
     tensors; kept in PATH, marked incomplete" (exit 2); Ctrl-C and SIGTERM
     keep the dump too, marked incomplete (exit 130).
     """
-    from inspector.capture import capture_llama
-    from inspector.capture_report import summary_lines
-    from inspector.dump_format import Compression
-    from inspector.selection import Selection
+    from inspector.capture.selection import Selection
+    from inspector.dump.format import Compression
+    from inspector.llamacpp.capture import capture_llama
+    from inspector.present.capture_report import summary_lines
 
     storage = Compression.parse(compression)
     output = output or default_output(Path(run_config.model).stem)
@@ -97,7 +97,7 @@ def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path 
                  stats_only: bool, compression: str, model: Path | None, program: tuple[str, ...]) -> None:
     """Run any ggml program, unmodified, and capture its graphs: ggml-inspector exec [OPTIONS] -- PROGRAM [ARGS]...
 
-    The native hook (hooks/) is preloaded into the program: it interposes
+    The native hook (inspector/native/) is preloaded into the program: it interposes
     ggml_backend_sched_*, chains its eval callback in front of any the
     program sets (which still gets every call it asks for, its answers
     honoured), copies the selected tensors at the moment they are computed
@@ -120,10 +120,10 @@ def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path 
     """
     import sys
 
-    from inspector.capture_report import exec_lines
-    from inspector.dump_format import Compression
-    from inspector.exec_capture import exec_capture
-    from inspector.output_files import recorded_inputs, refuse_inputs
+    from inspector.dump.format import Compression
+    from inspector.files.outputs import recorded_inputs, refuse_inputs
+    from inspector.native.exec import exec_capture
+    from inspector.present.capture_report import exec_lines
 
     storage = Compression.parse(compression)
     output = output or default_output(Path(program[0]).name)
@@ -141,7 +141,7 @@ def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path 
 @click.command("build-hook")
 def build_hook() -> None:
     """Compile the native hook for exec against the installed ggml headers (exec also does it on first use)."""
-    from inspector.native_hook import library_path
+    from inspector.native.build import library_path
 
     click.echo(library_path())
 
@@ -157,7 +157,7 @@ def demo(output_dir: Path) -> None:
     prompt and generating 4 tokens; then an offload sweep (0, 2 and all
     layers on a loopback RPC server) prints its matrix.
     """
-    from inspector.demo import run_demo
+    from inspector.present.demo import run_demo
 
     run_demo(output_dir, echo=click.echo)
 

@@ -19,7 +19,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 @click.option("-d", "--device", default=None, help="ggml device to serve (default: the CPU).")
 def rpc_server(host: str, port: int, threads: int | None, device: str | None) -> None:
     """Serve this host's CPU (or DEVICE) over ggml's RPC backend until stopped (llama.cpp's rpc-server options)."""
-    from inspector import rpc
+    from inspector.ggml import rpc
 
     if host not in LOOPBACK_HOSTS:
         click.echo("warning: ggml's RPC protocol has no authentication; serve only on trusted networks", err=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from inspector.compare.metrics import compare_arrays
 from inspector.errors import InspectorError
-from inspector.metrics import compare_arrays
 from inspector.mllama.preprocess import DEFAULT_CONFIG, PreprocessConfig, Preprocessed, preprocess, render, to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

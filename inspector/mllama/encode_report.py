@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from inspector.formatting import human_bytes, number, table
-from inspector.runners.mllama import EncodeSummary
-from inspector.runners.mllama_generate import GenerateSummary
+from inspector.mllama.encode import EncodeSummary
+from inspector.mllama.generate import GenerateSummary
 
 
 def encode_line(summary: EncodeSummary) -> str:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector import gguf_info
 from inspector.errors import InspectorError, ModelError
 from inspector.ggml.buffers import BackendTensors
 from inspector.ggml.graph import (
@@ -23,6 +22,7 @@ from inspector.ggml.graph import (
     Context,
 )
 from inspector.ggml.tensor import Tensor
+from inspector.gguf import reader as gguf_info
 from inspector.mllama import gguf_layout as L
 from inspector.mllama.preprocess import MAX_TILE_SIZE, MAX_TILES_LIMIT, supported_aspect_ratios
 

@@ -42,7 +42,7 @@ from inspector.constants import (
     MLLAMA_MAX_TILES,
 )
 from inspector.errors import InspectorError
-from inspector.image_files import open_image
+from inspector.files.images import open_image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector import gguf_info
 from inspector.errors import InspectorError, ModelError
 from inspector.ggml.buffers import BackendTensors
 from inspector.ggml.graph import Backend, Context
+from inspector.gguf import reader as gguf_info
 from inspector.mllama import gguf_layout as L
 
 GRAPH_SIZE = 16384

@@ -9,8 +9,8 @@ tokenized exactly as transformers would, special tokens such as
 
 from __future__ import annotations
 
-from inspector import gguf_info
 from inspector.errors import InspectorError
+from inspector.gguf import reader as gguf_info
 from inspector.mllama import gguf_layout as L
 
 

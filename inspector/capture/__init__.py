@@ -1,0 +1,1 @@
+"""Capturing a computing graph: which tensors (selection), the eval-callback hook, capture summaries."""

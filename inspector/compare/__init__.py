@@ -1,0 +1,1 @@
+"""Comparing runs: pairing, metrics, tolerances, verdicts, origins, op replay, and their report."""

@@ -1,0 +1,373 @@
+"""Op replay: one node of run A, recomputed alone on A's inputs, as run A placed it and as run B placed it.
+
+An origin says a node's output differs while its inputs are identical.
+Replay says why: it rebuilds the node as a one-op graph (the same op, the
+same ``op_params``, its sources' types and shapes), feeds it run A's captured
+inputs and the model file's weights, and computes it twice: with the weights
+in the buffer type each run used (the CPU's repacked ``CPU_REPACK`` layout,
+an RPC server's buffer, plain CPU memory) on the backend each run computed
+it on.  ``reproduces_a``/``reproduces_b`` say whether each replay gives that
+run's captured output bit for bit; ``op_differs`` whether the two placements
+disagree on identical inputs: then the kernel on that backend is the cause,
+not the data it was handed.
+
+The node is built generically: a tensor of the captured output type and
+shape whose ``op``, ``op_params`` and ``src[]`` are set as the capture
+recorded them.  Views compute nothing and are refused, as are sources that
+were not captured.  A dump comes from someone else and ggml trusts these
+fields, so nothing reaches ggml before :mod:`inspector.compare.replay_checks` has
+checked the op against its allowlist and that op's own rules; the model file
+a dump names is opened only if it is a regular file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspector.compare.replay_checks import TYPES, Node, Operand, ReplayRefused, check_node, op_of, op_params, operand
+from inspector.dump.reader import Dump, Entry, open_dump
+from inspector.errors import InspectorError, ModelError
+from inspector.ggml import load, read_tensor, rpc
+from inspector.ggml.graph import Backend, Context, init_backend
+from inspector.ggml.library import GgmlLibraries
+from inspector.ggml.log import install_log
+from inspector.ggml.rpc import LoopbackServer
+from inspector.ggml.tensor import GgmlTensorStruct, Tensor
+from inspector.gguf.header import GgufHeader, read_header, read_tensor_bytes
+from inspector.identity import KV_CACHE_PREFIX, kv_cache_of
+from inspector.llamacpp.placement import extra_buffer_types
+
+VIEW_OPS = {"NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
+# The src[] slot of the tensor an op writes into (its result is a view of it): ggml_set_rows, ggml_cpy.
+DESTINATION_SLOTS = {"SET_ROWS": 2, "CPY": 1}
+CAPTURED_DTYPES = {"f32": np.float32, "f16": np.float16, "i32": np.int32, "i64": np.int64}
+HOST_BUFFER_TYPES = {"CPU", "CPU_Mapped"}
+
+
+@dataclass
+class Replay:
+    eval_index: int
+    node: int
+    name: str
+    op: str
+    placement_a: dict[str, str]
+    placement_b: dict[str, str]
+    reproduces_a: bool
+    reproduces_b: bool
+    op_differs: bool
+    max_abs_diff: float | None
+
+
+def _node(dump: Dump, eval_index: int, node: int) -> Entry:
+    for entry in dump.entries():
+        if entry.eval_index == eval_index and entry.node_index == node and not entry.is_leaf:
+            return entry
+    raise InspectorError(f"{dump.path}: no captured node {node} in evaluation {eval_index}")
+
+
+def _fresh_cache(dump: Dump, cache: str, eval_index: int, node: int) -> bool:
+    """True when nothing wrote ``cache`` before node ``node``: decidable only when every node was captured."""
+    select = dump.config.get("select") or {}
+    if select.get("globs") or select.get("regexes"):
+        return False
+    return not any((entry.eval_index, entry.node_index) < (eval_index, node) and kv_cache_of(entry.name) == cache
+                   and entry.op in ("SET_ROWS", "CPY") for entry in dump.entries())
+
+
+def _type_id(name: str) -> int:
+    return TYPES[name][0]
+
+
+def _model_header(model: object) -> GgufHeader:
+    """The header of the model file a dump names, opened only if it is a regular file.
+
+    The path comes from the dump: a FIFO would block the open forever, a
+    device or a folder is no model.  ``read_header`` refuses a tensor whose
+    offset and size reach past the file's end, so weight reads stay inside it.
+    """
+    if not isinstance(model, str) or not model or "\0" in model:
+        raise ModelError(f"the dump names its model as {model!r}, not a file path")
+    try:
+        mode = os.stat(model).st_mode
+    except OSError as error:
+        raise ModelError(f"{model}, the model the dump names, cannot be read: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ModelError(f"{model}, the model the dump names, is not a regular file: replay reads weights only "
+                         "from one")
+    return read_header(model)
+
+
+def _source_details(name: str, details: object) -> list[dict[str, Any]]:
+    """A record's source_details, each field of its kind and each slot one of ggml's, once."""
+    kinds = {"name": str, "occurrence": int, "slot": int, "type": str}
+    if not isinstance(details, list) or not all(
+            isinstance(d, dict) and all(isinstance(d.get(k), kind) and not isinstance(d.get(k), bool)
+                                        for k, kind in kinds.items()) for d in details):
+        raise ReplayRefused(f"replay refuses {name}: its source_details are not a list of sources with a name, "
+                            "occurrence, slot and type")
+    slots = [d["slot"] for d in details]
+    if len(set(slots)) != len(slots) or not all(0 <= slot < len(GgmlTensorStruct().src) for slot in slots):
+        raise ReplayRefused(f"replay refuses {name}: its sources' slots {slots} are not distinct slots of ggml's src[]")
+    for d in details:
+        where = d.get("buffer_type") or d.get("buffer", "")
+        if not isinstance(where, str):
+            raise ReplayRefused(f"replay refuses {name}: a source's buffer is {where!r}, not a name")
+    return details
+
+
+def _laid_out(values: np.ndarray, ne: list[int], nb: list[int]) -> np.ndarray:
+    """The bytes of a tensor with strides ``nb`` holding ``values`` (numpy order): a permuted view's layout.
+
+    A source that was a view (a permuted K cache, a transposed V) is fed in
+    the very layout the op read, so the kernel takes the same path.
+    """
+    itemsize = values.dtype.itemsize
+    if any(stride % itemsize for stride in nb):
+        raise InspectorError("replay cannot lay out a source whose strides are not whole elements")
+    extent = 1 + sum((n - 1) * stride for n, stride in zip(ne, nb, strict=True)) // itemsize
+    flat = np.zeros(extent, dtype=values.dtype)
+    strided = np.lib.stride_tricks.as_strided(flat, shape=tuple(reversed(ne)),
+                                              strides=tuple(reversed([stride for stride in nb])))
+    strided[...] = values.reshape(strided.shape)
+    return flat
+
+
+class _Placements:
+    """Backends and buffer types by the names the runs recorded (``CPU``, ``CPU_REPACK``, ``RPC0[host:port]``)."""
+
+    def __init__(self, lib: GgmlLibraries, threads: int) -> None:
+        self.lib = lib
+        self.threads = threads
+        self.server: LoopbackServer | None = None
+        self.backends: dict[str, Backend] = {}
+
+    def backend(self, buffer_name: str) -> Backend:
+        """The backend that computed a node whose output lived in ``buffer_name``."""
+        if buffer_name.startswith("RPC"):
+            key = "RPC"
+        elif buffer_name in HOST_BUFFER_TYPES or buffer_name.startswith("CPU") or not buffer_name:
+            key = "CPU"
+        else:
+            raise InspectorError(f"replay runs ops on the CPU and on RPC servers; this node ran on {buffer_name}")
+        if key not in self.backends:
+            if key == "CPU":
+                self.backends[key] = init_backend(self.lib, None, self.threads)
+            else:
+                # The run's server is gone: a loopback server runs the same CPU kernels behind RPC.
+                self.server = LoopbackServer(threads=self.threads).start()
+                device = rpc.add_servers([self.server.endpoint])[0]
+                self.backends[key] = init_backend(self.lib, device, self.threads)
+        return self.backends[key]
+
+    def buffer_type(self, buffer_type_name: str, compute: Backend) -> int:
+        if buffer_type_name in HOST_BUFFER_TYPES or buffer_type_name.startswith("RPC") or not buffer_type_name:
+            return compute.buffer_type
+        extra = extra_buffer_types(self.lib)
+        if buffer_type_name in extra:
+            return extra[buffer_type_name]
+        raise InspectorError(f"replay cannot place a tensor in buffer type {buffer_type_name!r} on this machine")
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            self.lib.ggml.ggml_backend_free(backend.address)
+        if self.server is not None:
+            self.server.stop()
+
+
+def _compute(lib: GgmlLibraries, placements: _Placements, record: dict[str, Any], node_buffer: str,
+             sources: list[tuple[dict[str, Any], Any, str]]) -> np.ndarray:
+    """One placement: sources ``(detail, data, where)`` (data: an array, or raw weight bytes) -> the output."""
+    compute = placements.backend(node_buffer)
+    contexts: list[Context] = []
+    buffers: list[int] = []
+    try:
+        groups: dict[int, list[tuple[dict[str, Any], Any]]] = {}
+        for detail, data, where in sources:
+            groups.setdefault(placements.buffer_type(where, compute), []).append((detail, data))
+        addresses: dict[int, int] = {}
+        for buft, members in [*groups.items(), (compute.buffer_type, [])]:
+            context = Context(len(members) + 2, lib)
+            contexts.append(context)
+            for detail, _data in members:
+                ne = [int(n) for n in detail["ne"]] + [1] * (4 - len(detail["ne"]))
+                address = lib.base.ggml_new_tensor_4d(context.address, _type_id(detail["type"]), *ne)
+                if "nb" in detail:  # the strides the op read, before the buffer sizes the tensor from them
+                    GgmlTensorStruct.from_address(address).nb[:] = [int(n) for n in detail["nb"]]
+                addresses[detail["slot"]] = address
+            if not members:  # the last context holds the node, allocated with the compute backend's memory
+                ne = [int(n) for n in record["ne"]] + [1] * (4 - len(record["ne"]))
+                node = lib.base.ggml_new_tensor_4d(context.address, _type_id(record["ggml_type"]), *ne)
+                struct = GgmlTensorStruct.from_address(node)
+                struct.op = int(record["op_code"])
+                for index, word in enumerate(record["op_params"]):
+                    struct.op_params[index] = word
+                # ggml's op numbering changes between versions: the rebuilt op must be the recorded one.
+                if lib.base.ggml_op_desc(node).decode() != record["op"]:
+                    raise InspectorError(f"op code {record['op_code']} is {lib.base.ggml_op_desc(node).decode()} "
+                                         f"in this ggml, but the capture recorded {record['op']} (another ggml "
+                                         "version?): cannot replay")
+                for slot, address in addresses.items():
+                    struct.src[slot] = address
+            buffer = lib.base.ggml_backend_alloc_ctx_tensors_from_buft(context.address, buft)
+            if not buffer:
+                raise InspectorError("replay could not allocate its tensors")
+            buffers.append(buffer)
+            for detail, _data in members:
+                # An extra buffer type (CPU_REPACK) lays out only the types and shapes it knows; ggml would
+                # write any other through a null layout.
+                if buft != compute.buffer_type and not GgmlTensorStruct.from_address(addresses[detail["slot"]]).extra:
+                    raise ReplayRefused(f"replay refuses {record['name']}: this ggml has no {detail['type']} "
+                                        f"layout of ne {detail['ne']} for {detail['name']}'s buffer type")
+            lib.base.ggml_backend_buffer_clear(buffer, 0)
+            for detail, data in members:
+                raw = np.ascontiguousarray(data).view(np.uint8) if isinstance(data, np.ndarray) else \
+                    np.frombuffer(data, dtype=np.uint8)
+                target = addresses[detail["slot"]]
+                if raw.nbytes != lib.base.ggml_nbytes(target):
+                    raise InspectorError(f"replay: {detail['name']} has {raw.nbytes} bytes for "
+                                         f"{lib.base.ggml_nbytes(target)}")
+                lib.base.ggml_backend_tensor_set(target, raw.ctypes.data_as(ctypes.c_void_p), 0, raw.nbytes)
+        # An op that writes into a view (SET_ROWS, CPY into a cache) leaves the rest of its destination as
+        # it was: the node starts as a copy of that destination.
+        slot = DESTINATION_SLOTS.get(record["op"])
+        destination = next(((detail, data) for detail, data, _where in sources if detail["slot"] == slot), None)
+        if destination is not None:
+            raw = np.ascontiguousarray(destination[1]).view(np.uint8)
+            if raw.nbytes == lib.base.ggml_nbytes(node):
+                lib.base.ggml_backend_tensor_set(node, raw.ctypes.data_as(ctypes.c_void_p), 0, raw.nbytes)
+        graph = lib.base.ggml_new_graph(contexts[-1].address)
+        lib.base.ggml_build_forward_expand(graph, node)
+        if lib.base.ggml_backend_graph_compute(compute.address, graph) != 0:
+            raise InspectorError(f"replay of {record['name']} failed on {compute.name}")
+        return read_tensor(Tensor(lib, node)).array
+    finally:
+        for buffer in buffers:
+            lib.base.ggml_backend_buffer_free(buffer)
+        for context in contexts:
+            context.free()
+
+
+def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, threads: int = 1) -> Replay:
+    """Replay node ``node`` of evaluation ``eval_index`` of run A under A's and B's placements."""
+    lib = load()
+    install_log(False)  # ggml's own log (the CPU backend announces each repack) stays off the terminal
+    with open_dump(path_a) as dump_a, open_dump(path_b) as dump_b:
+        entry_a = _node(dump_a, eval_index, node)
+        record_a = dump_a.metadata(entry_a)
+        entry_b = dump_b.find(entry_a.name, eval_index, entry_a.occurrence)
+        record_b = dump_b.metadata(entry_b)
+        op = record_a.get("op")
+        if not isinstance(record_a.get("op_code"), int) or record_a["op_code"] < 0 or "source_details" not in record_a:
+            raise InspectorError(f"{path_a} was captured before ops and sources were recorded: capture it again")
+        if isinstance(op, str) and op in VIEW_OPS:
+            raise InspectorError(f"{entry_a.name} is a {op}: a view computes nothing, so there is nothing to replay")
+        op_name = op_of(entry_a.name, record_a["op_code"])
+        words = op_params(entry_a.name, record_a.get("op_params", []))
+        outputs = [operand(f"{entry_a.name}'s output", record_a.get("ggml_type"), record_a.get("ne")),
+                   operand(f"{entry_a.name}'s output in run B", record_b.get("ggml_type"), record_a.get("ne"))]
+        if not all(isinstance(record.get("buffer", ""), str) for record in (record_a, record_b)):
+            raise ReplayRefused(f"replay refuses {entry_a.name}: its record's buffer is not a name")
+        header: GgufHeader | None = None
+        keys = {entry.key: entry for entry in dump_a.entries()}
+        details_a = _source_details(entry_a.name, record_a["source_details"])
+        details_b = record_b.get("source_details")
+        if not isinstance(details_b, list) or [d.get("slot") for d in details_a] != \
+                [d.get("slot") if isinstance(d, dict) else None for d in details_b]:
+            raise InspectorError(f"{entry_a.name} reads other sources in run B than in run A (or B's capture did not "
+                                 "record them): the two runs computed different ops, nothing to replay as both")
+        details_b = _source_details(entry_a.name, details_b)
+        destination_slot = DESTINATION_SLOTS.get(op_name)
+        sources_a, sources_b = [], []
+        operands: dict[int, Operand] = {}
+        indices: dict[int, np.ndarray] = {}
+        for detail_a, detail_b in zip(details_a, details_b, strict=True):
+            name, occurrence, slot = detail_a["name"], detail_a["occurrence"], detail_a["slot"]
+            label = f"{entry_a.name}'s source {name} (slot {slot})"
+            captured = keys.get((eval_index, name, occurrence))
+            if captured is not None:
+                meta = dump_a.metadata(captured)
+                if meta.get("ggml_type") not in CAPTURED_DTYPES:
+                    raise InspectorError(f"{name} is {meta.get('ggml_type')}: replay feeds captured inputs of types "
+                                         f"{', '.join(CAPTURED_DTYPES)} only (a quantized one is stored dequantized)")
+                source = operand(label, meta["ggml_type"], meta.get("ne"), meta.get("nb"))
+                values = dump_a.read(captured).astype(CAPTURED_DTYPES[meta["ggml_type"]], copy=False)
+                if values.size != source.nelements:
+                    raise ReplayRefused(f"replay refuses {entry_a.name}: {name} holds {values.size} values for "
+                                        f"ne {list(source.ne)}")
+                if meta["ggml_type"] in ("i32", "i64"):
+                    indices[slot] = values
+                data: Any = _laid_out(values, list(source.ne), list(source.nb))
+            elif (kv_cache_of(name) == name and slot == destination_slot
+                  and _fresh_cache(dump_a, name, eval_index, node)):
+                # The cache this op writes into, which nothing wrote before (caches start cleared): zeros.
+                # The op's result is a view of it, so it has the node's shape.
+                if detail_a["type"] not in CAPTURED_DTYPES:
+                    raise InspectorError(f"{name} is a {detail_a['type']} cache: replay fills f32/f16 caches only")
+                source = operand(label, detail_a["type"], record_a.get("ne"))
+                data = np.zeros(source.nelements, dtype=CAPTURED_DTYPES[detail_a["type"]])
+            else:
+                if header is None and dump_a.config.get("model") and not name.startswith(KV_CACHE_PREFIX):
+                    header = _model_header(dump_a.config["model"])
+                if header is not None and name in header.tensors:
+                    info = header.tensors[name]
+                    source = operand(label, info.type_name, list(info.ne))
+                    if info.n_bytes != source.nbytes:
+                        raise ModelError(f"{header.path}: tensor {name!r} has {info.n_bytes} bytes for its "
+                                         f"{info.type_name} shape {list(info.ne)}")
+                    data = read_tensor_bytes(header, name)
+                elif name.startswith(KV_CACHE_PREFIX):
+                    raise InspectorError(f"{entry_a.name} needs the KV cache {name} as it was at that point, which "
+                                         "no capture holds: replay a write into a fresh cache, or a node that reads "
+                                         "a captured view of it")
+                else:
+                    raise InspectorError(f"{entry_a.name}'s input {name} was not captured and is not a weight of "
+                                         f"{dump_a.config.get('model') or 'a known model file'}: capture it to replay")
+            operands[slot] = source
+            detail = {**detail_a, "ne": list(source.ne), "nb": list(source.nb), "type": source.type}
+            where_a = detail_a.get("buffer_type") or detail_a.get("buffer", "")
+            where_b = detail_b.get("buffer_type") or detail_b.get("buffer", "")
+            if not (op_name == "MUL_MAT" and slot == 0) and any(_extra_placement(w) for w in (where_a, where_b)):
+                raise ReplayRefused(f"replay refuses {entry_a.name}: {name} is in buffer {where_a or where_b}, a "
+                                    "layout only a matrix multiplication's weight has")
+            sources_a.append((detail, data, where_a))
+            sources_b.append((detail, data, where_b))
+        for output in outputs:
+            check_node(Node(entry_a.name, op_name, words, output, operands, indices))
+        record_a = {**record_a, "name": entry_a.name, "ne": list(outputs[0].ne), "ggml_type": outputs[0].type,
+                    "op_params": words}
+        placements = _Placements(lib, threads)
+        try:
+            output_a = _compute(lib, placements, record_a, record_a.get("buffer", ""), sources_a)
+            # As B placed it includes the type B wrote (an f16 or a q8_0 KV cache, say).
+            as_b = {**record_a, "ggml_type": outputs[1].type}
+            output_b = _compute(lib, placements, as_b, record_b.get("buffer", ""), sources_b)
+        finally:
+            placements.close()
+        captured_a, captured_b = dump_a.read(entry_a), dump_b.read(entry_b)
+    difference = None
+    if output_a.shape == output_b.shape:
+        gap = np.abs(output_a.astype(np.float64) - output_b.astype(np.float64))
+        difference = float(np.nanmax(gap)) if output_a.size and not np.isnan(gap).all() else None
+    return Replay(
+        eval_index=eval_index, node=node, name=entry_a.name, op=op,
+        placement_a={"node": record_a.get("buffer", ""), **{s[0]["name"]: s[2] for s in sources_a}},
+        placement_b={"node": record_b.get("buffer", ""), **{s[0]["name"]: s[2] for s in sources_b}},
+        reproduces_a=_same_bits(output_a, captured_a), reproduces_b=_same_bits(output_b, captured_b),
+        op_differs=not _same_bits(output_a, output_b), max_abs_diff=difference)
+
+
+def _extra_placement(where: str) -> bool:
+    """A buffer type other than plain host or RPC memory: a repacked weight layout such as CPU_REPACK."""
+    return bool(where) and where not in HOST_BUFFER_TYPES and not where.startswith("RPC")
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-identical, NaN included (a NaN reproduced is a NaN reproduced)."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()

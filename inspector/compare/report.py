@@ -1,0 +1,188 @@
+"""Presentation of a Comparison: terminal table, JSON (documented schema) and CSV.
+
+The first divergence is printed first, because it is the answer most users
+came for.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from inspector.compare.origins import Origin
+from inspector.compare.runs import DIVERGED, IDENTICAL, MISMATCHED, MISSING, WITHIN, Comparison, TensorComparison
+from inspector.formatting import evaluation_label, number, printable, shape_text, table
+
+JSON_SCHEMA_VERSION = 1
+MAX_CONFIG_CHANGES = 6
+STATUS_COLOURS = {IDENTICAL: "green", WITHIN: "cyan", DIVERGED: "red", MISSING: "yellow", MISMATCHED: "magenta"}
+
+
+def _label(row: TensorComparison) -> str:
+    """How the text output names a row, escaped: the names come from the dumps."""
+    label = printable(row.name) if row.occurrence == 0 else f"{printable(row.name)} #{row.occurrence}"
+    return f"{label} = {printable(row.name_b)}" if row.name_b else label
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def row_json(row: TensorComparison) -> dict[str, Any]:
+    metrics = None
+    if row.metrics is not None:
+        metrics = {key: (_finite(value) if isinstance(value, float) else value)
+                   for key, value in asdict(row.metrics).items()}
+        metrics["max_abs_index"] = list(row.metrics.max_abs_index)
+    return {
+        "eval": row.eval_index, "eval_kind": row.eval_kind,
+        "name": row.name, "name_b": row.name_b or row.name, "occurrence": row.occurrence,
+        "status": row.status, "present_in": row.present_in, "node_a": row.node_a, "node_b": row.node_b,
+        "op_a": row.op_a, "op_b": row.op_b,
+        "shape_a": list(row.shape_a) if row.shape_a is not None else None,
+        "shape_b": list(row.shape_b) if row.shape_b is not None else None,
+        "type_a": row.type_a, "type_b": row.type_b, "buffer_a": row.buffer_a, "buffer_b": row.buffer_b,
+        "note": row.note, "metrics": metrics,
+    }
+
+
+def origin_json(origin: Origin) -> dict[str, Any]:
+    return {"eval": origin.eval_index, "eval_kind": origin.eval_kind, "node": origin.node, "name": origin.name,
+            "occurrence": origin.occurrence, "op": origin.op, "verdict": origin.verdict,
+            "explanation": origin.explanation, "nmse": origin.nmse, "max_abs_diff": origin.max_abs_diff,
+            "buffers": origin.buffers, "types": origin.types, "sources": [s.name for s in origin.sources],
+            "not_captured": origin.not_captured, "source_details": [asdict(s) for s in origin.sources]}
+
+
+def describe_origin(origin: Origin) -> str:
+    """One line about an origin (names, op and explanation escaped: they quote the dumps)."""
+    label = printable(origin.name) if origin.occurrence == 0 else f"{printable(origin.name)} #{origin.occurrence}"
+    where = f"eval {evaluation_label(origin.eval_index, origin.eval_kind)}, node {origin.node}, {printable(origin.op)}"
+    size = f"nmse {number(origin.nmse)}" if origin.nmse is not None else "differs"
+    return f"{label} ({where}): {size}; {printable(origin.explanation)}"
+
+
+def first_divergence_json(comparison: Comparison) -> dict[str, Any] | None:
+    index = comparison.first_divergence
+    if index is None:
+        return None
+    return {**row_json(comparison.rows[index]),
+            "preceding": [row_json(row) for row in comparison.context_before(index)]}
+
+
+def to_json(comparison: Comparison) -> dict[str, Any]:
+    """The ``compare --json`` document (schema in docs/compare.md)."""
+    tolerance = comparison.tolerance
+    return {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "a": comparison.path_a,
+        "b": comparison.path_b,
+        "tolerance": {"name": tolerance.name, "nmse": tolerance.nmse, "atol": tolerance.atol,
+                      "rtol": tolerance.rtol},
+        "passed": comparison.passed,
+        "counts": comparison.counts(),
+        "config_differences": {k: list(v) for k, v in comparison.config_differences.items()},
+        "origins": [origin_json(origin) for origin in comparison.origins],
+        "different_model": comparison.different_model,
+        "incomplete_dumps": comparison.incomplete,
+        "observer_check_failed": comparison.observer_failed,
+        "first_divergence": first_divergence_json(comparison),
+        "tensors": [row_json(row) for row in comparison.rows],
+    }
+
+
+CSV_COLUMNS = ["eval", "name", "name_b", "occurrence", "status", "present_in", "node_a", "node_b", "op_a", "op_b",
+               "shape_a", "shape_b", "type_a", "type_b", "buffer_a", "buffer_b", "identical", "max_abs_diff",
+               "max_abs_index", "mean_abs_diff", "rmse", "nmse", "cosine", "nan_a", "nan_b", "inf_a", "inf_b", "note"]
+
+
+def to_csv(comparison: Comparison) -> str:
+    """One row per tensor; text cells escaped like the terminal table, so one row is one line."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in comparison.rows:
+        data = row_json(row)
+        metrics = data.pop("metrics") or {}
+        flat = {key: data.get(key, metrics.get(key)) for key in CSV_COLUMNS}
+        for key in ("shape_a", "shape_b", "max_abs_index"):
+            value = data.get(key, metrics.get(key))
+            flat[key] = "x".join(str(n) for n in value) if value else ""
+        writer.writerow({key: printable(value) if isinstance(value, str) else value for key, value in flat.items()})
+    return out.getvalue()
+
+
+def _describe(row: TensorComparison) -> str:
+    where = f"eval {row.evaluation_label}, node {row.node_a if row.node_a is not None else row.node_b}"
+    buffers = f"buffer A {printable(row.buffer_a or '-')}, B {printable(row.buffer_b or '-')}"
+    if row.metrics is None:
+        return f"{_label(row)} ({where}): {row.status}: {printable(row.note)}; {buffers}"
+    m = row.metrics
+    return (f"{_label(row)} ({where}, {printable(row.op_a)}): {row.status}: nmse {number(m.nmse)}, max |a-b| "
+            f"{number(m.max_abs_diff)} at ne{list(m.max_abs_index)}, cosine {number(m.cosine)}"
+            + (f"; {printable(row.note)}" if row.note else "") + f"; {buffers}")
+
+
+def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
+    """First divergence, then the table (only non-identical rows unless ``show_all``), then a summary."""
+    def paint(text: str, status: str) -> str:
+        return click.style(text, fg=STATUS_COLOURS[status]) if colour else text
+
+    lines = []
+    if comparison.origins:
+        first, *others = comparison.origins
+        lines.append("first origin: " + describe_origin(first))
+        if others:
+            lines.append(f"  then {len(others)} more origin{'s' if len(others) > 1 else ''} (--json lists them): "
+                         + ", ".join(f"{printable(o.name)} (eval {o.eval_index}, node {o.node})" for o in others[:4])
+                         + (" ..." if len(others) > 4 else ""))
+    index = comparison.first_divergence
+    if index is None:
+        lines.append("first divergence: none")
+    else:
+        lines.append("first divergence: " + paint(_describe(comparison.rows[index]), comparison.rows[index].status))
+        for row in comparison.context_before(index):
+            lines.append("  preceded by " + paint(_describe(row), row.status))
+    if comparison.config_differences:
+        items = list(comparison.config_differences.items())
+        changes = ", ".join(f"{printable(k)}: {printable(repr(a))} -> {printable(repr(b))}"
+                            for k, (a, b) in items[:MAX_CONFIG_CHANGES])
+        hidden = len(items) - MAX_CONFIG_CHANGES
+        more = f" (+{hidden} more; --json lists all)" if hidden > 0 else ""
+        lines.append(f"runs differ in: {changes}{more}")
+    if comparison.different_model:
+        lines.append("warning: the runs used different model files (their fingerprints differ)")
+    for path in comparison.incomplete:
+        lines.append(f"warning: {printable(path)} is incomplete")
+    for side in comparison.observer_failed:
+        lines.append(f"warning: run {side}'s observer check failed: capturing changed its logits, so its tensors "
+                     "describe a run that differs from the unobserved one")
+    shown = [row for row in comparison.rows if show_all or row.status != IDENTICAL]
+    if shown:
+        cells = []
+        for row in shown:
+            m = row.metrics
+            cells.append([
+                row.evaluation_label, str(row.node_a if row.node_a is not None else row.node_b), _label(row),
+                row.status, shape_text(row.shape_a or row.shape_b or ()),
+                number(m.nmse) if m else "", number(m.max_abs_diff) if m else "", number(m.cosine) if m else "",
+                row.buffer_a or "-", row.buffer_b or "-", row.note,
+            ])
+        rendered = table(["eval", "node", "tensor", "status", "shape", "nmse", "max|a-b|", "cosine", "buffer A",
+                          "buffer B", "note"], cells, right_align={0, 1, 5, 6, 7})
+        status_column = rendered.splitlines()
+        if colour:
+            status_column = status_column[:2] + [line.replace(row.status, paint(row.status, row.status), 1)
+                                                 for line, row in zip(status_column[2:], shown, strict=True)]
+        lines.extend(status_column)
+    counts = comparison.counts()
+    summary = ", ".join(f"{counts[s]} {s}" for s in (IDENTICAL, WITHIN, DIVERGED, MISSING, MISMATCHED))
+    verdict = "PASS" if comparison.passed else "FAIL"
+    lines.append(f"{verdict}: {len(comparison.rows)} tensors: {summary} "
+                 f"(tolerance {comparison.tolerance.name})")
+    return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""Align two dumps tensor by tensor and find the first divergence.
+
+Tensors are paired by (evaluation, name, occurrence), the identity that
+survives offload changes and graph edits; ``name_map`` pairs tensors whose
+names differ between the runs.  A pair is read side by side in pieces of
+``STREAM_CHUNK_BYTES`` (metrics accumulate over them), so two multi-GB
+tensors compare in a few MB of RAM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspector.compare import verdict
+from inspector.compare.metrics import PairAccumulator, PairMetrics, identical_metrics
+from inspector.compare.origins import Origin, find_origins
+from inspector.compare.tolerance import Tolerance
+from inspector.compare.verdict import DIVERGED, IDENTICAL, MISMATCHED, MISSING, STATUSES, WITHIN
+from inspector.constants import STREAM_CHUNK_BYTES
+from inspector.dump.format import STORED_STATS
+from inspector.dump.reader import Dump, Entry, matches_globs, open_dump
+from inspector.errors import InspectorError
+from inspector.formatting import evaluation_label
+from inspector.identity import tensor_key
+
+__all__ = ["DIVERGED", "IDENTICAL", "MISMATCHED", "MISSING", "STATUSES", "WITHIN", "Comparison", "TensorComparison",
+           "compare_dumps", "config_differences", "flatten_config"]
+CONTEXT_ROWS = 3
+# Ops given to arrays that no ggml graph computed (preprocessing, imports): they
+# match any op, so an imported inp_raw compares with a captured one.
+EXTERNAL_OPS = frozenset({"PREPROCESS", "IMPORT", "REFERENCE"})
+
+
+@dataclass
+class TensorComparison:
+    """One aligned pair (or a tensor found in one run only) and its verdict."""
+
+    eval_index: int
+    name: str
+    occurrence: int
+    status: str
+    name_b: str = ""
+    node_a: int | None = None
+    node_b: int | None = None
+    op_a: str = ""
+    op_b: str = ""
+    shape_a: tuple[int, ...] | None = None
+    shape_b: tuple[int, ...] | None = None
+    type_a: str = ""
+    type_b: str = ""
+    buffer_a: str = ""
+    buffer_b: str = ""
+    note: str = ""
+    metrics: PairMetrics | None = None
+    # The evaluation's kind (prompt, generate, encode, graph...): an image encoder's graph is told apart.
+    eval_kind: str = ""
+
+    @property
+    def evaluation_label(self) -> str:
+        """``1 encode``: the evaluation's index and kind, as listings name it."""
+        return evaluation_label(self.eval_index, self.eval_kind)
+
+    @property
+    def present_in(self) -> str:
+        return "both" if self.node_a is not None and self.node_b is not None else ("a" if self.node_b is None else "b")
+
+
+@dataclass
+class Comparison:
+    """The whole comparison: rows in execution order, the first divergence, counts."""
+
+    path_a: str
+    path_b: str
+    tolerance: Tolerance
+    rows: list[TensorComparison]
+    config_differences: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    incomplete: list[str] = field(default_factory=list)
+    # The ops that introduced a difference on identical inputs (inspector.compare.origins), execution order.
+    origins: list[Origin] = field(default_factory=list)
+    # Runs whose capture --observer-check found that observing changed their logits: "A", "B".
+    observer_failed: list[str] = field(default_factory=list)
+
+    @property
+    def first_divergence(self) -> int | None:
+        """Index into ``rows`` of the first diverged or mismatched tensor in execution order."""
+        return verdict.first_divergence(self.rows)
+
+    def context_before(self, index: int, count: int = CONTEXT_ROWS) -> list[TensorComparison]:
+        """The compared tensors just before ``index``, to show whether they still agreed."""
+        earlier = [row for row in self.rows[:index] if row.present_in == "both"]
+        return earlier[-count:]
+
+    def counts(self) -> dict[str, int]:
+        return verdict.count(self.rows)
+
+    @property
+    def passed(self) -> bool:
+        return verdict.passed(self.rows)
+
+    @property
+    def different_model(self) -> bool:
+        """True when both runs name their model file and the files differ (fingerprint or sha256).
+
+        A run that cannot know its model (``exec`` of another program, an
+        imported file) records none: unknown is not different.
+        """
+        return any(key in self.config_differences and None not in self.config_differences[key]
+                   for key in ("model_facts.fingerprint", "model_facts.sha256"))
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Run-configuration keys whose values differ, e.g. ``n_gpu_layers: (0, 8)``."""
+    flat_a, flat_b = flatten_config(a), flatten_config(b)
+    return {key: (flat_a.get(key), flat_b.get(key)) for key in sorted(set(flat_a) | set(flat_b))
+            if flat_a.get(key) != flat_b.get(key)}
+
+
+def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tolerance) -> TensorComparison:
+    row = TensorComparison(
+        eval_index=a.eval_index, name=a.name, occurrence=a.occurrence, status=IDENTICAL,
+        name_b=b.name if b.name != a.name else "", node_a=a.node_index, node_b=b.node_index,
+        op_a=a.op, op_b=b.op, shape_a=a.shape, shape_b=b.shape, type_a=a.ggml_type, type_b=b.ggml_type,
+        buffer_a=a.buffer, buffer_b=b.buffer,
+    )
+    notes = []
+    ops_differ = a.op != b.op and not {a.op, b.op} & EXTERNAL_OPS
+    if ops_differ:
+        notes.append(f"op {a.op} vs {b.op}")
+    if a.ggml_type != b.ggml_type:
+        notes.append(f"type {a.ggml_type} vs {b.ggml_type}")
+    if a.shape != b.shape:
+        row.status = MISMATCHED
+        row.note = "; ".join([f"shape {a.shape} vs {b.shape}", *notes])
+        return row
+    if a.digest and a.digest == b.digest and a.dtype == b.dtype:
+        # Equal xxh3 digests of the stored bytes: identical, decided without reading either tensor.
+        row.metrics = identical_metrics(a.stats.n_nan, a.stats.n_inf)
+    elif STORED_STATS in (a.stored, b.stored):
+        row.status = MISMATCHED if ops_differ else DIVERGED
+        row.note = "; ".join([*notes, "digests differ (a stats-only dump holds no values to measure by): "
+                                      f"mean {a.stats.mean:.6g} vs {b.stats.mean:.6g}, "
+                                      f"std {a.stats.std:.6g} vs {b.stats.std:.6g}"])
+        return row
+    else:
+        finite = a.stats.n_nan == a.stats.n_inf == b.stats.n_nan == b.stats.n_inf == 0
+        row.metrics = _streamed_metrics(dump_a, a, dump_b, b, tolerance, finite)
+    row.status = MISMATCHED if ops_differ else verdict.judge(row.metrics, tolerance)
+    row.note = "; ".join(notes)
+    return row
+
+
+def _streamed_metrics(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tolerance,
+                      all_finite: bool) -> PairMetrics:
+    """The pair's metrics from pieces of both tensors read side by side: memory is a piece, not a tensor."""
+    accumulator = PairAccumulator(tolerance.atol, tolerance.rtol, all_finite)
+    step = max(1, STREAM_CHUNK_BYTES // max(np.dtype(a.dtype).itemsize, np.dtype(b.dtype).itemsize))
+    for piece_a, piece_b in zip(dump_a.iter_chunks(a, step), dump_b.iter_chunks(b, step), strict=True):
+        accumulator.add(piece_a, piece_b)
+    return accumulator.result(a.shape)
+
+
+def _one_sided(entry: Entry, side: str) -> TensorComparison:
+    row = TensorComparison(eval_index=entry.eval_index, name=entry.name, occurrence=entry.occurrence,
+                           status=MISSING, note=f"only in run {side.upper()}")
+    if side == "a":
+        row.node_a, row.op_a, row.shape_a, row.type_a, row.buffer_a = (
+            entry.node_index, entry.op, entry.shape, entry.ggml_type, entry.buffer)
+    else:
+        row.node_b, row.op_b, row.shape_b, row.type_b, row.buffer_b = (
+            entry.node_index, entry.op, entry.shape, entry.ggml_type, entry.buffer)
+    return row
+
+
+def _check_evaluation_boundaries(dump_a: Dump, dump_b: Dump) -> None:
+    """Refuse runs that fed the same tokens in differently sized evaluations.
+
+    Tensors pair by evaluation index; when ``n_batch``/``n_ubatch`` differ,
+    evaluation 0 of one run holds other tokens than evaluation 0 of the
+    other, so every pair would compare different positions.
+    """
+    def split(dump: Dump) -> list[list[int]]:
+        return [list(e["token_ids"]) for e in dump.evaluations if isinstance(e.get("token_ids"), list)]
+
+    split_a, split_b = split(dump_a), split(dump_b)
+    tokens_a = [t for chunk in split_a for t in chunk]
+    tokens_b = [t for chunk in split_b for t in chunk]
+    sizes_a, sizes_b = [len(c) for c in split_a], [len(c) for c in split_b]
+    if tokens_a and tokens_a == tokens_b and sizes_a != sizes_b:
+        raise InspectorError(
+            f"the runs split the same {len(tokens_a)} tokens into evaluations of {sizes_a[:4]} and {sizes_b[:4]} "
+            "tokens, so evaluation N holds different positions in each; capture both with the same "
+            "--batch/--ubatch to compare them")
+
+
+def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, patterns: list[str] | None = None,
+                  name_map: dict[str, str] | None = None) -> Comparison:
+    """Compare dump B against reference dump A.
+
+    ``patterns`` (globs) filter by A's names; ``name_map`` maps an A name to
+    the B name it should be paired with.
+    """
+    name_map = name_map or {}
+    b_to_a = {b: a for a, b in name_map.items()}
+    with open_dump(path_a) as dump_a, open_dump(path_b) as dump_b:
+        _check_evaluation_boundaries(dump_a, dump_b)
+        entries_a = dump_a.entries(patterns)
+        by_key_b: dict[tuple[int, str, int], Entry] = {}
+        for entry in dump_b.entries():
+            name_as_a = b_to_a.get(entry.name, entry.name)
+            if not patterns or matches_globs(name_as_a, patterns):
+                by_key_b[tensor_key(entry.eval_index, name_as_a, entry.occurrence)] = entry
+        ordered: list[tuple[tuple[int, int, int], TensorComparison]] = []
+        for position, entry in enumerate(entries_a):
+            partner = by_key_b.pop(tensor_key(*entry.key), None)
+            row = _one_sided(entry, "a") if partner is None else _compare_pair(dump_a, entry, dump_b, partner,
+                                                                                 tolerance)
+            ordered.append(((entry.eval_index, entry.node_index, position), row))
+        for position, entry in enumerate(by_key_b.values()):
+            ordered.append(((entry.eval_index, entry.node_index, len(entries_a) + position), _one_sided(entry, "b")))
+        ordered.sort(key=lambda item: item[0])
+        kinds = {e["index"]: e["kind"] for dump in (dump_b, dump_a) for e in dump.evaluations}
+        for _key, row in ordered:
+            row.eval_kind = kinds.get(row.eval_index, "")
+        incomplete = [str(d.path) for d in (dump_a, dump_b) if not d.complete]
+        rows = [row for _, row in ordered]
+        return Comparison(path_a=str(path_a), path_b=str(path_b), tolerance=tolerance, rows=rows,
+                          config_differences=config_differences(dump_a.config, dump_b.config),
+                          incomplete=incomplete, origins=find_origins(rows, dump_a, dump_b, filtered=bool(patterns)),
+                          observer_failed=[side for side, dump in (("A", dump_a), ("B", dump_b))
+                                           if (dump.result.get("observer_check") or {}).get("identical") is False])
+

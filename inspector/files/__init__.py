@@ -1,0 +1,1 @@
+"""Files from outside: inputs checked to be regular files, images bounded, outputs written whole."""

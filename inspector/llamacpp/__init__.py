@@ -1,0 +1,1 @@
+"""Runs through llama.cpp (libllama, libmtmd): configuration, session, prompt, multimodal, placement."""

@@ -1,5 +1,0 @@
-"""Deterministic generators of small GGUF models for tests, demos and benchmarks."""
-
-from inspector.models.tiny_llama import TinyLlamaSpec, byte_token_ids, write_tiny_llama
-
-__all__ = ["TinyLlamaSpec", "byte_token_ids", "write_tiny_llama"]

@@ -1,0 +1,1343 @@
+/* ggml-inspector's native hook: captures the tensors an unmodified program computes on ggml's backend
+ * scheduler and streams them to the ggml-inspector process that started it (inspector/native/exec.py),
+ * or, with no such process, into a file per process in a dump folder (`ggml-inspector import`).
+ *
+ * Why interposition works: libllama, libmtmd and any program linked against a shared libggml-base reach
+ * ggml_backend_sched_* through the dynamic linker, so this library, preloaded, is called first.  It
+ * installs its own eval callback on every scheduler and chains the program's in front of it, so the
+ * program sees exactly the calls and answers it would see unhooked.
+ *
+ * Why no ggml at link time: LD_PRELOAD reaches every process the program starts, most of which never
+ * touch ggml, and a Python program dlopens libllama long after start-up.  So every ggml function is
+ * looked up at the first scheduler call, and the layouts we read (struct ggml_tensor from the pinned
+ * headers, the head of the private struct ggml_backend_buffer) are checked against the running ggml
+ * before we trust them.
+ *
+ * Link-time use (-DGGML_INSPECTOR_LINKED): a statically linked program defines ggml_backend_sched_*
+ * itself and ignores LD_PRELOAD, so nothing can be interposed and dlsym finds nothing.  Compiled into
+ * such a program, this file defines no interposer, calls ggml directly, and is driven by the program:
+ * ggml_inspector_attach after creating a scheduler, ggml_inspector_begin before each compute, and
+ * ggml_inspector_set_eval_callback in place of ggml_backend_sched_set_eval_callback for a program
+ * that has an eval callback of its own (inspector/native/README.md).
+ *
+ * Why it never stops the program: whatever goes wrong on our side (no socket, another ggml, a parent
+ * that went away, a full disk, no memory) turns the hook off, and from then on every call is only
+ * forwarded.
+ *
+ * Wire format (inspector/native/README.md): frames of {uint32 magic "GGIH", kind, header length, 0; uint64 data
+ * length}, little-endian, then a JSON header and the data.  One mutex serialises the frames of all
+ * threads and guards all state; the scheduler runs our callback on the thread that called compute.
+ */
+#define _GNU_SOURCE
+#ifndef GGML_INSPECTOR_LINKED
+#include <dlfcn.h>
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <pthread.h>
+#include <regex.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "ggml_inspector.h"
+
+enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE };
+
+#define FRAME_MAGIC 0x48494747u
+#define FRAME_HEAD_SIZE 24
+/* The receiver refuses larger frames. */
+#define MAX_TENSOR_BYTES ((size_t) 8 << 30)
+/* Tensors are read and sent in pieces of at most this size, so the copy buffer stays small. */
+#define COPY_CHUNK ((size_t) 64 << 20)
+#define PATTERN_SEPARATOR '\x1f'
+/* Strings are cut at STRING_LIMIT bytes; a TENSOR header holds at most 18 strings, each at most six
+ * times longer once escaped, so JSON_CAPACITY is never reached by a real header. */
+#define STRING_LIMIT 1024
+#define JSON_CAPACITY (128 * 1024)
+
+/* ---- ggml: looked up at run time when preloaded, linked when compiled into the program ---- */
+
+static struct {
+#ifndef GGML_INSPECTOR_LINKED
+    __typeof__(ggml_backend_sched_new) *new;
+    __typeof__(ggml_backend_sched_free) *free;
+    __typeof__(ggml_backend_sched_graph_compute) *graph_compute;
+    __typeof__(ggml_backend_sched_graph_compute_async) *graph_compute_async;
+#endif
+    __typeof__(ggml_backend_sched_set_eval_callback) *set_eval_callback;
+} real;
+
+static struct {
+    __typeof__(ggml_tensor_overhead) *tensor_overhead;
+    __typeof__(ggml_nbytes) *nbytes;
+    __typeof__(ggml_n_dims) *n_dims;
+    __typeof__(ggml_op_desc) *op_desc;
+    __typeof__(ggml_type_name) *type_name;
+    __typeof__(ggml_blck_size) *blck_size;
+    __typeof__(ggml_type_size) *type_size;
+    __typeof__(ggml_backend_tensor_get) *tensor_get;
+    __typeof__(ggml_backend_buffer_name) *buffer_name;
+    __typeof__(ggml_backend_buffer_get_type) *buffer_get_type;
+    __typeof__(ggml_backend_buft_name) *buft_name;
+    __typeof__(ggml_graph_n_nodes) *graph_n_nodes; /* optional: EVAL says -1 without it */
+} gg;
+
+/* The private struct ggml_object that ggml_tensor_overhead() counts in front of every tensor. */
+struct object_mirror {
+    size_t offs;
+    size_t size;
+    void * next;
+    int    type;
+    char   padding[4];
+};
+
+/* The head of the private struct ggml_backend_buffer: its interface, then its type.  Read only to learn
+ * whether get_tensor exists (the CPU's repacked weights have none, and ggml_backend_tensor_get would
+ * jump to NULL); trusted only when buft equals what ggml_backend_buffer_get_type returns. */
+struct buffer_mirror {
+    void *free_buffer, *get_base, *init_tensor, *memset_tensor, *set_tensor, *get_tensor;
+    void *set_tensor_2d, *get_tensor_2d, *cpy_tensor, *clear, *reset;
+    void *buft;
+};
+
+#ifdef GGML_INSPECTOR_LINKED
+
+/* Compiled into the program: its own ggml, bound by the linker like any other call. */
+#define REAL(field, function) (real.field = &function)
+#define HELPER(field, function) (gg.field = &function)
+#define NEED HELPER
+
+static void resolve_real(const void * caller) {
+    (void) caller;
+    REAL(set_eval_callback, ggml_backend_sched_set_eval_callback);
+}
+
+#else
+
+/* Set when ggml is reachable only from the caller's own dependencies (a library dlopen'ed RTLD_LOCAL):
+ * neither RTLD_NEXT nor RTLD_DEFAULT sees it there, but a handle on the caller does. */
+static void * ggml_scope;
+
+static bool in_this_library(const void * symbol) {
+    Dl_info ours, theirs;
+    return dladdr((const void *) &in_this_library, &ours) && dladdr(symbol, &theirs) &&
+           ours.dli_fbase == theirs.dli_fbase;
+}
+
+static void * symbol_in_scope_of(const void * caller, const char * name) {
+    Dl_info info;
+    if (!dladdr(caller, &info) || info.dli_fname == NULL) {
+        return NULL;
+    }
+    void * handle = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (handle == NULL) {
+        return NULL;
+    }
+    void * symbol = dlsym(handle, name);
+    if (symbol != NULL && !in_this_library(symbol) && ggml_scope == NULL) {
+        ggml_scope = handle; /* kept open: the helpers are looked up there too */
+    } else {
+        dlclose(handle);
+    }
+    return symbol;
+}
+
+/* The definition `name` would have bound to for `caller` had we not been preloaded.  RTLD_DEFAULT comes
+ * last for a program linked against this shared library, where ggml may come before us in the search
+ * order; any answer that is our own definition would make us call ourselves, so it does not count. */
+static void * real_symbol(const char * name, const void * caller) {
+    for (int way = 0; way < 3; way++) {
+        void * symbol = way == 0 ? dlsym(RTLD_NEXT, name)
+                      : way == 1 ? symbol_in_scope_of(caller, name)
+                                 : dlsym(RTLD_DEFAULT, name);
+        if (symbol != NULL && !in_this_library(symbol)) {
+            return symbol;
+        }
+    }
+    return NULL;
+}
+
+static void * ggml_symbol(const char * name) {
+    void * symbol = dlsym(RTLD_DEFAULT, name);
+    return symbol != NULL || ggml_scope == NULL ? symbol : dlsym(ggml_scope, name);
+}
+
+#define REAL(field, function) (real.field = (__typeof__(real.field)) real_symbol(#function, caller))
+#define HELPER(field, function) (gg.field = (__typeof__(gg.field)) ggml_symbol(#function))
+#define NEED(field, function) if (HELPER(field, function) == NULL && missing_helper == NULL) missing_helper = #function
+
+static void resolve_real(const void * caller) {
+    REAL(new, ggml_backend_sched_new);
+    REAL(free, ggml_backend_sched_free);
+    REAL(set_eval_callback, ggml_backend_sched_set_eval_callback);
+    REAL(graph_compute, ggml_backend_sched_graph_compute);
+    REAL(graph_compute_async, ggml_backend_sched_graph_compute_async);
+}
+
+/* Unhooked, a call to a function the program's ggml lacks would have failed in the dynamic linker. */
+__attribute__((noreturn)) static void missing(const char * name) {
+    fprintf(stderr, "ggml_inspector_hook: symbol lookup error: %s is not in the program's ggml\n", name);
+    _exit(127);
+}
+
+#endif
+
+/* Looks up every helper; returns the name of the first one missing, or NULL. */
+static const char * resolve_helpers(void) {
+    const char * missing_helper = NULL;
+    NEED(tensor_overhead, ggml_tensor_overhead);
+    NEED(nbytes, ggml_nbytes);
+    NEED(n_dims, ggml_n_dims);
+    NEED(op_desc, ggml_op_desc);
+    NEED(type_name, ggml_type_name);
+    NEED(blck_size, ggml_blck_size);
+    NEED(type_size, ggml_type_size);
+    NEED(tensor_get, ggml_backend_tensor_get);
+    NEED(buffer_name, ggml_backend_buffer_name);
+    NEED(buffer_get_type, ggml_backend_buffer_get_type);
+    NEED(buft_name, ggml_backend_buft_name);
+    HELPER(graph_n_nodes, ggml_graph_n_nodes);
+    return missing_helper;
+}
+#undef NEED
+#undef HELPER
+#undef REAL
+
+/* ---- state, all guarded by `lock` ---- */
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static bool resolved;            /* the real functions have been looked up */
+static bool attempted;           /* this process has tried to connect */
+static bool checked;             /* ggml and the selection have been checked (once per process image) */
+static bool compatible, selectable;
+static char incompatibility[512], selection_error[512];
+static size_t runtime_overhead;  /* the running ggml's ggml_tensor_overhead(), 0 if unknown */
+static int connection = -1;      /* the hook is on exactly while this is open: the socket or the file */
+/* Writing to a file in the dump folder: the bytes written so far, and the most the file may hold.  A
+ * write past RLIMIT_FSIZE would raise SIGXFSZ, which kills the program; we stop before it instead. */
+static bool to_file;
+static unsigned long long file_written, file_limit;
+static int n_schedulers;
+static long long n_computes;
+
+static struct {
+    bool      all;               /* no pattern: every node, and the leafs that are graph inputs */
+    char **   globs;
+    size_t    n_globs;
+    regex_t * regexes;
+    size_t    n_regexes;
+} selection;
+
+/* ---- frames ---- */
+
+static struct {
+    unsigned char bytes[FRAME_HEAD_SIZE + JSON_CAPACITY];
+    size_t        length;
+    bool          overflow;
+} frame;
+
+static struct {
+    void * bytes;
+    size_t capacity;
+} copy;
+
+static void disconnect(void) {
+    if (connection >= 0) {
+        close(connection);
+        connection = -1;
+    }
+}
+
+static bool send_all(const void * data, size_t size) {
+    const unsigned char * bytes = data;
+    if (to_file) {
+        if (size > file_limit - file_written) {
+            return false;
+        }
+        file_written += size;
+    }
+    while (size > 0) {
+        /* MSG_NOSIGNAL: a parent that went away must not kill the program with SIGPIPE. */
+        ssize_t sent = to_file ? write(connection, bytes, size) : send(connection, bytes, size, MSG_NOSIGNAL);
+        if (sent < 0 && errno == EINTR) {
+            continue;
+        }
+        if (sent <= 0) {
+            return false;
+        }
+        bytes += sent;
+        size -= (size_t) sent;
+    }
+    return true;
+}
+
+static void put_bytes(const void * data, size_t size) {
+    if (frame.length + size > sizeof frame.bytes) {
+        frame.overflow = true;
+        return;
+    }
+    memcpy(frame.bytes + frame.length, data, size);
+    frame.length += size;
+}
+
+static void put_text(const char * text) {
+    put_bytes(text, strlen(text));
+}
+
+/* The length of the well-formed UTF-8 sequence at `s`, or 0 if the byte there starts none. */
+static size_t utf8_sequence(const unsigned char * s, size_t available) {
+    size_t   length;
+    uint32_t code, least;
+    if (s[0] < 0x80) {
+        return 1;
+    } else if (s[0] >= 0xC2 && s[0] <= 0xDF) {
+        length = 2, code = s[0] & 0x1Fu, least = 0x80;
+    } else if (s[0] >= 0xE0 && s[0] <= 0xEF) {
+        length = 3, code = s[0] & 0x0Fu, least = 0x800;
+    } else if (s[0] >= 0xF0 && s[0] <= 0xF4) {
+        length = 4, code = s[0] & 0x07u, least = 0x10000;
+    } else {
+        return 0;
+    }
+    if (available < length) {
+        return 0;
+    }
+    for (size_t i = 1; i < length; i++) {
+        if ((s[i] & 0xC0) != 0x80) {
+            return 0;
+        }
+        code = code << 6 | (s[i] & 0x3Fu);
+    }
+    return code < least || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF) ? 0 : length;
+}
+
+/* Tensor names are arbitrary bytes; a byte that is not valid UTF-8 is written as the code point of the
+ * same value (latin-1), so the header always stays valid JSON. */
+static void put_string(const char * text) {
+    const unsigned char * s = (const unsigned char *) (text != NULL ? text : "");
+    size_t length = strnlen((const char *) s, STRING_LIMIT);
+    put_text("\"");
+    for (size_t i = 0; i < length;) {
+        size_t run = utf8_sequence(s + i, length - i);
+        if (run > 1 || (run == 1 && s[i] >= 0x20 && s[i] != '"' && s[i] != '\\')) {
+            put_bytes(s + i, run);
+            i += run;
+            continue;
+        }
+        char escape[8];
+        if (s[i] == '"' || s[i] == '\\') {
+            snprintf(escape, sizeof escape, "\\%c", s[i]);
+        } else {
+            snprintf(escape, sizeof escape, "\\u%04x", s[i]);
+        }
+        put_text(escape);
+        i++;
+    }
+    put_text("\"");
+}
+
+static void separate(void) {
+    unsigned char last = frame.bytes[frame.length - 1];
+    if (last != '{' && last != '[' && last != ':') {
+        put_text(",");
+    }
+}
+
+static void put_number(long long value) {
+    char text[24];
+    snprintf(text, sizeof text, "%lld", value);
+    separate();
+    put_text(text);
+}
+
+static void put_key(const char * key) {
+    separate();
+    put_string(key);
+    put_text(":");
+}
+
+static void field_string(const char * key, const char * value) {
+    put_key(key);
+    put_string(value);
+}
+
+static void field_number(const char * key, long long value) {
+    put_key(key);
+    put_number(value);
+}
+
+static void field_bool(const char * key, bool value) {
+    put_key(key);
+    put_text(value ? "true" : "false");
+}
+
+static void json_begin(void) {
+    frame.length = FRAME_HEAD_SIZE;
+    frame.overflow = false;
+    put_text("{");
+}
+
+static void put_le(unsigned char * at, uint64_t value, int size) {
+    for (int i = 0; i < size; i++) {
+        at[i] = (unsigned char) (value >> (8 * i));
+    }
+}
+
+/* Sends the frame head and the header built since json_begin(); `data_size` bytes must follow.
+ * False when the hook is off afterwards (the parent is gone). */
+static bool send_head(enum frame_kind kind, uint64_t data_size) {
+    put_text("}");
+    if (frame.overflow) {
+        disconnect();
+        return false;
+    }
+    put_le(frame.bytes, FRAME_MAGIC, 4);
+    put_le(frame.bytes + 4, kind, 4);
+    put_le(frame.bytes + 8, frame.length - FRAME_HEAD_SIZE, 4);
+    put_le(frame.bytes + 12, 0, 4);
+    put_le(frame.bytes + 16, data_size, 8);
+    if (!send_all(frame.bytes, frame.length)) {
+        disconnect();
+        return false;
+    }
+    return true;
+}
+
+static void notice(bool incompatible, const char * reason) {
+    json_begin();
+    field_bool("incompatible", incompatible);
+    field_string("reason", reason);
+    send_head(NOTICE, 0);
+}
+
+/* Something on our side failed mid-run: tell the parent, then let the program run on unhooked. */
+static void give_up(const char * reason) {
+    if (connection >= 0) {
+        notice(false, reason);
+        disconnect();
+    }
+}
+
+/* ---- selection ---- */
+
+/* Splits the variable's value at the separator; the strings live as long as the process. */
+static bool split_patterns(const char * variable, char *** patterns, size_t * count) {
+    const char * text = getenv(variable);
+    *patterns = NULL;
+    *count = 0;
+    if (text == NULL || *text == '\0') {
+        return true;
+    }
+    size_t n = 1;
+    for (const char * p = text; *p; p++) {
+        n += *p == PATTERN_SEPARATOR;
+    }
+    char *  owned = strdup(text);
+    char ** list = malloc(n * sizeof *list);
+    if (owned == NULL || list == NULL) {
+        free(owned);
+        free(list);
+        return false;
+    }
+    list[0] = owned;
+    for (size_t i = 1; *owned; owned++) {
+        if (*owned == PATTERN_SEPARATOR) {
+            *owned = '\0';
+            list[i++] = owned + 1;
+        }
+    }
+    *patterns = list;
+    *count = n;
+    return true;
+}
+
+static bool parse_selection(char * reason, size_t size) {
+    char ** texts;
+    size_t  n_texts;
+    if (!split_patterns("GGML_INSPECTOR_GLOBS", &selection.globs, &selection.n_globs) ||
+        !split_patterns("GGML_INSPECTOR_REGEXES", &texts, &n_texts) ||
+        (n_texts > 0 && (selection.regexes = calloc(n_texts, sizeof *selection.regexes)) == NULL)) {
+        snprintf(reason, size, "out of memory reading the selection");
+        return false;
+    }
+    for (size_t i = 0; i < n_texts; i++) {
+        int error = regcomp(&selection.regexes[i], texts[i], REG_EXTENDED | REG_NOSUB);
+        if (error != 0) {
+            char message[256];
+            regerror(error, &selection.regexes[i], message, sizeof message);
+            snprintf(reason, size, "invalid regular expression '%.200s': %s", texts[i], message);
+            return false;
+        }
+        selection.n_regexes = i + 1;
+    }
+    if (n_texts > 0) {
+        free(texts[0]);
+        free(texts);
+    }
+    selection.all = selection.n_globs == 0 && selection.n_regexes == 0;
+    return true;
+}
+
+static bool name_selected(const char * name) {
+    if (selection.all) {
+        return true;
+    }
+    for (size_t i = 0; i < selection.n_globs; i++) {
+        if (fnmatch(selection.globs[i], name, 0) == 0) {
+            return true;
+        }
+    }
+    for (size_t i = 0; i < selection.n_regexes; i++) {
+        if (regexec(&selection.regexes[i], name, 0, NULL, 0) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Weights and llama.cpp's KV cache (cache_k_l0, cache_v_l0, cache_r/cache_s): what "select all" leaves
+ * out when it meets them through a scheduler copy, which carries no input flag of its own. */
+static bool is_model_state(const char * name) {
+    size_t length = strlen(name);
+    return (length >= 7 && strcmp(name + length - 7, ".weight") == 0) ||
+           (length >= 5 && strcmp(name + length - 5, ".bias") == 0) || strncmp(name, "cache_", 6) == 0;
+}
+
+/* ---- names ---- */
+
+/* Copies a tensor's name with a bound, so no read relies on ggml having NUL-terminated it. */
+static size_t tensor_name(const struct ggml_tensor * t, char name[GGML_MAX_NAME]) {
+    size_t length = strnlen(t->name, GGML_MAX_NAME - 1);
+    memcpy(name, t->name, length);
+    name[length] = '\0';
+    return length;
+}
+
+/* When a consumer runs on another backend, the scheduler hands it a copy of its input named
+ * "BACKEND#name#N" (^([^#]+)#(.+)#([0-9]+)$); on a match, *original is the middle part. */
+static bool parse_sched_copy(const char * name, size_t length, const char ** original, size_t * original_length) {
+    const char * first = memchr(name, '#', length);
+    const char * last = memrchr(name, '#', length);
+    if (first == NULL || first == name || last <= first + 1 || last + 1 == name + length) {
+        return false;
+    }
+    for (const char * p = last + 1; p < name + length; p++) {
+        if (*p < '0' || *p > '9') {
+            return false;
+        }
+    }
+    *original = first + 1;
+    *original_length = (size_t) (last - first - 1);
+    return true;
+}
+
+/* ---- per-evaluation tables: open addressing, cleared (not freed) at each evaluation ---- */
+
+enum { SEEN_AS_NODE = 1, TAKEN_DIRECTLY = 2, TAKEN_THROUGH_COPY = 4 };
+
+struct name_entry {
+    char     name[GGML_MAX_NAME];
+    uint32_t occurrences;
+    uint8_t  marks;
+    bool     used;
+};
+
+struct name_map {
+    struct name_entry * slots;
+    size_t              capacity, count;
+};
+
+/* Addresses seen in this evaluation, each with its occurrence under its name (NO_OCCURRENCE until one is
+ * given): a captured node names its sources by (name, occurrence), as the Python hook does. */
+#define NO_OCCURRENCE UINT32_MAX
+
+struct address_set {
+    const void ** slots;
+    uint32_t *    occurrences;
+    size_t        capacity, count;
+};
+
+static size_t hash_bytes(const void * data, size_t size) {
+    const unsigned char * bytes = data;
+    uint64_t hash = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < size; i++) {
+        hash = (hash ^ bytes[i]) * 0x100000001b3u;
+    }
+    return (size_t) hash;
+}
+
+static struct name_entry * probe_name(struct name_entry * slots, size_t capacity, const char * name, size_t length) {
+    size_t i = hash_bytes(name, length) & (capacity - 1);
+    while (slots[i].used && !(strncmp(slots[i].name, name, length) == 0 && slots[i].name[length] == '\0')) {
+        i = (i + 1) & (capacity - 1);
+    }
+    return &slots[i];
+}
+
+/* The entry for `name` (length < GGML_MAX_NAME), added if new; NULL when out of memory. */
+static struct name_entry * name_entry(struct name_map * map, const char * name, size_t length) {
+    if ((map->count + 1) * 2 > map->capacity) {
+        size_t capacity = map->capacity ? map->capacity * 2 : 256;
+        struct name_entry * slots = calloc(capacity, sizeof *slots);
+        if (slots == NULL) {
+            return NULL;
+        }
+        for (size_t i = 0; i < map->capacity; i++) {
+            if (map->slots[i].used) {
+                *probe_name(slots, capacity, map->slots[i].name, strlen(map->slots[i].name)) = map->slots[i];
+            }
+        }
+        free(map->slots);
+        map->slots = slots;
+        map->capacity = capacity;
+    }
+    struct name_entry * entry = probe_name(map->slots, map->capacity, name, length);
+    if (!entry->used) {
+        memcpy(entry->name, name, length);
+        entry->name[length] = '\0';
+        entry->used = true;
+        map->count++;
+    }
+    return entry;
+}
+
+static const void ** probe_address(const void ** slots, size_t capacity, const void * address) {
+    size_t i = hash_bytes(&address, sizeof address) & (capacity - 1);
+    while (slots[i] != NULL && slots[i] != address) {
+        i = (i + 1) & (capacity - 1);
+    }
+    return &slots[i];
+}
+
+enum added { ADDED, PRESENT, NO_MEMORY };
+
+static enum added add_address(struct address_set * set, const void * address) {
+    if ((set->count + 1) * 2 > set->capacity) {
+        size_t        capacity = set->capacity ? set->capacity * 2 : 256;
+        const void ** slots = calloc(capacity, sizeof *slots);
+        uint32_t *    occurrences = malloc(capacity * sizeof *occurrences);
+        if (slots == NULL || occurrences == NULL) {
+            free(slots);
+            free(occurrences);
+            return NO_MEMORY;
+        }
+        for (size_t i = 0; i < set->capacity; i++) {
+            if (set->slots[i] != NULL) {
+                const void ** moved = probe_address(slots, capacity, set->slots[i]);
+                *moved = set->slots[i];
+                occurrences[moved - slots] = set->occurrences[i];
+            }
+        }
+        free(set->slots);
+        free(set->occurrences);
+        set->slots = slots;
+        set->occurrences = occurrences;
+        set->capacity = capacity;
+    }
+    const void ** slot = probe_address(set->slots, set->capacity, address);
+    if (*slot != NULL) {
+        return PRESENT;
+    }
+    *slot = address;
+    set->occurrences[slot - set->slots] = NO_OCCURRENCE;
+    set->count++;
+    return ADDED;
+}
+
+static void note_occurrence(struct address_set * set, const void * address, uint32_t occurrence) {
+    if (set->capacity > 0) {
+        const void ** slot = probe_address(set->slots, set->capacity, address);
+        if (*slot == address) {
+            set->occurrences[slot - set->slots] = occurrence;
+        }
+    }
+}
+
+static uint32_t occurrence_of(const struct address_set * set, const void * address) {
+    if (set->capacity == 0) {
+        return NO_OCCURRENCE;
+    }
+    const void ** slot = probe_address(set->slots, set->capacity, address);
+    return *slot == address ? set->occurrences[slot - set->slots] : NO_OCCURRENCE;
+}
+
+/* ---- schedulers ---- */
+
+struct pending_leaf {
+    struct ggml_tensor * tensor;
+    char                 name[GGML_MAX_NAME]; /* the original's name when `tensor` is a scheduler copy */
+    uint32_t             occurrence;
+    bool                 through_copy;
+};
+
+struct scheduler {
+    struct scheduler *               next;
+    ggml_backend_sched_t             sched;
+    int                              id;
+    long long                        computes;
+    ggml_backend_sched_eval_callback program; /* the program's own callback, chained in front of ours */
+    void *                           program_data;
+    /* The file name of the library that created the scheduler (libllama.so.0, libmtmd.so.0), if known:
+     * it tells a language model's graphs from an image encoder's. */
+    char                             library[128];
+
+    /* The evaluation under way: each node and leaf is considered once, names count occurrences. */
+    int                node_index;
+    struct name_map    names;
+    struct address_set seen;
+
+    /* The node last asked about: the scheduler observes that one only, and only after a yes. */
+    struct {
+        const struct ggml_tensor *       node;
+        ggml_backend_sched_eval_callback program; /* set when the program said yes to it */
+        void *                           program_data;
+        int                              node_index;
+        uint32_t                         occurrence;
+        bool                             capture_node;
+        int                              n_leafs;
+        struct pending_leaf              leafs[GGML_MAX_SRC];
+    } pending;
+};
+
+static struct scheduler * schedulers;
+
+static bool eval_callback(struct ggml_tensor * t, bool ask, void * user_data);
+
+/* The scheduler's record, adopted on first sight (created before we were active, or by a path we do
+ * not interpose); NULL while the hook is off. */
+static struct scheduler * watched(ggml_backend_sched_t sched) {
+    if (connection < 0 || sched == NULL) {
+        return NULL;
+    }
+    struct scheduler * s = schedulers;
+    while (s != NULL && s->sched != sched) {
+        s = s->next;
+    }
+    if (s == NULL) {
+        if ((s = calloc(1, sizeof *s)) == NULL) {
+            give_up("out of memory");
+            return NULL;
+        }
+        s->sched = sched;
+        s->id = n_schedulers++;
+        s->next = schedulers;
+        schedulers = s;
+    }
+    real.set_eval_callback(sched, eval_callback, s);
+    return s;
+}
+
+static void forget(ggml_backend_sched_t sched) {
+    for (struct scheduler ** link = &schedulers; *link != NULL; link = &(*link)->next) {
+        struct scheduler * s = *link;
+        if (s->sched == sched) {
+            *link = s->next;
+            free(s->names.slots);
+            free(s->seen.slots);
+            free(s->seen.occurrences);
+            free(s);
+            return;
+        }
+    }
+}
+
+static void begin_evaluation(struct scheduler * s, struct ggml_cgraph * graph) {
+    s->node_index = 0;
+    if (s->names.slots != NULL) {
+        memset(s->names.slots, 0, s->names.capacity * sizeof *s->names.slots);
+        s->names.count = 0;
+    }
+    if (s->seen.slots != NULL) {
+        memset(s->seen.slots, 0, s->seen.capacity * sizeof *s->seen.slots);
+        s->seen.count = 0;
+    }
+    json_begin();
+    field_number("sched", s->id);
+    field_number("compute", s->computes++);
+    field_number("n_nodes", graph != NULL && gg.graph_n_nodes != NULL ? gg.graph_n_nodes(graph) : -1);
+    field_string("library", s->library);
+    n_computes++;
+    send_head(EVAL, 0);
+}
+
+/* ---- capture ---- */
+
+static bool reserve_copy(size_t size) {
+    if (size <= copy.capacity) {
+        return true;
+    }
+    void * bytes = malloc(size);
+    if (bytes == NULL) {
+        return false;
+    }
+    free(copy.bytes);
+    copy.bytes = bytes;
+    copy.capacity = size;
+    return true;
+}
+
+/* Sends `t` (the node itself when `consumer` is NULL, else a leaf it consumes) as TENSOR, or as SKIP
+ * with the reason when its buffer cannot be read.  The header also names the scheduler and compute:
+ * threads computing on different schedulers interleave their frames on the one connection. */
+static void put_source_details(const struct scheduler * s, const struct ggml_tensor * t);
+
+static void capture(const struct scheduler * s, struct ggml_tensor * t, const char * name, int node_index,
+                    uint32_t occurrence, const char * consumer, bool through_copy) {
+    if (connection < 0) {
+        return;
+    }
+    ggml_backend_buffer_type_t   buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
+    const char *                 buft_name = buft != NULL ? gg.buft_name(buft) : "";
+    const struct buffer_mirror * head = (const struct buffer_mirror *) t->buffer;
+    size_t                       nbytes = 0;
+    char                         why[512] = "";
+    if (t->buffer == NULL || t->data == NULL) {
+        snprintf(why, sizeof why, "not allocated (no buffer or no data)");
+    } else if (head->buft != (void *) buft) {
+        snprintf(why, sizeof why, "unknown ggml_backend_buffer layout");
+    } else if (head->get_tensor == NULL) {
+        snprintf(why, sizeof why, "its buffer type %.200s cannot be read back", buft_name);
+    } else if ((nbytes = gg.nbytes(t)) > MAX_TENSOR_BYTES) {
+        snprintf(why, sizeof why, "too large (%zu bytes, at most 8 GiB are sent)", nbytes);
+    } else if (!reserve_copy(nbytes < COPY_CHUNK ? nbytes : COPY_CHUNK)) {
+        snprintf(why, sizeof why, "out of memory for its copy");
+    }
+    json_begin();
+    field_number("sched", s->id);
+    field_number("compute", s->computes - 1);
+    field_string("name", name);
+    field_number("node_index", node_index);
+    field_number("occurrence", occurrence);
+    if (why[0] != '\0') {
+        char reason[sizeof why + GGML_MAX_NAME + 16];
+        snprintf(reason, sizeof reason, "tensor '%s': %s", name, why);
+        field_string("buffer_type", buft_name);
+        field_string("reason", reason);
+        send_head(SKIP, 0);
+        return;
+    }
+    char raw_name[GGML_MAX_NAME];
+    tensor_name(t, raw_name);
+    field_string("op", gg.op_desc(t));
+    field_number("type", t->type);
+    field_string("type_name", gg.type_name(t->type));
+    put_key("ne");
+    put_text("[");
+    for (int i = 0; i < GGML_MAX_DIMS; i++) {
+        put_number(t->ne[i]);
+    }
+    put_text("]");
+    put_key("nb");
+    put_text("[");
+    for (int i = 0; i < GGML_MAX_DIMS; i++) {
+        put_number((long long) t->nb[i]);
+    }
+    put_text("]");
+    field_number("n_dims", gg.n_dims(t));
+    field_number("block_size", gg.blck_size(t->type));
+    field_number("type_size", (long long) gg.type_size(t->type));
+    field_string("buffer", gg.buffer_name(t->buffer));
+    field_string("buffer_type", buft_name);
+    field_bool("is_leaf", consumer != NULL);
+    field_string("consumer", consumer != NULL ? consumer : "");
+    field_string("sched_copy", through_copy ? raw_name : "");
+    field_number("flags", t->flags);
+    put_key("sources");
+    put_text("[");
+    for (int i = 0; i < GGML_MAX_SRC; i++) {
+        if (t->src[i] != NULL) {
+            char source[GGML_MAX_NAME];
+            tensor_name(t->src[i], source);
+            separate();
+            put_string(source);
+        }
+    }
+    put_text("]");
+    put_source_details(s, t);
+    field_number("op_code", t->op);
+    put_key("op_params");
+    put_text("[");
+    int last_word = GGML_MAX_OP_PARAMS / (int) sizeof(int32_t);
+    while (last_word > 0 && t->op_params[last_word - 1] == 0) {
+        last_word--;
+    }
+    for (int i = 0; i < last_word; i++) {
+        put_number(t->op_params[i]);
+    }
+    put_text("]");
+    char view_source[GGML_MAX_NAME] = "";
+    if (t->view_src != NULL) {
+        tensor_name(t->view_src, view_source);
+    }
+    field_string("view_source", view_source);
+    field_number("view_offset", (long long) t->view_offs);
+    if (!send_head(TENSOR, nbytes)) {
+        return;
+    }
+    for (size_t offset = 0; offset < nbytes;) {
+        size_t part = nbytes - offset < copy.capacity ? nbytes - offset : copy.capacity;
+        gg.tensor_get(t, copy.bytes, offset, part);
+        if (!send_all(copy.bytes, part)) {
+            disconnect();
+            return;
+        }
+        offset += part;
+    }
+}
+
+/* Per source, in src[] order: the (name, occurrence) it is paired by in this evaluation (-1 when never seen:
+ * a weight), where it lived and its type; compare's origins read these (record field source_details). */
+static void put_source_details(const struct scheduler * s, const struct ggml_tensor * t) {
+    put_key("source_details");
+    put_text("[");
+    for (int i = 0; i < GGML_MAX_SRC; i++) {
+        const struct ggml_tensor * src = t->src[i];
+        if (src == NULL) {
+            continue;
+        }
+        char         raw[GGML_MAX_NAME];
+        size_t       length = tensor_name(src, raw);
+        const char * original;
+        size_t       original_length;
+        char         name[GGML_MAX_NAME];
+        if (parse_sched_copy(raw, length, &original, &original_length)) {
+            memcpy(name, original, original_length);
+            name[original_length] = '\0';
+        } else {
+            memcpy(name, raw, length + 1);
+        }
+        long long occurrence = -1;
+        uint32_t  seen = occurrence_of(&s->seen, src);
+        if (seen != NO_OCCURRENCE) {
+            occurrence = seen;
+        } else if (s->names.capacity > 0) {
+            /* A scheduler copy of a node: the latest node of that name. */
+            struct name_entry * entry = probe_name(s->names.slots, s->names.capacity, name, strlen(name));
+            if (entry->used && entry->occurrences > 0 && name[0] != '\0' && strcmp(name, raw) != 0) {
+                occurrence = (long long) entry->occurrences - 1;
+            }
+        }
+        ggml_backend_buffer_type_t buft = src->buffer != NULL ? gg.buffer_get_type(src->buffer) : NULL;
+        separate();
+        put_text("{");
+        field_string("name", name);
+        field_number("occurrence", occurrence);
+        field_string("buffer", src->buffer != NULL ? gg.buffer_name(src->buffer) : "");
+        field_string("buffer_type", buft != NULL ? gg.buft_name(buft) : "");
+        field_string("type", gg.type_name(src->type));
+        field_number("slot", i);
+        put_text("}");
+    }
+    put_text("]");
+}
+
+/* Whether `src` is a leaf met for the first time in this evaluation, not covered yet, and selected; if
+ * so, *leaf describes it.  A scheduler copy stands for its original and is taken under the original's
+ * name, once, and not at all when the original is a node (captured where it was computed) or was
+ * taken directly: so runs at any offload count hold the same tensors. */
+static bool take_leaf(struct scheduler * s, struct ggml_tensor * src, struct pending_leaf * leaf) {
+    char         raw[GGML_MAX_NAME];
+    size_t       length = tensor_name(src, raw);
+    const char * original;
+    size_t       original_length;
+    bool         through_copy = parse_sched_copy(raw, length, &original, &original_length);
+    if (src->op != GGML_OP_NONE && !through_copy) {
+        return false;
+    }
+    enum added added = add_address(&s->seen, src);
+    if (added == PRESENT) {
+        return false;
+    }
+    struct name_entry * entry = added == NO_MEMORY ? NULL
+                              : through_copy       ? name_entry(&s->names, original, original_length)
+                                                   : name_entry(&s->names, raw, length);
+    if (entry == NULL) {
+        give_up("out of memory");
+        return false;
+    }
+    uint8_t covering = through_copy ? SEEN_AS_NODE | TAKEN_DIRECTLY | TAKEN_THROUGH_COPY : TAKEN_THROUGH_COPY;
+    if (entry->marks & covering) {
+        return false;
+    }
+    entry->marks |= through_copy ? TAKEN_THROUGH_COPY : TAKEN_DIRECTLY;
+    uint32_t occurrence = entry->occurrences++;
+    note_occurrence(&s->seen, src, occurrence);
+    bool is_input = through_copy ? !is_model_state(entry->name) : (src->flags & GGML_TENSOR_FLAG_INPUT) != 0;
+    if (!(selection.all ? is_input : name_selected(entry->name))) {
+        return false;
+    }
+    leaf->tensor = src;
+    memcpy(leaf->name, entry->name, sizeof leaf->name);
+    leaf->occurrence = occurrence;
+    leaf->through_copy = through_copy;
+    return true;
+}
+
+/* The ask phase for node `t`: counts it and decides whether we want it or a new leaf among its sources. */
+static bool ask_about(struct scheduler * s, const struct ggml_tensor * t) {
+    s->pending.node = t;
+    s->pending.node_index = s->node_index++;
+    s->pending.capture_node = false;
+    s->pending.n_leafs = 0;
+    if (connection < 0) {
+        return false;
+    }
+    char                name[GGML_MAX_NAME];
+    size_t              length = tensor_name(t, name);
+    struct name_entry * entry = name_entry(&s->names, name, length);
+    if (entry == NULL || add_address(&s->seen, t) == NO_MEMORY) {
+        give_up("out of memory");
+        return false;
+    }
+    entry->marks |= SEEN_AS_NODE;
+    s->pending.occurrence = entry->occurrences++;
+    note_occurrence(&s->seen, t, s->pending.occurrence);
+    s->pending.capture_node = name_selected(name);
+    for (int i = 0; i < GGML_MAX_SRC && connection >= 0; i++) {
+        if (t->src[i] != NULL && take_leaf(s, t->src[i], &s->pending.leafs[s->pending.n_leafs])) {
+            s->pending.n_leafs++;
+        }
+    }
+    return connection >= 0 && (s->pending.capture_node || s->pending.n_leafs > 0);
+}
+
+/* The observe phase: the node has just been computed and its backend synchronised, so its data and its
+ * sources' are valid now, before the scheduler reuses the memory. */
+static void observe(struct scheduler * s, struct ggml_tensor * t) {
+    char consumer[GGML_MAX_NAME];
+    tensor_name(t, consumer);
+    for (int i = 0; i < s->pending.n_leafs; i++) {
+        struct pending_leaf * leaf = &s->pending.leafs[i];
+        capture(s, leaf->tensor, leaf->name, s->pending.node_index, leaf->occurrence, consumer, leaf->through_copy);
+    }
+    if (s->pending.capture_node) {
+        capture(s, t, consumer, s->pending.node_index, s->pending.occurrence, NULL, false);
+    }
+}
+
+/* The program's callback runs outside our lock: it may call into ggml, and so into us. */
+static bool eval_callback(struct ggml_tensor * t, bool ask, void * user_data) {
+    struct scheduler * s = user_data;
+    ggml_backend_sched_eval_callback program;
+    void * program_data;
+    if (ask) {
+        pthread_mutex_lock(&lock);
+        program = s->program;
+        program_data = s->program_data;
+        pthread_mutex_unlock(&lock);
+        bool program_wants = program != NULL && program(t, true, program_data);
+        pthread_mutex_lock(&lock);
+        bool we_want = ask_about(s, t);
+        s->pending.program = program_wants ? program : NULL;
+        s->pending.program_data = program_data;
+        pthread_mutex_unlock(&lock);
+        return program_wants || we_want;
+    }
+    pthread_mutex_lock(&lock);
+    bool asked = s->pending.node == t;
+    if (asked) {
+        observe(s, t);
+    }
+    program = asked ? s->pending.program : NULL;
+    program_data = s->pending.program_data;
+    s->pending.node = NULL;
+    pthread_mutex_unlock(&lock);
+    return program != NULL ? program(t, false, program_data) : true;
+}
+
+/* ---- activation ---- */
+
+static bool check_ggml(char * reason, size_t size) {
+    const size_t expected = sizeof(struct object_mirror) + sizeof(struct ggml_tensor);
+    const char * absent = resolve_helpers();
+    runtime_overhead = gg.tensor_overhead != NULL ? gg.tensor_overhead() : 0;
+    if (gg.tensor_overhead != NULL && runtime_overhead != expected) {
+        snprintf(reason, size, "ggml_tensor_overhead() is %zu there, the hook was built for %zu "
+                 "(a ggml with another struct ggml_tensor)", runtime_overhead, expected);
+    } else if (absent != NULL || real.set_eval_callback == NULL) {
+        snprintf(reason, size, "%s not found", absent != NULL ? absent : "ggml_backend_sched_set_eval_callback");
+    } else {
+        return true;
+    }
+    return false;
+}
+
+static int open_socket(const char * path) {
+    struct sockaddr_un address = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof address.sun_path) {
+        return -1;
+    }
+    strcpy(address.sun_path, path);
+    /* CLOEXEC: a program this one executes is preloaded too and connects on its own. */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (const struct sockaddr *) &address, sizeof address) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* <folder>/<pid>.frames, created (never reused: O_EXCL) readable by the user only.  A process image
+ * that exec'ed from one which already wrote keeps its pid, so it takes <pid>-1.frames, and so on. */
+static int open_stream_file(const char * folder) {
+    char path[4096];
+    int  fd = -1;
+    if (mkdir(folder, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "ggml_inspector_hook: cannot create %s: %s; not capturing\n", folder, strerror(errno));
+        return -1;
+    }
+    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+        int length = attempt == 0 ? snprintf(path, sizeof path, "%s/%ld.frames", folder, (long) getpid())
+                                  : snprintf(path, sizeof path, "%s/%ld-%d.frames", folder, (long) getpid(), attempt);
+        if (length < 0 || (size_t) length >= sizeof path) {
+            errno = ENAMETOOLONG;
+            break;
+        }
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST) {
+            break;
+        }
+    }
+    if (fd < 0) {
+        fprintf(stderr, "ggml_inspector_hook: cannot write in %s: %s; not capturing\n", folder, strerror(errno));
+        return -1;
+    }
+    struct rlimit limit;
+    file_written = 0;
+    file_limit = getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY ? limit.rlim_cur
+                                                                                            : UINT64_MAX;
+    return fd;
+}
+
+/* The output is the parent's socket (GGML_INSPECTOR_SOCKET, set by exec) or, with no parent, a file in
+ * the dump folder (GGML_INSPECTOR_DIR); with neither, the hook stays off. */
+static void open_output(void) {
+    const char * socket_path = getenv("GGML_INSPECTOR_SOCKET");
+    const char * folder = getenv("GGML_INSPECTOR_DIR");
+    if (socket_path != NULL && *socket_path != '\0') {
+        to_file = false;
+        connection = open_socket(socket_path);
+    } else if (folder != NULL && *folder != '\0') {
+        to_file = true;
+        connection = open_stream_file(folder);
+    }
+    if (connection < 0) {
+        return;
+    }
+    if (!checked) {
+        checked = true;
+        compatible = check_ggml(incompatibility, sizeof incompatibility);
+        selectable = compatible && parse_selection(selection_error, sizeof selection_error);
+    }
+    json_begin();
+    field_number("pid", getpid());
+    field_string("argv0", program_invocation_name);
+    field_bool("compatible", compatible);
+    field_string("reason", compatible ? "" : incompatibility);
+    field_number("tensor_overhead", (long long) runtime_overhead);
+    if (!send_head(HELLO, 0)) {
+        return;
+    }
+    if (!compatible) {
+        notice(true, incompatibility);
+        disconnect();
+    } else if (!selectable) {
+        notice(false, selection_error);
+        disconnect();
+    }
+}
+
+static void before_fork(void) {
+    pthread_mutex_lock(&lock);
+}
+
+static void after_fork_in_parent(void) {
+    pthread_mutex_unlock(&lock);
+}
+
+/* A forked child shares the parent's socket or file, and two processes writing one stream would interleave
+ * their frames: the child closes its copy and opens its own at its next scheduler call.  It keeps
+ * the schedulers it inherited, numbers included; its BYE counts only its own computes. */
+static void after_fork_in_child(void) {
+    if (connection >= 0) {
+        close(connection);
+        connection = -1;
+        attempted = false;
+    }
+    n_computes = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+/* Every entry point starts here: the first call of the process looks ggml up (it may have been
+ * dlopen'ed just now) and opens the output (the parent's socket or a file in the dump folder). */
+static void start(const void * caller) {
+    pthread_mutex_lock(&lock);
+    if (!resolved) {
+        resolved = true;
+        resolve_real(caller);
+        pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+    }
+    if (!attempted) {
+        attempted = true;
+        open_output();
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+__attribute__((destructor)) static void say_goodbye(void) {
+    pthread_mutex_lock(&lock);
+    if (connection >= 0) {
+        json_begin();
+        field_number("schedulers", n_schedulers);
+        field_number("computes", n_computes);
+        send_head(BYE, 0);
+        disconnect();
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+/* The program's own eval callback: remembered and chained in front of ours on a watched scheduler. */
+static void set_program_callback(ggml_backend_sched_t sched, ggml_backend_sched_eval_callback callback,
+                                 void * user_data) {
+    pthread_mutex_lock(&lock);
+    struct scheduler * s = watched(sched);
+    if (s != NULL) {
+        s->program = callback;
+        s->program_data = user_data;
+    }
+    pthread_mutex_unlock(&lock);
+    if (s == NULL) {
+        real.set_eval_callback(sched, callback, user_data);
+    }
+}
+
+#ifndef GGML_INSPECTOR_LINKED
+
+/* ---- the interposed functions (preloaded only) ---- */
+
+ggml_backend_sched_t ggml_backend_sched_new(ggml_backend_t * backends, ggml_backend_buffer_type_t * bufts,
+                                            int n_backends, size_t graph_size, bool parallel, bool op_offload) {
+    start(__builtin_return_address(0));
+    if (real.new == NULL) {
+        missing("ggml_backend_sched_new");
+    }
+    ggml_backend_sched_t sched = real.new(backends, bufts, n_backends, graph_size, parallel, op_offload);
+    pthread_mutex_lock(&lock);
+    struct scheduler * s = watched(sched);
+    Dl_info creator;
+    if (s != NULL && dladdr(__builtin_return_address(0), &creator) && creator.dli_fname != NULL) {
+        const char * slash = strrchr(creator.dli_fname, '/');
+        snprintf(s->library, sizeof s->library, "%s", slash != NULL ? slash + 1 : creator.dli_fname);
+    }
+    pthread_mutex_unlock(&lock);
+    return sched;
+}
+
+void ggml_backend_sched_free(ggml_backend_sched_t sched) {
+    start(__builtin_return_address(0));
+    if (real.free == NULL) {
+        missing("ggml_backend_sched_free");
+    }
+    /* Forgotten first: once freed, another thread's new scheduler may get the same address. */
+    pthread_mutex_lock(&lock);
+    forget(sched);
+    pthread_mutex_unlock(&lock);
+    real.free(sched);
+}
+
+/* llama.cpp sets its callback (usually none) before every decode: we remember it and keep ours. */
+void ggml_backend_sched_set_eval_callback(ggml_backend_sched_t sched, ggml_backend_sched_eval_callback callback,
+                                          void * user_data) {
+    start(__builtin_return_address(0));
+    if (real.set_eval_callback == NULL) {
+        missing("ggml_backend_sched_set_eval_callback");
+    }
+    set_program_callback(sched, callback, user_data);
+}
+
+/* graph_compute calls graph_compute_async, possibly through us again: only the outermost call of a
+ * thread starts an evaluation, so one computation is one evaluation. */
+static _Thread_local int compute_depth;
+
+static enum ggml_status compute(__typeof__(ggml_backend_sched_graph_compute) * forward, ggml_backend_sched_t sched,
+                                struct ggml_cgraph * graph) {
+    if (compute_depth++ == 0) {
+        pthread_mutex_lock(&lock);
+        struct scheduler * s = watched(sched);
+        if (s != NULL) {
+            begin_evaluation(s, graph);
+        }
+        pthread_mutex_unlock(&lock);
+    }
+    enum ggml_status status = forward(sched, graph);
+    compute_depth--;
+    return status;
+}
+
+enum ggml_status ggml_backend_sched_graph_compute(ggml_backend_sched_t sched, struct ggml_cgraph * graph) {
+    start(__builtin_return_address(0));
+    if (real.graph_compute == NULL) {
+        missing("ggml_backend_sched_graph_compute");
+    }
+    return compute(real.graph_compute, sched, graph);
+}
+
+enum ggml_status ggml_backend_sched_graph_compute_async(ggml_backend_sched_t sched, struct ggml_cgraph * graph) {
+    start(__builtin_return_address(0));
+    if (real.graph_compute_async == NULL) {
+        missing("ggml_backend_sched_graph_compute_async");
+    }
+    return compute(real.graph_compute_async, sched, graph);
+}
+
+#endif
+
+/* ---- link-time use: the program calls these itself ---- */
+
+/* Once, right after ggml_backend_sched_new: numbers the scheduler and installs the hook's callback. */
+void ggml_inspector_attach(ggml_backend_sched_t sched) {
+    start(__builtin_return_address(0));
+    pthread_mutex_lock(&lock);
+#ifdef GGML_INSPECTOR_LINKED
+    /* ggml_backend_sched_free is not ours to see here: a scheduler we know at this address was freed. */
+    forget(sched);
+#endif
+    watched(sched);
+    pthread_mutex_unlock(&lock);
+}
+
+/* Before each ggml_backend_sched_graph_compute: starts an evaluation and (re)installs the hook's callback,
+ * which a ggml_backend_sched_set_eval_callback since the last compute would have replaced. */
+void ggml_inspector_begin(ggml_backend_sched_t sched) {
+    start(__builtin_return_address(0));
+    pthread_mutex_lock(&lock);
+    struct scheduler * s = watched(sched);
+    if (s != NULL) {
+        begin_evaluation(s, NULL);
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+/* In place of ggml_backend_sched_set_eval_callback, same arguments, for a program with a callback of its
+ * own: it is chained in front of the hook's and gets every call it asks for, its answers honoured. */
+void ggml_inspector_set_eval_callback(ggml_backend_sched_t sched, ggml_backend_sched_eval_callback callback,
+                                      void * user_data) {
+    start(__builtin_return_address(0));
+#ifndef GGML_INSPECTOR_LINKED
+    if (real.set_eval_callback == NULL) {
+        missing("ggml_backend_sched_set_eval_callback");
+    }
+#endif
+    set_program_callback(sched, callback, user_data);
+}

@@ -1,0 +1,369 @@
+"""The native hook's frame stream: reading it and turning it into a dump, for ``exec`` and ``import``.
+
+The hook (``inspector/native/ggml_inspector_hook.c``) writes the same frames whether
+it talks to ``exec`` over a Unix socket or, with no parent, into a file per
+process in a dump folder that ``import`` reads later (wire format in
+``inspector/native/README.md``).  Both read them here, so a socket and a file give the
+same dump.  A stream file may come from anywhere: every size in it is
+bounded before anything is allocated, and a tensor's layout is checked to
+lie inside its data before numpy is given strides over it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from inspector.capture.hook import SkippedTensor
+from inspector.constants import (
+    GGML_MAX_OP_PARAMS,
+    GGML_MAX_SRC,
+    GGML_TYPE_BF16,
+    LLAMA_MAX_INT32,
+    MAX_FRAME_EXPANSION_BYTES,
+    NUMPY_DTYPE_OF_GGML_TYPE,
+)
+from inspector.dump.background_writer import BackgroundWriter
+from inspector.dump.record import TensorRecord
+from inspector.errors import InspectorError
+from inspector.files.disk_space import DiskFull
+from inspector.ggml.readout import materialise
+from inspector.ggml.tensor import flag_names
+
+FRAME = struct.Struct("<IIIIQ")
+MAGIC = 0x48494747
+HELLO, EVAL, TENSOR, SKIP, NOTICE, BYE = range(1, 7)
+# A header is a small JSON object; anything larger is not our hook talking.
+MAX_HEADER_BYTES = 1 << 20
+# The hook sends no larger tensor; a materialised tensor may not be larger either.
+MAX_TENSOR_BYTES = 8 << 30
+READ_CHUNK_BYTES = 1 << 20
+GGML_MAX_DIMS = 4
+PATTERN_SEPARATOR = "\x1f"
+# The library that created a scheduler names what its graphs are: libmtmd's encode images, libllama's
+# decode tokens (or an image's embeddings). Any other program's graphs are just graphs.
+KINDS_BY_LIBRARY = (("libmtmd", "encode"), ("libllama", "decode"))
+
+
+def evaluation_kind(library: str) -> str:
+    """``encode``, ``decode`` or ``graph`` for a scheduler created by ``library`` (a file name)."""
+    return next((kind for prefix, kind in KINDS_BY_LIBRARY if library.startswith(prefix)), "graph")
+
+Read = Callable[[int], bytes]
+"""Up to n bytes of a stream, b"" at its end: ``socket.recv`` or a binary file's ``read``."""
+
+
+class ProtocolError(InspectorError):
+    """A stream that is not the hook's wire format, or that ends inside a frame."""
+
+
+@dataclass(frozen=True)
+class FrameHead:
+    kind: int
+    header_length: int
+    data_length: int
+
+
+def parse_head(head: bytes) -> FrameHead:
+    """The 24 bytes in front of every frame, refused unless they are the hook's, with sizes it can send."""
+    magic, kind, header_length, _reserved, data_length = FRAME.unpack(head)
+    if magic != MAGIC:
+        raise ProtocolError("a frame that does not start with the hook's magic GGIH")
+    if header_length > MAX_HEADER_BYTES or data_length > MAX_TENSOR_BYTES:
+        raise ProtocolError(f"a frame of impossible size (header {header_length} bytes, data {data_length} bytes)")
+    return FrameHead(kind, header_length, data_length)
+
+
+def _read_exactly(read: Read, count: int) -> bytes | None:
+    """``count`` bytes, or None at a clean end of stream before the first byte.
+
+    Read in pieces, so a size in a forged frame costs no more memory than the
+    bytes that are really there.
+    """
+    chunks, remaining = [], count
+    while remaining:
+        chunk = read(min(remaining, READ_CHUNK_BYTES))
+        if not chunk:
+            if remaining == count:
+                return None
+            raise ProtocolError("the stream ends inside a frame")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(read: Read) -> tuple[int, dict[str, Any], bytes] | None:
+    """One frame (kind, header, data), or None where the stream ends between frames."""
+    raw_head = _read_exactly(read, FRAME.size)
+    if raw_head is None:
+        return None
+    head = parse_head(raw_head)
+    raw_header = _read_exactly(read, head.header_length) if head.header_length else b"{}"
+    data = _read_exactly(read, head.data_length) if head.data_length else b""
+    if raw_header is None or data is None:
+        raise ProtocolError("the stream ends inside a frame")
+    try:
+        header = json.loads(raw_header.decode("utf-8"))
+    except ValueError:
+        raise ProtocolError("a frame header that is not JSON") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("a frame header that is not a JSON object")
+    return head.kind, header, data
+
+
+def _sizes_of(ggml_type: int) -> tuple[int, int, int] | None:
+    """(block size, bytes per block, bytes per materialised value) of a ggml type; None for a type gguf lacks."""
+    if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE:
+        item = np.dtype(NUMPY_DTYPE_OF_GGML_TYPE[ggml_type]).itemsize
+        return 1, item, item
+    if ggml_type == GGML_TYPE_BF16:
+        return 1, 2, 4  # widened to float32
+    try:
+        block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        return None
+    return block_size, type_size, 4  # dequantized to float32
+
+
+def _check_layout(ggml_type: int, ne: tuple[int, ...], nb: tuple[int, ...], n_dims: int, block_size: int,
+                  type_size: int, nbytes: int) -> None:
+    """Refuse a layout that would make numpy read outside the tensor's bytes or build a giant array.
+
+    The bounds are the ones :func:`~inspector.ggml.readout.materialise` walks:
+    elements at nb strides for plain types, rows of whole blocks for
+    quantized ones; the reach is ggml's own ``ggml_nbytes``.  ggml lets a view
+    have any strides, zero and overlapping ones included, so they are not
+    refused as such: what is refused is a tensor that would materialise into
+    more than its bytes can hold without overlap (for quantized types, what
+    they dequantize to) plus ``MAX_FRAME_EXPANSION_BYTES``.
+    """
+    if (len(ne) != GGML_MAX_DIMS or len(nb) != GGML_MAX_DIMS or min(ne) < 0 or min(nb) < 0
+            or not 1 <= n_dims <= GGML_MAX_DIMS or block_size < 1 or type_size < 1):
+        raise ProtocolError("a tensor header with an impossible layout")
+    sizes = _sizes_of(ggml_type)
+    if sizes is not None and sizes[:2] != (block_size, type_size):
+        raise ProtocolError(f"a tensor of ggml type {ggml_type} with block size {block_size} and type size "
+                            f"{type_size}; ggml's are {sizes[0]} and {sizes[1]}")
+    if 0 in ne or sizes is None:
+        return  # empty; or a type materialise refuses before reading a byte
+    if block_size == 1:
+        end = type_size + sum((n - 1) * stride for n, stride in zip(ne, nb, strict=True))
+    else:
+        end = ne[0] // block_size * type_size + sum((n - 1) * stride for n, stride in zip(ne[1:], nb[1:], strict=True))
+    if end > nbytes:
+        raise ProtocolError(f"a tensor whose layout reaches byte {end} of the {nbytes} it sent")
+    materialised = math.prod(ne) * sizes[2]
+    if materialised > MAX_TENSOR_BYTES:
+        raise ProtocolError("a tensor larger than 8 GiB once laid out")
+    carried = nbytes // type_size * block_size * sizes[2]
+    if materialised > carried + MAX_FRAME_EXPANSION_BYTES:
+        raise ProtocolError(f"a tensor whose strides repeat its {nbytes} bytes into {materialised} bytes "
+                            f"(ne {list(ne)}, nb {list(nb)}): more than {MAX_FRAME_EXPANSION_BYTES >> 20} MiB over "
+                            "what the bytes hold without overlap")
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """A TENSOR frame's header, every field converted and its layout checked against the bytes sent."""
+
+    name: str
+    op: str
+    type_name: str
+    ggml_type: int
+    ne: tuple[int, ...]
+    nb: tuple[int, ...]
+    n_dims: int
+    block_size: int
+    type_size: int
+    node_index: int
+    occurrence: int
+    flags: int
+    view_offset: int
+    op_params: list[int]
+    op_code: int
+    source_details: list[dict[str, Any]]
+
+
+def tensor_header(header: dict[str, Any], data_length: int) -> TensorHeader:
+    """The checked header of a TENSOR frame of ``data_length`` bytes; ProtocolError for anything forged.
+
+    ``import`` runs this over a whole file before it writes anything, so a
+    stream from someone else is refused in one line, not half imported.
+    """
+    try:
+        ne, nb = tuple(int(n) for n in header["ne"]), tuple(int(n) for n in header["nb"])
+        ggml_type, n_dims = int(header["type"]), int(header["n_dims"])
+        block_size, type_size = int(header["block_size"]), int(header["type_size"])
+        name, op, type_name = str(header["name"]), str(header["op"]), str(header["type_name"])
+        node_index, occurrence = int(header["node_index"]), int(header["occurrence"])
+        flags, view_offset = int(header.get("flags", 0)), int(header.get("view_offset", 0))
+        op_params = [int(word) for word in header.get("op_params", [])][:GGML_MAX_OP_PARAMS // 4]
+        op_code = int(header.get("op_code", -1))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise ProtocolError("a TENSOR header without its name, op, type or layout, or with a field of the wrong "
+                            "kind") from None
+    if not -1 <= node_index <= LLAMA_MAX_INT32 or not 0 <= occurrence <= LLAMA_MAX_INT32:
+        raise ProtocolError(f"a TENSOR header with node index {node_index} and occurrence {occurrence}; the index "
+                            f"stores both as int32")
+    _check_layout(ggml_type, ne, nb, n_dims, block_size, type_size, data_length)
+    return TensorHeader(name, op, type_name, ggml_type, ne, nb, n_dims, block_size, type_size, node_index, occurrence,
+                        flags, view_offset, op_params, op_code, _source_details(header.get("source_details", [])))
+
+
+def record_of(header: dict[str, Any], eval_index: int, data: bytes) -> tuple[TensorRecord, np.ndarray]:
+    """A TENSOR frame as the record and array the Python hook would have made of the same tensor."""
+    checked = tensor_header(header, len(data))
+    readout = materialise(np.frombuffer(data, dtype=np.uint8), checked.ggml_type, checked.ne, checked.nb,
+                          checked.block_size, checked.type_size, checked.n_dims)
+    record = TensorRecord(
+        name=checked.name, eval_index=eval_index, node_index=checked.node_index, occurrence=checked.occurrence,
+        op=checked.op, ggml_type=checked.type_name, ne=checked.ne, nb=checked.nb,
+        buffer=str(header.get("buffer", "")), buffer_type=str(header.get("buffer_type", "")),
+        storage=readout.storage, is_leaf=bool(header.get("is_leaf")), consumer=str(header.get("consumer", "")),
+        sched_copy=str(header.get("sched_copy", "")), flags=flag_names(checked.flags),
+        sources=[str(source) for source in header.get("sources", [])],
+        view_source=str(header.get("view_source", "")), view_offset=checked.view_offset,
+        source_details=checked.source_details, op_params=checked.op_params, op_code=checked.op_code,
+    )
+    return record, readout.array
+
+
+SOURCE_DETAIL_FIELDS = {"name": str, "occurrence": int, "buffer": str, "buffer_type": str, "type": str, "slot": int}
+
+
+def _source_details(details: Any) -> list[dict[str, Any]]:
+    """The hook's per-source details, each field checked to be of its kind (the stream may come from a file)."""
+    if not isinstance(details, list) or len(details) > GGML_MAX_SRC:
+        raise ProtocolError("a TENSOR header whose source_details is not a list of at most GGML_MAX_SRC")
+    try:
+        return [{key: kind(detail[key]) for key, kind in SOURCE_DETAIL_FIELDS.items()} for detail in details]
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise ProtocolError("a TENSOR header with a malformed source detail") from None
+
+
+@dataclass
+class ProcessReport:
+    """What one process of the program told us."""
+
+    pid: int
+    argv0: str
+    compatible: bool = True
+    reason: str = ""
+    # Set when the hook stopped capturing in the middle of the run (a NOTICE that is not about
+    # the ggml): out of memory, or a selection the hook could not parse.
+    stopped: str = ""
+    # The process said BYE: its stream ended with the process, not with a crash.
+    said_goodbye: bool = False
+    schedulers: int = 0
+    computes: int = 0
+    evaluations: int = 0
+    tensors: int = 0
+
+
+class FrameSink:
+    """Writes the frames of any number of process streams into one dump; streams may be read concurrently."""
+
+    def __init__(self, writer: BackgroundWriter, progress: Callable[[str], None]) -> None:
+        self.writer = writer
+        self.progress = progress
+        self.processes: list[ProcessReport] = []
+        self.skipped: list[SkippedTensor] = []
+        self.errors: list[str] = []
+        # Set when the dump cannot take more (a full disk): later frames are read and dropped.
+        self.stopped = False
+        self._lock = threading.Lock()
+
+    def consume(self, read: Read, origin: str = "") -> ProcessReport:
+        """Read one process's stream to its end; a broken stream keeps what came whole and is noted in errors.
+
+        ``origin`` names the stream in those notes (a file); by default, its process.
+        """
+        report = ProcessReport(pid=-1, argv0="")
+        # Threads computing on different schedulers interleave their frames: a tensor names its
+        # (scheduler, compute call), which maps to the evaluation that EVAL opened.
+        evaluations: dict[tuple[int, int], int] = {}
+        eval_index = -1
+        try:
+            first = True
+            while (frame := read_frame(read)) is not None:
+                kind, header, data = frame
+                if first and kind != HELLO:
+                    raise ProtocolError("a stream that does not begin with HELLO")
+                first = False
+                if kind == HELLO:
+                    report.pid, report.argv0 = int(header.get("pid", -1)), str(header.get("argv0", ""))
+                    report.compatible = bool(header.get("compatible", True))
+                    report.reason = str(header.get("reason", ""))
+                    with self._lock:
+                        self.processes.append(report)
+                elif kind == NOTICE:
+                    if header.get("incompatible"):
+                        report.compatible, report.reason = False, str(header.get("reason", ""))
+                    else:
+                        report.stopped = str(header.get("reason", "")) or "the hook stopped capturing"
+                elif kind == BYE:
+                    report.schedulers, report.computes = int(header["schedulers"]), int(header["computes"])
+                    report.said_goodbye = True
+                elif self.stopped:
+                    continue
+                elif kind == EVAL:
+                    if isinstance(self.writer.error, DiskFull):
+                        raise self.writer.error  # the writer is behind: stop before opening more evaluations
+                    with self._lock:
+                        library = str(header.get("library", ""))
+                        eval_index = self.writer.begin_evaluation(evaluation_kind(library), {
+                            "pid": report.pid, "sched": int(header["sched"]), "compute": int(header["compute"]),
+                            "n_nodes": int(header.get("n_nodes", -1)), "library": library})
+                    evaluations[(int(header["sched"]), int(header["compute"]))] = eval_index
+                    report.evaluations += 1
+                    self.progress(f"evaluation {eval_index} (process {report.pid}, scheduler {header['sched']}, "
+                                  f"compute {header['compute']}); {self.writer.tensor_count} tensors so far")
+                elif kind in (TENSOR, SKIP):
+                    owner = evaluations.get((int(header.get("sched", -1)), int(header.get("compute", -1))), eval_index)
+                    self._tensor(kind, header, owner, data, report)
+        except DiskFull as error:
+            self.stopped = True
+            self.errors.append(str(error))
+        except ProtocolError as error:
+            self.errors.append(f"{origin or f'process {report.pid}'}: {error}")
+        except (KeyError, TypeError, ValueError) as error:
+            self.errors.append(f"{origin or f'process {report.pid}'}: a malformed frame header "
+                               f"({type(error).__name__}: {error})")
+        except Exception as error:  # noqa: BLE001  (a stream thread must not die with a traceback)
+            self.errors.append(f"{origin or f'process {report.pid}'}: {type(error).__name__}: {error}")
+        return report
+
+    def _tensor(self, kind: int, header: dict[str, Any], owner: int, data: bytes, report: ProcessReport) -> None:
+        """A TENSOR frame written, or a SKIP (or a tensor numpy cannot lay out) kept among the skipped."""
+        reason = str(header.get("reason", ""))
+        if kind == TENSOR:
+            try:
+                record, array = record_of(header, owner, data)
+            except ProtocolError:
+                raise
+            except InspectorError as error:  # an unknown or undecodable type: the stream itself is whole
+                reason = f"tensor '{header.get('name', '')}': {error}"
+            else:
+                with self._lock:
+                    self.writer.write(record, array)
+                report.tensors += 1
+                return
+        with self._lock:
+            self.skipped.append(SkippedTensor(owner, str(header["name"]), int(header["occurrence"]),
+                                              str(header.get("buffer_type", "")), reason))
+
+    def incompatible(self) -> list[ProcessReport]:
+        return [process for process in self.processes if not process.compatible]
+
+    def hook_stopped(self) -> str:
+        """The first process in which the hook stopped capturing, as one line, or ""."""
+        return next((f"process {p.pid}: the hook stopped capturing: {p.stopped}"
+                     for p in self.processes if p.compatible and p.stopped), "")

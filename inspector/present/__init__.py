@@ -1,0 +1,1 @@
+"""What a person looks at: plots, the HTML report, the demo."""

@@ -1,0 +1,1 @@
+"""Offload sweeps: capture at several GPU-layer counts, summarise, and bisect the first bad count."""
