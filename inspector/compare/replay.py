@@ -264,82 +264,26 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
         entry_b = dump_b.find(entry_a.name, eval_index, entry_a.occurrence)
         record_b = dump_b.metadata(entry_b)
         op = record_a.get("op")
-        if not isinstance(record_a.get("op_code"), int) or record_a["op_code"] < 0 or "source_details" not in record_a:
-            raise InspectorError(f"{path_a} was captured before ops and sources were recorded: capture it again")
-        if isinstance(op, str) and op in VIEW_OPS:
-            raise InspectorError(f"{entry_a.name} is a {op}: a view computes nothing, so there is nothing to replay")
-        op_name = op_of(entry_a.name, record_a["op_code"])
-        words = op_params(entry_a.name, record_a.get("op_params", []))
-        outputs = [operand(f"{entry_a.name}'s output", record_a.get("ggml_type"), record_a.get("ne")),
-                   operand(f"{entry_a.name}'s output in run B", record_b.get("ggml_type"), record_a.get("ne"))]
-        if not all(isinstance(record.get("buffer", ""), str) for record in (record_a, record_b)):
-            raise ReplayRefused(f"replay refuses {entry_a.name}: its record's buffer is not a name")
-        header: GgufHeader | None = None
-        keys = {entry.key: entry for entry in dump_a.entries()}
-        details_a = _source_details(entry_a.name, record_a["source_details"])
+        op_name, words, outputs = _checked_node(path_a, entry_a.name, record_a, record_b)
+        inputs = _Inputs(dump_a, entry_a, op_name)
         details_b = record_b.get("source_details")
+        details_a = _source_details(entry_a.name, record_a["source_details"])
         if not isinstance(details_b, list) or [d.get("slot") for d in details_a] != \
                 [d.get("slot") if isinstance(d, dict) else None for d in details_b]:
             raise InspectorError(f"{entry_a.name} reads other sources in run B than in run A (or B's capture did not "
                                  "record them): the two runs computed different ops, nothing to replay as both")
-        details_b = _source_details(entry_a.name, details_b)
-        destination_slot = DESTINATION_SLOTS.get(op_name)
         sources_a, sources_b = [], []
-        operands: dict[int, Operand] = {}
-        indices: dict[int, np.ndarray] = {}
-        for detail_a, detail_b in zip(details_a, details_b, strict=True):
-            name, occurrence, slot = detail_a["name"], detail_a["occurrence"], detail_a["slot"]
-            label = f"{entry_a.name}'s source {name} (slot {slot})"
-            captured = keys.get((eval_index, name, occurrence))
-            if captured is not None:
-                meta = dump_a.metadata(captured)
-                if meta.get("ggml_type") not in CAPTURED_DTYPES:
-                    raise InspectorError(f"{name} is {meta.get('ggml_type')}: replay feeds captured inputs of types "
-                                         f"{', '.join(CAPTURED_DTYPES)} only (a quantized one is stored dequantized)")
-                source = operand(label, meta["ggml_type"], meta.get("ne"), meta.get("nb"))
-                values = dump_a.read(captured).astype(CAPTURED_DTYPES[meta["ggml_type"]], copy=False)
-                if values.size != source.nelements:
-                    raise ReplayRefused(f"replay refuses {entry_a.name}: {name} holds {values.size} values for "
-                                        f"ne {list(source.ne)}")
-                if meta["ggml_type"] in ("i32", "i64"):
-                    indices[slot] = values
-                data: Any = _laid_out(values, list(source.ne), list(source.nb))
-            elif (kv_cache_of(name) == name and slot == destination_slot
-                  and _fresh_cache(dump_a, name, eval_index, node)):
-                # The cache this op writes into, which nothing wrote before (caches start cleared): zeros.
-                # The op's result is a view of it, so it has the node's shape.
-                if detail_a["type"] not in CAPTURED_DTYPES:
-                    raise InspectorError(f"{name} is a {detail_a['type']} cache: replay fills f32/f16 caches only")
-                source = operand(label, detail_a["type"], record_a.get("ne"))
-                data = np.zeros(source.nelements, dtype=CAPTURED_DTYPES[detail_a["type"]])
-            else:
-                if header is None and dump_a.config.get("model") and not name.startswith(KV_CACHE_PREFIX):
-                    header = _model_header(dump_a.config["model"])
-                if header is not None and name in header.tensors:
-                    info = header.tensors[name]
-                    source = operand(label, info.type_name, list(info.ne))
-                    if info.n_bytes != source.nbytes:
-                        raise ModelError(f"{header.path}: tensor {name!r} has {info.n_bytes} bytes for its "
-                                         f"{info.type_name} shape {list(info.ne)}")
-                    data = read_tensor_bytes(header, name)
-                elif name.startswith(KV_CACHE_PREFIX):
-                    raise InspectorError(f"{entry_a.name} needs the KV cache {name} as it was at that point, which "
-                                         "no capture holds: replay a write into a fresh cache, or a node that reads "
-                                         "a captured view of it")
-                else:
-                    raise InspectorError(f"{entry_a.name}'s input {name} was not captured and is not a weight of "
-                                         f"{dump_a.config.get('model') or 'a known model file'}: capture it to replay")
-            operands[slot] = source
-            detail = {**detail_a, "ne": list(source.ne), "nb": list(source.nb), "type": source.type}
+        for detail_a, detail_b in zip(details_a, _source_details(entry_a.name, details_b), strict=True):
+            detail, data = inputs.source(detail_a, record_a)
             where_a = detail_a.get("buffer_type") or detail_a.get("buffer", "")
             where_b = detail_b.get("buffer_type") or detail_b.get("buffer", "")
-            if not (op_name == "MUL_MAT" and slot == 0) and any(_extra_placement(w) for w in (where_a, where_b)):
-                raise ReplayRefused(f"replay refuses {entry_a.name}: {name} is in buffer {where_a or where_b}, a "
-                                    "layout only a matrix multiplication's weight has")
+            if not (op_name == "MUL_MAT" and detail_a["slot"] == 0) and any(map(_extra_placement, (where_a, where_b))):
+                raise ReplayRefused(f"replay refuses {entry_a.name}: {detail_a['name']} is in buffer "
+                                    f"{where_a or where_b}, a layout only a matrix multiplication's weight has")
             sources_a.append((detail, data, where_a))
             sources_b.append((detail, data, where_b))
         for output in outputs:
-            check_node(Node(entry_a.name, op_name, words, output, operands, indices))
+            check_node(Node(entry_a.name, op_name, words, output, inputs.operands, inputs.indices))
         record_a = {**record_a, "name": entry_a.name, "ne": list(outputs[0].ne), "ggml_type": outputs[0].type,
                     "op_params": words}
         placements = _Placements(lib, threads)
@@ -361,6 +305,86 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
         placement_b={"node": record_b.get("buffer", ""), **{s[0]["name"]: s[2] for s in sources_b}},
         reproduces_a=_same_bits(output_a, captured_a), reproduces_b=_same_bits(output_b, captured_b),
         op_differs=not _same_bits(output_a, output_b), max_abs_diff=difference)
+
+
+def _checked_node(path_a: str | Path, name: str, record_a: dict[str, Any], record_b: dict[str, Any]
+                  ) -> tuple[str, list[int], list[Operand]]:
+    """The op name, its checked op_params, and the output operand as A and as B wrote it."""
+    op = record_a.get("op")
+    if not isinstance(record_a.get("op_code"), int) or record_a["op_code"] < 0 or "source_details" not in record_a:
+        raise InspectorError(f"{path_a} was captured before ops and sources were recorded: capture it again")
+    if isinstance(op, str) and op in VIEW_OPS:
+        raise InspectorError(f"{name} is a {op}: a view computes nothing, so there is nothing to replay")
+    op_name = op_of(name, record_a["op_code"])
+    words = op_params(name, record_a.get("op_params", []))
+    outputs = [operand(f"{name}'s output", record_a.get("ggml_type"), record_a.get("ne")),
+               operand(f"{name}'s output in run B", record_b.get("ggml_type"), record_a.get("ne"))]
+    if not all(isinstance(record.get("buffer", ""), str) for record in (record_a, record_b)):
+        raise ReplayRefused(f"replay refuses {name}: its record's buffer is not a name")
+    return op_name, words, outputs
+
+
+class _Inputs:
+    """Where each source of the replayed node comes from: run A's capture, a fresh cache, or the model file."""
+
+    def __init__(self, dump: Dump, entry: Entry, op_name: str) -> None:
+        self.dump, self.entry, self.op_name = dump, entry, op_name
+        self.keys = {e.key: e for e in dump.entries()}
+        self.header: GgufHeader | None = None
+        self.operands: dict[int, Operand] = {}
+        self.indices: dict[int, np.ndarray] = {}
+
+    def source(self, detail: dict[str, Any], record: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """The source's checked detail (its real ne, nb, type) and its data: an array, or a weight's raw bytes."""
+        name, occurrence, slot = detail["name"], detail["occurrence"], detail["slot"]
+        label = f"{self.entry.name}'s source {name} (slot {slot})"
+        captured = self.keys.get((self.entry.eval_index, name, occurrence))
+        if captured is not None:
+            source, data = self._captured(captured, label, slot)
+        elif (kv_cache_of(name) == name and slot == DESTINATION_SLOTS.get(self.op_name)
+              and _fresh_cache(self.dump, name, self.entry.eval_index, self.entry.node_index)):
+            # The cache this op writes into, which nothing wrote before (caches start cleared): zeros.
+            # The op's result is a view of it, so it has the node's shape.
+            if detail["type"] not in CAPTURED_DTYPES:
+                raise InspectorError(f"{name} is a {detail['type']} cache: replay fills f32/f16 caches only")
+            source = operand(label, detail["type"], record.get("ne"))
+            data = np.zeros(source.nelements, dtype=CAPTURED_DTYPES[detail["type"]])
+        else:
+            source, data = self._weight(name, label)
+        self.operands[slot] = source
+        return {**detail, "ne": list(source.ne), "nb": list(source.nb), "type": source.type}, data
+
+    def _captured(self, captured: Entry, label: str, slot: int) -> tuple[Operand, np.ndarray]:
+        meta = self.dump.metadata(captured)
+        if meta.get("ggml_type") not in CAPTURED_DTYPES:
+            raise InspectorError(f"{captured.name} is {meta.get('ggml_type')}: replay feeds captured inputs of types "
+                                 f"{', '.join(CAPTURED_DTYPES)} only (a quantized one is stored dequantized)")
+        source = operand(label, meta["ggml_type"], meta.get("ne"), meta.get("nb"))
+        values = self.dump.read(captured).astype(CAPTURED_DTYPES[meta["ggml_type"]], copy=False)
+        if values.size != source.nelements:
+            raise ReplayRefused(f"replay refuses {self.entry.name}: {captured.name} holds {values.size} values for "
+                                f"ne {list(source.ne)}")
+        if meta["ggml_type"] in ("i32", "i64"):
+            self.indices[slot] = values
+        return source, _laid_out(values, list(source.ne), list(source.nb))
+
+    def _weight(self, name: str, label: str) -> tuple[Operand, bytes]:
+        model = self.dump.config.get("model")
+        if self.header is None and model and not name.startswith(KV_CACHE_PREFIX):
+            self.header = _model_header(model)
+        if self.header is not None and name in self.header.tensors:
+            info = self.header.tensors[name]
+            source = operand(label, info.type_name, list(info.ne))
+            if info.n_bytes != source.nbytes:
+                raise ModelError(f"{self.header.path}: tensor {name!r} has {info.n_bytes} bytes for its "
+                                 f"{info.type_name} shape {list(info.ne)}")
+            return source, read_tensor_bytes(self.header, name)
+        if name.startswith(KV_CACHE_PREFIX):
+            raise InspectorError(f"{self.entry.name} needs the KV cache {name} as it was at that point, which no "
+                                 "capture holds: replay a write into a fresh cache, or a node that reads a captured "
+                                 "view of it")
+        raise InspectorError(f"{self.entry.name}'s input {name} was not captured and is not a weight of "
+                             f"{model or 'a known model file'}: capture it to replay")
 
 
 def _extra_placement(where: str) -> bool:
