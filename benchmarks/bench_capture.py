@@ -20,7 +20,9 @@ from inspector.capture.selection import Selection
 from inspector.dump.background_writer import BackgroundWriter
 from inspector.dump.record import TensorRecord
 from inspector.dump.writer import DumpWriter
-from inspector.llamacpp import session as llama_runner
+from inspector.ggml.log import install_log
+from inspector.llamacpp.config import LlamaRunConfig
+from inspector.llamacpp.decode import run as run_llama
 from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
@@ -39,15 +41,15 @@ def timed(function, repeats: int) -> float:
 
 def bench_capture_overhead(folder: Path, spec: TinyLlamaSpec, repeats: int) -> dict[str, float]:
     model = write_tiny_llama(folder / "bench.gguf", spec)
-    config = llama_runner.LlamaRunConfig(model=str(model), prompt=PROMPT, threads=2, n_ctx=512, flash_attn="off")
-    log = llama_runner.install_log(False)
+    config = LlamaRunConfig(model=str(model), prompt=PROMPT, threads=2, n_ctx=512, flash_attn="off")
+    log = install_log(False)
 
     def run(selection: Selection | None, store: bool) -> None:
         writer = BackgroundWriter(DumpWriter(folder / "b.h5", {}, {}, overwrite=True)) if store else None
         sink = writer.write if writer else (lambda record, array: None)
         hook = TensorHook(selection, sink) if selection is not None else None
         begin = writer.begin_evaluation if writer else (lambda kind, info: 0)
-        llama_runner.run(config, hook, begin, log)
+        run_llama(config, hook, begin, log)
         if writer:
             writer.close(True)
 

@@ -63,23 +63,27 @@ llm(sys.argv[2], max_tokens={n_predict}, temperature=0.0)
 # The multimodal prompt through the same runner with no eval callback: the baseline of a multimodal capture.
 MULTIMODAL_PLAIN = """
 import sys
-from inspector.llamacpp import session as runner
-config = runner.LlamaRunConfig(model=sys.argv[1], prompt=sys.argv[2], mmproj=sys.argv[3] or None, images=sys.argv[4:],
-                               threads={threads}, n_ctx=512, flash_attn="off", n_predict={n_predict})
+from inspector.ggml.log import install_log
+from inspector.llamacpp.config import LlamaRunConfig
+from inspector.llamacpp.decode import run
+config = LlamaRunConfig(model=sys.argv[1], prompt=sys.argv[2], mmproj=sys.argv[3] or None, images=sys.argv[4:],
+                        threads={threads}, n_ctx=512, flash_attn="off", n_predict={n_predict})
 indices = iter(range(10**6))
-runner.run(config, None, lambda kind, info: next(indices), runner.install_log(False))
+run(config, None, lambda kind, info: next(indices), install_log(False))
 """
 
 FLOOR = """
 import sys
 from inspector.capture.hook import TensorHook
-from inspector.llamacpp import session as runner
+from inspector.ggml.log import install_log
+from inspector.llamacpp.config import LlamaRunConfig
+from inspector.llamacpp.decode import run
 from inspector.capture.selection import Selection
-config = runner.LlamaRunConfig(model=sys.argv[1], prompt=sys.argv[2], threads={threads}, n_ctx=512,
-                               flash_attn="off", n_predict={n_predict})
+config = LlamaRunConfig(model=sys.argv[1], prompt=sys.argv[2], threads={threads}, n_ctx=512,
+                        flash_attn="off", n_predict={n_predict})
 hook = TensorHook(Selection(), lambda record, array: None)
 indices = iter(range(10**6))
-runner.run(config, hook, lambda kind, info: next(indices), runner.install_log(False))
+run(config, hook, lambda kind, info: next(indices), install_log(False))
 """
 
 
@@ -151,7 +155,7 @@ def bench_storage(model: Path, folder: Path, repeats: int) -> dict[str, dict[str
 
 
 def bench_metadata(model: Path, repeats: int) -> dict[str, float]:
-    from inspector.llamacpp.session import model_facts
+    from inspector.llamacpp.facts import model_facts
 
     return {
         "model_facts_s": timed(lambda: model_facts(str(model)), repeats),

@@ -13,16 +13,16 @@ import numpy as np
 from PIL import Image
 
 from inspector import open_dump
-from inspector.present import plots
-from inspector.llamacpp.capture import capture_llama
-from inspector.dump.raw_import import write_arrays
-from inspector.mllama.preprocess import preprocess
-from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
-from inspector.ggml.rpc import LoopbackServer
-from inspector.llamacpp.session import LlamaRunConfig
 from inspector.capture.selection import Selection
-from inspector.sweep.run import run_sweep
 from inspector.compare.tolerance import preset
+from inspector.dump.raw_import import write_arrays
+from inspector.ggml.rpc import LoopbackServer
+from inspector.llamacpp.capture import capture_llama
+from inspector.llamacpp.config import LlamaRunConfig
+from inspector.mllama.preprocess import preprocess
+from inspector.present import plots
+from inspector.sweep.run import run_sweep
+from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 OUT = Path(__file__).parent / "images"
 PROMPT = "The quick brown fox jumps over the lazy dog"

@@ -50,15 +50,22 @@ GGML_TYPE_I64 = 27
 GGML_TYPE_F64 = 28
 GGML_TYPE_BF16 = 30
 
-NUMPY_DTYPE_OF_GGML_TYPE = {
-    GGML_TYPE_F32: "<f4",
-    GGML_TYPE_F16: "<f2",
-    GGML_TYPE_I8: "i1",
-    GGML_TYPE_I16: "<i2",
-    GGML_TYPE_I32: "<i4",
-    GGML_TYPE_I64: "<i8",
-    GGML_TYPE_F64: "<f8",
-}
+# The one table between numpy and ggml: (enum ggml_type, ggml's type name, numpy dtype as np.dtype().str
+# spells it).  A dump stores these types as they are and every other one (bf16, the quantized types)
+# widened or dequantized to float32 (WIDENED_DTYPE).
+PLAIN_GGML_TYPES = (
+    (GGML_TYPE_F32, "f32", "<f4"),
+    (GGML_TYPE_F16, "f16", "<f2"),
+    (GGML_TYPE_F64, "f64", "<f8"),
+    (GGML_TYPE_I8, "i8", "|i1"),
+    (GGML_TYPE_I16, "i16", "<i2"),
+    (GGML_TYPE_I32, "i32", "<i4"),
+    (GGML_TYPE_I64, "i64", "<i8"),
+)
+NUMPY_DTYPE_OF_GGML_TYPE = {ggml_type: dtype for ggml_type, _name, dtype in PLAIN_GGML_TYPES}
+NUMPY_DTYPE_OF_TYPE_NAME = {name: dtype for _type, name, dtype in PLAIN_GGML_TYPES}
+GGML_TYPE_OF_TYPE_NAME = {name: ggml_type for ggml_type, name, _dtype in PLAIN_GGML_TYPES}
+WIDENED_DTYPE = "<f4"
 
 # ggml_backend_dev_type
 GGML_BACKEND_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL", 4: "META"}

@@ -1,8 +1,13 @@
-"""The one exception type the CLI turns into a single line on stderr.
+"""The exceptions the CLI turns into a single line on stderr: :class:`InspectorError` and its subclasses.
 
 Anything a user can cause (bad paths, bad files, bad patterns) raises
-:class:`InspectorError` with a message that reads well on its own; anything
-else is a bug and keeps its traceback.
+:class:`InspectorError`, or a subclass, with a message that reads well on its
+own; anything else is a bug and keeps its traceback.  The subclasses here say
+what went wrong where a caller must tell cases apart: a file that is not a
+dump (:class:`DumpError`), a run refused before any graph ran, which leaves no
+dump (:class:`SetupError`, :class:`ModelError`), a capture stopped by a signal
+(:class:`CaptureInterrupted`, exit 130).  Stages define their own next to the
+code that raises them (``DiskFull`` in ``inspector.files.disk_space``, for one).
 """
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# BACKEND#name#copy; the backend name never holds '#', the tensor name may.
-SCHED_COPY = re.compile(r"^([^#]+)#(.+)#(\d+)$")
+# BACKEND#name#copy; the backend name never holds '#', the tensor name may.  Matched whole (fullmatch) with
+# ASCII digits and '.' matching a newline, as the native hook's parse_sched_copy reads the name's bytes
+# (tests/test_c_python_mirrors.py): r"\d+$" would take "#１" or a trailing newline the C side refuses.
+SCHED_COPY = re.compile(r"([^#]+)#(.+)#([0-9]+)", re.DOTALL)
 LAYER_SUFFIX = re.compile(r"-(\d+)$")
 # llama.cpp names its KV cache tensors cache_k_l0, cache_v_l0 (and cache_r/cache_s for recurrent state).
 KV_CACHE_PREFIX = "cache_"
@@ -36,7 +38,7 @@ class SchedCopy:
 
 def parse_sched_copy(name: str) -> SchedCopy | None:
     """``RPC0#inp_pos#0`` -> SchedCopy("RPC0", "inp_pos", 0); None for an ordinary name."""
-    match = SCHED_COPY.match(name)
+    match = SCHED_COPY.fullmatch(name)
     if match is None:
         return None
     return SchedCopy(match.group(1), match.group(2), int(match.group(3)))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from inspector.capture.selection import Selection
 from inspector.gguf.reader import open_gguf, tensor_array
 from inspector.llamacpp.capture import CaptureSummary, capture_llama
-from inspector.llamacpp.session import LlamaRunConfig
+from inspector.llamacpp.config import LlamaRunConfig
 from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 PROMPT = "Hi, ggml!"
@@ -36,11 +38,16 @@ def tiny_f16(models_dir: Path) -> Path:
     return write_tiny_llama(models_dir / "tiny-f16.gguf", TinyLlamaSpec(dtype="f16", seed=2))
 
 
-def run_capture(model: Path, out: Path, globs: tuple[str, ...] = (), **config: object) -> CaptureSummary:
-    """Capture ``model`` on PROMPT with a deterministic single-thread configuration."""
+def llama_config(model: Path, **config: object) -> LlamaRunConfig:
+    """A run of ``model`` on PROMPT in a deterministic single-thread configuration, ``config`` overriding it."""
     settings: dict[str, object] = {"prompt": PROMPT, "threads": 1, "n_ctx": 64, "flash_attn": "off"}
     settings.update(config)
-    return capture_llama(LlamaRunConfig(model=str(model), **settings), Selection(globs=globs), out, overwrite=True)
+    return LlamaRunConfig(model=str(model), **settings)
+
+
+def run_capture(model: Path, out: Path, globs: tuple[str, ...] = (), **config: object) -> CaptureSummary:
+    """Capture ``model`` on PROMPT with a deterministic single-thread configuration."""
+    return capture_llama(llama_config(model, **config), Selection(globs=globs), out, overwrite=True)
 
 
 def weights(model: Path) -> dict[str, np.ndarray]:
@@ -89,25 +96,51 @@ def mount_tmpfs(where: Path) -> bool:
     return result.returncode == 0
 
 
-@pytest.fixture(params=["tmpfs", "rlimit"])
-def small_disk(request, tmp_path) -> Iterator[tuple[Path, dict]]:
-    """A folder on a 3 MiB tmpfs, or (without mount rights) a process limited to 3 MiB files: a real full disk.
+@functools.cache
+def tmpfs_mountable() -> bool:
+    """Whether this machine lets the tests mount a tmpfs (root, and a container that allows it): tried once."""
+    with tempfile.TemporaryDirectory() as folder:
+        mounted = mount_tmpfs(Path(folder))
+        if mounted:
+            subprocess.run(["umount", folder], capture_output=True, check=True)
+    return mounted
 
-    Yields the folder and the ``subprocess`` settings that impose the limit.
+
+def full_disk_variants() -> list[str]:
+    """The real full disks this machine offers: a small tmpfs where ``mount`` is allowed, RLIMIT_FSIZE always."""
+    return ["tmpfs", "rlimit"] if tmpfs_mountable() else ["rlimit"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The test id names the full disk that ran (``[tmpfs]``, ``[rlimit]``); none is skipped or expected to fail."""
+    if "small_disk" in metafunc.fixturenames:
+        metafunc.parametrize("small_disk", full_disk_variants(), indirect=True)
+
+
+def limit_file_size() -> None:
+    """In a child before exec: files stop at SMALL_DISK bytes (writes past it fail with EFBIG).
+
+    The soft limit only, as ``ulimit -S -f`` sets it: the hard one stays, as the room a process may take
+    back to close its files.
+    """
+    resource.setrlimit(resource.RLIMIT_FSIZE, (SMALL_DISK, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+@pytest.fixture
+def small_disk(request, tmp_path, record_property) -> Iterator[tuple[Path, dict]]:
+    """A folder on a 3 MiB tmpfs, or a child process limited to 3 MiB files: a real full disk.
+
+    Yields the folder and the ``subprocess`` settings that impose the limit; the variant is in the test id
+    and recorded as the ``full_disk`` property (junit XML).
     """
     folder = tmp_path / "disk"
     folder.mkdir()
-    if request.param == "tmpfs":
-        if not mount_tmpfs(folder):
-            # Not root here: the same limit through RLIMIT_FSIZE, which the next parameter covers.
-            request.applymarker(pytest.mark.xfail(reason="no mount rights", run=False))
-        try:
-            yield folder, {}
-        finally:
-            subprocess.run(["umount", str(folder)], capture_output=True)
+    record_property("full_disk", request.param)
+    if request.param == "rlimit":
+        yield folder, {"preexec_fn": limit_file_size}
         return
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (SMALL_DISK, SMALL_DISK))
-
-    yield folder, {"preexec_fn": limit}
+    assert mount_tmpfs(folder), "mounting a tmpfs worked a moment ago"
+    try:
+        yield folder, {}
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)

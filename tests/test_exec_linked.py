@@ -47,9 +47,9 @@ def linked_graph(tmp_path_factory) -> Path:
     return output
 
 
-def run_linked(program: Path, folder: Path | None, *args: str, limit: int | None = None
-               ) -> tuple[subprocess.CompletedProcess[str], int]:
-    """The program run directly: no exec, no preload, no socket; the hook's folder if given."""
+def run_linked(program: Path, folder: Path | str | None, *args: str, limit: int | None = None,
+               cwd: Path | None = None) -> tuple[subprocess.CompletedProcess[str], int]:
+    """The program run directly: no exec, no preload, no socket; the hook's folder (GGML_INSPECTOR_DIR) if given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GGML_INSPECTOR") and k != "LD_PRELOAD"}
     if folder is not None:
         env["GGML_INSPECTOR_DIR"] = str(folder)
@@ -59,7 +59,7 @@ def run_linked(program: Path, folder: Path | None, *args: str, limit: int | None
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     process = subprocess.Popen([str(program), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, preexec_fn=limit_file_size)
+                               text=True, preexec_fn=limit_file_size, cwd=cwd)
     stdout, stderr = process.communicate(timeout=60)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), process.pid
 
@@ -126,10 +126,20 @@ def test_a_linked_program_writes_a_dump_folder_that_import_turns_into_a_dump(lin
     assert_one_line_error(cli("import", folder, "-o", out), "exists")
 
 
-def test_without_a_folder_or_a_socket_the_linked_hook_stays_off(linked_graph, tmp_path):
-    result, _ = run_linked(linked_graph, None, "1")
+@pytest.mark.parametrize("folder", [None, ""], ids=["unset", "empty"])
+def test_without_a_folder_or_a_socket_the_linked_hook_stays_off(linked_graph, tmp_path, folder):
+    """Run in ``tmp_path``: a hook that wrote anyway would put its stream in the working folder.
+
+    The control run names that same folder as ``.``, so the check below is shown to see a stream that lands
+    there; unset and empty (as a shell's ``GGML_INSPECTOR_DIR= prog`` gives) must leave it empty.
+    """
+    result, _ = run_linked(linked_graph, folder, "1", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("compute 0 status 0")
+    assert result.stderr == ""
     assert list(tmp_path.iterdir()) == []
+    control, pid = run_linked(linked_graph, ".", "1", cwd=tmp_path)
+    assert control.returncode == 0, control.stderr
+    assert [path.name for path in tmp_path.iterdir()] == [f"{pid}.frames"]
 
 
 @pytest.mark.parametrize("cut", ["inside a frame", "before BYE"])

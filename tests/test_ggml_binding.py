@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import ctypes
+import re
 from pathlib import Path
 
 import pytest
 
 from inspector.constants import GGML_OBJECT_SIZE, GGML_TENSOR_FLAG_INPUT, GGML_TENSOR_FLAG_OUTPUT, GGML_TYPE_F16
+from inspector.errors import InspectorError
 from inspector.ggml import GgmlTensorStruct, Tensor, load
-from inspector.ggml.library import SONAME_GGML, SONAME_GGML_BASE, GgmlInitParams
+from inspector.ggml.abi import GgmlInitParams
+from inspector.ggml.library import SONAME_GGML, SONAME_GGML_BASE
+from inspector.ggml.signatures import BY_LIBRARY
 
 
 @pytest.fixture()
@@ -75,3 +79,55 @@ def test_devices_include_the_cpu():
 
     devices = ggml_devices(load())
     assert any(device["type"] == "CPU" for device in devices)
+
+
+def _called_c_functions() -> set[str]:
+    """Every ggml/gguf C function the package's source calls on a library handle or as a Context op."""
+    root = Path(__file__).resolve().parents[1] / "inspector"
+    handle_call = re.compile(r"\b(?:lib|base|ggml|cpu|rpc|registry)\.((?:ggml|gguf)_\w+)\(")
+    op_call = re.compile(r"\b(?:c|context)\.(\w+)\(")
+    called = set()
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        called |= set(handle_call.findall(text))
+        if "Context" in text:
+            called |= {f"ggml_{op}" for op in op_call.findall(text) if op not in ("tensor", "name", "free")}
+    return called
+
+
+def test_every_c_function_the_package_calls_is_declared_in_the_one_table():
+    """An undeclared function returns a C int and takes ints: a pointer would be cut to 32 bits."""
+    declared = {name for tables in BY_LIBRARY.values() for table in tables for name in table}
+    called = _called_c_functions()
+    assert len(called) > 60
+    assert called <= declared, sorted(called - declared)
+
+
+def test_the_table_is_declared_on_the_loaded_libraries():
+    """Each name exists in the library it is declared on, with the table's signature, once load() returns."""
+    lib = load()
+    for attribute, tables in BY_LIBRARY.items():
+        handle = getattr(lib, attribute)
+        assert handle is not None, attribute
+        for table in tables:
+            for name, (restype, argtypes) in table.items():
+                function = getattr(handle, name)
+                assert (function.restype, function.argtypes) == (restype, argtypes), name
+
+
+def test_one_enumeration_serves_every_device_question():
+    """The dump's device facts, the CPU backend's device and a name lookup all come from list_devices."""
+    from inspector.ggml.devices import device_by_name, find_device, list_devices
+    from inspector.ggml.system import ggml_devices
+
+    lib = load()
+    devices = list_devices(lib)
+    registry = lib.ggml
+    assert [d.name for d in devices] == [registry.ggml_backend_dev_name(registry.ggml_backend_dev_get(i)).decode()
+                                         for i in range(registry.ggml_backend_dev_count())]
+    assert [(f["name"], f["type"]) for f in ggml_devices(lib)] == [(d.name, d.kind) for d in devices]
+    cpu = next(d for d in devices if d.kind == "CPU")
+    assert find_device(lib, None) == cpu.handle == device_by_name(lib, cpu.name)
+    assert device_by_name(lib, "no such device") is None
+    with pytest.raises(InspectorError, match="no ggml device 'no such device'; available: CPU"):
+        find_device(lib, "no such device")

@@ -11,7 +11,9 @@ from conftest import PROMPT, run_capture
 from inspector import open_dump
 from inspector.capture.hook import TensorHook
 from inspector.capture.selection import Selection
-from inspector.llamacpp import session as llama_runner
+from inspector.ggml.log import install_log
+from inspector.llamacpp.config import LlamaRunConfig
+from inspector.llamacpp.decode import run
 from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 # ~240 MB in f16: large enough that capturing everything would be visible.
@@ -51,10 +53,10 @@ def test_exception_in_the_sink_stops_capturing_but_not_the_run(tiny_f32, tmp_pat
         captured.append(record.name)
 
     hook = TensorHook(Selection(), sink)
-    config = llama_runner.LlamaRunConfig(model=str(tiny_f32), prompt=PROMPT, threads=1, n_ctx=64, n_predict=2)
-    log = llama_runner.install_log(False)
+    config = LlamaRunConfig(model=str(tiny_f32), prompt=PROMPT, threads=1, n_ctx=64, n_predict=2)
+    log = install_log(False)
     indices = iter(range(100))
-    result = llama_runner.run(config, hook, lambda kind, info: next(indices), log)
+    result = run(config, hook, lambda kind, info: next(indices), log)
     assert hook.error is not None and "disk on fire" in hook.error
     assert len(captured) == 2 and hook.counters.captured == 2
     assert result.prompt_logits.shape == (1, 259)  # the last prompt token's, as llama.cpp computes by default

@@ -18,8 +18,8 @@ from PIL import Image
 
 from inspector import open_dump
 from inspector.errors import InspectorError
+from inspector.llamacpp.config import LlamaRunConfig
 from inspector.llamacpp.prompt import render_template
-from inspector.llamacpp.session import LlamaRunConfig
 from inspector.tiny_models.mllama import write_tiny_mllama
 
 CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from inspector.llamacpp import session as llama_runner
+from inspector.ggml.log import install_log
 
 MISSING_MODEL = b"/nonexistent/ggml-inspector/missing.gguf"
 
@@ -18,7 +18,7 @@ MISSING_MODEL = b"/nonexistent/ggml-inspector/missing.gguf"
 STRESS = f"""
 import threading, time
 import llama_cpp
-from inspector.llamacpp import session as llama_runner
+from inspector.ggml.log import install_log
 
 stop = threading.Event()
 loads = 0
@@ -30,13 +30,13 @@ def log_forever():
         assert not llama_cpp.llama_model_load_from_file({MISSING_MODEL!r}, params)
         loads += 1
 
-llama_runner.install_log(False)
+install_log(False)
 thread = threading.Thread(target=log_forever)
 thread.start()
 installs = 0
 deadline = time.monotonic() + 2.0
 while time.monotonic() < deadline:
-    llama_runner.install_log(False)
+    install_log(False)
     installs += 1
 stop.set()
 thread.join()
@@ -45,8 +45,8 @@ print(installs, loads)
 
 
 def test_log_lines_go_to_the_log_installed_last():
-    first = llama_runner.install_log(False)
-    second = llama_runner.install_log(False)
+    first = install_log(False)
+    second = install_log(False)
     assert not llama_cpp.llama_model_load_from_file(MISSING_MODEL, llama_cpp.llama_model_default_params())
     assert not first.lines
     assert any("missing.gguf" in line for line in second.lines)

@@ -8,6 +8,7 @@ type it; expected token ids come from the generated vocabulary's byte rule
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -141,6 +142,17 @@ def test_jinja_renders_the_models_template_with_llama_cpp_variables(templated_mo
     with open_dump(tmp_path / "j.h5") as dump:
         assert dump.result["formatted_prompt"] == expected
         assert dump.result["token_ids"] == byte_token_ids(expected)
+
+
+def test_the_prompt_recorded_is_the_one_rendering_that_was_tokenized(tiny_f32, tmp_path):
+    """A template that reads the clock renders differently each time: the run renders it once, and records that text."""
+    template = "{{ strftime_now('%S.%f') }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    capture(tiny_f32, "-p", "hi", "--jinja", "--chat-template", template, "-t", "1", "-c", "128", "-T", "l_out-0",
+            "-o", tmp_path / "t.h5")
+    with open_dump(tmp_path / "t.h5") as dump:
+        recorded = dump.result["formatted_prompt"]
+        assert re.fullmatch(r"\d{2}\.\d{6}hi", recorded)
+        assert dump.result["token_ids"] == byte_token_ids(recorded)
 
 
 def test_unknown_template_without_jinja_says_to_use_jinja(templated_model, tmp_path):

@@ -3,19 +3,21 @@
 Every text tensor of the GGUF must equal the HF parameter bit for bit, the
 keys must carry the config's values, rope_freqs must equal an independent
 computation of Llama 3's scaling, and `mllama encode` must still run on the
-whole-model file.
+whole-model file.  The HF side is the checkpoint's safetensors file, read
+with safetensors and renamed by the table below (llama.cpp's mllama names,
+written out here): a name the converter's own table got wrong shows.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import weights
 from PIL import Image
 from safetensors.numpy import load_file, save_file
@@ -51,13 +53,43 @@ def converted(hf_model, tmp_path_factory) -> Path:
     return convert_with_cli(folder, tmp_path_factory.mktemp("gguf") / "whole.gguf")
 
 
-def text_state(model) -> dict[str, np.ndarray]:
-    """HF's text parameters by GGUF name (in-memory names: model.language_model.*, lm_head.weight)."""
+# HF's on-disk text names -> llama.cpp's mllama names, independent of inspector.mllama.gguf_layout.
+HF_TEXT_FIXED = {
+    "language_model.model.embed_tokens.weight": "token_embd.weight",
+    "language_model.model.norm.weight": "output_norm.weight",
+    "language_model.lm_head.weight": "output.weight",
+}
+HF_TEXT_LEAVES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "cross_attn.q_proj.weight": "cross_attn_q_proj.weight",
+    "cross_attn.k_proj.weight": "cross_attn_k_proj.weight",
+    "cross_attn.v_proj.weight": "cross_attn_v_proj.weight",
+    "cross_attn.o_proj.weight": "cross_attn_o_proj.weight",
+    "cross_attn.q_norm.weight": "cross_attn_q_norm.weight",
+    "cross_attn.k_norm.weight": "cross_attn_k_norm.weight",
+    "cross_attn_attn_gate": "cross_attn_attn_gate",
+    "cross_attn_mlp_gate": "cross_attn_mlp_gate",
+}
+HF_TEXT_LAYER = re.compile(r"^language_model\.model\.layers\.(\d+)\.(.+)$")
+
+
+def hf_text_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """The checkpoint's text tensors as saved (safetensors), by llama.cpp name; an unknown text name fails."""
     found = {}
-    for name, value in model.state_dict().items():
-        part = L.text_part(name)
-        if part is not None and L.text_gguf_name(part) is not None:
-            found[L.text_gguf_name(part)] = value.numpy()
+    for name, value in load_file(folder / "model.safetensors").items():
+        layer = HF_TEXT_LAYER.match(name)
+        if layer:
+            found[f"blk.{layer.group(1)}.{HF_TEXT_LEAVES[layer.group(2)]}"] = value
+        elif name.startswith("language_model."):
+            found[HF_TEXT_FIXED[name]] = value
     return found
 
 
@@ -80,10 +112,18 @@ def independent_llama3_factors(head_dim: int, p: dict) -> np.ndarray:
 
 
 def test_every_text_tensor_equals_hf(hf_model, converted):
-    model, _ = hf_model
+    model, folder = hf_model
     ours = weights(converted)
-    reference = text_state(model)
+    reference = hf_text_tensors(folder)
     assert len(reference) == 47  # 4 layers (2 self, 2 cross), embeddings, norm, head
+    # Spot checks by name, each against the HF module the checkpoint was saved from.
+    text = model.model.language_model
+    for gguf_name, parameter in (("blk.0.ffn_gate.weight", text.layers[0].mlp.gate_proj.weight),
+                                 ("blk.0.ffn_up.weight", text.layers[0].mlp.up_proj.weight),
+                                 ("blk.2.attn_k.weight", text.layers[2].self_attn.k_proj.weight),
+                                 ("blk.3.cross_attn_mlp_gate", text.layers[3].cross_attn_mlp_gate),
+                                 ("output_norm.weight", text.norm.weight)):
+        np.testing.assert_array_equal(ours[gguf_name], parameter.detach().numpy(), err_msg=gguf_name)
     for name, value in reference.items():
         assert ours[name].shape == value.shape, name
         np.testing.assert_array_equal(ours[name], value, err_msg=name)
@@ -297,4 +337,14 @@ def test_hf_state_dict_has_no_unconverted_text_parameter(hf_model):
     model, _ = hf_model
     names = [name for name, _ in model.named_parameters() if L.gguf_name(name) is None]
     assert names == []
-    assert torch.equal(model.lm_head.weight, model.state_dict()["lm_head.weight"])
+
+
+def test_the_output_head_is_hfs_lm_head_not_the_embedding(hf_model, converted):
+    """output.weight is lm_head as saved and as the HF module holds it; the tiny config does not tie it."""
+    model, folder = hf_model
+    head = load_file(folder / "model.safetensors")["language_model.lm_head.weight"]
+    ours = weights(converted)[L.OUTPUT]
+    np.testing.assert_array_equal(ours, head)
+    np.testing.assert_array_equal(ours, model.lm_head.weight.detach().numpy())
+    embedding = model.model.language_model.embed_tokens.weight.detach().numpy()[:VOCAB]
+    assert not model.config.text_config.tie_word_embeddings and not np.array_equal(ours, embedding)

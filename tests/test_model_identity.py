@@ -11,7 +11,7 @@ from gguf import GGUFReader
 from test_cli import cli
 
 from inspector.gguf.header import cached_sha256, fingerprint, read_header, read_leading_metadata
-from inspector.llamacpp.session import model_facts
+from inspector.llamacpp.facts import model_facts
 from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
 REAL_VOCAB = 262_144

@@ -143,5 +143,5 @@ def test_bad_multimodal_input_is_one_line_and_leaves_no_dump(models, tmp_path):
     assert_one_line_error(cli("capture", "-m", model, "--image", image, "-p", "x", "-o", out), "--mmproj")
     narrow = write_tiny_llava(tmp_path / "narrow.gguf", TinyLlavaSpec(text_n_embd=32))
     assert_one_line_error(capture((model, narrow), image, out, "-p", "x"), "mismatch between text model")
-    assert_one_line_error(capture((model, model), image, out, "-p", "x"), "could not load --mmproj")
+    assert_one_line_error(capture((model, model), image, out, "-p", "x"), "is not a vision projector")
     assert not out.exists()

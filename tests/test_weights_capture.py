@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType
 from inspector import open_dump
 from inspector.errors import InspectorError
 from inspector.ggml import Tensor, load, read_tensor
-from inspector.ggml.library import GgmlInitParams
+from inspector.ggml.abi import GgmlInitParams
 from inspector.ggml.readout import UnreadableTensor
 from inspector.gguf.header import read_header
 from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama

@@ -26,12 +26,9 @@ through a null function pointer.
 from __future__ import annotations
 
 import ctypes
-import signal
-import threading
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -305,24 +302,3 @@ def trimmed(words: list[int]) -> list[int]:
         words.pop()
     return words
 
-
-@contextmanager
-def stop_on_signals(hook: TensorHook) -> Iterator[None]:
-    """While the graph computes, Ctrl-C and SIGTERM ask the hook to stop instead of raising.
-
-    A KeyboardInterrupt raised by Python's default handler can surface at the
-    very entry of the ctypes callback, where ctypes swallows it ("Exception
-    ignored on calling ctypes callback"); a flag cannot be lost that way.  The
-    hook's flag also feeds llama.cpp's abort callback, which ends the compute.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda _signum, _frame: hook.request_stop())
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -2,6 +2,11 @@
 
 Matching runs once per distinct name (results are cached), because the
 scheduler asks about every node of every evaluation and names repeat.
+
+A dump records its selection under ``config["select"]``; that record is
+written and read back only through :class:`SelectionDescription`, so every
+runner records it alike and every reader (replay, origins, the command line
+that reproduces a run) reads it alike.
 """
 
 from __future__ import annotations
@@ -9,9 +14,51 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from inspector.errors import InspectorError
+
+# The key of a dump's config that records its selection.
+SELECT_KEY = "select"
+
+
+def _patterns(value: object) -> tuple[str, ...]:
+    """A recorded pattern list; anything else a (hand-edited) dump holds is one pattern, never "none"."""
+    if isinstance(value, (list, tuple)):
+        return tuple(str(item) for item in value)
+    return (str(value),) if value else ()
+
+
+@dataclass(frozen=True)
+class SelectionDescription:
+    """The patterns a capture was asked for, as recorded: what was selected, not a matcher.
+
+    Why not a :class:`Selection`: ``exec`` records POSIX extended regular
+    expressions, which Python's ``re`` may refuse or read differently; a
+    reader needs only the patterns and whether there were any.
+    """
+
+    globs: tuple[str, ...] = ()
+    regexes: tuple[str, ...] = ()
+
+    @property
+    def selects_all(self) -> bool:
+        """True when no pattern was given: every computed node (and the graph inputs) was captured."""
+        return not (self.globs or self.regexes)
+
+    def describe(self) -> dict[str, list[str]]:
+        """The value recorded as ``config["select"]``."""
+        return {"globs": list(self.globs), "regexes": list(self.regexes)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SelectionDescription:
+        """What a dump's config records; a dump without a record (``import``) reads as "everything"."""
+        recorded = config.get(SELECT_KEY)
+        if not isinstance(recorded, Mapping):
+            return cls(regexes=_patterns(recorded))
+        return cls(_patterns(recorded.get("globs")), _patterns(recorded.get("regexes")))
 
 
 @dataclass
@@ -39,6 +86,10 @@ class Selection:
     @property
     def selects_all(self) -> bool:
         return not self.patterns
+
+    def describe(self) -> dict[str, list[str]]:
+        """The value a dump records as ``config["select"]`` (:class:`SelectionDescription`)."""
+        return SelectionDescription(self.globs, self.regexes).describe()
 
     def matches(self, name: str) -> bool:
         """True when ``name`` matches any pattern (or when there are none)."""

@@ -18,7 +18,7 @@ from inspector.errors import InspectorError
 
 if TYPE_CHECKING:
     from inspector.compare.tolerance import Tolerance
-    from inspector.llamacpp.session import LlamaRunConfig
+    from inspector.llamacpp.config import LlamaRunConfig
 
 
 def parse_maps(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -4,7 +4,7 @@ People who use this tool live in ``llama-cli`` and ``llama-server``: each
 option here keeps llama.cpp's spellings (``common/arg.cpp``), meaning and,
 where a capture allows, default; older ggml-inspector spellings stay as
 aliases.  The same table builds the click options, turns their values into a
-:class:`~inspector.llamacpp.session.LlamaRunConfig` whose field names are
+:class:`~inspector.llamacpp.config.LlamaRunConfig` whose field names are
 llama.cpp's, renders a recorded configuration back into the command line that
 makes it (``ls --config``), and writes the option table of ``docs/cli.md``.
 """
@@ -38,7 +38,7 @@ from inspector.files.inputs import open_regular_file
 from inspector.ggml.system import max_threads
 
 if TYPE_CHECKING:
-    from inspector.llamacpp.session import LlamaRunConfig
+    from inspector.llamacpp.config import LlamaRunConfig
 
 # A prompt file is read whole; beyond this it is not a prompt.
 MAX_PROMPT_FILE_BYTES = 64 * 1024 * 1024
@@ -290,7 +290,7 @@ def model_path(model_argument: Path | None, model_option: Path | None) -> Path:
 def config_from_values(values: dict[str, Any], model_argument: Path | None, model_option: Path | None
                        ) -> LlamaRunConfig:
     """A LlamaRunConfig from parsed option values (every one named by its config field)."""
-    from inspector.llamacpp.session import LlamaRunConfig
+    from inspector.llamacpp.config import LlamaRunConfig
 
     model = model_path(model_argument, model_option)
     settings = {field: value for field, value in values.items() if value is not None}
@@ -366,6 +366,8 @@ def command_line(config: dict[str, Any], command: str = "capture") -> str:
     when it was read from one.  Tensor selection and storage are added when
     recorded.
     """
+    from inspector.capture.selection import SelectionDescription
+
     words = ["ggml-inspector", command, "-m", str(config.get("model", "MODEL"))]
     for option in LLAMA_OPTIONS:
         value = config.get(option.field)
@@ -379,10 +381,10 @@ def command_line(config: dict[str, Any], command: str = "capture") -> str:
         if option.field != "threads" and value == option.unset:
             continue
         words += _rendered(option, value)
-    select = config.get("select", {})
-    for glob in select.get("globs", []):
+    selection = SelectionDescription.from_config(config)
+    for glob in selection.globs:
         words += ["--tensor", glob]
-    for regex in select.get("regexes", []):
+    for regex in selection.regexes:
         words += ["--tensor-filter", regex]
     storage = config.get("storage", {})
     if storage.get("stats_only"):

@@ -14,7 +14,7 @@ from inspector.cli.llama_options import llama_cpp_options
 from inspector.constants import DEFAULT_DUMP_DIR
 
 if TYPE_CHECKING:
-    from inspector.llamacpp.session import LlamaRunConfig
+    from inspector.llamacpp.config import LlamaRunConfig
 
 
 def default_output(stem: str) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from inspector.capture.selection import SelectionDescription
 from inspector.compare.verdict import IDENTICAL
 from inspector.dump.reader import Dump, Entry
 from inspector.errors import InspectorError
@@ -160,8 +161,7 @@ def _explain(verdict: str, sources: list[SourceState], record_a: dict[str, Any],
 
 
 def _captured_everything(dump: Dump) -> bool:
-    select = dump.config.get("select") or {}
-    return not select.get("globs") and not select.get("regexes")
+    return SelectionDescription.from_config(dump.config).selects_all
 
 
 def _where(buffer: str) -> str:

@@ -31,15 +31,18 @@ from typing import Any
 
 import numpy as np
 
+from inspector.capture.selection import SelectionDescription
 from inspector.compare.replay_checks import TYPES, Node, Operand, ReplayRefused, check_node, op_of, op_params, operand
+from inspector.constants import NUMPY_DTYPE_OF_TYPE_NAME
 from inspector.dump.reader import Dump, Entry, open_dump
 from inspector.errors import InspectorError, ModelError
 from inspector.ggml import load, read_tensor, rpc
+from inspector.ggml.abi import GgmlTensorStruct
 from inspector.ggml.graph import Backend, Context, init_backend
 from inspector.ggml.library import GgmlLibraries
 from inspector.ggml.log import install_log
 from inspector.ggml.rpc import LoopbackServer
-from inspector.ggml.tensor import GgmlTensorStruct, Tensor
+from inspector.ggml.tensor import Tensor
 from inspector.gguf.header import GgufHeader, read_header, read_tensor_bytes
 from inspector.identity import KV_CACHE_PREFIX, kv_cache_of
 from inspector.llamacpp.placement import extra_buffer_types
@@ -47,7 +50,8 @@ from inspector.llamacpp.placement import extra_buffer_types
 VIEW_OPS = {"NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
 # The src[] slot of the tensor an op writes into (its result is a view of it): ggml_set_rows, ggml_cpy.
 DESTINATION_SLOTS = {"SET_ROWS": 2, "CPY": 1}
-CAPTURED_DTYPES = {"f32": np.float32, "f16": np.float16, "i32": np.int32, "i64": np.int64}
+# The stored types a captured tensor is fed back as (a quantized one was stored dequantized).
+CAPTURED_DTYPES = {name: np.dtype(NUMPY_DTYPE_OF_TYPE_NAME[name]) for name in ("f32", "f16", "i32", "i64")}
 HOST_BUFFER_TYPES = {"CPU", "CPU_Mapped"}
 
 
@@ -74,8 +78,7 @@ def _node(dump: Dump, eval_index: int, node: int) -> Entry:
 
 def _fresh_cache(dump: Dump, cache: str, eval_index: int, node: int) -> bool:
     """True when nothing wrote ``cache`` before node ``node``: decidable only when every node was captured."""
-    select = dump.config.get("select") or {}
-    if select.get("globs") or select.get("regexes"):
+    if not SelectionDescription.from_config(dump.config).selects_all:
         return False
     return not any((entry.eval_index, entry.node_index) < (eval_index, node) and kv_cache_of(entry.name) == cache
                    and entry.op in ("SET_ROWS", "CPY") for entry in dump.entries())

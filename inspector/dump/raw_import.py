@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.constants import DEFAULT_MAX_READ_BYTES
+from inspector.constants import DEFAULT_MAX_READ_BYTES, NUMPY_DTYPE_OF_TYPE_NAME
 from inspector.dump.record import TensorRecord
 from inspector.dump.writer import DumpWriter
 from inspector.errors import InspectorError
@@ -24,7 +24,6 @@ from inspector.files.inputs import check_regular_file
 # headers over 10,000 bytes unless told otherwise.
 NPY_PREAMBLE_BYTES = 12
 NPY_MAX_HEADER_BYTES = 65536
-RAW_DTYPES = {"f32": "<f4", "f16": "<f2", "f64": "<f8", "i8": "i1", "i16": "<i2", "i32": "<i4", "i64": "<i8"}
 
 
 def parse_dims(text: str) -> tuple[int, ...]:
@@ -40,11 +39,11 @@ def parse_dims(text: str) -> tuple[int, ...]:
 def read_raw(path: str | os.PathLike[str], dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """Read a headerless little-endian file whose size must match ``shape`` and ``dtype`` exactly."""
     path = Path(path)
-    if dtype not in RAW_DTYPES:
-        raise InspectorError(f"--dtype must be one of {', '.join(RAW_DTYPES)}")
+    if dtype not in NUMPY_DTYPE_OF_TYPE_NAME:
+        raise InspectorError(f"--dtype must be one of {', '.join(NUMPY_DTYPE_OF_TYPE_NAME)}")
     if not path.is_file():
         raise InspectorError(f"{path}: no such file")
-    element = np.dtype(RAW_DTYPES[dtype])
+    element = np.dtype(NUMPY_DTYPE_OF_TYPE_NAME[dtype])
     expected = math.prod(shape) * element.itemsize
     size = path.stat().st_size
     if size != expected:

@@ -27,7 +27,9 @@ from inspector.constants import (
     DUMP_FORMAT_VERSION,
     MAX_COMPRESSION_RATIO,
     MAX_SHOWN_VALUES,
+    NUMPY_DTYPE_OF_TYPE_NAME,
     STREAM_CHUNK_BYTES,
+    WIDENED_DTYPE,
 )
 from inspector.dump.format import (
     INDEX_DTYPE,
@@ -45,11 +47,6 @@ __all__ = ["Dump", "Entry", "TensorPreview", "TensorStats", "matches_globs", "op
 # a real row) is a crafted file: refuse it before reading allocates for every row.
 MIN_ROW_BYTES = 8
 STORED_KINDS = (STORED_FULL, STORED_STATS)
-# The numpy dtype the writer stores each plain ggml type as; every other type (bf16, the quantized
-# ones) is stored as float32 (widened or dequantized).
-DTYPE_OF_TYPE_NAME = {"f32": "<f4", "f16": "<f2", "f64": "<f8", "i8": "|i1", "i16": "<i2", "i32": "<i4",
-                      "i64": "<i8"}
-WIDENED_DTYPE = "<f4"
 # What kind of numpy column each /index column must be for the reader to make sense of it.
 _COLUMN_KINDS = {"i": "iu", "b": "biu", "f": "fiu", "O": "OSU"}
 # Record fields the presenters read, and their JSON kinds: (field, kind, kind of each item or None).
@@ -151,7 +148,7 @@ def _check_entry(entry: Entry, stream: int, path: Path) -> None:
         raise DumpError(f"{where} points outside the stored data")
     if any(n < 0 for n in entry.shape):
         raise DumpError(f"{where} has an impossible shape {entry.shape}")
-    expected = DTYPE_OF_TYPE_NAME.get(entry.ggml_type, WIDENED_DTYPE)
+    expected = NUMPY_DTYPE_OF_TYPE_NAME.get(entry.ggml_type, WIDENED_DTYPE)
     if entry.dtype != expected:
         raise DumpError(f"{where} is ggml type {entry.ggml_type!r} stored as dtype {entry.dtype!r}; "
                         f"the writer stores it as {expected!r}")

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from inspector.constants import NUMPY_DTYPE_OF_TYPE_NAME
+
 # numpy dtype -> ggml type name, for arrays that did not come out of a ggml graph.
-GGML_TYPE_NAME_OF_DTYPE = {"float32": "f32", "float16": "f16", "float64": "f64", "int8": "i8", "int16": "i16",
-                           "int32": "i32", "int64": "i64"}
+GGML_TYPE_NAME_OF_DTYPE = {np.dtype(dtype).name: name for name, dtype in NUMPY_DTYPE_OF_TYPE_NAME.items()}
 
 
 @dataclass

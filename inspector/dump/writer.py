@@ -329,6 +329,7 @@ class DumpWriter:
         finally:
             with contextlib.suppress(OSError, RuntimeError):
                 self._file.close()
+            self._guard.restore()
 
     def __enter__(self) -> DumpWriter:
         return self

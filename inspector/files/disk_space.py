@@ -9,7 +9,10 @@ while there is still room for the closing metadata.
 
 When space vanishes anyway between the check and the write (another process
 filling the disk), :meth:`SpaceGuard.release` deletes a small reserve file
-made next to the dump at start, so the close that follows can flush.
+made next to the dump at start, so the close that follows can flush.  Under
+a file-size limit a deleted file frees nothing for the dump itself: there
+the soft limit is lifted to the hard one (as any process may) until the dump
+is closed.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class SpaceGuard:
         self.path = path
         self.reserve_path = path.with_name(f".{path.name}.space-reserve")
         self._reserve_held = False
+        # The soft RLIMIT_FSIZE that release() lifted, for restore().
+        self._soft_limit: int | None = None
         if reserve_bytes > 0:
             try:
                 with open(self.reserve_path, "wb") as handle:
@@ -88,7 +93,21 @@ class SpaceGuard:
             raise DiskFull("file size limit reached" if limited else "disk full")
 
     def release(self) -> None:
-        """Delete the reserve so that closing the dump has room to flush."""
+        """Delete the reserve and lift the soft file-size limit, so that closing the dump has room to flush.
+
+        HDF5 may have placed a new 1 MiB chunk past the limit when a write failed; closing extends the
+        file to it, which a size limit refuses however much is deleted.
+        """
         if self._reserve_held:
             self.reserve_path.unlink(missing_ok=True)
             self._reserve_held = False
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if self._soft_limit is None and soft != hard:
+            self._soft_limit = soft
+            resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+
+    def restore(self) -> None:
+        """Put back the soft file-size limit that release() lifted, once the dump is closed."""
+        if self._soft_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self._soft_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+            self._soft_limit = None

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from inspector.constants import NUMPY_DTYPE_OF_TYPE_NAME
 from inspector.errors import InspectorError, ModelError
 from inspector.ggml.graph import GGML_BACKEND_BUFFER_USAGE_WEIGHTS, Backend, Context, set_data
 
-SUPPORTED_TYPES = {"F32": np.float32, "F16": np.float16}
+# The GGUF tensor types weights are uploaded in (gguf-py's names), as numpy dtypes.
+SUPPORTED_TYPES = {name.upper(): NUMPY_DTYPE_OF_TYPE_NAME[name] for name in ("f32", "f16")}
 
 
 @dataclass(kw_only=True)

@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from inspector.constants import GGML_OBJECT_SIZE
 from inspector.errors import InspectorError
+from inspector.ggml.abi import GgmlTensorStruct
+from inspector.ggml.signatures import BY_LIBRARY, declare
 
 SONAME_GGML_BASE = "libggml-base.so.0"
 SONAME_GGML = "libggml.so.0"
+SONAME_GGML_CPU = "libggml-cpu.so.0"
 SONAME_GGML_RPC = "libggml-rpc.so.0"
 SONAME_LLAMA = "libllama.so.0"
 
@@ -31,81 +35,22 @@ RPC_REBUILD_HINT = (
     "--no-deps llama-cpp-python==0.3.36"
 )
 
-_c = ctypes
-_p = ctypes.c_void_p
-
-
-class GgmlInitParams(ctypes.Structure):
-    """``struct ggml_init_params``, passed to ``ggml_init`` by value."""
-
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
-# name: (restype, argtypes).  Pointers to ggml structs travel as c_void_p.
-_BASE_FUNCTIONS: dict[str, tuple[object, list[object]]] = {
-    "ggml_init": (_p, [GgmlInitParams]),
-    "ggml_free": (None, [_p]),
-    "ggml_tensor_overhead": (_c.c_size_t, []),
-    "ggml_new_tensor_1d": (_p, [_p, _c.c_int, _c.c_int64]),
-    "ggml_new_tensor_2d": (_p, [_p, _c.c_int, _c.c_int64, _c.c_int64]),
-    "ggml_new_tensor_3d": (_p, [_p, _c.c_int, _c.c_int64, _c.c_int64, _c.c_int64]),
-    "ggml_new_tensor_4d": (_p, [_p, _c.c_int, _c.c_int64, _c.c_int64, _c.c_int64, _c.c_int64]),
-    "ggml_set_name": (_p, [_p, _c.c_char_p]),
-    "ggml_get_name": (_c.c_char_p, [_p]),
-    "ggml_set_input": (None, [_p]),
-    "ggml_set_output": (None, [_p]),
-    "ggml_set_param": (None, [_p]),
-    "ggml_permute": (_p, [_p, _p, _c.c_int, _c.c_int, _c.c_int, _c.c_int]),
-    "ggml_transpose": (_p, [_p, _p]),
-    "ggml_view_2d": (_p, [_p, _p, _c.c_int64, _c.c_int64, _c.c_size_t, _c.c_size_t]),
-    "ggml_add": (_p, [_p, _p, _p]),
-    "ggml_mul_mat": (_p, [_p, _p, _p]),
-    "ggml_get_data": (_p, [_p]),
-    "ggml_nbytes": (_c.c_size_t, [_p]),
-    "ggml_nelements": (_c.c_int64, [_p]),
-    "ggml_n_dims": (_c.c_int, [_p]),
-    "ggml_is_contiguous": (_c.c_bool, [_p]),
-    "ggml_is_permuted": (_c.c_bool, [_p]),
-    "ggml_blck_size": (_c.c_int64, [_c.c_int]),
-    "ggml_type_size": (_c.c_size_t, [_c.c_int]),
-    "ggml_type_name": (_c.c_char_p, [_c.c_int]),
-    "ggml_is_quantized": (_c.c_bool, [_c.c_int]),
-    "ggml_op_name": (_c.c_char_p, [_c.c_int]),
-    "ggml_op_desc": (_c.c_char_p, [_p]),
-    "ggml_backend_buffer_name": (_c.c_char_p, [_p]),
-    "ggml_backend_buffer_is_host": (_c.c_bool, [_p]),
-    "ggml_backend_buffer_get_type": (_p, [_p]),
-    "ggml_backend_buft_name": (_c.c_char_p, [_p]),
-    "ggml_backend_tensor_get": (None, [_p, _p, _c.c_size_t, _c.c_size_t]),
-}
-
-# The backend registry and devices live in libggml, not libggml-base.
-_REGISTRY_FUNCTIONS: dict[str, tuple[object, list[object]]] = {
-    "ggml_backend_dev_count": (_c.c_size_t, []),
-    "ggml_backend_dev_get": (_p, [_c.c_size_t]),
-    "ggml_backend_dev_name": (_c.c_char_p, [_p]),
-    "ggml_backend_dev_description": (_c.c_char_p, [_p]),
-    "ggml_backend_dev_type": (_c.c_int, [_p]),
-    "ggml_backend_dev_memory": (None, [_p, _c.POINTER(_c.c_size_t), _c.POINTER(_c.c_size_t)]),
-    "ggml_backend_register": (None, [_p]),
-    "ggml_backend_dev_buffer_type": (_p, [_p]),
-    "ggml_backend_dev_backend_reg": (_p, [_p]),
-    "ggml_backend_reg_get_proc_address": (_p, [_p, _c.c_char_p]),
-}
-
 
 @dataclass(frozen=True)
 class GgmlLibraries:
     """Handles to the ggml libraries shared with llama.cpp.
 
-    ``base`` holds the tensor and backend-buffer API, ``ggml`` the backend
-    registry and devices; ``rpc`` is None when the
-    llama-cpp-python build has no RPC backend.
+    ``base`` holds the tensor, graph, backend-buffer and GGUF API, ``ggml``
+    the backend registry, devices and the scheduler, ``cpu`` the CPU
+    backend's own calls; ``rpc`` is None when the llama-cpp-python build has
+    no RPC backend.  Every function the package calls is declared on them
+    (:mod:`inspector.ggml.signatures`).
     """
 
     directory: Path
     base: ctypes.CDLL
     ggml: ctypes.CDLL
+    cpu: ctypes.CDLL | None
     rpc: ctypes.CDLL | None
 
     def require_rpc(self) -> ctypes.CDLL:
@@ -128,13 +73,6 @@ def library_directory() -> Path:
     return Path(llama_cpp.__file__).parent / "lib"
 
 
-def _declare(lib: ctypes.CDLL, table: dict[str, tuple[object, list[object]]]) -> None:
-    for name, (restype, argtypes) in table.items():
-        function = getattr(lib, name)
-        function.restype = restype
-        function.argtypes = argtypes
-
-
 @cache
 def load() -> GgmlLibraries:
     """Load (once per process) the ggml libraries that libllama itself uses."""
@@ -148,12 +86,15 @@ def load() -> GgmlLibraries:
         ggml = ctypes.CDLL(str(directory / SONAME_GGML))
     except OSError as error:
         raise InspectorError(f"cannot load ggml from {directory}: {error}") from None
-    _declare(base, _BASE_FUNCTIONS)
-    _declare(ggml, _REGISTRY_FUNCTIONS)
+    cpu, rpc = (ctypes.CDLL(str(directory / name)) if (directory / name).exists() else None
+                for name in (SONAME_GGML_CPU, SONAME_GGML_RPC))
+    libraries = GgmlLibraries(directory=directory, base=base, ggml=ggml, cpu=cpu, rpc=rpc)
+    for attribute, tables in BY_LIBRARY.items():
+        handle = getattr(libraries, attribute)
+        if handle is not None:
+            declare(handle, tables)
     _check_tensor_layout(base)
-    rpc_path = directory / SONAME_GGML_RPC
-    rpc = ctypes.CDLL(str(rpc_path)) if rpc_path.exists() else None
-    return GgmlLibraries(directory=directory, base=base, ggml=ggml, rpc=rpc)
+    return libraries
 
 
 def _check_tensor_layout(base: ctypes.CDLL) -> None:
@@ -162,9 +103,6 @@ def _check_tensor_layout(base: ctypes.CDLL) -> None:
     ``ggml_tensor_overhead()`` is ``sizeof(ggml_object) + sizeof(ggml_tensor)``:
     a field added or removed upstream changes it.
     """
-    from inspector.constants import GGML_OBJECT_SIZE
-    from inspector.ggml.tensor import GgmlTensorStruct
-
     expected = ctypes.sizeof(GgmlTensorStruct) + GGML_OBJECT_SIZE
     actual = base.ggml_tensor_overhead()
     if actual != expected:

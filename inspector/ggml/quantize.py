@@ -8,12 +8,10 @@ they dequantize the file's bytes with gguf-py, an independent decoder.
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from inspector.ggml import load
+from inspector.ggml.library import load
 
 
 def quantize_rows(array: np.ndarray, quant_type: GGMLQuantizationType) -> np.ndarray:
@@ -26,11 +24,8 @@ def quantize_rows(array: np.ndarray, quant_type: GGMLQuantizationType) -> np.nda
     if n_per_row % block_size:
         raise ValueError(f"rows of {n_per_row} are not a multiple of {quant_type.name}'s block of {block_size}")
     out = np.empty((rows, n_per_row // block_size * type_size), dtype=np.uint8)
-    function = load().base.ggml_quantize_chunk
-    function.restype = ctypes.c_size_t
-    function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                         ctypes.c_int64, ctypes.c_void_p]
-    written = function(int(quant_type), values.ctypes.data, out.ctypes.data, 0, rows, n_per_row, None)
+    written = load().base.ggml_quantize_chunk(int(quant_type), values.ctypes.data, out.ctypes.data, 0, rows,
+                                              n_per_row, None)
     if written != out.nbytes:
         raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.nbytes}")
     return out

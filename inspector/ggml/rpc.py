@@ -19,8 +19,8 @@ import tempfile
 import time
 
 from inspector.errors import InspectorError
-from inspector.ggml import load
-from inspector.ggml.graph import find_device
+from inspector.ggml.devices import find_device, list_devices
+from inspector.ggml.library import load
 
 CONNECT_TIMEOUT_S = 5.0
 SERVER_START_TIMEOUT_S = 60.0
@@ -51,22 +51,19 @@ def add_servers(endpoints: list[str]) -> list[str]:
     """Register each RPC server's devices with ggml (once per endpoint); return their device names."""
     lib = load()
     rpc = lib.require_rpc()
-    rpc.ggml_backend_rpc_add_server.restype = ctypes.c_void_p
-    rpc.ggml_backend_rpc_add_server.argtypes = [ctypes.c_char_p]
     names: list[str] = []
     for endpoint in endpoints:
         if endpoint in _registered:
             names.extend(_registered[endpoint])
             continue
         check_reachable(endpoint)
-        before = lib.ggml.ggml_backend_dev_count()
+        before = len(list_devices(lib))
         registry = rpc.ggml_backend_rpc_add_server(endpoint.encode())
         if not registry:
             raise InspectorError(f"RPC server {endpoint} answered but reported no devices "
                                  "(is it a ggml RPC server of protocol version 7?)")
         lib.ggml.ggml_backend_register(registry)
-        added = [lib.ggml.ggml_backend_dev_name(lib.ggml.ggml_backend_dev_get(i)).decode()
-                 for i in range(before, lib.ggml.ggml_backend_dev_count())]
+        added = [device.name for device in list_devices(lib)[before:]]
         _registered[endpoint] = added
         names.extend(added)
     return names
@@ -83,9 +80,6 @@ def serve(host: str, port: int, threads: int, device: str | None = None) -> None
     rpc = lib.require_rpc()
     chosen = find_device(lib, device)
     devices = (ctypes.c_void_p * 1)(chosen)
-    rpc.ggml_backend_rpc_start_server.restype = None
-    rpc.ggml_backend_rpc_start_server.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
-                                                  ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
     rpc.ggml_backend_rpc_start_server(f"{host}:{port}".encode(), None, threads, 1, devices)
     raise InspectorError(f"the RPC server on {host}:{port} stopped (is the port already in use?)")
 

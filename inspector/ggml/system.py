@@ -13,8 +13,9 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from inspector.constants import GGML_BACKEND_DEVICE_TYPES, GGML_MAX_N_THREADS, MAX_THREADS_PER_CORE, TOOL_VERSION
-from inspector.ggml import GgmlLibraries
+from inspector.constants import GGML_MAX_N_THREADS, MAX_THREADS_PER_CORE, TOOL_VERSION
+from inspector.ggml.devices import list_devices
+from inspector.ggml.library import GgmlLibraries
 
 
 def _version(package: str) -> str:
@@ -26,25 +27,16 @@ def _version(package: str) -> str:
 
 def ggml_devices(lib: GgmlLibraries) -> list[dict[str, Any]]:
     """The devices registered in the ggml that llama.cpp uses (CPU, GPUs, RPC servers)."""
-    registry = lib.ggml
-    devices = []
-    for index in range(registry.ggml_backend_dev_count()):
-        device = registry.ggml_backend_dev_get(index)
-        name = registry.ggml_backend_dev_name(device).decode(errors="replace")
+    facts = []
+    for device in list_devices(lib):
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         # Asking an RPC device for its memory is a network call, and ggml aborts the
         # process if that server has gone away (a registered device cannot be removed).
-        if not name.startswith("RPC"):
-            registry.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
-        kind = registry.ggml_backend_dev_type(device)
-        devices.append({
-            "name": name,
-            "description": registry.ggml_backend_dev_description(device).decode(errors="replace"),
-            "type": GGML_BACKEND_DEVICE_TYPES.get(kind, str(kind)),
-            "memory_free": free.value,
-            "memory_total": total.value,
-        })
-    return devices
+        if not device.name.startswith("RPC"):
+            lib.ggml.ggml_backend_dev_memory(device.handle, ctypes.byref(free), ctypes.byref(total))
+        facts.append({"name": device.name, "description": device.description, "type": device.kind,
+                      "memory_free": free.value, "memory_total": total.value})
+    return facts
 
 
 def host_facts() -> dict[str, Any]:

@@ -1,69 +1,23 @@
-"""``struct ggml_tensor`` mirrored in ctypes, and read-only accessors over it.
+"""Read-only accessors over a live ``struct ggml_tensor``.
 
-The layout is tied to the pinned ggml (see :mod:`inspector.constants`);
+The struct itself is mirrored in :mod:`inspector.ggml.abi`;
 ``tests/test_ggml_binding.py`` checks ``sizeof`` and every field we read
 against values the C API reports for tensors it created itself.
 """
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 
-from inspector.constants import (
-    GGML_MAX_DIMS,
-    GGML_MAX_NAME,
-    GGML_MAX_OP_PARAMS,
-    GGML_MAX_SRC,
-    GGML_OP_NONE,
-    TENSOR_FLAG_NAMES,
-)
+from inspector.constants import GGML_OP_NONE, TENSOR_FLAG_NAMES
+from inspector.ggml.abi import GgmlBackendBufferStruct, GgmlTensorStruct
 from inspector.ggml.library import GgmlLibraries
 
-
-class GgmlTensorStruct(ctypes.Structure):
-    """``struct ggml_tensor`` of ggml 0.25.3 (ggml.h)."""
-
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("buffer", ctypes.c_void_p),
-        ("ne", ctypes.c_int64 * GGML_MAX_DIMS),
-        ("nb", ctypes.c_size_t * GGML_MAX_DIMS),
-        ("op", ctypes.c_int),
-        ("op_params", ctypes.c_int32 * (GGML_MAX_OP_PARAMS // 4)),
-        ("flags", ctypes.c_int32),
-        ("src", ctypes.c_void_p * GGML_MAX_SRC),
-        ("view_src", ctypes.c_void_p),
-        ("view_offs", ctypes.c_size_t),
-        ("data", ctypes.c_void_p),
-        ("name", ctypes.c_char * GGML_MAX_NAME),
-        ("extra", ctypes.c_void_p),
-        ("padding", ctypes.c_char * 8),
-    ]
-
-
-class GgmlBackendBufferStruct(ctypes.Structure):
-    """The head of ``struct ggml_backend_buffer`` (ggml-backend-impl.h): its interface, then its type.
-
-    Read only to learn whether the buffer implements ``get_tensor``: the CPU's
-    repacked weight buffers (``CPU_REPACK``) set it to NULL, and
-    ``ggml_backend_tensor_get`` would jump there.
-    """
-
-    _fields_ = [
-        ("free_buffer", ctypes.c_void_p),
-        ("get_base", ctypes.c_void_p),
-        ("init_tensor", ctypes.c_void_p),
-        ("memset_tensor", ctypes.c_void_p),
-        ("set_tensor", ctypes.c_void_p),
-        ("get_tensor", ctypes.c_void_p),
-        ("set_tensor_2d", ctypes.c_void_p),
-        ("get_tensor_2d", ctypes.c_void_p),
-        ("cpy_tensor", ctypes.c_void_p),
-        ("clear", ctypes.c_void_p),
-        ("reset", ctypes.c_void_p),
-        ("buft", ctypes.c_void_p),
-    ]
+# Why ggml_backend_tensor_get cannot read a tensor, in the words the native hook uses for the same
+# three checks (inspector/native/ggml_inspector_hook.c, capture(); tests/test_c_python_mirrors.py).
+NOT_ALLOCATED = "not allocated (no buffer or no data)"
+UNKNOWN_BUFFER_LAYOUT = "unknown ggml_backend_buffer layout"
+NO_GET_TENSOR = "its buffer type {buffer_type} cannot be read back"
 
 
 def decode_name(raw: bytes) -> str:
@@ -183,12 +137,12 @@ class Tensor:
         """
         buffer = self.buffer
         if not buffer or not self.data:
-            return "not allocated (no buffer or no data)"
+            return NOT_ALLOCATED
         head = GgmlBackendBufferStruct.from_address(buffer)
         if head.buft != self.lib.base.ggml_backend_buffer_get_type(buffer):
-            return "unknown ggml_backend_buffer layout"
+            return UNKNOWN_BUFFER_LAYOUT
         if not head.get_tensor:
-            return f"its buffer type {self.buffer_type_name} cannot be read back"
+            return NO_GET_TENSOR.format(buffer_type=self.buffer_type_name)
         return ""
 
     @property

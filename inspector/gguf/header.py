@@ -48,12 +48,9 @@ MAX_REASON_CHARS = 200
 
 GGUF_TYPE_STRING = 8
 GGUF_TYPE_ARRAY = 9
-# gguf_type -> (getter suffix, ctypes result type)
-_SCALAR_GETTERS = {
-    0: ("u8", ctypes.c_uint8), 1: ("i8", ctypes.c_int8), 2: ("u16", ctypes.c_uint16), 3: ("i16", ctypes.c_int16),
-    4: ("u32", ctypes.c_uint32), 5: ("i32", ctypes.c_int32), 6: ("f32", ctypes.c_float), 7: ("bool", ctypes.c_bool),
-    10: ("u64", ctypes.c_uint64), 11: ("i64", ctypes.c_int64), 12: ("f64", ctypes.c_double),
-}
+# gguf_type -> the suffix of its getter, gguf_get_val_<suffix> (declared in inspector.ggml.signatures).
+_SCALAR_GETTERS = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 10: "u64",
+                   11: "i64", 12: "f64"}
 _ARRAY_ELEMENT = {0: ctypes.c_uint8, 1: ctypes.c_int8, 2: ctypes.c_uint16, 3: ctypes.c_int16, 4: ctypes.c_uint32,
                   5: ctypes.c_int32, 6: ctypes.c_float, 7: ctypes.c_bool, 10: ctypes.c_uint64, 11: ctypes.c_int64,
                   12: ctypes.c_double}
@@ -61,10 +58,6 @@ _STRUCT_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f"
                    12: "<d"}
 _TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 8: "str",
                10: "u64", 11: "i64", 12: "f64"}
-
-
-class _GgufInitParams(ctypes.Structure):
-    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
 
 
 @dataclass(frozen=True)
@@ -112,40 +105,6 @@ class GgufHeader:
         return self.metadata.get(key, default)
 
 
-def _declare(base: ctypes.CDLL) -> None:
-    if getattr(base, "_inspector_gguf_declared", False):
-        return
-    c, p = ctypes, ctypes.c_void_p
-    table: dict[str, tuple[object, list[object]]] = {
-        "gguf_init_from_file": (p, [c.c_char_p, _GgufInitParams]),
-        "gguf_free": (None, [p]),
-        "gguf_get_version": (c.c_uint32, [p]),
-        "gguf_get_alignment": (c.c_size_t, [p]),
-        "gguf_get_data_offset": (c.c_size_t, [p]),
-        "gguf_get_n_kv": (c.c_int64, [p]),
-        "gguf_get_key": (c.c_char_p, [p, c.c_int64]),
-        "gguf_get_kv_type": (c.c_int, [p, c.c_int64]),
-        "gguf_get_arr_type": (c.c_int, [p, c.c_int64]),
-        "gguf_get_arr_n": (c.c_size_t, [p, c.c_int64]),
-        "gguf_get_arr_data": (p, [p, c.c_int64]),
-        "gguf_get_arr_str": (c.c_char_p, [p, c.c_int64, c.c_size_t]),
-        "gguf_get_val_str": (c.c_char_p, [p, c.c_int64]),
-        "gguf_get_n_tensors": (c.c_int64, [p]),
-        "gguf_get_tensor_name": (c.c_char_p, [p, c.c_int64]),
-        "gguf_get_tensor_offset": (c.c_size_t, [p, c.c_int64]),
-        "gguf_get_tensor_ne": (c.POINTER(c.c_int64), [p, c.c_int64]),
-        "gguf_get_tensor_type": (c.c_int, [p, c.c_int64]),
-        "gguf_get_tensor_size": (c.c_size_t, [p, c.c_int64]),
-    }
-    for suffix, restype in _SCALAR_GETTERS.values():
-        table[f"gguf_get_val_{suffix}"] = (restype, [p, c.c_int64])
-    for name, (restype, argtypes) in table.items():
-        function = getattr(base, name)
-        function.restype = restype
-        function.argtypes = argtypes
-    base._inspector_gguf_declared = True
-
-
 def _text(raw: bytes | None) -> str:
     return (raw or b"").decode("utf-8", errors="replace")
 
@@ -155,7 +114,7 @@ def _value(base: ctypes.CDLL, ctx: int, key_id: int) -> Any:
     if kv_type == GGUF_TYPE_STRING:
         return _text(base.gguf_get_val_str(ctx, key_id))
     if kv_type in _SCALAR_GETTERS:
-        value = getattr(base, f"gguf_get_val_{_SCALAR_GETTERS[kv_type][0]}")(ctx, key_id)
+        value = getattr(base, f"gguf_get_val_{_SCALAR_GETTERS[kv_type]}")(ctx, key_id)
         return float(value) if kv_type in (6, 12) else value
     if kv_type != GGUF_TYPE_ARRAY:
         return None
@@ -192,10 +151,11 @@ def _parse_with_ggml(base: ctypes.CDLL, path: Path) -> int:
     array of 2^63 elements, a nested array, a key of 2^63 bytes, a tensor
     offset that wraps around), which is why it, not gguf-py, judges a file first.
     """
+    from inspector.ggml.abi import GgufInitParams
     from inspector.ggml.log import captured_log  # imports llama_cpp, as the parser's library does
 
     with captured_log() as log:
-        ctx = base.gguf_init_from_file(os.fsencode(path), _GgufInitParams(True, None))
+        ctx = base.gguf_init_from_file(os.fsencode(path), GgufInitParams(True, None))
     if not ctx:
         reason = _ggml_reason(log.lines)
         raise ModelError(f"{path} is not a valid GGUF file (ggml's parser rejected it: "
@@ -222,14 +182,13 @@ def read_header(path: str | os.PathLike[str]) -> GgufHeader:
     path = check_gguf_file(path)
     size = path.stat().st_size
     base = load().base
-    _declare(base)
     ctx = _parse_with_ggml(base, path)
     try:
         header = GgufHeader(path=path, size=size, version=base.gguf_get_version(ctx),
                             alignment=base.gguf_get_alignment(ctx), data_offset=base.gguf_get_data_offset(ctx))
         for key_id in range(base.gguf_get_n_kv(ctx)):
             header.metadata[_text(base.gguf_get_key(ctx, key_id))] = _value(base, ctx, key_id)
-        type_name = load().base.ggml_type_name
+        type_name = base.ggml_type_name
         for tensor_id in range(base.gguf_get_n_tensors(ctx)):
             name = _text(base.gguf_get_tensor_name(ctx, tensor_id))
             ne_pointer = base.gguf_get_tensor_ne(ctx, tensor_id)

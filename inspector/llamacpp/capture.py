@@ -1,33 +1,32 @@
-"""Glue a runner, a TensorHook and a DumpWriter into one capture.
+"""Glue the llama.cpp runner (text and images) to a TensorHook inside one CaptureSession.
 
-The hook copies, the writer persists, the runner computes; this module only
-wires them and turns the outcome (complete, interrupted, failed inside the
-callback) into the dump's ``complete`` flag and a summary.
+The hook copies, the session's writer persists, the runner computes; this
+module only says what the dump records of the run and sums the capture up.
+How the capture ends (complete, interrupted, a full disk, a failure inside
+the callback) is the session's.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inspector.capture.hook import HookCounters, SkippedTensor, TensorHook, stop_on_signals
+from inspector.capture.hook import HookCounters, SkippedTensor
 from inspector.capture.selection import Selection
-from inspector.dump.background_writer import BackgroundWriter
+from inspector.capture.session import CaptureSession, Progress
 from inspector.dump.format import NO_COMPRESSION, Compression
-from inspector.dump.writer import DumpWriter
-from inspector.errors import CaptureInterrupted, InspectorError, SetupError
-from inspector.files.disk_space import DiskFull
 from inspector.ggml import load, rpc
+from inspector.ggml.log import LogBuffer, install_log
 from inspector.ggml.system import system_facts
 from inspector.gguf.weights import WeightFiles
-from inspector.llamacpp import session as llama_runner
-
-Progress = Callable[[str], None]
+from inspector.llamacpp.config import LlamaRunConfig, describe_config
+from inspector.llamacpp.decode import LlamaRunResult
+from inspector.llamacpp.decode import run as run_llama
+from inspector.llamacpp.facts import model_facts
 
 
 @dataclass
@@ -41,12 +40,12 @@ class CaptureSummary:
     seconds: float
     counters: HookCounters
     unmatched: dict[str, list[str]] = field(default_factory=dict)
-    result: llama_runner.LlamaRunResult | None = None
+    result: LlamaRunResult | None = None
     skipped: list[SkippedTensor] = field(default_factory=list)
 
 
-def observer_check(config: llama_runner.LlamaRunConfig, hooked: llama_runner.LlamaRunResult,
-                   log: llama_runner._LlamaLog) -> dict[str, Any]:
+def observer_check(config: LlamaRunConfig, hooked: LlamaRunResult,
+                   log: LogBuffer) -> dict[str, Any]:
     """Run once more without the hook and say whether observing changed the logits.
 
     Asking the scheduler for a node splits the graph there and synchronises,
@@ -55,7 +54,7 @@ def observer_check(config: llama_runner.LlamaRunConfig, hooked: llama_runner.Lla
     callback: identical final logits and generated tokens mean the capture
     observed the run it describes.
     """
-    plain = llama_runner.run(config, None, lambda _kind, _info: -1, log)
+    plain = run_llama(config, None, lambda _kind, _info: -1, log)
     a, b = hooked.prompt_logits, plain.prompt_logits
     # Bits, not values: a NaN the unobserved run also produced is the same result.
     identical = a.shape == b.shape and a.tobytes() == b.tobytes()
@@ -69,93 +68,62 @@ def observer_check(config: llama_runner.LlamaRunConfig, hooked: llama_runner.Lla
             "plain_generated_ids": plain.generated_ids}
 
 
-def capture_llama(config: llama_runner.LlamaRunConfig, selection: Selection, output: str | Path,
+def recorded_config(config: LlamaRunConfig, selection: Selection) -> dict[str, Any]:
+    """What the dump records of the run: the options, the model files' facts, the selection."""
+    return {**describe_config(config),
+            "model_facts": model_facts(config.model, config.sha256),
+            **({"mmproj_facts": model_facts(config.mmproj, config.sha256)} if config.mmproj else {}),
+            "select": selection.describe()}
+
+
+def recorded_result(result: LlamaRunResult, checked: dict[str, Any]) -> dict[str, Any]:
+    """What the dump records of the run's outcome (with the observer check's verdict, when asked)."""
+    return {
+        **checked,
+        "token_ids": result.token_ids,
+        "generated_ids": result.generated_ids,
+        "generated_text": result.generated_text,
+        "evaluations": result.evaluations,
+        "seconds": round(result.seconds, 3),
+        "n_ctx": result.n_ctx,
+        **({"formatted_prompt": result.formatted_prompt} if result.formatted_prompt is not None else {}),
+        **({"chunks": result.chunks, "images": result.images} if result.chunks is not None else {}),
+    }
+
+
+def capture_llama(config: LlamaRunConfig, selection: Selection, output: str | Path,
                   *, overwrite: bool = False, verbose: bool = False, progress: Progress | None = None,
                   stats_only: bool = False, compression: Compression = NO_COMPRESSION,
                   check_observer: bool = False) -> CaptureSummary:
     """Run a llama.cpp model and write the selected tensors to ``output``.
 
-    The hook only copies; a :class:`BackgroundWriter` computes statistics and
-    writes.  On Ctrl-C the dump is closed with ``complete=False`` and
-    :class:`~inspector.errors.CaptureInterrupted` is raised; an exception
-    inside the eval callback or the writer ends capturing, keeps the dump
-    (incomplete) and is raised as an InspectorError once the run has
-    finished; a full disk raises :class:`~inspector.files.disk_space.DiskFull`
-    saying how much was kept.  A run refused before any graph ran (model, input,
-    placement: :class:`~inspector.errors.SetupError`) leaves no dump behind.
+    The hook only copies; the :class:`CaptureSession`'s background writer
+    computes statistics and writes, and the session turns how the run ended
+    (SIGINT or SIGTERM, a full disk, a failure inside the eval callback, a
+    run refused before any graph ran) into the dump's state and one error.
     """
     config.validate()
     started = time.perf_counter()
     lib = load()
     if config.rpc:
         rpc.add_servers(config.rpc)  # before system_facts, so the dump lists the RPC devices
-    run_config = {**llama_runner.describe_config(config),
-                  "model_facts": llama_runner.model_facts(config.model, config.sha256),
-                  **({"mmproj_facts": llama_runner.model_facts(config.mmproj, config.sha256)} if config.mmproj else {}),
-                  "select": {"globs": list(selection.globs), "regexes": list(selection.regexes)}}
-    log = llama_runner.install_log(verbose)
-    writer = BackgroundWriter(DumpWriter(output, run_config, system_facts(lib), overwrite=overwrite,
-                                         stats_only=stats_only, compression=compression))
-    say = progress or (lambda _message: None)
+    log = install_log(verbose)
+    with CaptureSession(output, recorded_config(config, selection), system_facts(lib), overwrite=overwrite,
+                        stats_only=stats_only, compression=compression, progress=progress) as session:
+        hook = session.tensor_hook(selection, lib, weights=WeightFiles(*filter(None, (config.model, config.mmproj))))
 
-    hook = TensorHook(selection, writer.write, lib, weights=WeightFiles(*filter(None, (config.model, config.mmproj))))
+        def begin_evaluation(kind: str, info: dict) -> int:
+            return session.begin_evaluation(kind, info, f"{kind}, {info['n_tokens']} tokens")
 
-    def begin_evaluation(kind: str, info: dict) -> int:
-        index = writer.begin_evaluation(kind, info)
-        say(f"evaluation {index} ({kind}, {info['n_tokens']} tokens); {writer.tensor_count} tensors so far")
-        return index
-
-    def keep_skipped() -> None:
-        if hook.skipped:
-            writer.set_skipped([asdict(skip) for skip in hook.skipped])
-
-    try:
-        with stop_on_signals(hook):
-            result = llama_runner.run(config, hook, begin_evaluation, log)
-        keep_skipped()
+        result = run_llama(config, hook, begin_evaluation, log)
         checked = {}
         if check_observer:
-            say("observer check: the same run without the hook")
+            session.say("observer check: the same run without the hook")
             checked = {"observer_check": observer_check(config, result, log)}
-        writer.set_result({
-            **checked,
-            "token_ids": result.token_ids,
-            "generated_ids": result.generated_ids,
-            "generated_text": result.generated_text,
-            "evaluations": result.evaluations,
-            "seconds": round(result.seconds, 3),
-            "n_ctx": result.n_ctx,
-            **({"formatted_prompt": result.formatted_prompt} if result.formatted_prompt is not None else {}),
-            **({"chunks": result.chunks, "images": result.images} if result.chunks is not None else {}),
-        })
-    except (KeyboardInterrupt, CaptureInterrupted):
-        keep_skipped()
-        writer.close(False, "interrupted")
-        raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {writer.path} "
-                                 "(marked incomplete)") from None
-    except SetupError as error:
-        writer.close(False, f"run refused: {error}")
-        if writer.tensor_count == 0:
-            writer.path.unlink(missing_ok=True)
-        raise
-    except BaseException as error:
-        writer.close(False, f"{type(error).__name__}: {error}")
-        raise
-    writer.drain()  # everything queued is written and flushed: the counts below are exact
-    failure = writer.error or hook.failure
-    if isinstance(failure, DiskFull):
-        writer.close(False, f"{failure} after {writer.tensor_count} tensors")
-        raise DiskFull(f"{failure} after {writer.tensor_count} tensors; kept in {writer.path}, "
-                       "marked incomplete")
-    if writer.error is not None or hook.error is not None:
-        last_line = hook.error.splitlines()[-1] if hook.error else f"{type(failure).__name__}: {failure}"
-        writer.close(False, f"capture stopped: {last_line}")
-        raise InspectorError(f"capture stopped after {writer.tensor_count} tensors: {last_line} "
-                             f"(kept in {writer.path}, marked incomplete)")
-    writer.close(True)
+        session.finish(recorded_result(result, checked))
     unmatched = {pattern: selection.suggestions(pattern) for pattern in selection.unmatched_patterns()}
     return CaptureSummary(
-        path=writer.path, tensors=writer.tensor_count, bytes=writer.byte_count,
+        path=session.path, tensors=session.tensor_count, bytes=session.byte_count,
         evaluations=result.evaluations, seconds=time.perf_counter() - started,
         counters=hook.counters, unmatched=unmatched, result=result, skipped=hook.skipped,
     )

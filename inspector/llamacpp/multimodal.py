@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,13 +31,15 @@ from llama_cpp import mtmd_cpp as mtmd
 from inspector.errors import SetupError
 from inspector.files.images import check_pixels, pillow_pixel_limit
 from inspector.files.inputs import check_regular_file, open_regular_file
-from inspector.ggml import load
+from inspector.ggml.devices import device_by_name
+from inspector.ggml.library import load
+from inspector.ggml.log import LOG_THUNK
 from inspector.gguf.header import read_header
-from inspector.llamacpp.placement import device_by_name
+from inspector.llamacpp.config import LlamaRunConfig
 
 if TYPE_CHECKING:
     from inspector.capture.hook import TensorHook
-    from inspector.llamacpp.session import LlamaRunConfig, LlamaSession
+    from inspector.llamacpp.session import LlamaSession
 
 MAX_IMAGE_FILE_BYTES = 256 * 1024**2
 # Vision encoders have tens of blocks; a count past this is a crafted header, not a model.
@@ -97,9 +100,10 @@ class VisionProjector:
     _keep: list[Any] = field(default_factory=list)
 
     @classmethod
-    def load(cls, session: LlamaSession, config: LlamaRunConfig, hook: TensorHook | None,
-             offload_devices: list[str] | None) -> VisionProjector:
+    def load(cls, session: LlamaSession, config: LlamaRunConfig, hook: TensorHook | None) -> VisionProjector:
+        """The projector ``config.mmproj`` on the session's model, its graphs hooked like the model's."""
         check_projector_tensors(config.mmproj)
+        offload_devices = session.offload_devices
         params = mtmd.mtmd_context_params_default()
         params.print_timings = False
         params.warmup = False  # a warm-up encode would be one more graph in the dump, of a blank image
@@ -162,6 +166,22 @@ class VisionProjector:
         return chunks
 
 
+@contextmanager
+def open_projector(session: LlamaSession, config: LlamaRunConfig,
+                   hook: TensorHook | None) -> Iterator[VisionProjector | None]:
+    """The run's projector for a block (None without ``--mmproj``), freed at its end, before the model."""
+    if not config.mmproj:
+        yield None
+        return
+    # libmtmd logs through its own callback (the projector's loader, clip's graph): into the run's buffer.
+    mtmd.mtmd_helper_log_set(LOG_THUNK, ctypes.c_void_p(0))
+    projector = VisionProjector.load(session, config, hook)
+    try:
+        yield projector
+    finally:
+        projector.close()
+
+
 def _text_tokens(chunk: Any) -> list[int]:
     count = ctypes.c_size_t(0)
     tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
@@ -186,6 +206,8 @@ def check_projector_tensors(path: str) -> None:
     header = read_header(path)
     missing = [] if "v.patch_embd.weight" in header.tensors else ["v.patch_embd.weight"]
     blocks = header.get("clip.vision.block_count")
+    if blocks is None:
+        raise SetupError(f"--mmproj {path} is not a vision projector (it has no clip.vision.block_count)")
     if not isinstance(blocks, int) or not 0 < blocks <= MAX_PROJECTOR_BLOCKS:
         raise SetupError(f"--mmproj {path} declares clip.vision.block_count {blocks!r}")
     for block in range(blocks):

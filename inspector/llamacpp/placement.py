@@ -14,15 +14,9 @@ import re
 from dataclasses import dataclass, field
 
 from inspector.errors import SetupError
+from inspector.ggml.abi import TensorBufferOverride
+from inspector.ggml.devices import list_devices
 from inspector.ggml.library import GgmlLibraries
-
-GGML_BACKEND_DEVICE_TYPE_CPU = 0
-
-
-class TensorBufferOverride(ctypes.Structure):
-    """``struct llama_model_tensor_buft_override``: a regex over tensor names and a buffer type."""
-
-    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
 @dataclass
@@ -42,28 +36,13 @@ class Placement:
         return ctypes.addressof(self.overrides) if self.overrides is not None else None
 
 
-def _all_devices(lib: GgmlLibraries) -> dict[str, int]:
-    registry = lib.ggml
-    devices = {}
-    for index in range(registry.ggml_backend_dev_count()):
-        device = registry.ggml_backend_dev_get(index)
-        devices[registry.ggml_backend_dev_name(device).decode()] = device
-    return devices
-
-
-def device_by_name(lib: GgmlLibraries, name: str) -> int | None:
-    """The handle of the ggml device called ``name`` (None: no such device)."""
-    return _all_devices(lib).get(name)
-
-
 def offload_devices(lib: GgmlLibraries, names: list[str]) -> ctypes.Array:
     """``-dev A,B``: the devices to offload to; ``none`` (or no name) offloads nothing.
 
     As in llama.cpp, a CPU device is not an offload device and is refused.
     """
     wanted = [] if names == ["none"] else names
-    offload = {name: device for name, device in _all_devices(lib).items()
-               if lib.ggml.ggml_backend_dev_type(device) != GGML_BACKEND_DEVICE_TYPE_CPU}
+    offload = {device.name: device.handle for device in list_devices(lib) if device.kind != "CPU"}
     resolved = []
     for name in wanted:
         device = offload.get(name)
@@ -76,8 +55,8 @@ def offload_devices(lib: GgmlLibraries, names: list[str]) -> ctypes.Array:
 def buffer_types(lib: GgmlLibraries) -> dict[str, int]:
     """Every device's default buffer type by name (``CPU``, ``CUDA0``, ``RPC0[host:port]``)."""
     found = {}
-    for device in _all_devices(lib).values():
-        buft = lib.ggml.ggml_backend_dev_buffer_type(device)
+    for device in list_devices(lib):
+        buft = lib.ggml.ggml_backend_dev_buffer_type(device.handle)
         if buft:
             found[lib.base.ggml_backend_buft_name(buft).decode()] = buft
     return found
@@ -89,14 +68,14 @@ _ExtraBufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)
 def extra_buffer_types(lib: GgmlLibraries) -> dict[str, int]:
     """The devices' extra buffer types by name (the CPU's ``CPU_REPACK``), found as llama.cpp finds them."""
     found = {}
-    for device in _all_devices(lib).values():
-        registry = lib.ggml.ggml_backend_dev_backend_reg(device)
+    for device in list_devices(lib):
+        registry = lib.ggml.ggml_backend_dev_backend_reg(device.handle)
         if not registry:
             continue
         address = lib.ggml.ggml_backend_reg_get_proc_address(registry, b"ggml_backend_dev_get_extra_bufts")
         if not address:
             continue
-        bufts = _ExtraBufts(address)(device)
+        bufts = _ExtraBufts(address)(device.handle)
         index = 0
         while bufts and bufts[index]:
             found[lib.base.ggml_backend_buft_name(bufts[index]).decode()] = bufts[index]

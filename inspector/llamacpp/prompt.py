@@ -27,7 +27,8 @@ from inspector.constants import (
 from inspector.errors import SetupError
 
 if TYPE_CHECKING:
-    from inspector.llamacpp.session import LlamaRunConfig, LlamaSession
+    from inspector.llamacpp.config import LlamaRunConfig
+    from inspector.llamacpp.session import LlamaSession
 
 # A template's ``a ** b`` may make a number of at most this many bits.
 MAX_POWER_BITS = 4096
@@ -202,7 +203,12 @@ def _jinja_format(template: str, messages: list[dict[str, str]], session: LlamaS
 
 
 def formatted_prompt(session: LlamaSession, config: LlamaRunConfig) -> str:
-    """The text that is tokenized: the prompt, or the prompt formatted as a chat turn."""
+    """The text that is tokenized: the prompt, or the prompt formatted as a chat turn.
+
+    Rendered once per run and handed to whatever tokenizes and records it: a
+    template may read the clock (``strftime_now``), so a second rendering
+    could differ from the text that was tokenized.
+    """
     if not config.conversation:
         return config.prompt
     template = config.chat_template or _model_template(session)
@@ -210,11 +216,14 @@ def formatted_prompt(session: LlamaSession, config: LlamaRunConfig) -> str:
     return _jinja_format(template, messages, session) if config.jinja else _builtin_format(template, messages)
 
 
-def prompt_token_ids(session: LlamaSession, config: LlamaRunConfig) -> list[int]:
-    """The tokens of the run's input, each checked to be in the vocabulary."""
+def prompt_token_ids(session: LlamaSession, config: LlamaRunConfig, text: str | None) -> list[int]:
+    """The tokens of the run's input: ``--token-ids`` (each checked to be in the vocabulary), else ``text``'s.
+
+    ``text`` is :func:`formatted_prompt`'s, rendered once by the caller.
+    """
     if config.token_ids is not None:
         for token in config.token_ids:
             if not 0 <= token < session.n_vocab:
                 raise SetupError(f"--token-ids: {token} is outside the vocabulary (0..{session.n_vocab - 1})")
         return list(config.token_ids)
-    return session.tokenize(formatted_prompt(session, config))
+    return session.tokenize(text or "")

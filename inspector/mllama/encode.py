@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.capture.hook import HookCounters, TensorHook, stop_on_signals
+from inspector.capture.hook import HookCounters, TensorHook
 from inspector.capture.selection import Selection
+from inspector.capture.session import CaptureSession
 from inspector.compare.metrics import compare_arrays
 from inspector.dump.record import TensorRecord
-from inspector.dump.writer import DumpWriter
-from inspector.errors import CaptureInterrupted, InspectorError
+from inspector.errors import InspectorError
 from inspector.ggml import load, read_tensor, rpc
 from inspector.ggml.graph import Backend, init_backend, set_data
 from inspector.ggml.log import install_log
@@ -182,6 +182,28 @@ def late_read(lib, kept: dict[int, tuple[TensorRecord, np.ndarray]]) -> dict[int
     return results
 
 
+def _sched_check(session: Session, inputs: Preprocessed,
+                 kept: dict[int, tuple[TensorRecord, np.ndarray]],
+                 progress: Callable[[str], None]) -> tuple[list[LateRead], list[ComputeBuffer]]:
+    """Re-read the kept tensors, run a second, different graph on the same scheduler, and re-read them again."""
+    after_own = late_read(session.lib, kept)
+    sizes_own = session.buffer_sizes()
+    progress("running a second, different graph on the same scheduler, then re-reading")
+    other = build_mllama(session.weights, NEXT_GRAPH_PROBES)
+    flipped = replace(inputs, inp_raw=np.ascontiguousarray(inputs.inp_raw[..., ::-1]))
+    try:
+        session.compute(other, flipped, None)
+    finally:
+        other.free()
+    sizes_next = session.buffer_sizes()
+    buffers = [ComputeBuffer(name, size, sizes_next[name]) for name, size in sizes_own.items()]
+    if sizes_next != sizes_own:  # the kept tensors' memory was freed: do not read it
+        return [], buffers
+    after_next = late_read(session.lib, kept)
+    return [LateRead(record.name, record.occurrence, after_own[address][0], after_next[address][0],
+                     after_next[address][1]) for address, (record, _array) in kept.items()], buffers
+
+
 def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, overwrite: bool = False,
            sched_check: bool = False, progress: Callable[[str], None] = lambda _m: None) -> EncodeSummary:
     """Preprocess, build, compute and capture; with ``sched_check``, run a second graph and re-read.
@@ -190,7 +212,8 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
     second graph's allocation reuses the first graph's buffers instead of
     replacing them: re-reading then shows what the second graph wrote, never
     freed memory.  Should a buffer's size change anyway, the summary reports it
-    (``compute_buffers``, ``reallocated``) and nothing is re-read.
+    (``compute_buffers``, ``reallocated``) and nothing is re-read.  How the
+    capture ends (a signal, a full disk) is the :class:`CaptureSession`'s.
     """
     started = time.perf_counter()
     with Session(config) as session:
@@ -198,52 +221,30 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
         geometry = inputs.geometry.as_dict()
         run_config = {"runner": "mllama", **asdict(config), "hparams": asdict(session.weights.hparams),
                       "backends": [b.name for b in session.backends], "geometry": geometry,
-                      "select": {"globs": list(selection.globs), "regexes": list(selection.regexes)}}
+                      "select": selection.describe()}
         kept: dict[int, tuple[TensorRecord, np.ndarray]] = {}
-        with DumpWriter(output, run_config, system_facts(session.lib), overwrite=overwrite) as writer:
+        late_reads: list[LateRead] = []
+        buffers: list[ComputeBuffer] = []
+        with CaptureSession(output, run_config, system_facts(session.lib), overwrite=overwrite,
+                            progress=progress) as capture:
             def sink(record: TensorRecord, array: np.ndarray) -> None:
-                writer.write(record, array)
+                capture.writer.write(record, array)
                 if sched_check and not record.is_leaf:
                     kept[hook.last_address] = (record, array)
 
-            hook = TensorHook(selection, sink, session.lib)
+            hook = capture.tensor_hook(selection, session.lib, sink=sink)
             graph = build_mllama(session.weights, tuple(config.probes))
             try:
                 if sched_check:
                     session.reserve(tuple(config.probes), NEXT_GRAPH_PROBES)
-                eval_index = writer.begin_evaluation("encode", {"geometry": geometry, "image": config.image})
-                hook.begin_evaluation(eval_index)
+                capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image})
                 progress(f"computing the vision graph on {', '.join(b.name for b in session.backends)}")
-                with stop_on_signals(hook):
-                    session.compute(graph, inputs, hook)
-                if hook.interrupted:
-                    raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {output} "
-                                             "(marked incomplete)")
-                if hook.error:
-                    raise InspectorError(f"capture stopped: {hook.error.splitlines()[-1]}")
-                late_reads: list[LateRead] = []
-                buffers: list[ComputeBuffer] = []
-                if sched_check:
-                    after_own = late_read(session.lib, kept)
-                    sizes_own = session.buffer_sizes()
-                    progress("running a second, different graph on the same scheduler, then re-reading")
-                    other = build_mllama(session.weights, NEXT_GRAPH_PROBES)
-                    flipped = replace(inputs, inp_raw=np.ascontiguousarray(inputs.inp_raw[..., ::-1]))
-                    try:
-                        session.compute(other, flipped, None)
-                    finally:
-                        other.free()
-                    sizes_next = session.buffer_sizes()
-                    buffers = [ComputeBuffer(name, size, sizes_next[name]) for name, size in sizes_own.items()]
-                    if sizes_next == sizes_own:  # else the kept tensors' memory was freed: do not read it
-                        after_next = late_read(session.lib, kept)
-                        late_reads = [LateRead(record.name, record.occurrence, after_own[address][0],
-                                               after_next[address][0], after_next[address][1])
-                                      for address, (record, _array) in kept.items()]
-                writer.set_result({"late_reads": [asdict(r) for r in late_reads],
-                                   "compute_buffers": [asdict(b) for b in buffers]} if sched_check else {})
+                session.compute(graph, inputs, hook)
+                if sched_check and hook.capturing:
+                    late_reads, buffers = _sched_check(session, inputs, kept, progress)
             finally:
                 graph.free()
-        return EncodeSummary(Path(output), writer.tensor_count, time.perf_counter() - started, hook.counters,
+            capture.finish({"late_reads": [asdict(r) for r in late_reads],
+                            "compute_buffers": [asdict(b) for b in buffers]} if sched_check else {})
+        return EncodeSummary(capture.path, capture.tensor_count, time.perf_counter() - started, hook.counters,
                              geometry, session.weights.placement, late_reads, buffers)
-

@@ -29,17 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.capture.hook import HookCounters, TensorHook, stop_on_signals
+from inspector.capture.hook import HookCounters, TensorHook
 from inspector.capture.selection import Selection
+from inspector.capture.session import CaptureSession
 from inspector.constants import MLLAMA_VISION_OUTPUTS
-from inspector.dump.writer import DumpWriter
-from inspector.errors import CaptureInterrupted, InspectorError
+from inspector.errors import InspectorError
 from inspector.ggml import read_tensor
 from inspector.ggml.graph import set_data
 from inspector.ggml.system import system_facts
 from inspector.ggml.tensor import Tensor
 from inspector.mllama.encode import EncodeConfig, Session
 from inspector.mllama.model import build_mllama
+from inspector.mllama.preprocess import Preprocessed
 from inspector.mllama.text_model import (
     ImageRows,
     TextGraph,
@@ -144,9 +145,59 @@ class _TextRunner:
         return logits.reshape(n, -1)
 
 
+def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: TensorHook, text: _TextRunner,
+                         inputs: Preprocessed, geometry: dict) -> tuple[np.ndarray, list[int]]:
+    """The vision graph, the prompt's text graph, then ``n_predict`` greedy steps; the prompt's logits and tokens.
+
+    Generation stops early when the hook stopped capturing (a signal, a full
+    disk): the session says why when it closes the dump.
+    """
+    session, model = text.session, text.model
+    vision_graph = build_mllama(session.weights, tuple(config.probes))
+    prompt_graph = build_text_graph(model, len(config.token_ids), 0, "read")
+    generated: list[int] = []
+    try:
+        session.reserve(tuple(config.probes))
+        text.reserve(len(config.token_ids))
+        capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image})
+        capture.say(f"encoding the image on {', '.join(b.name for b in session.backends)}")
+        session.compute(vision_graph, inputs, hook)
+        vision_out = vision_graph.outputs["ca_patch_embd"]
+        states = None
+        if config.vision_output == "copy":
+            states = read_tensor(Tensor(session.lib, vision_out)).array.reshape(-1, model.hparams.hidden)
+        capture.begin_evaluation("decode", {"token_ids": config.token_ids, "pos0": 0,
+                                            "n_tokens": len(config.token_ids)})
+        capture.say(f"decoding {len(config.token_ids)} prompt tokens ({config.vision_output})")
+        prompt_logits = text.compute(prompt_graph, config.token_ids, hook, states,
+                                     vision_out if states is None else None)
+        last = prompt_logits[-1]
+        for step in range(config.n_predict):
+            if not hook.capturing:
+                break
+            token = int(np.argmax(last))
+            generated.append(token)
+            if step == config.n_predict - 1:
+                break
+            pos = len(config.token_ids) + step
+            step_graph = build_text_graph(model, 1, pos, "cached")
+            try:
+                capture.begin_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1})
+                last = text.compute(step_graph, [token], hook, None, None)[-1]
+            finally:
+                step_graph.free()
+    finally:
+        vision_graph.free()
+        prompt_graph.free()
+    return prompt_logits, generated
+
+
 def generate(config: GenerateConfig, selection: Selection, output: str | Path, *, overwrite: bool = False,
              progress: Callable[[str], None] = lambda _m: None) -> GenerateSummary:
-    """Encode, decode the prompt, generate ``n_predict`` tokens greedily; one dump of kinds encode/decode/generate."""
+    """Encode, decode the prompt, generate ``n_predict`` tokens greedily; one dump of kinds encode/decode/generate.
+
+    How the capture ends (a signal, a full disk) is the :class:`CaptureSession`'s.
+    """
     if config.vision_output not in MLLAMA_VISION_OUTPUTS:
         raise InspectorError(f"--vision-output must be one of {', '.join(MLLAMA_VISION_OUTPUTS)}")
     started = time.perf_counter()
@@ -158,64 +209,21 @@ def generate(config: GenerateConfig, selection: Selection, output: str | Path, *
             image_position = _check_tokens(config, model)
             inputs = session.preprocess(config.image)
             tiles = int(np.asarray(inputs.aspect_ratio_mask).sum())
-            rows = ImageRows(image_position, tiles, vision.max_tiles, vision.num_positions)
-            text = _TextRunner(session, model, rows)
+            text = _TextRunner(session, model, ImageRows(image_position, tiles, vision.max_tiles,
+                                                         vision.num_positions))
             geometry = inputs.geometry.as_dict()
             run_config = {"runner": "mllama-generate", **asdict(config), "hparams": asdict(model.hparams),
                           "backends": [b.name for b in session.backends], "geometry": geometry,
-                          "select": {"globs": list(selection.globs), "regexes": list(selection.regexes)}}
-            with DumpWriter(output, run_config, system_facts(session.lib), overwrite=overwrite) as writer:
-                hook = TensorHook(selection, writer.write, session.lib)
-                vision_graph = build_mllama(session.weights, tuple(config.probes))
-                prompt_graph = build_text_graph(model, len(config.token_ids), 0, "read")
-                generated: list[int] = []
-                try:
-                    session.reserve(tuple(config.probes))
-                    text.reserve(len(config.token_ids))
-                    with stop_on_signals(hook):
-                        hook.begin_evaluation(writer.begin_evaluation("encode", {"geometry": geometry,
-                                                                                 "image": config.image}))
-                        progress(f"encoding the image on {', '.join(b.name for b in session.backends)}")
-                        session.compute(vision_graph, inputs, hook)
-                        vision_out = vision_graph.outputs["ca_patch_embd"]
-                        states = None
-                        if config.vision_output == "copy":
-                            copied = read_tensor(Tensor(session.lib, vision_out)).array
-                            states = copied.reshape(-1, model.hparams.hidden)
-                        hook.begin_evaluation(writer.begin_evaluation("decode", {
-                            "token_ids": config.token_ids, "pos0": 0, "n_tokens": len(config.token_ids)}))
-                        progress(f"decoding {len(config.token_ids)} prompt tokens ({config.vision_output})")
-                        prompt_logits = text.compute(prompt_graph, config.token_ids, hook, states,
-                                                     vision_out if states is None else None)
-                        last = prompt_logits[-1]
-                        for step in range(config.n_predict):
-                            if hook.interrupted or hook.error:
-                                break  # Ctrl-C or a failed capture: stop generating, report below
-                            token = int(np.argmax(last))
-                            generated.append(token)
-                            if step == config.n_predict - 1:
-                                break
-                            pos = len(config.token_ids) + step
-                            step_graph = build_text_graph(model, 1, pos, "cached")
-                            try:
-                                hook.begin_evaluation(writer.begin_evaluation("generate", {
-                                    "token_ids": [token], "pos0": pos, "n_tokens": 1}))
-                                last = text.compute(step_graph, [token], hook, None, None)[-1]
-                            finally:
-                                step_graph.free()
-                    if hook.interrupted:
-                        raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {output} "
-                                                 "(marked incomplete)")
-                    if hook.error:
-                        raise InspectorError(f"capture stopped: {hook.error.splitlines()[-1]}")
-                    writer.set_result({"token_ids": config.token_ids, "generated_ids": generated,
-                                       "vision_output": config.vision_output, "image_position": image_position,
-                                       "tiles": tiles})
-                finally:
-                    vision_graph.free()
-                    prompt_graph.free()
+                          "select": selection.describe()}
+            with CaptureSession(output, run_config, system_facts(session.lib), overwrite=overwrite,
+                                progress=progress) as capture:
+                hook = capture.tensor_hook(selection, session.lib)
+                prompt_logits, generated = _encode_and_generate(config, capture, hook, text, inputs, geometry)
+                capture.finish({"token_ids": config.token_ids, "generated_ids": generated,
+                                "vision_output": config.vision_output, "image_position": image_position,
+                                "tiles": tiles})
             placement = {**session.weights.placement, **model.weights.placement}
-            return GenerateSummary(Path(output), writer.tensor_count, time.perf_counter() - started, hook.counters,
-                                   config.token_ids, generated, prompt_logits, placement)
+            return GenerateSummary(capture.path, capture.tensor_count, time.perf_counter() - started,
+                                   hook.counters, config.token_ids, generated, prompt_logits, placement)
         finally:
             model.free()

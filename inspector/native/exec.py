@@ -23,14 +23,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
 
 from inspector.capture.hook import SkippedTensor
-from inspector.dump.background_writer import BackgroundWriter
+from inspector.capture.selection import SelectionDescription
+from inspector.capture.session import INTERRUPTED, CaptureSession
 from inspector.dump.format import NO_COMPRESSION, Compression
-from inspector.dump.writer import DumpWriter
-from inspector.errors import CaptureInterrupted, InspectorError
-from inspector.files.disk_space import DiskFull
+from inspector.errors import CaptureInterrupted, InspectorError, SetupError
 from inspector.ggml import load
 from inspector.ggml.system import system_facts
 from inspector.native.build import check_extended_regexes, library_path
@@ -111,37 +109,14 @@ def _signal_name(status: int) -> str:
         return f"signal {-status}"
 
 
-class _Interrupts:
-    """SIGINT and SIGTERM while exec runs: passed on to the program and remembered, never raised.
-
-    Why not KeyboardInterrupt: the signal can land at any point, also after the
-    program was reaped and before the dump is closed, and an exception there
-    would leave the dump open.  A flag read at the end cannot be missed, and a
-    second Ctrl-C while the dump closes cannot break it.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.child: subprocess.Popen[bytes] | None = None
-        self.received = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> _Interrupts:
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
-        return self
-
-    def __exit__(self, _type: type[BaseException] | None, _error: BaseException | None,
-                 _traceback: TracebackType | None) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)  # type: ignore[arg-type]
-
-    def _handle(self, number: int, _frame: FrameType | None) -> None:
-        # A terminal's Ctrl-C reached the program too; a kill aimed at exec alone did not.
-        self.received = True
-        if self.child is not None:
-            self.child.send_signal(number)
+def _hooked_environment(hook: Path, socket_path: str, globs: Sequence[str], regexes: Sequence[str]) -> dict[str, str]:
+    """The program's environment: the hook preloaded, told where to send and what to select."""
+    environment = {**os.environ, "GGML_INSPECTOR_SOCKET": socket_path,
+                   "GGML_INSPECTOR_GLOBS": PATTERN_SEPARATOR.join(globs),
+                   "GGML_INSPECTOR_REGEXES": PATTERN_SEPARATOR.join(regexes),
+                   "LD_PRELOAD": " ".join(filter(None, [str(hook), os.environ.get("LD_PRELOAD", "")]))}
+    environment.pop("GGML_INSPECTOR_DIR", None)  # the socket it is; a folder is for runs without exec
+    return environment
 
 
 def exec_capture(argv: list[str], globs: Sequence[str], regexes: Sequence[str], output: str | Path, *,
@@ -155,10 +130,11 @@ def exec_capture(argv: list[str], globs: Sequence[str], regexes: Sequence[str], 
     ``regexes`` are POSIX extended regular expressions, the hook's dialect;
     each is checked with the C library's regcomp before the program starts.
     The dump is complete only when the program exited normally and every
-    stream was read; a crash (signal), Ctrl-C or a full disk keep what
-    arrived, marked incomplete with the reason.  A program whose ggml the
-    hook cannot use runs unhooked and raises InspectorError afterwards, as
-    does a hook that stopped capturing in the middle of the run.
+    stream was read; a crash (signal), SIGINT or SIGTERM (passed on to the
+    program, which runs to its end) or a full disk keep what arrived, marked
+    incomplete with the reason.  A program whose ggml the hook cannot use
+    runs unhooked and raises InspectorError afterwards, as does a hook that
+    stopped capturing in the middle of the run.
     """
     if not argv:
         raise InspectorError("give the program to run after --")
@@ -166,88 +142,67 @@ def exec_capture(argv: list[str], globs: Sequence[str], regexes: Sequence[str], 
         if "\0" in pattern or PATTERN_SEPARATOR in pattern:
             raise InspectorError(f"pattern {pattern!r} holds a NUL or a 0x1F byte, which cannot reach the hook")
     check_extended_regexes(regexes)
-    hook = library_path()
-    say = progress or (lambda _message: None)
+    hook = library_path()  # built (or refused) before the dump is created
     started = time.perf_counter()
+    selection = SelectionDescription(tuple(globs), tuple(regexes))
     config = {"runner": "exec", "argv": list(argv), "command_line": shlex.join(argv), "cwd": os.getcwd(),
-              "environment": recorded_environment(), "select": {"globs": list(globs), "regexes": list(regexes)}}
+              "environment": recorded_environment(), "select": selection.describe()}
     if model is not None:
-        from inspector.llamacpp.session import model_facts
+        from inspector.llamacpp.facts import model_facts
 
         config.update(model=str(model), model_facts=model_facts(str(model)))
-    with tempfile.TemporaryDirectory(prefix="ggml-inspector-") as folder, _Interrupts() as interrupts:
+    children: list[subprocess.Popen[bytes]] = []
+
+    def pass_on(number: int) -> None:
+        # A terminal's Ctrl-C reached the program too; a kill aimed at exec alone did not.
+        for child in children:
+            child.send_signal(number)
+
+    with tempfile.TemporaryDirectory(prefix="ggml-inspector-") as folder:
         address = str(Path(folder) / "hook.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(address)
         listener.listen(16)
-        writer = BackgroundWriter(DumpWriter(output, config, system_facts(load()), overwrite=overwrite,
-                                             stats_only=stats_only, compression=compression))
-        sink = FrameSink(writer, say)
-        receiver = Receiver(listener, sink).start()
-        environment = {**os.environ, "GGML_INSPECTOR_SOCKET": address,
-                       "GGML_INSPECTOR_GLOBS": PATTERN_SEPARATOR.join(globs),
-                       "GGML_INSPECTOR_REGEXES": PATTERN_SEPARATOR.join(regexes),
-                       "LD_PRELOAD": " ".join(filter(None, [str(hook), os.environ.get("LD_PRELOAD", "")]))}
-        environment.pop("GGML_INSPECTOR_DIR", None)  # the socket it is; a folder is for runs without exec
-        try:
-            interrupts.child = subprocess.Popen(argv, env=environment)
-        except OSError as error:
-            listener.close()
-            writer.close(False, f"could not start the program: {error.strerror or error}")
-            Path(writer.path).unlink(missing_ok=True)
-            raise InspectorError(f"cannot run {argv[0]}: {error.strerror or error}") from None
-        status = interrupts.child.wait()
-        receiver.finish()
-        return _close(writer, sink, argv, status, interrupts, started)
+        with CaptureSession(output, config, system_facts(load()), overwrite=overwrite, stats_only=stats_only,
+                            compression=compression, progress=progress, on_signal=pass_on) as session:
+            sink = FrameSink(session.writer, session.say)
+            receiver = Receiver(listener, sink).start()
+            try:
+                children.append(subprocess.Popen(argv, env=_hooked_environment(hook, address, globs, regexes)))
+            except OSError as error:
+                listener.close()
+                raise SetupError(f"cannot run {argv[0]}: {error.strerror or error}") from None
+            status = children[0].wait()
+            receiver.finish()
+            return _close(session, sink, argv, status, started)
 
 
-def _close(writer: BackgroundWriter, sink: FrameSink, argv: list[str], status: int, interrupts: _Interrupts,
-           started: float) -> ExecSummary:
+def _close(session: CaptureSession, sink: FrameSink, argv: list[str], status: int, started: float) -> ExecSummary:
+    """Close the dump after the program ended; a program the hook could not follow leaves none."""
     processes = sink.processes
-    if sink.skipped:
-        writer.set_skipped([asdict(skip) for skip in sink.skipped])
-    writer.set_result({"exit_status": status, "signal": _signal_name(status) if status < 0 else "",
-                       "processes": [asdict(process) for process in processes], "errors": sink.errors})
-    writer.drain()  # everything queued is written: the counts below are exact
+    result = {"exit_status": status, "signal": _signal_name(status) if status < 0 else "",
+              "processes": [asdict(process) for process in processes], "errors": sink.errors}
     incompatible = sink.incompatible()
-    if incompatible or not processes:
-        writer.close(False, "nothing captured")
-        if writer.tensor_count == 0:
-            Path(writer.path).unlink(missing_ok=True)
-        if interrupts.received:
-            raise CaptureInterrupted("interrupted before the program computed a graph; nothing was captured")
-        if incompatible:
-            raise InspectorError(f"{argv[0]} uses a ggml the hook cannot read ({incompatible[0].reason}); "
-                                 "it ran unhooked and nothing was captured")
-        raise InspectorError(f"{argv[0]} computed no graph through a shared libggml-base's ggml_backend_sched "
-                             "(statically linked, or built against another ggml?); nothing was captured")
-    tensors = writer.tensor_count
-    full = writer.error if isinstance(writer.error, DiskFull) else None
-    stopped = sink.hook_stopped()
-    if interrupts.received:
-        reason = "interrupted"
-    elif full is not None:
-        reason = f"{full} after {tensors} tensors"
-    elif stopped:
-        reason = stopped
-    elif status < 0:
-        reason = f"the program was killed by {_signal_name(status)}"
+    if incompatible:
+        stopped = f"{argv[0]} uses a ggml the hook cannot read ({incompatible[0].reason}), so it ran unhooked"
+    elif not processes:
+        stopped = (f"{argv[0]} computed no graph through a shared libggml-base's ggml_backend_sched "
+                   "(statically linked, or built against another ggml?)")
     else:
-        reason = sink.errors[0] if sink.errors else (f"{writer.error}" if writer.error is not None else "")
-    writer.close(not reason, reason)
-    if interrupts.received:
-        raise CaptureInterrupted(f"interrupted; kept {tensors} tensors in {writer.path} (marked incomplete)")
-    if full is not None:
-        raise DiskFull(f"{reason}; kept in {writer.path}, marked incomplete (the program ran on unhooked, "
-                       f"{_status_text(status)})")
-    if stopped:
-        kept = f"kept {tensors} tensors in {writer.path}, marked incomplete" if tensors else "nothing was captured"
-        if not tensors:
-            Path(writer.path).unlink(missing_ok=True)
-        raise InspectorError(f"{stopped}; {kept} (the program ran on unhooked, {_status_text(status)})")
-    return ExecSummary(path=Path(writer.path), exit_status=status, tensors=tensors, bytes=writer.byte_count,
-                       evaluations=sum(p.evaluations for p in processes), seconds=time.perf_counter() - started,
-                       processes=processes, skipped=sink.skipped)
+        stopped = sink.hook_stopped()
+    if status < 0:
+        incomplete = f"the program was killed by {_signal_name(status)}"
+    else:
+        incomplete = sink.errors[0] if sink.errors else ""
+    if not processes and session.interrupted:
+        session.discard(INTERRUPTED)
+        raise CaptureInterrupted("interrupted before the program computed a graph; nothing was captured")
+    followed = bool(processes) and not incompatible  # the hook ran in the program, then stopped capturing
+    note = f" (the program ran on unhooked, {_status_text(status)})" if followed else ""
+    session.finish(result, skipped=sink.skipped, stopped=stopped, incomplete=incomplete, note=note)
+    return ExecSummary(path=session.path, exit_status=status, tensors=session.tensor_count,
+                       bytes=session.byte_count, evaluations=sum(p.evaluations for p in processes),
+                       seconds=time.perf_counter() - started, processes=processes, skipped=sink.skipped)
 
 
 def _status_text(status: int) -> str:

@@ -20,10 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inspector.capture.hook import SkippedTensor
-from inspector.dump.background_writer import BackgroundWriter
-from inspector.dump.writer import DumpWriter
-from inspector.errors import CaptureInterrupted, InspectorError
-from inspector.files.disk_space import DiskFull
+from inspector.capture.session import CaptureSession
+from inspector.errors import InspectorError
 from inspector.ggml.system import host_facts
 from inspector.native.stream import (
     BYE,
@@ -144,12 +142,11 @@ def import_streams(folder: Path, output: Path, *, overwrite: bool = False,
                    progress: Callable[[str], None] | None = None) -> ImportSummary:
     """Write every stream of ``folder`` into the dump ``output`` and say how it went.
 
-    Raises DiskFull (dump kept, incomplete), CaptureInterrupted on Ctrl-C
-    (dump kept, incomplete), and InspectorError for a folder without
+    Raises DiskFull (dump kept, incomplete), CaptureInterrupted on SIGINT or
+    SIGTERM (dump kept, incomplete), and InspectorError for a folder without
     streams, a file that is not one, a ggml the hook could not read, or a
     hook that stopped capturing mid-run (dump kept, incomplete).
     """
-    say = progress or (lambda _message: None)
     started = time.perf_counter()
     files = stream_files(folder)
     hellos = [hello_of(path) for path in files]
@@ -158,62 +155,37 @@ def import_streams(folder: Path, output: Path, *, overwrite: bool = False,
     config = {"runner": "import", "folder": str(folder.resolve()), "streams": [path.name for path in files],
               "pids": [hello.get("pid") for hello in hellos if hello is not None],
               "argv0": [hello.get("argv0") for hello in hellos if hello is not None]}
-    writer = BackgroundWriter(DumpWriter(output, config, host_facts(), overwrite=overwrite))
-    sink = FrameSink(writer, say)
-    cut_short: list[str] = []
-    try:
+    with CaptureSession(output, config, host_facts(), overwrite=overwrite, progress=progress) as session:
+        sink = FrameSink(session.writer, session.say)
+        cut_short: list[str] = []
         for path in files:
             errors_before = len(sink.errors)
             with open(path, "rb") as handle:
-                report = sink.consume(handle.read, path.name)
-            if sink.stopped:
+                report = sink.consume(session.interruptible(handle.read), path.name)
+            if sink.stopped or session.interrupted:
                 break
             if len(sink.errors) > errors_before or report.said_goodbye:
                 continue
             ending = ("is empty (the process ended before its first frame)" if report.pid < 0
                       else "ends without BYE (the process crashed or was killed)")
             cut_short.append(f"{path.name}: the stream {ending}")
-    except KeyboardInterrupt:
-        writer.close(False, "interrupted")
-        raise CaptureInterrupted(f"interrupted; kept {writer.tensor_count} tensors in {writer.path} "
-                                 "(marked incomplete)") from None
-    return _close(writer, sink, folder, cut_short, started)
+        return _close(session, sink, folder, cut_short, started)
 
 
-def _close(writer: BackgroundWriter, sink: FrameSink, folder: Path, cut_short: list[str],
+def _close(session: CaptureSession, sink: FrameSink, folder: Path, cut_short: list[str],
            started: float) -> ImportSummary:
-    if sink.skipped:
-        writer.set_skipped([asdict(skip) for skip in sink.skipped])
-    writer.set_result({"processes": [asdict(process) for process in sink.processes],
-                       "errors": sink.errors + cut_short})
-    writer.drain()  # everything queued is written: the counts below are exact
-    tensors = writer.tensor_count
+    """Close the dump; a folder whose processes could not be read is a stop, the streams' own faults are not."""
     incompatible = sink.incompatible()
-    full = writer.error if isinstance(writer.error, DiskFull) else None
-    stopped = sink.hook_stopped()
-    if full is not None:
-        reason = f"{full} after {tensors} tensors"
-    elif stopped:
-        reason = stopped
-    elif sink.errors or cut_short:
-        reason = (sink.errors + cut_short)[0]
-    else:
-        reason = f"{writer.error}" if writer.error is not None else ""
     if incompatible or not sink.processes:
-        unreadable = (f"process {incompatible[0].pid} ({incompatible[0].argv0}) uses a ggml the hook cannot read "
-                      f"({incompatible[0].reason})" if incompatible else
-                      f"no stream in {folder} got as far as its first frame")
-        writer.close(False, unreadable)
-        if tensors:  # another process of the folder was read: its tensors stay, the dump says what is missing
-            raise InspectorError(f"{unreadable}; kept {tensors} tensors in {writer.path}, marked incomplete")
-        writer.path.unlink(missing_ok=True)
-        raise InspectorError(f"{unreadable}; nothing was captured")
-    writer.close(not reason, reason)
-    if full is not None:
-        raise DiskFull(f"{reason}; kept in {writer.path}, marked incomplete")
-    if stopped:
-        raise InspectorError(f"{stopped}; kept {tensors} tensors in {writer.path}, marked incomplete")
-    return ImportSummary(path=writer.path, tensors=tensors, bytes=writer.byte_count,
+        stopped = (f"process {incompatible[0].pid} ({incompatible[0].argv0}) uses a ggml the hook cannot read "
+                   f"({incompatible[0].reason})" if incompatible else
+                   f"no stream in {folder} got as far as its first frame")
+    else:
+        stopped = sink.hook_stopped()
+    errors = sink.errors + cut_short
+    reason = session.finish({"processes": [asdict(process) for process in sink.processes], "errors": errors},
+                            skipped=sink.skipped, stopped=stopped, incomplete=errors[0] if errors else "")
+    return ImportSummary(path=session.path, tensors=session.tensor_count, bytes=session.byte_count,
                          evaluations=sum(p.evaluations for p in sink.processes),
                          seconds=time.perf_counter() - started, incomplete_reason=reason,
                          processes=sink.processes, skipped=sink.skipped)

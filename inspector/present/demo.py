@@ -12,7 +12,7 @@ from inspector.dump.reader import open_dump
 from inspector.formatting import human_bytes, number, shape_text, table
 from inspector.ggml.rpc import LoopbackServer
 from inspector.llamacpp.capture import capture_llama
-from inspector.llamacpp.session import LlamaRunConfig
+from inspector.llamacpp.config import LlamaRunConfig
 from inspector.present.report import write_report
 from inspector.sweep.run import run_sweep
 from inspector.sweep.summary import render_matrix

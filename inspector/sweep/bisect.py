@@ -29,7 +29,7 @@ from inspector.errors import InspectorError
 from inspector.files.outputs import recorded_inputs, refuse_inputs, write_text
 from inspector.gguf.header import read_header
 from inspector.llamacpp.capture import capture_llama
-from inspector.llamacpp.session import LlamaRunConfig
+from inspector.llamacpp.config import LlamaRunConfig
 from inspector.sweep.run import offload_endpoints
 
 LOGITS = Selection(globs=("result_output",))

@@ -27,7 +27,7 @@ from inspector.ggml.rpc import LoopbackServer
 from inspector.ggml.system import ggml_devices
 from inspector.gguf.header import read_header
 from inspector.llamacpp.capture import capture_llama
-from inspector.llamacpp.session import FLASH_ATTN_MODES, LlamaRunConfig
+from inspector.llamacpp.config import FLASH_ATTN_MODES, LlamaRunConfig
 from inspector.sweep.summary import SweepRun, summarise
 
 BOOLEANS = {"true": True, "on": True, "1": True, "yes": True, "false": False, "off": False, "0": False, "no": False}
