@@ -103,11 +103,11 @@ def test_model_state_is_the_same_in_c_and_python(c_parser):
 
 
 def _c_skip_reasons() -> list[str]:
-    """The reasons the C hook's capture() gives for a tensor it cannot read, in the order it checks them."""
+    """The reasons the C hook's readable() gives capture() for a tensor it cannot read, in the order it checks them."""
     source = SOURCE.read_text()
-    body = source[source.index("static void capture("):]
+    body = source[source.index("static size_t readable("):]
     body = body[:body.index("\n}\n")]
-    formats = re.findall(r'snprintf\(why, sizeof why, "((?:[^"\\]|\\.)*)"', body)
+    formats = re.findall(r'snprintf\(why, size, "((?:[^"\\]|\\.)*)"', body)
     return [re.sub(r"%(?:\.\d+)?s", "{buffer_type}", text) for text in formats]
 
 

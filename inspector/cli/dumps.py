@@ -21,8 +21,11 @@ if TYPE_CHECKING:
 @options.tensor_globs("Only names matching this glob (repeatable).", keep_t=True)
 @click.option("--config", "show_config", is_flag=True,
               help="Print the run configuration and the command line that reproduces it, not the tensors.")
+@click.option("--evals", "show_evals", is_flag=True,
+              help="Print one line per evaluation, what it computed, not the tensors: its token ids (or its input "
+                   "embeddings' digest), positions and output rows.")
 @options.as_json
-def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, as_json: bool) -> None:
+def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, show_evals: bool, as_json: bool) -> None:
     """List the tensors in a dump, in execution order, with their statistics.
 
     Columns: evaluation, node index, name (#k for occurrence k > 0), op,
@@ -30,11 +33,20 @@ def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, as_json:
     index is read. An incomplete dump and tensors that were not captured are
     reported on stderr first. --config prints the run's configuration under
     llama.cpp's names and the ggml-inspector command line that reproduces it.
+    --evals prints what each evaluation computed, as every runner records it:
+    index and kind, where the inputs were learnt (runner or graph), the
+    number of tokens, the first token ids (or the input embeddings' digest)
+    and positions, and how many rows produce outputs; with --json, every value.
     """
     from inspector.dump import report as store_report
     from inspector.dump.reader import open_dump
 
+    if show_config and show_evals:
+        raise click.UsageError("--config and --evals print different listings: give one")
     with open_dump(dump) as opened:
+        if show_evals:
+            _echo_evaluations(opened, as_json)
+            return
         if show_config:
             _echo_config(opened, as_json)
             return
@@ -46,6 +58,15 @@ def list_tensors(dump: Path, globs: tuple[str, ...], show_config: bool, as_json:
             click.echo(note, err=True)
         click.echo(store_report.listing(entries, {e["index"]: e["kind"] for e in opened.evaluations}))
         click.echo(f"{len(entries)} tensors", err=True)
+
+
+def _echo_evaluations(opened: Dump, as_json: bool) -> None:
+    from inspector.dump import report as store_report
+
+    if as_json:
+        click.echo(json.dumps({"path": str(opened.path), "evaluations": opened.evaluations}, indent=1, default=str))
+    else:
+        click.echo(store_report.evaluations_listing(opened.evaluations))
 
 
 def _echo_config(opened: Dump, as_json: bool) -> None:

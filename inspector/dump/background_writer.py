@@ -65,6 +65,10 @@ class BackgroundWriter:
         self._queue.put((self.writer.begin_evaluation, (kind, info), 0))
         return self._eval_index
 
+    def update_evaluation(self, index: int, info: dict[str, Any]) -> None:
+        """Queue a merge of ``info`` into evaluation ``index``'s (see :meth:`DumpWriter.update_evaluation`)."""
+        self._queue.put((self.writer.update_evaluation, (index, info), 0))
+
     def write(self, record: TensorRecord, array: np.ndarray) -> None:
         """Queue one tensor; blocks while more than ``max_bytes`` wait.  ``array`` must not change after."""
         self._raise_error()

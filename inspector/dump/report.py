@@ -59,6 +59,39 @@ def listing(entries: list[Entry], kinds: dict[int, str] | None = None) -> str:
                   "inf"], rows, right_align={0, 1, 7, 8, 9, 10, 11, 12})
 
 
+# ``ls --evals`` shows this many token ids and positions of each evaluation; --json shows them all.
+FIRST_VALUES = 8
+
+
+def _first(values: object) -> str:
+    """The first few values of a recorded list, ``...`` when there are more; anything else as it reads."""
+    if not isinstance(values, list):
+        return "" if values is None else str(values)
+    return " ".join(str(value) for value in values[:FIRST_VALUES]) + (" ..." if len(values) > FIRST_VALUES else "")
+
+
+def _inputs_row(evaluation: dict[str, Any]) -> list[str]:
+    inputs = evaluation.get("inputs")
+    if not isinstance(inputs, dict):
+        said = "inputs unknown" if "inputs_known" in evaluation else "inputs not recorded (an older dump)"
+        return ["", "", said, "", ""]
+    fed = (_first(inputs.get("tokens")) if "tokens" in inputs
+           else f"embd {inputs.get('embd_digest')} (n_embd {inputs.get('n_embd')})")
+    outputs = inputs.get("outputs")
+    return [str(inputs.get("source", "")), str(inputs.get("n_tokens", "")), fed, _first(inputs.get("positions")),
+            str(len(outputs)) if isinstance(outputs, list) else ""]
+
+
+def evaluations_listing(evaluations: list[dict[str, Any]]) -> str:
+    """One line per evaluation: what it computed (docs/format.md, "Evaluation inputs"), or that nobody knows.
+
+    Every cell goes through :func:`~inspector.formatting.printable` (in :func:`table`): a dump's info is
+    someone else's text.
+    """
+    rows = [[evaluation_label(e["index"], str(e["kind"])), *_inputs_row(e)] for e in evaluations]
+    return table(["eval", "source", "n", "tokens", "positions", "outputs"], rows, right_align={0, 2, 5})
+
+
 def configuration(dump: Dump, command_line: str | None) -> str:
     """The recorded run configuration, key by key, then the command line that reproduces it (one line each)."""
     lines = [f"{printable(key)} = {printable(value)}" for key, value in dump.config.items()

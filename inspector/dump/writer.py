@@ -175,6 +175,11 @@ class DumpWriter:
         self.flush()
         return self._eval_index
 
+    def update_evaluation(self, index: int, info: dict[str, Any]) -> None:
+        """Merge ``info`` into evaluation ``index``'s: what is learnt only while its graph computes (its inputs)."""
+        attrs = self._evals[f"{index:06d}"].attrs
+        attrs["info"] = json.dumps({**json.loads(attrs["info"]), **info}, sort_keys=True)
+
     def write(self, record: TensorRecord, array: np.ndarray) -> None:
         """Store one captured tensor; durable at the next flush.
 

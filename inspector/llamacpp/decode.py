@@ -17,6 +17,7 @@ import llama_cpp
 import numpy as np
 
 from inspector.capture.hook import TensorHook
+from inspector.dump.inputs import runner_inputs
 from inspector.errors import SetupError
 from inspector.ggml.log import LogBuffer
 from inspector.gguf.header import check_gguf_file
@@ -115,9 +116,10 @@ def _decode_text(session: LlamaSession, config: LlamaRunConfig, token_ids: list[
     rows = []
     for start in range(0, n_past, step):
         chunk = token_ids[start:start + step]
-        start_evaluation("prompt", {"token_ids": chunk, "pos0": start, "n_tokens": len(chunk)})
-        is_last = start + step >= n_past
-        rows.append(session.decode(chunk, start, len(chunk) if config.all_logits else int(is_last)))
+        n_outputs = len(chunk) if config.all_logits else int(start + step >= n_past)
+        start_evaluation("prompt", {"token_ids": chunk, "pos0": start, "n_tokens": len(chunk),
+                                    **runner_inputs(start, n_outputs, tokens=chunk)})
+        rows.append(session.decode(chunk, start, n_outputs))
     return _DecodedPrompt(token_ids, n_past, np.concatenate(rows), len(rows))
 
 
@@ -139,7 +141,8 @@ def _generate(session: LlamaSession, config: LlamaRunConfig, prompt: _DecodedPro
         if end_of_generation or step_index == limit - 1:
             break
         pos = prompt.n_past + step_index
-        start_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1})
+        start_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1,
+                                      **runner_inputs(pos, 1, tokens=[token])})
         last = session.decode([token], pos, 1)[-1]
         evaluations += 1
     return generated, evaluations

@@ -28,6 +28,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import mtmd_cpp as mtmd
 
+from inspector.dump.inputs import runner_inputs
+from inspector.dump.inputs import unknown as unknown_inputs
 from inspector.errors import SetupError
 from inspector.files.images import check_pixels, pillow_pixel_limit
 from inspector.files.inputs import check_regular_file, open_regular_file
@@ -246,15 +248,16 @@ def decode_multimodal_prompt(session: LlamaSession, projector: VisionProjector, 
                 prompt.chunks.append({"type": "text", "token_ids": tokens, "pos0": prompt.n_past})
                 for start in range(0, len(tokens), step):
                     piece = tokens[start:start + step]
-                    is_last = wants_last_row and start + step >= len(tokens)
-                    start_evaluation("prompt", {"token_ids": piece, "pos0": prompt.n_past, "n_tokens": len(piece)})
-                    rows.append(session.decode(piece, prompt.n_past, len(piece) if all_logits else int(is_last)))
+                    n_outputs = len(piece) if all_logits else int(wants_last_row and start + step >= len(tokens))
+                    start_evaluation("prompt", {"token_ids": piece, "pos0": prompt.n_past, "n_tokens": len(piece),
+                                                **runner_inputs(prompt.n_past, n_outputs, tokens=piece)})
+                    rows.append(session.decode(piece, prompt.n_past, n_outputs))
                     prompt.n_past += len(piece)
                     prompt.evaluations += 1
                 continue
             n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
             n_pos = mtmd.mtmd_input_chunk_get_n_pos(chunk)
-            facts = {"image": image_number, "n_tokens": n_tokens, "pos0": prompt.n_past}
+            facts = {"image": image_number, "n_tokens": n_tokens, "pos0": prompt.n_past, **unknown_inputs()}
             start_evaluation("encode", facts)
             if mtmd.mtmd_encode_chunk(projector.ctx, chunk) != 0:
                 raise SetupError(f"libmtmd could not encode image {image_number}: {session.log.last_error()}")
@@ -271,11 +274,11 @@ def decode_multimodal_prompt(session: LlamaSession, projector: VisionProjector, 
             try:
                 for start in range(0, n_tokens, piece_size):
                     piece = embeddings[start:start + piece_size]
-                    is_last = wants_last_row and start + piece_size >= n_tokens
-                    start_evaluation("prompt", {"image": image_number, "pos0": prompt.n_past + start,
-                                                "n_tokens": len(piece)})
-                    rows.append(session.decode_embeddings(piece, prompt.n_past + start,
-                                                          len(piece) if all_logits else int(is_last)))
+                    n_outputs = len(piece) if all_logits else int(wants_last_row and start + piece_size >= n_tokens)
+                    pos0 = prompt.n_past + start
+                    start_evaluation("prompt", {"image": image_number, "pos0": pos0, "n_tokens": len(piece),
+                                                **runner_inputs(pos0, n_outputs, embeddings=piece)})
+                    rows.append(session.decode_embeddings(piece, pos0, n_outputs))
                     prompt.evaluations += 1
             finally:
                 if non_causal:

@@ -20,6 +20,7 @@ from inspector.capture.hook import HookCounters, TensorHook
 from inspector.capture.selection import Selection
 from inspector.capture.session import CaptureSession
 from inspector.compare.metrics import compare_arrays
+from inspector.dump.inputs import unknown as unknown_inputs
 from inspector.dump.record import TensorRecord
 from inspector.errors import InspectorError
 from inspector.ggml import load, read_tensor, rpc
@@ -237,7 +238,7 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
             try:
                 if sched_check:
                     session.reserve(tuple(config.probes), NEXT_GRAPH_PROBES)
-                capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image})
+                capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image, **unknown_inputs()})
                 progress(f"computing the vision graph on {', '.join(b.name for b in session.backends)}")
                 session.compute(graph, inputs, hook)
                 if sched_check and hook.capturing:

@@ -33,6 +33,8 @@ from inspector.capture.hook import HookCounters, TensorHook
 from inspector.capture.selection import Selection
 from inspector.capture.session import CaptureSession
 from inspector.constants import MLLAMA_VISION_OUTPUTS
+from inspector.dump.inputs import runner_inputs
+from inspector.dump.inputs import unknown as unknown_inputs
 from inspector.errors import InspectorError
 from inspector.ggml import read_tensor
 from inspector.ggml.graph import set_data
@@ -159,15 +161,15 @@ def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: 
     try:
         session.reserve(tuple(config.probes))
         text.reserve(len(config.token_ids))
-        capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image})
+        capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image, **unknown_inputs()})
         capture.say(f"encoding the image on {', '.join(b.name for b in session.backends)}")
         session.compute(vision_graph, inputs, hook)
         vision_out = vision_graph.outputs["ca_patch_embd"]
         states = None
         if config.vision_output == "copy":
             states = read_tensor(Tensor(session.lib, vision_out)).array.reshape(-1, model.hparams.hidden)
-        capture.begin_evaluation("decode", {"token_ids": config.token_ids, "pos0": 0,
-                                            "n_tokens": len(config.token_ids)})
+        capture.begin_evaluation("decode", {"token_ids": config.token_ids, "pos0": 0, "n_tokens": len(config.token_ids),
+                                            **runner_inputs(0, len(config.token_ids), tokens=config.token_ids)})
         capture.say(f"decoding {len(config.token_ids)} prompt tokens ({config.vision_output})")
         prompt_logits = text.compute(prompt_graph, config.token_ids, hook, states,
                                      vision_out if states is None else None)
@@ -182,7 +184,8 @@ def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: 
             pos = len(config.token_ids) + step
             step_graph = build_text_graph(model, 1, pos, "cached")
             try:
-                capture.begin_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1})
+                capture.begin_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1,
+                                                      **runner_inputs(pos, 1, tokens=[token])})
                 last = text.compute(step_graph, [token], hook, None, None)[-1]
             finally:
                 step_graph.free()

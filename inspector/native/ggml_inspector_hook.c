@@ -52,7 +52,7 @@
 #include "ggml.h"
 #include "ggml_inspector.h"
 
-enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE };
+enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT };
 
 #define FRAME_MAGIC 0x48494747u
 #define FRAME_HEAD_SIZE 24
@@ -65,6 +65,16 @@ enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE };
  * times longer once escaped, so JSON_CAPACITY is never reached by a real header. */
 #define STRING_LIMIT 1024
 #define JSON_CAPACITY (128 * 1024)
+/* An evaluation's input leafs, read whether or not they are selected (llama.cpp's names, llama-graph.cpp):
+ * token ids, positions and output rows (i32), or the input embeddings (f32), which Python digests from the
+ * bytes sent.  A ubatch of embeddings feeds the leaf inp_embd straight on, and llama.cpp names that tensor
+ * "embd" (with tokens, "embd" is the GET_ROWS node, not a leaf).  The output rows leaf is "out_ids".
+ * Bounded: a leaf of more than 1 Mi token ids, positions or rows, or embeddings over 64 MiB, are announced
+ * without their bytes. */
+static const char * const input_leafs[] = {"inp_tokens", "inp_pos", "inp_embd", "embd", "out_ids", "inp_out_ids"};
+#define N_INPUT_LEAFS (sizeof input_leafs / sizeof input_leafs[0])
+#define MAX_INPUT_VALUES ((int64_t) 1 << 20)
+#define MAX_INPUT_EMBD_BYTES ((size_t) 64 << 20)
 
 /* ---- ggml: looked up at run time when preloaded, linked when compiled into the program ---- */
 
@@ -694,6 +704,7 @@ struct scheduler {
 
     /* The evaluation under way: each node and leaf is considered once, names count occurrences. */
     int                node_index;
+    unsigned           inputs_sent; /* bit i: input_leafs[i] was sent in this evaluation */
     struct name_map    names;
     struct address_set seen;
 
@@ -754,6 +765,7 @@ static void forget(ggml_backend_sched_t sched) {
 
 static void begin_evaluation(struct scheduler * s, struct ggml_cgraph * graph) {
     s->node_index = 0;
+    s->inputs_sent = 0;
     if (s->names.slots != NULL) {
         memset(s->names.slots, 0, s->names.capacity * sizeof *s->names.slots);
         s->names.count = 0;
@@ -792,27 +804,60 @@ static bool reserve_copy(size_t size) {
  * threads computing on different schedulers interleave their frames on the one connection. */
 static void put_source_details(const struct scheduler * s, const struct ggml_tensor * t);
 
+/* The bytes `t` spans when it can be read back and sent (at most `limit`, which `limit_text` says in words), else
+ * 0 with the reason in `why`. */
+static size_t readable(const struct ggml_tensor * t, const char * buft_name, size_t limit, const char * limit_text,
+                       char * why, size_t size) {
+    ggml_backend_buffer_type_t   buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
+    const struct buffer_mirror * head = (const struct buffer_mirror *) t->buffer;
+    size_t                       nbytes = 0;
+    if (t->buffer == NULL || t->data == NULL) {
+        snprintf(why, size, "not allocated (no buffer or no data)");
+    } else if (head->buft != (void *) buft) {
+        snprintf(why, size, "unknown ggml_backend_buffer layout");
+    } else if (head->get_tensor == NULL) {
+        snprintf(why, size, "its buffer type %.200s cannot be read back", buft_name);
+    } else if ((nbytes = gg.nbytes(t)) > limit) {
+        snprintf(why, size, "too large (%zu bytes, at most %s are sent)", nbytes, limit_text);
+    } else if (!reserve_copy(nbytes < COPY_CHUNK ? nbytes : COPY_CHUNK)) {
+        snprintf(why, size, "out of memory for its copy");
+    } else {
+        return nbytes;
+    }
+    return 0;
+}
+
+/* After a frame head announcing them: `t`'s `nbytes` bytes, read back in pieces through the copy buffer. */
+static void send_tensor_bytes(const struct ggml_tensor * t, size_t nbytes) {
+    for (size_t offset = 0; offset < nbytes;) {
+        size_t part = nbytes - offset < copy.capacity ? nbytes - offset : copy.capacity;
+        gg.tensor_get(t, copy.bytes, offset, part);
+        if (!send_all(copy.bytes, part)) {
+            disconnect();
+            return;
+        }
+        offset += part;
+    }
+}
+
+static void put_dims(const char * key, const int64_t * values) {
+    put_key(key);
+    put_text("[");
+    for (int i = 0; i < GGML_MAX_DIMS; i++) {
+        put_number((long long) values[i]);
+    }
+    put_text("]");
+}
+
 static void capture(const struct scheduler * s, struct ggml_tensor * t, const char * name, int node_index,
                     uint32_t occurrence, const char * consumer, bool through_copy) {
     if (connection < 0) {
         return;
     }
-    ggml_backend_buffer_type_t   buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
-    const char *                 buft_name = buft != NULL ? gg.buft_name(buft) : "";
-    const struct buffer_mirror * head = (const struct buffer_mirror *) t->buffer;
-    size_t                       nbytes = 0;
-    char                         why[512] = "";
-    if (t->buffer == NULL || t->data == NULL) {
-        snprintf(why, sizeof why, "not allocated (no buffer or no data)");
-    } else if (head->buft != (void *) buft) {
-        snprintf(why, sizeof why, "unknown ggml_backend_buffer layout");
-    } else if (head->get_tensor == NULL) {
-        snprintf(why, sizeof why, "its buffer type %.200s cannot be read back", buft_name);
-    } else if ((nbytes = gg.nbytes(t)) > MAX_TENSOR_BYTES) {
-        snprintf(why, sizeof why, "too large (%zu bytes, at most 8 GiB are sent)", nbytes);
-    } else if (!reserve_copy(nbytes < COPY_CHUNK ? nbytes : COPY_CHUNK)) {
-        snprintf(why, sizeof why, "out of memory for its copy");
-    }
+    ggml_backend_buffer_type_t buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
+    const char *               buft_name = buft != NULL ? gg.buft_name(buft) : "";
+    char                       why[512] = "";
+    size_t                     nbytes = readable(t, buft_name, MAX_TENSOR_BYTES, "8 GiB", why, sizeof why);
     json_begin();
     field_number("sched", s->id);
     field_number("compute", s->computes - 1);
@@ -832,18 +877,12 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
     field_string("op", gg.op_desc(t));
     field_number("type", t->type);
     field_string("type_name", gg.type_name(t->type));
-    put_key("ne");
-    put_text("[");
+    put_dims("ne", t->ne);
+    int64_t strides[GGML_MAX_DIMS];
     for (int i = 0; i < GGML_MAX_DIMS; i++) {
-        put_number(t->ne[i]);
+        strides[i] = (int64_t) t->nb[i];
     }
-    put_text("]");
-    put_key("nb");
-    put_text("[");
-    for (int i = 0; i < GGML_MAX_DIMS; i++) {
-        put_number((long long) t->nb[i]);
-    }
-    put_text("]");
+    put_dims("nb", strides);
     field_number("n_dims", gg.n_dims(t));
     field_number("block_size", gg.blck_size(t->type));
     field_number("type_size", (long long) gg.type_size(t->type));
@@ -882,17 +921,60 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
     }
     field_string("view_source", view_source);
     field_number("view_offset", (long long) t->view_offs);
-    if (!send_head(TENSOR, nbytes)) {
+    if (send_head(TENSOR, nbytes)) {
+        send_tensor_bytes(t, nbytes);
+    }
+}
+
+/* If `src` (a leaf, or a scheduler copy of one) is one of llama.cpp's input leafs not yet sent in this
+ * evaluation, sends it as INPUT: its name, type and shape, and its bytes (or why they are left out).  Only
+ * for a consumer ggml computes (GGML_TENSOR_FLAG_COMPUTE): llama.cpp builds both inp_tokens and inp_embd and
+ * sets only the one ggml_build_forward_select chose, whose consumers alone carry the flag.  Read at the
+ * ask phase: the program set the inputs before compute, and the scheduler has copied them to this split. */
+static void send_input(struct scheduler * s, const struct ggml_tensor * src) {
+    if (src->op != GGML_OP_NONE) {
         return;
     }
-    for (size_t offset = 0; offset < nbytes;) {
-        size_t part = nbytes - offset < copy.capacity ? nbytes - offset : copy.capacity;
-        gg.tensor_get(t, copy.bytes, offset, part);
-        if (!send_all(copy.bytes, part)) {
-            disconnect();
-            return;
-        }
-        offset += part;
+    char         raw[GGML_MAX_NAME];
+    size_t       length = tensor_name(src, raw);
+    const char * name = raw;
+    size_t       name_length = length;
+    parse_sched_copy(raw, length, &name, &name_length);
+    size_t which = 0;
+    while (which < N_INPUT_LEAFS &&
+           (strlen(input_leafs[which]) != name_length || strncmp(input_leafs[which], name, name_length) != 0)) {
+        which++;
+    }
+    if (which == N_INPUT_LEAFS || (s->inputs_sent & (1u << which))) {
+        return;
+    }
+    s->inputs_sent |= 1u << which;
+    bool   embd = strstr(input_leafs[which], "embd") != NULL;
+    char   why[512] = "";
+    size_t nbytes = 0;
+    if (src->ne[0] * src->ne[1] * src->ne[2] * src->ne[3] == 0) {
+        /* nothing to read (no output rows in this ubatch), and perhaps no memory behind it */
+    } else if (src->type != (embd ? GGML_TYPE_F32 : GGML_TYPE_I32)) {
+        snprintf(why, sizeof why, "of type %s, not %s", gg.type_name(src->type), embd ? "f32" : "i32");
+    } else if (!embd && src->ne[0] * src->ne[1] * src->ne[2] * src->ne[3] > MAX_INPUT_VALUES) {
+        snprintf(why, sizeof why, "more than %lld values", (long long) MAX_INPUT_VALUES);
+    } else {
+        ggml_backend_buffer_type_t buft = src->buffer != NULL ? gg.buffer_get_type(src->buffer) : NULL;
+        nbytes = readable(src, buft != NULL ? gg.buft_name(buft) : "", embd ? MAX_INPUT_EMBD_BYTES : MAX_TENSOR_BYTES,
+                          embd ? "64 MiB" : "8 GiB", why, sizeof why);
+    }
+    json_begin();
+    field_number("sched", s->id);
+    field_number("compute", s->computes - 1);
+    field_string("name", input_leafs[which]);
+    field_number("type", src->type);
+    put_dims("ne", src->ne);
+    if (why[0] != '\0') {
+        field_string("omitted", why);
+        nbytes = 0;
+    }
+    if (send_head(INPUT, nbytes)) {
+        send_tensor_bytes(src, nbytes);
     }
 }
 
@@ -1004,8 +1086,12 @@ static bool ask_about(struct scheduler * s, const struct ggml_tensor * t) {
     s->pending.occurrence = entry->occurrences++;
     note_occurrence(&s->seen, t, s->pending.occurrence);
     s->pending.capture_node = name_selected(name);
+    bool computed = (t->flags & GGML_TENSOR_FLAG_COMPUTE) != 0;
     for (int i = 0; i < GGML_MAX_SRC && connection >= 0; i++) {
-        if (t->src[i] != NULL && take_leaf(s, t->src[i], &s->pending.leafs[s->pending.n_leafs])) {
+        if (t->src[i] != NULL && computed) {
+            send_input(s, t->src[i]);
+        }
+        if (t->src[i] != NULL && connection >= 0 && take_leaf(s, t->src[i], &s->pending.leafs[s->pending.n_leafs])) {
             s->pending.n_leafs++;
         }
     }

@@ -27,11 +27,15 @@ from inspector.constants import (
     GGML_MAX_OP_PARAMS,
     GGML_MAX_SRC,
     GGML_TYPE_BF16,
+    GGML_TYPE_F32,
+    GGML_TYPE_I32,
     LLAMA_MAX_INT32,
     MAX_FRAME_EXPANSION_BYTES,
     NUMPY_DTYPE_OF_GGML_TYPE,
 )
 from inspector.dump.background_writer import BackgroundWriter
+from inspector.dump.inputs import EMBEDDINGS_LEAFS, INPUT_LEAFS, MAX_INPUT_EMBD_BYTES, MAX_INPUT_VALUES, GraphInputs
+from inspector.dump.inputs import unknown as unknown_inputs
 from inspector.dump.record import TensorRecord
 from inspector.errors import InspectorError
 from inspector.files.disk_space import DiskFull
@@ -40,7 +44,7 @@ from inspector.ggml.tensor import flag_names
 
 FRAME = struct.Struct("<IIIIQ")
 MAGIC = 0x48494747
-HELLO, EVAL, TENSOR, SKIP, NOTICE, BYE = range(1, 7)
+HELLO, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT = range(1, 8)
 # A header is a small JSON object; anything larger is not our hook talking.
 MAX_HEADER_BYTES = 1 << 20
 # The hook sends no larger tensor; a materialised tensor may not be larger either.
@@ -236,6 +240,39 @@ def record_of(header: dict[str, Any], eval_index: int, data: bytes) -> tuple[Ten
     return record, readout.array
 
 
+@dataclass(frozen=True)
+class InputLeaf:
+    """An INPUT frame, checked: one of llama.cpp's input leafs and its values, or why they were left out."""
+
+    name: str
+    values: np.ndarray | None
+    omitted: str
+
+
+def input_leaf(header: dict[str, Any], data: bytes) -> InputLeaf:
+    """The checked INPUT frame of ``data``; ProtocolError for a name, type or size the hook never sends."""
+    try:
+        name, ggml_type = str(header["name"]), int(header["type"])
+        ne = [int(n) for n in header["ne"]]
+        omitted = str(header.get("omitted", ""))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise ProtocolError("an INPUT header without its name, type or shape, or with a field of the wrong "
+                            "kind") from None
+    if name not in INPUT_LEAFS or len(ne) != GGML_MAX_DIMS or min(ne) < 0:
+        raise ProtocolError(f"an INPUT header for a leaf the hook does not read ({name!r}, ne {ne})")
+    count = math.prod(ne)
+    embeddings = name in EMBEDDINGS_LEAFS
+    if omitted or count == 0:
+        if data:
+            raise ProtocolError(f"an INPUT frame for {name} with bytes it says it left out")
+        return InputLeaf(name, None if omitted else np.zeros((0,), np.int32), omitted)
+    if ggml_type != (GGML_TYPE_F32 if embeddings else GGML_TYPE_I32) or len(data) != 4 * count or (
+            len(data) > MAX_INPUT_EMBD_BYTES if embeddings else count > MAX_INPUT_VALUES):
+        raise ProtocolError(f"an INPUT frame for {name} of type {ggml_type}, ne {ne} and {len(data)} bytes")
+    values = np.frombuffer(data, dtype=np.float32 if embeddings else np.int32)
+    return InputLeaf(name, values.reshape(-1, ne[0]) if embeddings else values, "")
+
+
 SOURCE_DETAIL_FIELDS = {"name": str, "occurrence": int, "buffer": str, "buffer_type": str, "type": str, "slot": int}
 
 
@@ -290,6 +327,7 @@ class FrameSink:
         # Threads computing on different schedulers interleave their frames: a tensor names its
         # (scheduler, compute call), which maps to the evaluation that EVAL opened.
         evaluations: dict[tuple[int, int], int] = {}
+        inputs: dict[int, GraphInputs] = {}
         eval_index = -1
         try:
             first = True
@@ -321,14 +359,17 @@ class FrameSink:
                         library = str(header.get("library", ""))
                         eval_index = self.writer.begin_evaluation(evaluation_kind(library), {
                             "pid": report.pid, "sched": int(header["sched"]), "compute": int(header["compute"]),
-                            "n_nodes": int(header.get("n_nodes", -1)), "library": library})
+                            "n_nodes": int(header.get("n_nodes", -1)), "library": library, **unknown_inputs()})
                     evaluations[(int(header["sched"]), int(header["compute"]))] = eval_index
                     report.evaluations += 1
                     self.progress(f"evaluation {eval_index} (process {report.pid}, scheduler {header['sched']}, "
                                   f"compute {header['compute']}); {self.writer.tensor_count} tensors so far")
-                elif kind in (TENSOR, SKIP):
+                elif kind in (TENSOR, SKIP, INPUT):
                     owner = evaluations.get((int(header.get("sched", -1)), int(header.get("compute", -1))), eval_index)
-                    self._tensor(kind, header, owner, data, report)
+                    if kind == INPUT:
+                        self._input(header, owner, data, inputs.setdefault(owner, GraphInputs()))
+                    else:
+                        self._tensor(kind, header, owner, data, report)
         except DiskFull as error:
             self.stopped = True
             self.errors.append(str(error))
@@ -340,6 +381,15 @@ class FrameSink:
         except Exception as error:  # noqa: BLE001  (a stream thread must not die with a traceback)
             self.errors.append(f"{origin or f'process {report.pid}'}: {type(error).__name__}: {error}")
         return report
+
+    def _input(self, header: dict[str, Any], owner: int, data: bytes, inputs: GraphInputs) -> None:
+        """An INPUT frame: the evaluation's recorded inputs, rewritten with this leaf added."""
+        leaf = input_leaf(header, data)
+        if owner < 0:
+            raise ProtocolError("an INPUT frame before any EVAL")
+        inputs.add(leaf.name, leaf.values, leaf.omitted)
+        with self._lock:
+            self.writer.update_evaluation(owner, inputs.info())
 
     def _tensor(self, kind: int, header: dict[str, Any], owner: int, data: bytes, report: ProcessReport) -> None:
         """A TENSOR frame written, or a SKIP (or a tensor numpy cannot lay out) kept among the skipped."""

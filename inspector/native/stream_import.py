@@ -21,6 +21,7 @@ from pathlib import Path
 
 from inspector.capture.hook import SkippedTensor
 from inspector.capture.session import CaptureSession
+from inspector.dump.inputs import MAX_INPUT_EMBD_BYTES
 from inspector.errors import InspectorError
 from inspector.ggml.system import host_facts
 from inspector.native.stream import (
@@ -28,6 +29,7 @@ from inspector.native.stream import (
     EVAL,
     FRAME,
     HELLO,
+    INPUT,
     MAGIC,
     NOTICE,
     SKIP,
@@ -35,6 +37,7 @@ from inspector.native.stream import (
     FrameSink,
     ProcessReport,
     ProtocolError,
+    input_leaf,
     parse_head,
     tensor_header,
 )
@@ -103,14 +106,16 @@ def hello_of(path: Path) -> dict[str, object] | None:
     return header
 
 
-FRAME_NAMES = {HELLO: "HELLO", EVAL: "EVAL", TENSOR: "TENSOR", SKIP: "SKIP", NOTICE: "NOTICE", BYE: "BYE"}
+FRAME_NAMES = {HELLO: "HELLO", EVAL: "EVAL", TENSOR: "TENSOR", SKIP: "SKIP", NOTICE: "NOTICE", BYE: "BYE",
+               INPUT: "INPUT"}
 
 
 def check_frames(path: Path) -> None:
     """Refuse a stream file holding a forged frame, before anything is written: one line naming the frame.
 
     Reads every frame head and header but skips over tensor data, so a
-    file costs its headers' bytes in memory, whatever sizes it declares.
+    file costs its headers' bytes in memory, whatever sizes it declares (an
+    INPUT frame's values are read and checked: at most 64 MiB).
     A file that ends inside a frame is not refused: that is a process that
     crashed, and the import keeps its whole frames.
     """
@@ -130,6 +135,14 @@ def check_frames(path: Path) -> None:
                     raise ProtocolError("a stream that does not begin with HELLO")
                 if frame.kind == TENSOR:
                     tensor_header(header, frame.data_length)
+                if frame.kind == INPUT:
+                    if frame.data_length > MAX_INPUT_EMBD_BYTES:
+                        raise ProtocolError("an INPUT frame larger than the 64 MiB the hook sends")
+                    data = handle.read(frame.data_length)
+                    if len(data) < frame.data_length:
+                        return
+                    input_leaf(header, data)
+                    continue
             except ProtocolError as error:
                 raise InspectorError(f"{path.name}: frame {number}: {error}") from None
             except (ValueError, RecursionError):
