@@ -49,8 +49,10 @@ def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str
             show_all: bool) -> None:
     """Compare run B against reference run A tensor by tensor; report the first divergence.
 
+    Evaluations are first aligned by the tokens and positions they computed,
+    so a warm-up in one run is named once instead of shifting every pair.
     Exit code 0 when every compared tensor is within tolerance, 1 when any
-    diverged or is missing, 2 on error.
+    diverged or is missing or the runs' inputs differ, 2 on error.
     """
     import json
 

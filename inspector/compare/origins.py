@@ -198,7 +198,9 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
     pairs: list[tuple[Any, Entry, Entry]] = []
     for row in candidates:
         a = entries_a.get((row.eval_index, row.name, row.occurrence))
-        b = entries_b.get((row.eval_index, row.name_b or row.name, row.occurrence))
+        # B's own evaluation index: alignment may pair A's evaluation N with another of B's.
+        b_eval = row.eval_index if row.eval_index_b is None else row.eval_index_b
+        b = entries_b.get((b_eval, row.name_b or row.name, row.occurrence))
         if a is not None and b is not None and not a.is_leaf:
             pairs.append((row, a, b))
     records_a = dump_a.metadata_of([a for _row, a, _b in pairs])

@@ -40,7 +40,8 @@ def row_json(row: TensorComparison) -> dict[str, Any]:
                    for key, value in asdict(row.metrics).items()}
         metrics["max_abs_index"] = list(row.metrics.max_abs_index)
     return {
-        "eval": row.eval_index, "eval_kind": row.eval_kind,
+        "eval": row.eval_index, "eval_b": row.eval_index if row.eval_index_b is None else row.eval_index_b,
+        "eval_kind": row.eval_kind,
         "name": row.name, "name_b": row.name_b or row.name, "occurrence": row.occurrence,
         "status": row.status, "present_in": row.present_in, "node_a": row.node_a, "node_b": row.node_b,
         "op_a": row.op_a, "op_b": row.op_b,
@@ -85,6 +86,7 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "tolerance": {"name": tolerance.name, "nmse": tolerance.nmse, "atol": tolerance.atol,
                       "rtol": tolerance.rtol},
         "passed": comparison.passed,
+        "alignment": comparison.alignment.to_json() if comparison.alignment is not None else None,
         "counts": comparison.counts(),
         "config_differences": {k: list(v) for k, v in comparison.config_differences.items()},
         "origins": [origin_json(origin) for origin in comparison.origins],
@@ -134,6 +136,9 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         return click.style(text, fg=STATUS_COLOURS[status]) if colour else text
 
     lines = []
+    alignment = comparison.alignment
+    if alignment is not None and alignment.inputs_differ is not None:
+        lines.append(paint(printable(alignment.inputs_differ.describe()), DIVERGED))
     if comparison.origins:
         first, *others = comparison.origins
         lines.append("first origin: " + describe_origin(first))
@@ -148,6 +153,8 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         lines.append("first divergence: " + paint(_describe(comparison.rows[index]), comparison.rows[index].status))
         for row in comparison.context_before(index):
             lines.append("  preceded by " + paint(_describe(row), row.status))
+    if alignment is not None:
+        lines.append(printable(alignment.summary()))
     if comparison.config_differences:
         items = list(comparison.config_differences.items())
         changes = ", ".join(f"{printable(k)}: {printable(repr(a))} -> {printable(repr(b))}"

@@ -1,8 +1,11 @@
 """Align two dumps tensor by tensor and find the first divergence.
 
-Tensors are paired by (evaluation, name, occurrence), the identity that
-survives offload changes and graph edits; ``name_map`` pairs tensors whose
-names differ between the runs.  A pair is read side by side in pieces of
+Evaluations are first aligned by what they computed (``inspector.compare.align``):
+B's evaluation that fed the same tokens at the same positions as A's, so a
+warm-up or a retry in one run does not shift every pair.  Tensors are then
+paired by (aligned evaluation, name, occurrence), the identity that survives
+offload changes and graph edits; ``name_map`` pairs tensors whose names
+differ between the runs.  A pair is read side by side in pieces of
 ``STREAM_CHUNK_BYTES`` (metrics accumulate over them), so two multi-GB
 tensors compare in a few MB of RAM.
 """
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from inspector.compare import verdict
+from inspector.compare.align import Alignment, align
 from inspector.compare.metrics import PairAccumulator, PairMetrics, identical_metrics
 from inspector.compare.origins import Origin, find_origins
 from inspector.compare.tolerance import Tolerance
@@ -58,6 +62,8 @@ class TensorComparison:
     metrics: PairMetrics | None = None
     # The evaluation's kind (prompt, generate, encode, graph...): an image encoder's graph is told apart.
     eval_kind: str = ""
+    # B's evaluation aligned with A's ``eval_index`` (None: the tensor is in A only, or pairing is by index).
+    eval_index_b: int | None = None
 
     @property
     def evaluation_label(self) -> str:
@@ -83,6 +89,8 @@ class Comparison:
     origins: list[Origin] = field(default_factory=list)
     # Runs whose capture --observer-check found that observing changed their logits: "A", "B".
     observer_failed: list[str] = field(default_factory=list)
+    # Which evaluation of B computed what each of A's did (inspector.compare.align).
+    alignment: Alignment | None = None
 
     @property
     def first_divergence(self) -> int | None:
@@ -99,7 +107,10 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        return verdict.passed(self.rows)
+        """Every compared tensor within tolerance, both runs fed the same inputs and none was left uncompared."""
+        alignment = self.alignment
+        unsettled = alignment is not None and (alignment.inputs_differ is not None or alignment.split_rows > 0)
+        return verdict.passed(self.rows) and not unsettled
 
     @property
     def different_model(self) -> bool:
@@ -131,7 +142,7 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[
 
 def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tolerance) -> TensorComparison:
     row = TensorComparison(
-        eval_index=a.eval_index, name=a.name, occurrence=a.occurrence, status=IDENTICAL,
+        eval_index=a.eval_index, eval_index_b=b.eval_index, name=a.name, occurrence=a.occurrence, status=IDENTICAL,
         name_b=b.name if b.name != a.name else "", node_a=a.node_index, node_b=b.node_index,
         op_a=a.op, op_b=b.op, shape_a=a.shape, shape_b=b.shape, type_a=a.ggml_type, type_b=b.ggml_type,
         buffer_a=a.buffer, buffer_b=b.buffer,
@@ -173,13 +184,15 @@ def _streamed_metrics(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance:
     return accumulator.result(a.shape)
 
 
-def _one_sided(entry: Entry, side: str) -> TensorComparison:
-    row = TensorComparison(eval_index=entry.eval_index, name=entry.name, occurrence=entry.occurrence,
+def _one_sided(entry: Entry, side: str, eval_index: int) -> TensorComparison:
+    """A tensor in one run only; ``eval_index`` is A's evaluation it belongs with (B's own under index pairing)."""
+    row = TensorComparison(eval_index=eval_index, name=entry.name, occurrence=entry.occurrence,
                            status=MISSING, note=f"only in run {side.upper()}")
     if side == "a":
         row.node_a, row.op_a, row.shape_a, row.type_a, row.buffer_a = (
             entry.node_index, entry.op, entry.shape, entry.ggml_type, entry.buffer)
     else:
+        row.eval_index_b = entry.eval_index
         row.node_b, row.op_b, row.shape_b, row.type_b, row.buffer_b = (
             entry.node_index, entry.op, entry.shape, entry.ggml_type, entry.buffer)
     return row
@@ -217,22 +230,28 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
     b_to_a = {b: a for a, b in name_map.items()}
     with open_dump(path_a) as dump_a, open_dump(path_b) as dump_b:
         _check_evaluation_boundaries(dump_a, dump_b)
-        entries_a = dump_a.entries(patterns)
+        alignment = align(dump_a.evaluations, dump_b.evaluations)
+        # B's evaluation index as A's; identity when pairing by index, so unpaired evaluations keep theirs.
+        a_of_b = {b: a for a, b in alignment.b_of_a().items()}
+        only_a, only_b = alignment.only_in("a"), alignment.only_in("b")
+        entries_a = [entry for entry in dump_a.entries(patterns) if entry.eval_index not in only_a]
         by_key_b: dict[tuple[int, str, int], Entry] = {}
         for entry in dump_b.entries():
             name_as_a = b_to_a.get(entry.name, entry.name)
-            if not patterns or matches_globs(name_as_a, patterns):
-                by_key_b[tensor_key(entry.eval_index, name_as_a, entry.occurrence)] = entry
+            if entry.eval_index not in only_b and (not patterns or matches_globs(name_as_a, patterns)):
+                by_key_b[tensor_key(a_of_b.get(entry.eval_index, entry.eval_index), name_as_a,
+                                    entry.occurrence)] = entry
         ordered: list[tuple[tuple[int, int, int], TensorComparison]] = []
         for position, entry in enumerate(entries_a):
             partner = by_key_b.pop(tensor_key(*entry.key), None)
-            row = _one_sided(entry, "a") if partner is None else _compare_pair(dump_a, entry, dump_b, partner,
-                                                                                 tolerance)
+            row = _one_sided(entry, "a", entry.eval_index) if partner is None \
+                else _compare_pair(dump_a, entry, dump_b, partner, tolerance)
             ordered.append(((entry.eval_index, entry.node_index, position), row))
-        for position, entry in enumerate(by_key_b.values()):
-            ordered.append(((entry.eval_index, entry.node_index, len(entries_a) + position), _one_sided(entry, "b")))
+        for position, (key, entry) in enumerate(by_key_b.items()):
+            ordered.append(((key[0], entry.node_index, len(entries_a) + position), _one_sided(entry, "b", key[0])))
         ordered.sort(key=lambda item: item[0])
-        kinds = {e["index"]: e["kind"] for dump in (dump_b, dump_a) for e in dump.evaluations}
+        kinds = {a_of_b.get(e["index"], e["index"]): e["kind"] for e in dump_b.evaluations}
+        kinds.update({e["index"]: e["kind"] for e in dump_a.evaluations})
         for _key, row in ordered:
             row.eval_kind = kinds.get(row.eval_index, "")
         incomplete = [str(d.path) for d in (dump_a, dump_b) if not d.complete]
@@ -241,5 +260,6 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
                           config_differences=config_differences(dump_a.config, dump_b.config),
                           incomplete=incomplete, origins=find_origins(rows, dump_a, dump_b, filtered=bool(patterns)),
                           observer_failed=[side for side, dump in (("A", dump_a), ("B", dump_b))
-                                           if (dump.result.get("observer_check") or {}).get("identical") is False])
+                                           if (dump.result.get("observer_check") or {}).get("identical") is False],
+                          alignment=alignment)
 

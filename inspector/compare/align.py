@@ -1,0 +1,272 @@
+"""Which evaluation of run B computed what each evaluation of run A computed: alignment, before any metric.
+
+Two runs of the same computation do not make the same sequence of graph
+evaluations: ``llama-completion`` first decodes a 2-token warm-up, a server
+retries, a program decodes its own extra chunk.  Pairing tensors by
+evaluation index would then compare every evaluation with its neighbour.
+So evaluations are paired by what they computed, as each records it in its
+info (``docs/format.md``, "Evaluation inputs"): the same tokens (or the same
+embeddings digest) at the same positions, in order.  This module decides the
+pairs from the evaluation lists alone; it reads no tensor and measures
+nothing, so it is tested on plain lists of dicts.
+
+Rules, in order (``docs/compare.md``, "Alignment"):
+
+- both runs record inputs: known evaluations pair by content, a monotone
+  longest matching of the two sequences of contents (``difflib``);
+- between two content pairs, evaluations whose graph has no input leafs
+  (``inputs_known: false``: an image encoder) pair by their order among those
+  of the same kind;
+- between two content pairs, known evaluations left over on both sides at the
+  same positions pair as *inputs differ*; the first such pair is the verdict;
+- known evaluations still left on both sides there pair by order, counted
+  from the last (a warm-up comes first), their inputs differing too;
+- what is still left is in one run only (a warm-up, a retry), listed once;
+- a run that records no inputs (an old dump, an unknown graph): every
+  evaluation pairs by its index, as before alignment existed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+CONTENT, ORDER, POSITIONS, DIFFERING, INDEX = "content", "order", "positions", "differing", "index"
+RULE_WORDS = {CONTENT: "tokens and positions", ORDER: "order among evaluations of unknown inputs",
+              POSITIONS: "positions (their inputs differ)", DIFFERING: "order (their inputs and positions differ)",
+              INDEX: "index"}
+SHOWN_TOKENS = 8
+SHOWN_ONE_SIDED = 3
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Evaluation ``a`` of run A computed what evaluation ``b`` of run B computed, decided by ``rule``."""
+
+    a: int
+    b: int
+    rule: str
+
+
+@dataclass(frozen=True)
+class OneSided:
+    """An evaluation found in one run only (``side`` ``a`` or ``b``), with what it computed when known."""
+
+    side: str
+    index: int
+    kind: str
+    inputs: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class InputsDiffer:
+    """The first row at which evaluation ``eval_a`` of A and ``eval_b`` of B were fed different inputs.
+
+    ``position`` is the row's position as fed (its row number when positions were not recorded);
+    ``a``/``b`` the token id, or the embeddings digest, fed there (None: that run has no such row).
+    """
+
+    eval_a: int
+    eval_b: int
+    row: int
+    position: int
+    a: int | str | None
+    b: int | str | None
+
+    def describe(self) -> str:
+        """The verdict line, which the text output puts first: the inputs decide before any tensor does."""
+        def fed(value: int | str | None) -> str:
+            if value is None:
+                return "nothing"
+            return f"token {value}" if isinstance(value, int) else f"embeddings {value}"
+        where = (f"evaluation {self.eval_a}" if self.eval_a == self.eval_b
+                 else f"evaluation {self.eval_a} of A, {self.eval_b} of B")
+        return f"inputs differ at {where} position {self.position}: A {fed(self.a)}, B {fed(self.b)}"
+
+
+@dataclass
+class Alignment:
+    """The evaluation pairs, the one-sided evaluations and whether the inputs differ."""
+
+    rule: str
+    pairs: list[Pair]
+    one_sided: list[OneSided] = field(default_factory=list)
+    inputs_differ: InputsDiffer | None = None
+    # Why the index rule was used, when it was.
+    reason: str = ""
+    # Rows both runs fed alike but split into other evaluations (other batch sizes): not yet compared per token.
+    split_rows: int = 0
+
+    def b_of_a(self) -> dict[int, int]:
+        """A's evaluation index to B's, for every pair: how tensors find their partner."""
+        return {pair.a: pair.b for pair in self.pairs}
+
+    def only_in(self, side: str) -> set[int]:
+        """The evaluations of run ``side`` (``a``/``b``) found in that run only: their tensors are not compared."""
+        return {one.index for one in self.one_sided if one.side == side}
+
+    def summary(self) -> str:
+        """One line: how many evaluations paired by which rule, and the first one-sided ones."""
+        if self.rule == INDEX:
+            return f"alignment: evaluations paired by index ({self.reason})"
+        by_rule = {rule: sum(pair.rule == rule for pair in self.pairs) for rule in RULE_WORDS}
+        paired = ", ".join(f"{count} evaluation{'s' if count != 1 else ''} paired by {RULE_WORDS[rule]}"
+                           for rule, count in by_rule.items() if count) or "no evaluation paired"
+        parts = [paired] + [_describe_one_sided(one) for one in self.one_sided[:SHOWN_ONE_SIDED]]
+        hidden = len(self.one_sided) - SHOWN_ONE_SIDED
+        if hidden > 0:
+            parts.append(f"+{hidden} more evaluations in one run only (--json lists them)")
+        if self.split_rows:
+            parts.append(f"{self.split_rows} rows fed alike in different batch splits: not yet compared per token")
+        return "alignment: " + "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``alignment`` object of ``compare --json`` (docs/compare.md)."""
+        return {"rule": self.rule, "reason": self.reason, "split_rows": self.split_rows,
+                "pairs": [{"a": p.a, "b": p.b, "rule": p.rule} for p in self.pairs],
+                "one_sided": [{"run": o.side, "eval": o.index, "kind": o.kind, "inputs": o.inputs}
+                              for o in self.one_sided],
+                "inputs_differ": None if self.inputs_differ is None else {
+                    "eval_a": self.inputs_differ.eval_a, "eval_b": self.inputs_differ.eval_b,
+                    "row": self.inputs_differ.row, "position": self.inputs_differ.position,
+                    "a": self.inputs_differ.a, "b": self.inputs_differ.b,
+                    "text": self.inputs_differ.describe()}}
+
+
+def _fed(inputs: dict[str, Any]) -> list[int | str]:
+    """Per row, what was fed: the token id, or the embeddings digest (rows are not told apart by it)."""
+    if "tokens" in inputs:
+        return [int(token) for token in inputs["tokens"]]
+    return [str(inputs.get("embd_digest", ""))] * int(inputs.get("n_tokens", 0))
+
+
+def _content(inputs: dict[str, Any]) -> tuple[Any, ...]:
+    """What an evaluation computed, hashable: two evaluations with equal contents computed the same thing."""
+    fed: tuple[Any, ...] = (("tokens", *inputs["tokens"]) if "tokens" in inputs
+                            else ("embd", inputs.get("embd_digest"), inputs.get("n_embd"), inputs.get("n_tokens")))
+    return fed, tuple(inputs.get("positions") or ())
+
+
+def _positions(inputs: dict[str, Any]) -> list[int]:
+    return [int(p) for p in inputs.get("positions") or range(int(inputs.get("n_tokens", 0)))]
+
+
+def _known(evaluation: dict[str, Any]) -> bool:
+    return bool(evaluation.get("inputs_known")) and isinstance(evaluation.get("inputs"), dict)
+
+
+def _describe_one_sided(one: OneSided) -> str:
+    run, other = ("A", "B") if one.side == "a" else ("B", "A")
+    if one.inputs is None:
+        what = f"{one.kind or 'graph'}, inputs unknown"
+    elif "tokens" in one.inputs:
+        tokens = [str(t) for t in one.inputs["tokens"]]
+        what = "tokens " + ", ".join(tokens[:SHOWN_TOKENS]) + (f", ... ({len(tokens)} tokens)"
+                                                              if len(tokens) > SHOWN_TOKENS else "")
+    else:
+        what = f"embeddings {str(one.inputs.get('embd_digest', ''))[:16]}, {one.inputs.get('n_tokens')} rows"
+    return f"{run}'s evaluation {one.index} ({what}) is not in {other}"
+
+
+def first_difference(eval_a: int, inputs_a: dict[str, Any], eval_b: int, inputs_b: dict[str, Any]) -> InputsDiffer:
+    """The first row where two evaluations' inputs differ: what was fed, or where it was fed."""
+    fed_a, fed_b = _fed(inputs_a), _fed(inputs_b)
+    positions_a, positions_b = _positions(inputs_a), _positions(inputs_b)
+    rows = max(len(fed_a), len(fed_b))
+    for row in range(rows):
+        a = fed_a[row] if row < len(fed_a) else None
+        b = fed_b[row] if row < len(fed_b) else None
+        pos_a = positions_a[row] if row < len(positions_a) else None
+        pos_b = positions_b[row] if row < len(positions_b) else None
+        if a != b or pos_a != pos_b:
+            position = pos_a if pos_a is not None else pos_b
+            return InputsDiffer(eval_a, eval_b, row, row if position is None else position, a, b)
+    # Same rows fed, so the difference is in something else recorded (the embeddings' width).
+    return InputsDiffer(eval_a, eval_b, 0, positions_a[0] if positions_a else 0,
+                        fed_a[0] if fed_a else None, fed_b[0] if fed_b else None)
+
+
+def align(evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any]]) -> Alignment:
+    """Pair the evaluations of two runs (``Dump.evaluations``: ``index``, ``kind``, ``inputs_known``, ``inputs``)."""
+    known_a = [e for e in evaluations_a if _known(e)]
+    known_b = [e for e in evaluations_b if _known(e)]
+    if not known_a or not known_b:
+        missing = [run for run, known in (("A", known_a), ("B", known_b)) if not known]
+        reason = ("neither run records" if len(missing) == 2 else f"run {missing[0]} does not record") \
+            + " what its evaluations computed"
+        indices_b = {e["index"] for e in evaluations_b}
+        return Alignment(INDEX, [Pair(e["index"], e["index"], INDEX) for e in evaluations_a
+                                 if e["index"] in indices_b], reason=reason)
+    matcher = difflib.SequenceMatcher(None, [_content(e["inputs"]) for e in known_a],
+                                      [_content(e["inputs"]) for e in known_b], autojunk=False)
+    anchors = [(known_a[block.a + k], known_b[block.b + k])
+               for block in matcher.get_matching_blocks() for k in range(block.size)]
+    alignment = Alignment(CONTENT, [])
+    position_a = {e["index"]: n for n, e in enumerate(evaluations_a)}
+    position_b = {e["index"]: n for n, e in enumerate(evaluations_b)}
+    start_a = start_b = 0
+    for a, b in [*anchors, (None, None)]:
+        end_a = position_a[a["index"]] if a is not None else len(evaluations_a)
+        end_b = position_b[b["index"]] if b is not None else len(evaluations_b)
+        _align_gap(evaluations_a[start_a:end_a], evaluations_b[start_b:end_b], alignment)
+        if a is not None and b is not None:
+            alignment.pairs.append(Pair(a["index"], b["index"], CONTENT))
+        start_a, start_b = end_a + 1, end_b + 1
+    alignment.pairs.sort(key=lambda pair: pair.a)
+    return alignment
+
+
+def _align_gap(gap_a: list[dict[str, Any]], gap_b: list[dict[str, Any]], alignment: Alignment) -> None:
+    """Pair what lies between two content pairs: unknown evaluations by order, known ones at equal positions."""
+    left_a: list[dict[str, Any]] = []
+    left_b = list(gap_b)
+    for evaluation in gap_a:
+        partner = next((b for b in left_b if _gap_partners(evaluation, b)), None)
+        if partner is None:
+            left_a.append(evaluation)
+            continue
+        # Monotone: B's evaluations before the partner can no longer pair with a later evaluation of A.
+        cut = left_b.index(partner)
+        alignment.one_sided.extend(_one_sided("b", b) for b in left_b[:cut])
+        left_b = left_b[cut + 1:]
+        if _known(evaluation):
+            alignment.pairs.append(Pair(evaluation["index"], partner["index"], POSITIONS))
+            if alignment.inputs_differ is None:
+                alignment.inputs_differ = first_difference(evaluation["index"], evaluation["inputs"],
+                                                           partner["index"], partner["inputs"])
+        else:
+            alignment.pairs.append(Pair(evaluation["index"], partner["index"], ORDER))
+    known_a, known_b = [a for a in left_a if _known(a)], [b for b in left_b if _known(b)]
+    rows_a, rows_b = _rows(known_a), _rows(known_b)
+    if rows_a and rows_a == rows_b:
+        alignment.split_rows += len(rows_a)  # the same rows, batched otherwise: not a difference of inputs
+    else:
+        count = min(len(known_a), len(known_b))
+        differing = list(zip(known_a[len(known_a) - count:], known_b[len(known_b) - count:], strict=True))
+        for a, b in differing:
+            alignment.pairs.append(Pair(a["index"], b["index"], DIFFERING))
+            if alignment.inputs_differ is None:
+                alignment.inputs_differ = first_difference(a["index"], a["inputs"], b["index"], b["inputs"])
+        paired = {id(e) for pair in differing for e in pair}
+        left_a, left_b = [a for a in left_a if id(a) not in paired], [b for b in left_b if id(b) not in paired]
+    alignment.one_sided.extend(_one_sided("a", a) for a in left_a)
+    alignment.one_sided.extend(_one_sided("b", b) for b in left_b)
+
+
+def _rows(evaluations: list[dict[str, Any]]) -> list[tuple[int, int | str]]:
+    """Every row the evaluations fed, as (position, token or digest), in order."""
+    return [row for e in evaluations for row in zip(_positions(e["inputs"]), _fed(e["inputs"]), strict=False)]
+
+
+def _gap_partners(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if _known(a) != _known(b):
+        return False
+    if not _known(a):
+        return a.get("kind") == b.get("kind")
+    return ("tokens" in a["inputs"]) == ("tokens" in b["inputs"]) and _positions(a["inputs"]) == _positions(b["inputs"])
+
+
+def _one_sided(side: str, evaluation: dict[str, Any]) -> OneSided:
+    return OneSided(side, evaluation["index"], str(evaluation.get("kind", "")),
+                    evaluation["inputs"] if _known(evaluation) else None)
