@@ -100,6 +100,16 @@ def test_unknown_evaluations_pair_by_order_of_their_kind_between_content_pairs()
                                           "1 evaluation paired by order among evaluations of unknown inputs")
 
 
+def test_embeddings_an_encoder_computed_are_no_input_verdict_but_fed_ones_are():
+    """Embeddings after an encoder in both runs are its output: the encoder's tensors decide, not the verdict."""
+    encoded = align([tokens(0, [1], 0), unknown(1), embeddings(2, "aaaa", 3, 1)],
+                    [tokens(0, [1], 0), unknown(1), embeddings(2, "bbbb", 3, 1)])
+    assert Pair(2, 2, POSITIONS) in encoded.pairs and encoded.inputs_differ is None
+    fed = align([tokens(0, [1], 0), embeddings(1, "aaaa", 3, 1)], [tokens(0, [1], 0), embeddings(1, "bbbb", 3, 1)])
+    assert (fed.inputs_differ.eval_a, fed.inputs_differ.position, fed.inputs_differ.a, fed.inputs_differ.b) == \
+        (1, 1, "aaaa", "bbbb")
+
+
 def test_runs_without_inputs_pair_by_index_and_say_why():
     neither = align([unknown(0, "graph"), unknown(1, "graph"), unknown(2, "graph")],
                     [unknown(0, "graph"), unknown(1, "graph")])

@@ -18,7 +18,8 @@ Rules, in order (``docs/compare.md``, "Alignment"):
   (``inputs_known: false``: an image encoder) pair by their order among those
   of the same kind;
 - between two content pairs, known evaluations left over on both sides at the
-  same positions pair as *inputs differ*; the first such pair is the verdict;
+  same positions pair as *inputs differ*; the first such pair is the verdict,
+  unless what differs is embeddings an encoder of both runs computed;
 - known evaluations still left on both sides there pair by order, counted
   from the last (a warm-up comes first), their inputs differing too;
 - what is still left is in one run only (a warm-up, a retry), listed once;
@@ -214,7 +215,33 @@ def align(evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any
             alignment.pairs.append(Pair(a["index"], b["index"], CONTENT))
         start_a, start_b = end_a + 1, end_b + 1
     alignment.pairs.sort(key=lambda pair: pair.a)
+    alignment.inputs_differ = _verdict(alignment.pairs, evaluations_a, evaluations_b)
     return alignment
+
+
+def _verdict(pairs: list[Pair], evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any]]
+             ) -> InputsDiffer | None:
+    """The first pair fed different inputs from outside the runs, or None.
+
+    Embeddings that an earlier graph of the same run computed (an image
+    encoder's output, after an evaluation of unknown inputs in both runs) are
+    not an input from outside: where they differ, the encoder's own tensors
+    show why, so the tensor comparison decides, not this verdict.
+    """
+    by_a = {e["index"]: e for e in evaluations_a}
+    by_b = {e["index"]: e for e in evaluations_b}
+    encoder_a = min((e["index"] for e in evaluations_a if not _known(e)), default=None)
+    encoder_b = min((e["index"] for e in evaluations_b if not _known(e)), default=None)
+    for pair in pairs:
+        if pair.rule not in (POSITIONS, DIFFERING):
+            continue
+        difference = first_difference(pair.a, by_a[pair.a]["inputs"], pair.b, by_b[pair.b]["inputs"])
+        computed_upstream = (isinstance(difference.a, str) and isinstance(difference.b, str)
+                             and encoder_a is not None and encoder_a < pair.a
+                             and encoder_b is not None and encoder_b < pair.b)
+        if not computed_upstream:
+            return difference
+    return None
 
 
 def _align_gap(gap_a: list[dict[str, Any]], gap_b: list[dict[str, Any]], alignment: Alignment) -> None:
@@ -232,9 +259,6 @@ def _align_gap(gap_a: list[dict[str, Any]], gap_b: list[dict[str, Any]], alignme
         left_b = left_b[cut + 1:]
         if _known(evaluation):
             alignment.pairs.append(Pair(evaluation["index"], partner["index"], POSITIONS))
-            if alignment.inputs_differ is None:
-                alignment.inputs_differ = first_difference(evaluation["index"], evaluation["inputs"],
-                                                           partner["index"], partner["inputs"])
         else:
             alignment.pairs.append(Pair(evaluation["index"], partner["index"], ORDER))
     known_a, known_b = [a for a in left_a if _known(a)], [b for b in left_b if _known(b)]
@@ -244,10 +268,7 @@ def _align_gap(gap_a: list[dict[str, Any]], gap_b: list[dict[str, Any]], alignme
     else:
         count = min(len(known_a), len(known_b))
         differing = list(zip(known_a[len(known_a) - count:], known_b[len(known_b) - count:], strict=True))
-        for a, b in differing:
-            alignment.pairs.append(Pair(a["index"], b["index"], DIFFERING))
-            if alignment.inputs_differ is None:
-                alignment.inputs_differ = first_difference(a["index"], a["inputs"], b["index"], b["inputs"])
+        alignment.pairs.extend(Pair(a["index"], b["index"], DIFFERING) for a, b in differing)
         paired = {id(e) for pair in differing for e in pair}
         left_a, left_b = [a for a in left_a if id(a) not in paired], [b for b in left_b if id(b) not in paired]
     alignment.one_sided.extend(_one_sided("a", a) for a in left_a)
