@@ -198,17 +198,17 @@ def _one_sided(entry: Entry, side: str, eval_index: int) -> TensorComparison:
     return row
 
 
-def _check_evaluation_boundaries(dump_a: Dump, dump_b: Dump) -> None:
+def _check_evaluation_boundaries(evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any]]) -> None:
     """Refuse runs that fed the same tokens in differently sized evaluations.
 
     Tensors pair by evaluation index; when ``n_batch``/``n_ubatch`` differ,
     evaluation 0 of one run holds other tokens than evaluation 0 of the
     other, so every pair would compare different positions.
     """
-    def split(dump: Dump) -> list[list[int]]:
-        return [list(e["token_ids"]) for e in dump.evaluations if isinstance(e.get("token_ids"), list)]
+    def split(evaluations: list[dict[str, Any]]) -> list[list[int]]:
+        return [list(e["token_ids"]) for e in evaluations if isinstance(e.get("token_ids"), list)]
 
-    split_a, split_b = split(dump_a), split(dump_b)
+    split_a, split_b = split(evaluations_a), split(evaluations_b)
     tokens_a = [t for chunk in split_a for t in chunk]
     tokens_b = [t for chunk in split_b for t in chunk]
     sizes_a, sizes_b = [len(c) for c in split_a], [len(c) for c in split_b]
@@ -229,8 +229,10 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
     name_map = name_map or {}
     b_to_a = {b: a for a, b in name_map.items()}
     with open_dump(path_a) as dump_a, open_dump(path_b) as dump_b:
-        _check_evaluation_boundaries(dump_a, dump_b)
-        alignment = align(dump_a.evaluations, dump_b.evaluations)
+        # Read once: each read walks every evaluation group of the file and parses its info.
+        evaluations_a, evaluations_b = dump_a.evaluations, dump_b.evaluations
+        _check_evaluation_boundaries(evaluations_a, evaluations_b)
+        alignment = align(evaluations_a, evaluations_b)
         # B's evaluation index as A's; identity when pairing by index, so unpaired evaluations keep theirs.
         a_of_b = {b: a for a, b in alignment.b_of_a().items()}
         only_a, only_b = alignment.only_in("a"), alignment.only_in("b")
@@ -250,8 +252,8 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
         for position, (key, entry) in enumerate(by_key_b.items()):
             ordered.append(((key[0], entry.node_index, len(entries_a) + position), _one_sided(entry, "b", key[0])))
         ordered.sort(key=lambda item: item[0])
-        kinds = {a_of_b.get(e["index"], e["index"]): e["kind"] for e in dump_b.evaluations}
-        kinds.update({e["index"]: e["kind"] for e in dump_a.evaluations})
+        kinds = {a_of_b.get(e["index"], e["index"]): e["kind"] for e in evaluations_b}
+        kinds.update({e["index"]: e["kind"] for e in evaluations_a})
         for _key, row in ordered:
             row.eval_kind = kinds.get(row.eval_index, "")
         incomplete = [str(d.path) for d in (dump_a, dump_b) if not d.complete]
