@@ -33,17 +33,18 @@ class Outcome:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def _cap() -> None:
+def limit_memory() -> None:
+    """``preexec_fn`` of a capped child: RLIMIT_AS at CAP_BYTES."""
     resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
 
 
 def run_capped(*args: object, cwd: Path | None = None, timeout: float = TIMEOUT_SECONDS) -> Outcome:
     """Run ``ggml-inspector ARGS`` under the cap; a signal or a timeout fails the test."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     env.pop("GGML_INSPECTOR_DEBUG", None)
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "inspector", *map(str, args)], capture_output=True, text=True,
-                            cwd=cwd, env=env, timeout=timeout, preexec_fn=_cap)
+                            cwd=cwd, env=env, timeout=timeout, preexec_fn=limit_memory)
     assert result.returncode >= 0, f"killed by signal {-result.returncode}: {result.stderr[-2000:]}"
     return Outcome(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
 

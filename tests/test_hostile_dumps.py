@@ -12,7 +12,6 @@ correct result.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import zlib
@@ -21,34 +20,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from capped_cli import assert_refused, limit_memory, run_capped
 
 from inspector.dump.format import CHUNK_BYTES, Compression
 from inspector.dump.raw_import import write_arrays
 from inspector.dump.record import TensorRecord
 from inspector.dump.writer import DumpWriter
 
-# Python, h5py, numpy and matplotlib start (and read a dump) well under this; see test_the_cap_leaves_room.
-MEMORY_CAP = 1 << 30
 BOMB_BYTES = 3 << 30
-
-
-def limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
-
-def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The real command line, in a child limited to MEMORY_CAP bytes of address space."""
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    env.pop("GGML_INSPECTOR_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "inspector", *map(str, args)], capture_output=True, text=True,
-                          preexec_fn=limit_memory, timeout=120, env=env, cwd=cwd)
-
-
-def assert_refused(result: subprocess.CompletedProcess, fragment: str) -> None:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and lines[0].startswith("ggml-inspector: error: "), result.stderr
-    assert "unexpected" not in lines[0] and fragment in lines[0], lines[0]
 
 
 def small_dump(path: Path, values: dict[str, np.ndarray] | None = None) -> Path:
@@ -100,7 +79,7 @@ def bomb(tmp_path_factory) -> Path:
 
 
 def test_the_cap_leaves_room_for_a_normal_listing(tmp_path):
-    result = cli("ls", small_dump(tmp_path / "fine.h5"))
+    result = run_capped("ls", small_dump(tmp_path / "fine.h5"))
     assert result.returncode == 0, result.stderr
     assert "2 tensors" in result.stderr
 
@@ -121,7 +100,7 @@ def test_the_bomb_is_small_and_declares_gigabytes(bomb):
     ("compare", "{bomb}", "{bomb}"),
 ])
 def test_a_gzip_zeros_bomb_is_refused_in_one_line_under_a_1_gib_cap(bomb, tmp_path, command):
-    result = cli(*(part.format(bomb=bomb, out=tmp_path) for part in command))
+    result = run_capped(*(part.format(bomb=bomb, out=tmp_path) for part in command))
     assert_refused(result, "compressed bytes, a ratio over 64:1")
     assert list(tmp_path.iterdir()) == []  # no .npy, no picture, no temporary file left behind
 
@@ -134,7 +113,7 @@ def test_a_stream_of_chunks_never_written_is_refused(tmp_path):
         file.create_dataset("tensors", shape=(1 << 30,), dtype=np.uint8, chunks=(CHUNK_BYTES,))
     set_row(path, "x", shape=[1 << 28, 0, 0, 0], ndim=1, nbytes=1 << 30, offset=0)
     set_row(path, "y", offset=0)
-    assert_refused(cli("show", path, "x"), "declares 1073741824 bytes, but the file stores 0 of them")
+    assert_refused(run_capped("show", path, "x"), "declares 1073741824 bytes, but the file stores 0 of them")
 
 
 @pytest.mark.parametrize(("fields", "fragment"), [
@@ -152,7 +131,7 @@ def test_an_index_row_whose_fields_disagree_is_refused_naming_the_tensor(tmp_pat
     path = small_dump(tmp_path / "row.h5")
     set_row(path, "x", **fields)
     for command in (("ls", path), ("show", path, "y")):
-        result = cli(*command)
+        result = run_capped(*command)
         assert_refused(result, fragment)
         assert "'x'" in result.stderr
 
@@ -163,9 +142,9 @@ def test_a_stats_only_row_must_hold_its_sample(tmp_path):
         writer.begin_evaluation("import", {})
         array = np.arange(100, dtype=np.float32)
         writer.write(TensorRecord.for_array("x", array, 0, 0, "IMPORT"), array)
-    assert cli("ls", path).returncode == 0
+    assert run_capped("ls", path).returncode == 0
     set_row(path, "x", nbytes=32)
-    assert_refused(cli("ls", path), "declares 32 bytes, but 16 values")
+    assert_refused(run_capped("ls", path), "declares 32 bytes, but 16 values")
 
 
 @pytest.mark.parametrize("member", ["index", "records", "tensors"])
@@ -178,7 +157,7 @@ def test_a_soft_link_member_is_refused(tmp_path, member, target, fragment):
     with h5py.File(path, "r+") as file:
         del file[member]
         file[member] = h5py.SoftLink(f"/{member}" if target == "self" else target)
-    assert_refused(cli("ls", path), f"/{member} " + fragment.format(member=member))
+    assert_refused(run_capped("ls", path), f"/{member} " + fragment.format(member=member))
 
 
 def test_an_external_link_is_never_followed(tmp_path):
@@ -188,7 +167,7 @@ def test_an_external_link_is_never_followed(tmp_path):
         del file["tensors"]
         file["tensors"] = h5py.ExternalLink(str(other), "/tensors")
     os.chmod(other, 0)  # had the reader opened it, the message would be about permissions
-    assert_refused(cli("show", path, "x"), f"/tensors is an external link to {other}:/tensors")
+    assert_refused(run_capped("show", path, "x"), f"/tensors is an external link to {other}:/tensors")
 
 
 def test_an_evaluation_that_links_to_another_file_is_refused(tmp_path):
@@ -196,7 +175,7 @@ def test_an_evaluation_that_links_to_another_file_is_refused(tmp_path):
     path = small_dump(tmp_path / "external.h5")
     with h5py.File(path, "r+") as file:
         file["evals"]["000001"] = h5py.ExternalLink(str(other), "/evals/000000")
-    assert_refused(cli("ls", path), "/evals/000001 is an external link")
+    assert_refused(run_capped("ls", path), "/evals/000001 is an external link")
 
 
 def test_external_storage_is_refused(tmp_path):
@@ -206,7 +185,7 @@ def test_external_storage_is_refused(tmp_path):
     with h5py.File(path, "r+") as file:
         del file["tensors"]
         file.create_dataset("tensors", shape=(64,), dtype=np.uint8, external=[(str(raw), 0, 64)])
-    assert_refused(cli("show", path, "x"), "/tensors keeps its data in external files")
+    assert_refused(run_capped("show", path, "x"), "/tensors keeps its data in external files")
 
 
 @pytest.mark.parametrize(("member", "fragment"), [
@@ -218,7 +197,7 @@ def test_a_group_where_a_dataset_belongs_is_refused(tmp_path, member, fragment):
     with h5py.File(path, "r+") as file:
         del file[member]
         file.create_group(member)
-    assert_refused(cli("ls", path), fragment)
+    assert_refused(run_capped("ls", path), fragment)
 
 
 def test_wrong_member_types_are_refused(tmp_path):
@@ -230,18 +209,18 @@ def test_wrong_member_types_are_refused(tmp_path):
                     else rows.dtype.fields[name][0]) for name in rows.dtype.names]
         retyped = np.zeros(len(rows), dtype=columns)
         file["index"] = retyped
-    assert_refused(cli("ls", path), "/index column 'name' is float64")
+    assert_refused(run_capped("ls", path), "/index column 'name' is float64")
     path = small_dump(tmp_path / "records.h5")
     with h5py.File(path, "r+") as file:
         del file["records"]
         file["records"] = np.zeros(2, dtype=np.int64)
-    assert_refused(cli("ls", path), "/records holds int64, where a dump holds JSON strings")
+    assert_refused(run_capped("ls", path), "/records holds int64, where a dump holds JSON strings")
     path = small_dump(tmp_path / "filter.h5")
     with h5py.File(path, "r+") as file:
         data = file["tensors"][()]
         del file["tensors"]
         file.create_dataset("tensors", data=data, chunks=(16,), scaleoffset=0)
-    assert_refused(cli("ls", path), "uses the HDF5 filter 6 (scaleoffset)")
+    assert_refused(run_capped("ls", path), "uses the HDF5 filter 6 (scaleoffset)")
 
 
 def test_a_large_tensor_streams_with_numpys_values_and_bounded_memory(tmp_path):

@@ -9,26 +9,19 @@ before it writes a dump.
 from __future__ import annotations
 
 import json
-import resource
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
+import capped_cli
 import numpy as np
 import pytest
+from capped_cli import Outcome, run_capped
 
 from inspector import open_dump
 
 HEAD = struct.Struct("<IIIIQ")  # magic, kind, header length, reserved, data length
 MAGIC = 0x48494747
 HELLO, EVAL, TENSOR, BYE = 1, 2, 3, 6
-MEMORY_CAP = 1 << 30
-
-
-def limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
 
 def frame(kind: int, header: dict, payload: bytes = b"") -> bytes:
     text = json.dumps(header).encode()
@@ -42,21 +35,17 @@ def stream(tensor: dict, data: bytes) -> bytes:
             + frame(TENSOR, {**base, **tensor}, data) + frame(BYE, {"schedulers": 1, "computes": 1}))
 
 
-def import_folder(tmp_path: Path, content: bytes) -> tuple[subprocess.CompletedProcess, Path]:
+def import_folder(tmp_path: Path, content: bytes) -> tuple[Outcome, Path]:
     folder = tmp_path / "frames"
     folder.mkdir(exist_ok=True)
     (folder / "7.frames").write_bytes(content)
     out = tmp_path / "imported.h5"
-    result = subprocess.run([sys.executable, "-m", "inspector", "import", str(folder), "-o", str(out)],
-                            capture_output=True, text=True, preexec_fn=limit_memory, timeout=120)
-    return result, out
+    return run_capped("import", folder, "-o", out), out
 
 
-def assert_refused(result: subprocess.CompletedProcess, fragment: str) -> None:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and lines[0].startswith("ggml-inspector: error: 7.frames: frame 3: "), result.stderr
-    assert fragment in lines[0], lines[0]
+def assert_refused(result: Outcome, fragment: str) -> None:
+    line = capped_cli.assert_refused(result, fragment)
+    assert line.startswith("ggml-inspector: error: 7.frames: frame 3: "), line
 
 
 def test_the_zero_stride_bomb_of_a_few_hundred_bytes_is_refused_in_one_line(tmp_path):
