@@ -21,7 +21,7 @@ from test_evaluation_inputs import RUN, tokenizer_ids
 from test_exec import compile_program
 
 from inspector import open_dump
-from inspector.compare.align import CONTENT, DIFFERING, INDEX, ORDER, POSITIONS, Pair, align
+from inspector.compare.align import CONTENT, INDEX, ORDER, POSITIONS, Pair, align
 from inspector.compare.report import render_text, to_json
 from inspector.compare.runs import Comparison
 from inspector.compare.tolerance import preset
@@ -80,10 +80,11 @@ def test_one_token_differing_pairs_by_positions_and_names_the_first_difference()
     assert alignment.to_json()["inputs_differ"]["position"] == 2
 
 
-def test_a_longer_prompt_after_a_warm_up_pairs_with_the_prompt_counted_from_the_last():
+def test_a_longer_prompt_after_a_warm_up_pairs_with_the_prompt_and_compares_the_rows_before_the_difference():
     # A fed 1 5 6; B warmed up on 1 2, then fed 1 5 6 7: the prompt, not the warm-up, pairs with A's.
     alignment = align([tokens(0, [1, 5, 6], 0)], [tokens(0, [1, 2], 0), tokens(1, PROMPT_A, 0)])
-    assert alignment.pairs == [Pair(0, 1, DIFFERING)]
+    assert alignment.pairs == []
+    assert [(g.evals_a, g.evals_b, [r.position for r in g.rows]) for g in alignment.splits] == [((0,), (1,), [0, 1, 2])]
     assert [(one.side, one.index) for one in alignment.one_sided] == [("b", 0)]
     assert alignment.inputs_differ.describe() == ("inputs differ at evaluation 0 of A, 1 of B position 3: "
                                                   "A nothing, B token 7")
@@ -120,10 +121,29 @@ def test_runs_without_inputs_pair_by_index_and_say_why():
     assert old.rule == INDEX and old.reason == "run A does not record what its evaluations computed"
 
 
-def test_the_same_rows_in_other_batch_splits_are_not_an_input_difference():
+def test_the_same_rows_in_other_batch_splits_are_not_an_input_difference_and_pair_row_by_row():
     alignment = align([tokens(0, PROMPT_A, 0)], [tokens(0, [1, 5], 0), tokens(1, [6, 7], 2)])
     assert alignment.inputs_differ is None and alignment.split_rows == 4 and alignment.pairs == []
-    assert alignment.summary().endswith("4 rows fed alike in different batch splits: not yet compared per token")
+    assert [(r.position, r.eval_a, r.row_a, r.eval_b, r.row_b) for r in alignment.splits[0].rows] == \
+        [(0, 0, 0, 0, 0), (1, 0, 1, 0, 1), (2, 0, 2, 1, 0), (3, 0, 3, 1, 1)]
+    assert alignment.summary().endswith("4 rows compared per token (1 group: 4 rows of A's evaluation 0 as B's 0-1)")
+
+
+def test_a_warm_up_and_other_batch_splits_together():
+    """llama-completion -ub 3 against capture -ub 512: the warm-up is one-sided, the prompt a split group."""
+    a = run_of([1, 5, 6, 7, 8, 9], [4])
+    b = [tokens(0, [1, 2], 0), tokens(1, [1, 5, 6], 0), tokens(2, [7, 8, 9], 3), tokens(3, [4], 6, "generate")]
+    alignment = align(a, b)
+    assert alignment.pairs == [Pair(1, 3, CONTENT)] and alignment.inputs_differ is None
+    assert [(g.evals_a, g.evals_b, len(g.rows)) for g in alignment.splits] == [((0,), (1, 2), 6)]
+    assert [(one.side, one.index) for one in alignment.one_sided] == [("b", 0)]
+
+
+def test_one_token_differing_in_other_batch_splits_names_its_position_and_keeps_the_rows_before():
+    alignment = align([tokens(0, [1, 5, 6, 7, 8, 9], 0)], [tokens(0, [1, 5, 6], 0), tokens(1, [4, 8, 9], 3)])
+    assert alignment.inputs_differ.describe() == ("inputs differ at evaluation 0 of A, 1 of B position 3: "
+                                                  "A token 7, B token 4")
+    assert [r.position for r in alignment.splits[0].rows] == [0, 1, 2]
 
 
 def test_the_alignment_text_is_escaped_and_its_verdict_fails_the_comparison():

@@ -138,11 +138,3 @@ def test_compare_bad_inputs(planted, tiny_f32, tmp_path):
         result = cli("compare", *args)
         assert result.returncode == 2
         assert_one_line_error(result, fragment)
-
-
-def test_runs_that_split_the_same_tokens_differently_are_refused(tiny_f32, tmp_path):
-    """--ubatch 4 puts tokens 4.. in evaluation 1: pairing evaluation 0 with 0 would compare other positions."""
-    run_capture(tiny_f32, tmp_path / "one.h5", ("l_out-*",))
-    run_capture(tiny_f32, tmp_path / "four.h5", ("l_out-*",), n_ubatch=4, n_batch=4)
-    result = cli("compare", tmp_path / "one.h5", tmp_path / "four.h5")
-    assert_one_line_error(result, "capture both with the same --batch/--ubatch")

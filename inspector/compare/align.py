@@ -20,6 +20,12 @@ Rules, in order (``docs/compare.md``, "Alignment"):
 - between two content pairs, known evaluations left over on both sides at the
   same positions pair as *inputs differ*; the first such pair is the verdict,
   unless what differs is embeddings an encoder of both runs computed;
+- known evaluations still left on both sides there are matched row by row
+  (position and token, a longest matching again): evaluations whose every
+  row found its partner form a *split group*, the same rows batched
+  otherwise (``-ub 512`` against ``-ub 3``), compared per token
+  (``inspector.compare.rows``); where rows are left unmatched, the first of
+  them is where the inputs differ;
 - known evaluations still left on both sides there pair by order, counted
   from the last (a warm-up comes first), their inputs differing too;
 - what is still left is in one run only (a warm-up, a retry), listed once;
@@ -86,6 +92,37 @@ class InputsDiffer:
         return f"inputs differ at {where} position {self.position}: A {fed(self.a)}, B {fed(self.b)}"
 
 
+@dataclass(frozen=True)
+class RowPair:
+    """Row ``row_a`` of A's evaluation ``eval_a`` fed what row ``row_b`` of B's ``eval_b`` fed, at ``position``."""
+
+    position: int
+    eval_a: int
+    row_a: int
+    eval_b: int
+    row_b: int
+
+
+@dataclass(frozen=True)
+class SplitGroup:
+    """Evaluations of A and of B that fed the same rows in other batches: their tensors compare per token.
+
+    ``rows`` are in A's order (the order both runs fed them).
+    """
+
+    evals_a: tuple[int, ...]
+    evals_b: tuple[int, ...]
+    rows: tuple[RowPair, ...]
+
+    def describe(self) -> str:
+        return (f"{len(self.rows)} rows of A's evaluation{'s' if len(self.evals_a) > 1 else ''} "
+                f"{_span(self.evals_a)} as B's {_span(self.evals_b)}")
+
+
+def _span(indices: tuple[int, ...]) -> str:
+    return str(indices[0]) if len(indices) == 1 else f"{indices[0]}-{indices[-1]}"
+
+
 @dataclass
 class Alignment:
     """The evaluation pairs, the one-sided evaluations and whether the inputs differ."""
@@ -96,8 +133,15 @@ class Alignment:
     inputs_differ: InputsDiffer | None = None
     # Why the index rule was used, when it was.
     reason: str = ""
-    # Rows both runs fed alike but split into other evaluations (other batch sizes): not yet compared per token.
-    split_rows: int = 0
+    # Evaluations that fed the same rows in other batches (other -b/-ub): compared per token.
+    splits: list[SplitGroup] = field(default_factory=list)
+    # Where rows matched row by row were left without a partner: candidates for the verdict.
+    row_differences: list[InputsDiffer] = field(default_factory=list)
+
+    @property
+    def split_rows(self) -> int:
+        """Rows both runs fed alike but in other batches, compared per token."""
+        return sum(len(group.rows) for group in self.splits)
 
     def b_of_a(self) -> dict[int, int]:
         """A's evaluation index to B's, for every pair: how tensors find their partner."""
@@ -118,14 +162,19 @@ class Alignment:
         hidden = len(self.one_sided) - SHOWN_ONE_SIDED
         if hidden > 0:
             parts.append(f"+{hidden} more evaluations in one run only (--json lists them)")
-        if self.split_rows:
-            parts.append(f"{self.split_rows} rows fed alike in different batch splits: not yet compared per token")
+        if self.splits:
+            groups = len(self.splits)
+            parts.append(f"{self.split_rows} rows compared per token "
+                         f"({groups} group{'s' if groups != 1 else ''}: {self.splits[0].describe()}"
+                         + (", ..." if groups > 1 else "") + ")")
         return "alignment: " + "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         """The ``alignment`` object of ``compare --json`` (docs/compare.md)."""
         return {"rule": self.rule, "reason": self.reason, "split_rows": self.split_rows,
                 "pairs": [{"a": p.a, "b": p.b, "rule": p.rule} for p in self.pairs],
+                "splits": [{"evals_a": list(g.evals_a), "evals_b": list(g.evals_b), "rows": len(g.rows),
+                            "positions": [g.rows[0].position, g.rows[-1].position]} for g in self.splits],
                 "one_sided": [{"run": o.side, "eval": o.index, "kind": o.kind, "inputs": o.inputs}
                               for o in self.one_sided],
                 "inputs_differ": None if self.inputs_differ is None else {
@@ -215,11 +264,12 @@ def align(evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any
             alignment.pairs.append(Pair(a["index"], b["index"], CONTENT))
         start_a, start_b = end_a + 1, end_b + 1
     alignment.pairs.sort(key=lambda pair: pair.a)
-    alignment.inputs_differ = _verdict(alignment.pairs, evaluations_a, evaluations_b)
+    alignment.splits.sort(key=lambda group: group.evals_a[0])
+    alignment.inputs_differ = _verdict(alignment, evaluations_a, evaluations_b)
     return alignment
 
 
-def _verdict(pairs: list[Pair], evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any]]
+def _verdict(alignment: Alignment, evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any]]
              ) -> InputsDiffer | None:
     """The first pair fed different inputs from outside the runs, or None.
 
@@ -232,13 +282,12 @@ def _verdict(pairs: list[Pair], evaluations_a: list[dict[str, Any]], evaluations
     by_b = {e["index"]: e for e in evaluations_b}
     encoder_a = min((e["index"] for e in evaluations_a if not _known(e)), default=None)
     encoder_b = min((e["index"] for e in evaluations_b if not _known(e)), default=None)
-    for pair in pairs:
-        if pair.rule not in (POSITIONS, DIFFERING):
-            continue
-        difference = first_difference(pair.a, by_a[pair.a]["inputs"], pair.b, by_b[pair.b]["inputs"])
+    candidates = [first_difference(pair.a, by_a[pair.a]["inputs"], pair.b, by_b[pair.b]["inputs"])
+                  for pair in alignment.pairs if pair.rule in (POSITIONS, DIFFERING)]
+    for difference in sorted([*candidates, *alignment.row_differences], key=lambda d: (d.eval_a, d.row)):
         computed_upstream = (isinstance(difference.a, str) and isinstance(difference.b, str)
-                             and encoder_a is not None and encoder_a < pair.a
-                             and encoder_b is not None and encoder_b < pair.b)
+                             and encoder_a is not None and encoder_a < difference.eval_a
+                             and encoder_b is not None and encoder_b < difference.eval_b)
         if not computed_upstream:
             return difference
     return None
@@ -262,22 +311,91 @@ def _align_gap(gap_a: list[dict[str, Any]], gap_b: list[dict[str, Any]], alignme
         else:
             alignment.pairs.append(Pair(evaluation["index"], partner["index"], ORDER))
     known_a, known_b = [a for a in left_a if _known(a)], [b for b in left_b if _known(b)]
-    rows_a, rows_b = _rows(known_a), _rows(known_b)
-    if rows_a and rows_a == rows_b:
-        alignment.split_rows += len(rows_a)  # the same rows, batched otherwise: not a difference of inputs
-    else:
-        count = min(len(known_a), len(known_b))
-        differing = list(zip(known_a[len(known_a) - count:], known_b[len(known_b) - count:], strict=True))
-        alignment.pairs.extend(Pair(a["index"], b["index"], DIFFERING) for a, b in differing)
-        paired = {id(e) for pair in differing for e in pair}
-        left_a, left_b = [a for a in left_a if id(a) not in paired], [b for b in left_b if id(b) not in paired]
+    grouped = _match_rows(known_a, known_b, alignment)
+    known_a = [a for a in known_a if a["index"] not in grouped["a"]]
+    known_b = [b for b in known_b if b["index"] not in grouped["b"]]
+    count = min(len(known_a), len(known_b))
+    differing = list(zip(known_a[len(known_a) - count:], known_b[len(known_b) - count:], strict=True))
+    alignment.pairs.extend(Pair(a["index"], b["index"], DIFFERING) for a, b in differing)
+    paired = {id(e) for pair in differing for e in pair}
+    left_a = [a for a in left_a if id(a) not in paired and a["index"] not in grouped["a"]]
+    left_b = [b for b in left_b if id(b) not in paired and b["index"] not in grouped["b"]]
     alignment.one_sided.extend(_one_sided("a", a) for a in left_a)
     alignment.one_sided.extend(_one_sided("b", b) for b in left_b)
 
 
-def _rows(evaluations: list[dict[str, Any]]) -> list[tuple[int, int | str]]:
-    """Every row the evaluations fed, as (position, token or digest), in order."""
-    return [row for e in evaluations for row in zip(_positions(e["inputs"]), _fed(e["inputs"]), strict=False)]
+def _rows(evaluations: list[dict[str, Any]]) -> list[tuple[int, int | str, int, int]]:
+    """Every row the evaluations fed, as (position, token or digest, evaluation, row), in order."""
+    return [(position, fed, e["index"], row) for e in evaluations
+            for row, (position, fed) in enumerate(zip(_positions(e["inputs"]), _fed(e["inputs"]), strict=False))]
+
+
+def _match_rows(known_a: list[dict[str, Any]], known_b: list[dict[str, Any]], alignment: Alignment
+                ) -> dict[str, set[int]]:
+    """Match the rows of the evaluations left in a gap; connected evaluations become split groups.
+
+    Returns the evaluations of each side now in a split group.  Evaluations
+    are connected by their matched rows (A's 0..5 fed as B's 0..2 and 3..5).
+    A group with a row left unmatched fed different inputs: its first such
+    row is a candidate for the verdict, and only the rows before it, which
+    both runs computed alike, are compared.
+    """
+    grouped: dict[str, set[int]] = {"a": set(), "b": set()}
+    rows_a, rows_b = _rows(known_a), _rows(known_b)
+    if not rows_a or not rows_b:
+        return grouped
+    matcher = difflib.SequenceMatcher(None, [r[:2] for r in rows_a], [r[:2] for r in rows_b], autojunk=False)
+    matched = [(rows_a[block.a + k], rows_b[block.b + k])
+               for block in matcher.get_matching_blocks() for k in range(block.size)]
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def root(node: tuple[str, int]) -> tuple[str, int]:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    for row_a, row_b in matched:
+        parent[root(("a", row_a[2]))] = root(("b", row_b[2]))
+    components: dict[tuple[str, int], set[tuple[str, int]]] = {}
+    for node in list(parent):
+        components.setdefault(root(node), set()).add(node)
+    matched_a = {row_a[2:] for row_a, _ in matched}
+    matched_b = {row_b[2:] for _, row_b in matched}
+    for members in components.values():
+        evals_a = sorted(index for side, index in members if side == "a")
+        evals_b = sorted(index for side, index in members if side == "b")
+        loose_a = [r for r in rows_a if r[2] in evals_a and r[2:] not in matched_a]
+        loose_b = [r for r in rows_b if r[2] in evals_b and r[2:] not in matched_b]
+        first = loose_a[0] if loose_a else (loose_b[0] if loose_b else None)
+        # What the other run fed at that position may sit in an evaluation with no matched row at all.
+        loose_a = [r for r in rows_a if r[2:] not in matched_a]
+        loose_b = [r for r in rows_b if r[2:] not in matched_b]
+        limit = first[0] if first is not None else None
+        rows = tuple(RowPair(row_a[0], row_a[2], row_a[3], row_b[2], row_b[3]) for row_a, row_b in matched
+                     if ("a", row_a[2]) in members and (limit is None or row_a[0] < limit))
+        if first is not None:
+            alignment.row_differences.append(_row_difference(first, loose_a, loose_b, evals_a, evals_b))
+        if rows:
+            alignment.splits.append(SplitGroup(tuple(evals_a), tuple(evals_b), rows))
+            grouped["a"].update(evals_a)
+            grouped["b"].update(evals_b)
+    return grouped
+
+
+def _row_difference(first: tuple[int, int | str, int, int], loose_a: list[tuple[int, int | str, int, int]],
+                    loose_b: list[tuple[int, int | str, int, int]], evals_a: list[int], evals_b: list[int]
+                    ) -> InputsDiffer:
+    """The verdict for the first unmatched row of a group: what each run fed at that position."""
+    position = first[0]
+    at_a = next((r for r in loose_a if r[0] == position), None)
+    at_b = next((r for r in loose_b if r[0] == position), None)
+    row = (at_a or at_b or first)[3]
+    return InputsDiffer(at_a[2] if at_a else evals_a[0], at_b[2] if at_b else evals_b[0], row, position,
+                        at_a[1] if at_a else None, at_b[1] if at_b else None)
+
+
+def _row_count(evaluation: dict[str, Any]) -> int:
+    return len(_fed(evaluation["inputs"]))
 
 
 def _gap_partners(a: dict[str, Any], b: dict[str, Any]) -> bool:

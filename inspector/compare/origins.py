@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from inspector.capture.selection import SelectionDescription
-from inspector.compare.verdict import IDENTICAL
+from inspector.compare.verdict import IDENTICAL, INCOMPARABLE
 from inspector.dump.reader import Dump, Entry
 from inspector.errors import InspectorError
 from inspector.gguf.header import GgufHeader, fingerprint, read_header, read_tensor_bytes
@@ -33,6 +33,8 @@ MAX_ORIGINS = 20
 OP_DIFFERS = "op"  # identical inputs and weights: the op computed differently
 WEIGHT_DIFFERS = "weight"  # identical activations, a weight the model files disagree on
 OPEN = "open"  # an input was not captured: an origin, or a consequence of that input
+# A source's state when it could not be compared (other batch splits): as unknown as one not captured.
+NOT_COMPARED = "not compared"
 GRAPH_DIFFERS = "graph"  # an input exists in one run only: the two graphs differ here
 
 
@@ -42,7 +44,7 @@ class SourceState:
 
     name: str
     occurrence: int
-    state: str  # identical, differs, same weight, weight differs, not captured
+    state: str  # identical, differs, same weight, weight differs, not captured, not compared
     buffer_a: str = ""
     buffer_b: str = ""
     buffer_type_a: str = ""
@@ -140,6 +142,10 @@ def _explain(verdict: str, sources: list[SourceState], record_a: dict[str, Any],
         return (f"the runs computed different graphs here: it reads {', '.join(alone)}; compare the ops around "
                 "it, since the same name no longer means the same computation")
     if verdict == OPEN:
+        uncompared = [s.name for s in sources if s.state == NOT_COMPARED]
+        if uncompared:
+            return (f"{', '.join(uncompared)} could not be compared across the runs' different batches: this op "
+                    "may have introduced the difference, or that input already differed")
         missing = [s.name for s in sources if s.state == "not captured"]
         return (f"{', '.join(missing)} not captured: this op may have introduced the difference, or "
                 f"{'that input' if len(missing) == 1 else 'those inputs'} already differed (capture "
@@ -179,7 +185,7 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
     status = {(row.eval_index, row.name, row.occurrence): row.status for row in rows if row.present_in == "both"}
     one_sided = {(row.eval_index, row.name, row.occurrence): row.present_in for row in rows
                  if row.present_in != "both"}
-    candidates = [row for row in rows if row.present_in == "both" and row.status != IDENTICAL]
+    candidates = [row for row in rows if row.present_in == "both" and row.status not in (IDENTICAL, INCOMPARABLE)]
     if not candidates:
         return []
     # A KV cache is a leaf no run captures; its content differs from the first write to it that differed.
@@ -220,7 +226,7 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
         for source in sources:
             key = (row.eval_index, source.name, source.occurrence)
             if key in status:
-                source.state = "identical" if status[key] == IDENTICAL else "differs"
+                source.state = {IDENTICAL: "identical", INCOMPARABLE: NOT_COMPARED}.get(status[key], "differs")
             elif key in one_sided:
                 source.state = f"only in {one_sided[key].upper()}"
             elif kv_cache_of(source.name) == source.name and caches_known:  # the cache leaf, not a view of it
@@ -237,8 +243,8 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
         if any(state.startswith("only in") for state in states):
             verdict = GRAPH_DIFFERS
         else:
-            verdict = OPEN if "not captured" in states else WEIGHT_DIFFERS if "weight differs" in states \
-                else OP_DIFFERS
+            verdict = OPEN if states & {"not captured", NOT_COMPARED} \
+                else WEIGHT_DIFFERS if "weight differs" in states else OP_DIFFERS
         metrics = row.metrics
         origins.append(Origin(
             eval_index=row.eval_index, eval_kind=row.eval_kind, node=a.node_index, name=row.name,

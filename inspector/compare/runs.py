@@ -18,21 +18,21 @@ from typing import Any
 
 import numpy as np
 
+from inspector.compare import rows as split_rows
 from inspector.compare import verdict
-from inspector.compare.align import Alignment, align
+from inspector.compare.align import Alignment, SplitGroup, align
 from inspector.compare.metrics import PairAccumulator, PairMetrics, identical_metrics
 from inspector.compare.origins import Origin, find_origins
 from inspector.compare.tolerance import Tolerance
-from inspector.compare.verdict import DIVERGED, IDENTICAL, MISMATCHED, MISSING, STATUSES, WITHIN
+from inspector.compare.verdict import DIVERGED, IDENTICAL, INCOMPARABLE, MISMATCHED, MISSING, STATUSES, WITHIN
 from inspector.constants import STREAM_CHUNK_BYTES
 from inspector.dump.format import STORED_STATS
 from inspector.dump.reader import Dump, Entry, matches_globs, open_dump
-from inspector.errors import InspectorError
 from inspector.formatting import evaluation_label
 from inspector.identity import tensor_key
 
-__all__ = ["DIVERGED", "IDENTICAL", "MISMATCHED", "MISSING", "STATUSES", "WITHIN", "Comparison", "TensorComparison",
-           "compare_dumps", "config_differences", "flatten_config"]
+__all__ = ["DIVERGED", "IDENTICAL", "INCOMPARABLE", "MISMATCHED", "MISSING", "STATUSES", "WITHIN", "Comparison",
+           "TensorComparison", "compare_dumps", "config_differences", "flatten_config"]
 CONTEXT_ROWS = 3
 # Ops given to arrays that no ggml graph computed (preprocessing, imports): they
 # match any op, so an imported inp_raw compares with a captured one.
@@ -107,10 +107,9 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        """Every compared tensor within tolerance, both runs fed the same inputs and none was left uncompared."""
-        alignment = self.alignment
-        unsettled = alignment is not None and (alignment.inputs_differ is not None or alignment.split_rows > 0)
-        return verdict.passed(self.rows) and not unsettled
+        """Every compared tensor within tolerance, and both runs fed the same inputs."""
+        differ = self.alignment is not None and self.alignment.inputs_differ is not None
+        return verdict.passed(self.rows) and not differ
 
     @property
     def different_model(self) -> bool:
@@ -198,25 +197,44 @@ def _one_sided(entry: Entry, side: str, eval_index: int) -> TensorComparison:
     return row
 
 
-def _check_evaluation_boundaries(evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any]]) -> None:
-    """Refuse runs that fed the same tokens in differently sized evaluations.
+def _split_comparisons(dump_a: Dump, dump_b: Dump, group: SplitGroup, entries_a: list[Entry],
+                       entries_b: list[tuple[str, Entry]], inputs: tuple[dict[int, Any], dict[int, Any]],
+                       keys: tuple[dict[tuple[int, str, int], Entry], dict[tuple[int, str, int], Entry]],
+                       tolerance: Tolerance) -> list[tuple[tuple[int, int, int], TensorComparison]]:
+    """Every tensor of a split group's evaluations, compared per token (``inspector.compare.rows``).
 
-    Tensors pair by evaluation index; when ``n_batch``/``n_ubatch`` differ,
-    evaluation 0 of one run holds other tokens than evaluation 0 of the
-    other, so every pair would compare different positions.
+    ``entries_b`` carry the name each B tensor has in A (``--map``).  A row
+    stands for the whole group: A's first evaluation of it, and B's.
     """
-    def split(evaluations: list[dict[str, Any]]) -> list[list[int]]:
-        return [list(e["token_ids"]) for e in evaluations if isinstance(e.get("token_ids"), list)]
-
-    split_a, split_b = split(evaluations_a), split(evaluations_b)
-    tokens_a = [t for chunk in split_a for t in chunk]
-    tokens_b = [t for chunk in split_b for t in chunk]
-    sizes_a, sizes_b = [len(c) for c in split_a], [len(c) for c in split_b]
-    if tokens_a and tokens_a == tokens_b and sizes_a != sizes_b:
-        raise InspectorError(
-            f"the runs split the same {len(tokens_a)} tokens into evaluations of {sizes_a[:4]} and {sizes_b[:4]} "
-            "tokens, so evaluation N holds different positions in each; capture both with the same "
-            "--batch/--ubatch to compare them")
+    tensors: dict[tuple[str, int], split_rows.SplitTensor] = {}
+    records_a, records_b = dump_a.metadata_of(entries_a), dump_b.metadata_of([e for _, e in entries_b])
+    for entry in entries_a:
+        tensor = tensors.setdefault((entry.name, entry.occurrence),
+                                    split_rows.SplitTensor(entry.name, entry.occurrence, {}, {}, {}, {}))
+        tensor.entries_a[entry.eval_index], tensor.records_a[entry.eval_index] = entry, records_a[entry.seq]
+    for name, entry in entries_b:
+        tensor = tensors.setdefault((name, entry.occurrence),
+                                    split_rows.SplitTensor(name, entry.occurrence, {}, {}, {}, {}))
+        tensor.entries_b[entry.eval_index], tensor.records_b[entry.eval_index] = entry, records_b[entry.seq]
+    compared = []
+    for position, tensor in enumerate(tensors.values()):
+        if not tensor.entries_a or not tensor.entries_b:
+            side, entry = ("a", tensor.first_a) if tensor.entries_a else ("b", tensor.first_b)
+            row = _one_sided(entry, side, group.evals_a[0])
+        else:
+            result = split_rows.compare_rows(dump_a, dump_b, group, tensor, *inputs, *keys, tolerance)
+            a, b = tensor.first_a, tensor.first_b
+            row = TensorComparison(
+                eval_index=group.evals_a[0], eval_index_b=group.evals_b[0], name=tensor.name,
+                occurrence=tensor.occurrence, status=result.status, name_b=b.name if b.name != a.name else "",
+                node_a=a.node_index, node_b=b.node_index, op_a=a.op, op_b=b.op,
+                shape_a=result.shape or a.shape, shape_b=result.shape or b.shape, type_a=a.ggml_type,
+                type_b=b.ggml_type, buffer_a=a.buffer, buffer_b=b.buffer, note=result.note, metrics=result.metrics)
+            if a.op != b.op and not {a.op, b.op} & EXTERNAL_OPS:
+                row.status, row.note = MISMATCHED, f"op {a.op} vs {b.op}; {result.note}"
+        node = row.node_a if row.node_a is not None else row.node_b
+        compared.append(((group.evals_a[0], node or 0, position), row))
+    return compared
 
 
 def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, patterns: list[str] | None = None,
@@ -231,19 +249,38 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
     with open_dump(path_a) as dump_a, open_dump(path_b) as dump_b:
         # Read once: each read walks every evaluation group of the file and parses its info.
         evaluations_a, evaluations_b = dump_a.evaluations, dump_b.evaluations
-        _check_evaluation_boundaries(evaluations_a, evaluations_b)
         alignment = align(evaluations_a, evaluations_b)
         # B's evaluation index as A's; identity when pairing by index, so unpaired evaluations keep theirs.
         a_of_b = {b: a for a, b in alignment.b_of_a().items()}
         only_a, only_b = alignment.only_in("a"), alignment.only_in("b")
-        entries_a = [entry for entry in dump_a.entries(patterns) if entry.eval_index not in only_a]
+        group_a = {index: group for group in alignment.splits for index in group.evals_a}
+        group_b = {index: group for group in alignment.splits for index in group.evals_b}
+        split_a: dict[int, list[Entry]] = {id(g): [] for g in alignment.splits}
+        split_b: dict[int, list[tuple[str, Entry]]] = {id(g): [] for g in alignment.splits}
+        entries_a = []
+        for entry in dump_a.entries(patterns):
+            if entry.eval_index in group_a:
+                split_a[id(group_a[entry.eval_index])].append(entry)
+            elif entry.eval_index not in only_a:
+                entries_a.append(entry)
         by_key_b: dict[tuple[int, str, int], Entry] = {}
         for entry in dump_b.entries():
             name_as_a = b_to_a.get(entry.name, entry.name)
-            if entry.eval_index not in only_b and (not patterns or matches_globs(name_as_a, patterns)):
+            if entry.eval_index in only_b or (patterns and not matches_globs(name_as_a, patterns)):
+                continue
+            if entry.eval_index in group_b:
+                split_b[id(group_b[entry.eval_index])].append((name_as_a, entry))
+            else:
                 by_key_b[tensor_key(a_of_b.get(entry.eval_index, entry.eval_index), name_as_a,
                                     entry.occurrence)] = entry
         ordered: list[tuple[tuple[int, int, int], TensorComparison]] = []
+        if alignment.splits:
+            inputs = ({e["index"]: e.get("inputs") or {} for e in evaluations_a},
+                      {e["index"]: e.get("inputs") or {} for e in evaluations_b})
+            keys = ({entry.key: entry for entry in dump_a.entries()}, {entry.key: entry for entry in dump_b.entries()})
+            for group in alignment.splits:
+                ordered.extend(_split_comparisons(dump_a, dump_b, group, split_a[id(group)], split_b[id(group)],
+                                                  inputs, keys, tolerance))
         for position, entry in enumerate(entries_a):
             partner = by_key_b.pop(tensor_key(*entry.key), None)
             row = _one_sided(entry, "a", entry.eval_index) if partner is None \

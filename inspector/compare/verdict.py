@@ -1,7 +1,9 @@
 """The pass/fail policy: one verdict for compare, sweep, plots and the report.
 
 A tensor pair gets a status; a comparison passes when no pair diverged, none
-is mismatched and nothing is missing from either run.  The *first divergence*
+is mismatched and nothing is missing from either run.  A pair that cannot be
+compared (its contents depend on how the runs batched their tokens) is
+*incomparable*, with the reason: it neither passes nor fails.  The *first divergence*
 is the first pair, in execution order, whose values (or layout) differ
 beyond the tolerance; a tensor missing from one run fails the comparison but
 is not a divergence, because it says nothing about the values.
@@ -20,7 +22,8 @@ WITHIN = "within"
 DIVERGED = "diverged"
 MISSING = "missing"
 MISMATCHED = "mismatched"
-STATUSES = (IDENTICAL, WITHIN, DIVERGED, MISSING, MISMATCHED)
+INCOMPARABLE = "incomparable"
+STATUSES = (IDENTICAL, WITHIN, DIVERGED, MISSING, MISMATCHED, INCOMPARABLE)
 # Statuses that mark a divergence of values or layout.
 DIVERGING = (DIVERGED, MISMATCHED)
 # Statuses that fail a comparison.

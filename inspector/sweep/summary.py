@@ -15,9 +15,10 @@ from inspector.compare.tolerance import Tolerance
 from inspector.formatting import number, printable, table
 from inspector.identity import layer_of
 
-STATUS_SYMBOLS = {"identical": "=", "within": "~", "diverged": "X", "missing": "?", "mismatched": "!"}
+STATUS_SYMBOLS = {"identical": "=", "within": "~", "diverged": "X", "missing": "?", "mismatched": "!",
+                  "incomparable": "-"}
 # Least to most severe: a layer's cell shows the worst status among its tensors.
-STATUS_SEVERITY = ["identical", "within", "missing", "diverged", "mismatched"]
+STATUS_SEVERITY = ["identical", "incomparable", "within", "missing", "diverged", "mismatched"]
 
 
 @dataclass
@@ -139,5 +140,6 @@ def render_matrix(summary: dict[str, Any], per_layer: bool = False) -> str:
         lines.append(f"{config['label']}: " + ("no divergence" if first is None else
                      f"first divergence {printable(first['name'])} (eval {first['eval']}, {first['status']}, "
                      f"buffer {printable(first['buffer'])})"))
-    lines.append("legend: = identical, ~ within tolerance, X diverged, ? missing, ! mismatched; then NMSE and buffer")
+    lines.append("legend: = identical, ~ within tolerance, X diverged, ? missing, ! mismatched, - incomparable; "
+                 "then NMSE and buffer")
     return "\n".join(lines)
