@@ -137,6 +137,8 @@ class Alignment:
     splits: list[SplitGroup] = field(default_factory=list)
     # Where rows matched row by row were left without a partner: candidates for the verdict.
     row_differences: list[InputsDiffer] = field(default_factory=list)
+    # Pairs left uncompared: every row at or after the first input the runs fed differently.
+    beyond: list[Pair] = field(default_factory=list)
 
     @property
     def split_rows(self) -> int:
@@ -151,6 +153,10 @@ class Alignment:
         """The evaluations of run ``side`` (``a``/``b``) found in that run only: their tensors are not compared."""
         return {one.index for one in self.one_sided if one.side == side}
 
+    def uncompared(self, side: str) -> set[int]:
+        """The evaluations of run ``side`` whose tensors are not compared: one-sided, or past the inputs verdict."""
+        return self.only_in(side) | {pair.a if side == "a" else pair.b for pair in self.beyond}
+
     def summary(self) -> str:
         """One line: how many evaluations paired by which rule, and the first one-sided ones."""
         if self.rule == INDEX:
@@ -162,6 +168,10 @@ class Alignment:
         hidden = len(self.one_sided) - SHOWN_ONE_SIDED
         if hidden > 0:
             parts.append(f"+{hidden} more evaluations in one run only (--json lists them)")
+        if self.beyond:
+            count = len({pair.a for pair in self.beyond})
+            parts.append(f"{count} evaluation{'s' if count != 1 else ''} of A after the first differing input "
+                         "not compared (--past-inputs compares them)")
         if self.splits:
             groups = len(self.splits)
             parts.append(f"{self.split_rows} rows compared per token "
@@ -173,6 +183,7 @@ class Alignment:
         """The ``alignment`` object of ``compare --json`` (docs/compare.md)."""
         return {"rule": self.rule, "reason": self.reason, "split_rows": self.split_rows,
                 "pairs": [{"a": p.a, "b": p.b, "rule": p.rule} for p in self.pairs],
+                "beyond": [{"a": p.a, "b": p.b, "rule": p.rule} for p in self.beyond],
                 "splits": [{"evals_a": list(g.evals_a), "evals_b": list(g.evals_b), "rows": len(g.rows),
                             "positions": [g.rows[0].position, g.rows[-1].position]} for g in self.splits],
                 "one_sided": [{"run": o.side, "eval": o.index, "kind": o.kind, "inputs": o.inputs}
@@ -291,6 +302,52 @@ def _verdict(alignment: Alignment, evaluations_a: list[dict[str, Any]], evaluati
         if not computed_upstream:
             return difference
     return None
+
+
+def stop_at_inputs_difference(alignment: Alignment, evaluations_a: list[dict[str, Any]],
+                              evaluations_b: list[dict[str, Any]]) -> None:
+    """Leave uncompared every row at or after the first position the runs fed differently.
+
+    Each such row attended to the differing input, so its tensors differ
+    for that reason alone; the verdict already says where.  Evaluations
+    wholly past it move to ``beyond``; one that straddles it becomes a split
+    group of its rows before it (compared per token); earlier evaluations
+    and graphs of unknown inputs stay.  ``compare --past-inputs`` skips this.
+    """
+    difference = alignment.inputs_differ
+    if difference is None:
+        return
+    by_a = {e["index"]: e for e in evaluations_a}
+    by_b = {e["index"]: e for e in evaluations_b}
+    kept = []
+    for pair in alignment.pairs:
+        a, b = by_a[pair.a], by_b[pair.b]
+        if pair.a < difference.eval_a or not (_known(a) and _known(b)):
+            kept.append(pair)
+            continue
+        positions_a, positions_b = _positions(a["inputs"]), _positions(b["inputs"])
+        fed_a, fed_b = _fed(a["inputs"]), _fed(b["inputs"])
+        rows = []
+        for row, (position, position_b) in enumerate(zip(positions_a, positions_b, strict=False)):
+            if position != position_b or position >= difference.position or fed_a[row] != fed_b[row]:
+                break
+            rows.append(RowPair(position, pair.a, row, pair.b, row))
+        if len(rows) == len(positions_a) == len(positions_b):
+            kept.append(pair)
+        elif rows:
+            alignment.splits.append(SplitGroup((pair.a,), (pair.b,), tuple(rows)))
+        else:
+            alignment.beyond.append(pair)
+    alignment.pairs = kept
+    groups = []
+    for group in alignment.splits:
+        rows = tuple(r for r in group.rows if r.eval_a < difference.eval_a or r.position < difference.position)
+        if rows:
+            groups.append(SplitGroup(group.evals_a, group.evals_b, rows))
+        else:  # every row of it is past the difference: its evaluations are left uncompared, as pairs are
+            alignment.beyond.extend([Pair(a, group.evals_b[0], DIFFERING) for a in group.evals_a]
+                                    + [Pair(group.evals_a[0], b, DIFFERING) for b in group.evals_b[1:]])
+    alignment.splits = sorted(groups, key=lambda group: group.evals_a[0])
 
 
 def _align_gap(gap_a: list[dict[str, Any]], gap_b: list[dict[str, Any]], alignment: Alignment) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from inspector.compare import rows as split_rows
 from inspector.compare import verdict
-from inspector.compare.align import Alignment, SplitGroup, align
+from inspector.compare.align import Alignment, SplitGroup, align, stop_at_inputs_difference
 from inspector.compare.metrics import PairAccumulator, PairMetrics, identical_metrics
 from inspector.compare.origins import Origin, find_origins
 from inspector.compare.tolerance import Tolerance
@@ -238,11 +238,13 @@ def _split_comparisons(dump_a: Dump, dump_b: Dump, group: SplitGroup, entries_a:
 
 
 def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, patterns: list[str] | None = None,
-                  name_map: dict[str, str] | None = None) -> Comparison:
+                  name_map: dict[str, str] | None = None, past_inputs: bool = False) -> Comparison:
     """Compare dump B against reference dump A.
 
     ``patterns`` (globs) filter by A's names; ``name_map`` maps an A name to
-    the B name it should be paired with.
+    the B name it should be paired with.  When the runs were fed different
+    inputs, only what they computed before the first difference is compared,
+    unless ``past_inputs``.
     """
     name_map = name_map or {}
     b_to_a = {b: a for a, b in name_map.items()}
@@ -250,9 +252,11 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
         # Read once: each read walks every evaluation group of the file and parses its info.
         evaluations_a, evaluations_b = dump_a.evaluations, dump_b.evaluations
         alignment = align(evaluations_a, evaluations_b)
+        if not past_inputs:
+            stop_at_inputs_difference(alignment, evaluations_a, evaluations_b)
         # B's evaluation index as A's; identity when pairing by index, so unpaired evaluations keep theirs.
         a_of_b = {b: a for a, b in alignment.b_of_a().items()}
-        only_a, only_b = alignment.only_in("a"), alignment.only_in("b")
+        only_a, only_b = alignment.uncompared("a"), alignment.uncompared("b")
         group_a = {index: group for group in alignment.splits for index in group.evals_a}
         group_b = {index: group for group in alignment.splits for index in group.evals_b}
         split_a: dict[int, list[Entry]] = {id(g): [] for g in alignment.splits}

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from inspector.compare import verdict  # noqa: E402
+from inspector.compare.align import align  # noqa: E402
 from inspector.compare.runs import compare_dumps  # noqa: E402
 from inspector.compare.tolerance import Tolerance  # noqa: E402
 from inspector.constants import MAX_HEATMAP_SIDE, STREAM_CHUNK_BYTES  # noqa: E402
@@ -302,9 +303,22 @@ def difference_along_execution(path_a: str | Path, path_b: str | Path, tolerance
                          "comparison": comparison})
 
 
+def _aligned_evaluation(dump_a: Dump, dump_b: Dump, eval_index: int) -> int:
+    """B's evaluation that computed what A's ``eval_index`` did (a warm-up in B shifts every index)."""
+    alignment = align(dump_a.evaluations, dump_b.evaluations)
+    if any(eval_index in group.evals_a for group in alignment.splits):
+        raise InspectorError(f"A's evaluation {eval_index} was batched otherwise in B, so no evaluation of B holds "
+                             "the same rows; compare compares them per token")
+    b_of_a = alignment.b_of_a()
+    if eval_index not in b_of_a:
+        raise InspectorError(f"A's evaluation {eval_index} computed nothing B computed ({alignment.summary()})")
+    return b_of_a[eval_index]
+
+
 def element_difference(dump_a: Dump, dump_b: Dump, name: str, eval_index: int | None, occurrence: int,
                        slicing: str | None = None, title: str | None = None) -> Plot:
-    entry_a, entry_b = dump_a.find(name, eval_index, occurrence), dump_b.find(name, eval_index, occurrence)
+    entry_a = dump_a.find(name, eval_index, occurrence)
+    entry_b = dump_b.find(name, _aligned_evaluation(dump_a, dump_b, entry_a.eval_index), occurrence)
     if entry_a.shape != entry_b.shape:
         raise InspectorError(f"{name}: shapes differ ({entry_a.shape} vs {entry_b.shape})")
     positions, _steps = selected_positions(entry_a.shape, slicing)
