@@ -21,7 +21,7 @@ from test_evaluation_inputs import RUN, tokenizer_ids
 from test_exec import compile_program
 
 from inspector import open_dump
-from inspector.compare.align import CONTENT, INDEX, ORDER, POSITIONS, Pair, align
+from inspector.compare.align import CONTENT, DIFFERING, INDEX, ORDER, POSITIONS, Pair, align, stop_at_inputs_difference
 from inspector.compare.report import render_text, to_json
 from inspector.compare.runs import Comparison
 from inspector.compare.tolerance import preset
@@ -82,10 +82,14 @@ def test_one_token_differing_pairs_by_positions_and_names_the_first_difference()
 
 def test_a_longer_prompt_after_a_warm_up_pairs_with_the_prompt_and_compares_the_rows_before_the_difference():
     # A fed 1 5 6; B warmed up on 1 2, then fed 1 5 6 7: the prompt, not the warm-up, pairs with A's.
-    alignment = align([tokens(0, [1, 5, 6], 0)], [tokens(0, [1, 2], 0), tokens(1, PROMPT_A, 0)])
-    assert alignment.pairs == []
-    assert [(g.evals_a, g.evals_b, [r.position for r in g.rows]) for g in alignment.splits] == [((0,), (1,), [0, 1, 2])]
+    a, b = [tokens(0, [1, 5, 6], 0)], [tokens(0, [1, 2], 0), tokens(1, PROMPT_A, 0)]
+    alignment = align(a, b)
+    assert alignment.pairs == [Pair(0, 1, DIFFERING)] and alignment.splits == []
     assert [(one.side, one.index) for one in alignment.one_sided] == [("b", 0)]
+    # What compare does by default: the rows both fed alike, before the difference, compared per token.
+    stop_at_inputs_difference(alignment, a, b)
+    assert alignment.pairs == [] and alignment.beyond == []
+    assert [(g.evals_a, g.evals_b, [r.position for r in g.rows]) for g in alignment.splits] == [((0,), (1,), [0, 1, 2])]
     assert alignment.inputs_differ.describe() == ("inputs differ at evaluation 0 of A, 1 of B position 3: "
                                                   "A nothing, B token 7")
 
@@ -140,9 +144,13 @@ def test_a_warm_up_and_other_batch_splits_together():
 
 
 def test_one_token_differing_in_other_batch_splits_names_its_position_and_keeps_the_rows_before():
-    alignment = align([tokens(0, [1, 5, 6, 7, 8, 9], 0)], [tokens(0, [1, 5, 6], 0), tokens(1, [4, 8, 9], 3)])
+    a, b = [tokens(0, [1, 5, 6, 7, 8, 9], 0)], [tokens(0, [1, 5, 6], 0), tokens(1, [4, 8, 9], 3)]
+    alignment = align(a, b)
     assert alignment.inputs_differ.describe() == ("inputs differ at evaluation 0 of A, 1 of B position 3: "
                                                   "A token 7, B token 4")
+    # Rows 4 and 5 were fed alike too, but after the difference: compare leaves them unless --past-inputs.
+    assert [r.position for r in alignment.splits[0].rows] == [0, 1, 2, 4, 5]
+    stop_at_inputs_difference(alignment, a, b)
     assert [r.position for r in alignment.splits[0].rows] == [0, 1, 2]
 
 

@@ -70,6 +70,9 @@ def test_one_ubatch_against_ubatches_of_3_compares_every_token_row_and_passes(ti
     assert f"{n_prompt} rows compared per token (1 group: {n_prompt} rows of A's evaluation 0 as B's 0-" in text
     assert "tensors not comparable across different batches: it has no token rows" in text
     assert text.splitlines()[-1].startswith("PASS: ")
+    report = one.parent / "report.html"
+    assert cli("report", one, three, "-o", report).returncode == 0
+    assert f"{n_prompt} rows compared per token" in report.read_text()
 
 
 def plant(path: Path, name: str, eval_index: int, row: int) -> None:
@@ -129,3 +132,27 @@ def test_one_token_differing_in_other_splits_names_the_position_and_compares_the
     _, document = compare_json(one, three)
     row = next(t for t in document["tensors"] if t["name"] == "l_out-0")
     assert row["status"] == "identical" and row["note"] == f"compared per token: {position} token rows"
+
+
+def test_past_a_differing_input_nothing_is_compared_unless_asked(tiny_f32, tmp_path):
+    """The same batches, one token changed: the rows before it agree; --past-inputs compares what follows."""
+    other = PROMPT.replace("How", "Who")
+    ids_a, ids_b = tokenizer_ids(tiny_f32, PROMPT), tokenizer_ids(tiny_f32, other)
+    position = next(n for n, (x, y) in enumerate(zip(ids_a, ids_b, strict=True)) if x != y)
+    one = capture(tiny_f32, tmp_path / "one.h5", 512)
+    changed = capture(tiny_f32, tmp_path / "changed.h5", 512, prompt=other)
+    code, document = compare_json(one, changed)
+    assert code == 1 and document["alignment"]["inputs_differ"]["position"] == position
+    assert document["counts"]["diverged"] == 0 and document["first_divergence"] is None
+    row = next(t for t in document["tensors"] if t["name"] == "l_out-0")
+    assert row["status"] == "identical" and row["note"] == f"compared per token: {position} token rows"
+    # Both generated tokens came after the differing input: not compared.
+    assert [(p["a"], p["b"]) for p in document["alignment"]["beyond"]] == [(1, 1)]
+    assert "1 evaluation of A after the first differing input not compared" in cli("compare", one, changed).stdout
+    report = tmp_path / "report.html"
+    assert cli("report", one, changed, "-o", report).returncode == 0
+    assert document["alignment"]["inputs_differ"]["text"] in report.read_text()
+    code, document = compare_json(one, changed, "--past-inputs")
+    assert code == 1 and document["alignment"]["beyond"] == []
+    row = next(t for t in document["tensors"] if t["name"] == "l_out-0" and t["eval"] == 0)
+    assert row["status"] == "diverged" and row["note"] == ""

@@ -13,7 +13,7 @@ import pytest
 from conftest import rewrite_tensor, run_capture
 from test_cli import assert_one_line_error, cli
 
-from inspector.compare.runs import DIVERGED, IDENTICAL, MISMATCHED, MISSING, compare_dumps
+from inspector.compare.runs import DIVERGED, IDENTICAL, INCOMPARABLE, MISMATCHED, MISSING, compare_dumps
 from inspector.compare.tolerance import preset
 from inspector.dump.record import TensorRecord
 from inspector.dump.writer import DumpWriter
@@ -97,7 +97,14 @@ def test_nan_poisoned_tensor_is_found(planted, tmp_path):
 def test_different_prompts_give_a_report_not_a_traceback(tiny_f32, tmp_path):
     run_capture(tiny_f32, tmp_path / "short.h5", ("l_out-*",), prompt="short")
     run_capture(tiny_f32, tmp_path / "long.h5", ("l_out-*",), prompt="a much longer prompt")
-    comparison = compare_dumps(tmp_path / "short.h5", tmp_path / "long.h5", preset("f32"))
+    # Only BOS was fed alike: that row is compared, and agrees; nothing past the difference is compared.
+    stopped = compare_dumps(tmp_path / "short.h5", tmp_path / "long.h5", preset("f32"))
+    assert stopped.alignment.inputs_differ.position == 1 and not stopped.passed
+    # The last layer keeps the output rows only, and the row each run output is past the difference.
+    assert {row.status for row in stopped.rows} == {IDENTICAL, INCOMPARABLE}
+    assert {(row.status, row.note) for row in stopped.rows if row.name == "l_out-0"} == \
+        {(IDENTICAL, "compared per token: 1 token rows")}
+    comparison = compare_dumps(tmp_path / "short.h5", tmp_path / "long.h5", preset("f32"), past_inputs=True)
     # Per-token tensors differ in shape; the last layer keeps only the last token's row, so it compares.
     assert {row.status for row in comparison.rows} == {MISMATCHED, DIVERGED}
     assert all("shape" in row.note for row in comparison.rows if row.status == MISMATCHED)

@@ -36,17 +36,19 @@ def parse_maps(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.argument("dump_a", type=click.Path(path_type=Path))
 @click.argument("dump_b", type=click.Path(path_type=Path))
 @options.tensor_globs("Only tensors whose A name matches (repeatable).", keep_t=True)
-@options.tolerance
+@options.tolerance_for_runs
 @click.option("--atol", type=float, default=None, help="Absolute tolerance, element-wise.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance, element-wise.")
 @click.option("--nmse", type=float, default=None, help="Maximum normalised mean squared error.")
 @click.option("--map", "maps", multiple=True, metavar="NAME_A=NAME_B", help="Pair differently named tensors.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/compare.md).")
 @click.option("--csv", "as_csv", is_flag=True, help="One CSV row per tensor.")
-@click.option("--all", "show_all", is_flag=True, help="List identical tensors too.")
-def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str, atol: float | None,
+@click.option("--all", "show_all", is_flag=True, help="List identical and incomparable tensors too.")
+@click.option("--past-inputs", is_flag=True,
+              help="When the runs were fed different inputs, compare past the first difference too.")
+def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str | None, atol: float | None,
             rtol: float | None, nmse: float | None, maps: tuple[str, ...], as_json: bool, as_csv: bool,
-            show_all: bool) -> None:
+            show_all: bool, past_inputs: bool) -> None:
     """Compare run B against reference run A tensor by tensor; report the first divergence.
 
     Evaluations are first aligned by the tokens and positions they computed,
@@ -58,12 +60,12 @@ def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str
 
     from inspector.compare import report as compare_report
     from inspector.compare.runs import compare_dumps
-    from inspector.compare.tolerance import preset
+    from inspector.compare.tolerance import ToleranceRequest
 
     if as_json and as_csv:
         raise InspectorError("choose one of --json and --csv")
-    tolerance = preset(preset_name).with_overrides(nmse, atol, rtol)
-    comparison = compare_dumps(dump_a, dump_b, tolerance, list(globs) or None, parse_maps(maps))
+    comparison = compare_dumps(dump_a, dump_b, ToleranceRequest(preset_name, nmse, atol, rtol), list(globs) or None,
+                               parse_maps(maps), past_inputs)
     if as_json:
         click.echo(json.dumps(compare_report.to_json(comparison), indent=1))
     elif as_csv:

@@ -45,6 +45,11 @@ def apply(*decorators: Decorator) -> Decorator:
 tolerance = click.option(
     "--tolerance", "preset_name", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
     help="Threshold preset (docs/compare.md).")
+# compare, report and plot diff: without --tolerance the preset follows the two runs' recorded types.
+tolerance_for_runs = click.option(
+    "--tolerance", "preset_name", type=click.Choice(list(PRESETS)), default=None,
+    help="Threshold preset (docs/compare.md). Default: chosen from the runs' weight and KV cache types, flash "
+         "attention and batch splits, and said why (docs/compare.md, Default tolerance).")
 image_loader = click.option(
     "--loader", type=click.Choice(MLLAMA_IMAGE_LOADERS), default=MLLAMA_IMAGE_LOADERS[0], show_default=True,
     help="'hf-path' mimics transformers' load_image (EXIF rotation, alpha dropped).")

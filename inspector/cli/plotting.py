@@ -90,16 +90,16 @@ def plot_heatmap(dump: Path, tensor: str, eval_index: int | None, occurrence: in
 @click.argument("tensor", required=False)
 @click.option("-T", "--tensor", "-t", "--tensor-glob", "globs", multiple=True, metavar="GLOB",
               help="Tensors to compare (A names).")
-@options.tolerance
+@options.tolerance_for_runs
 @options.eval_index
 @options.occurrence
 @slicing
 @figure_options
-def plot_diff(dump_a: Path, dump_b: Path, tensor: str | None, globs: tuple[str, ...], preset_name: str,
+def plot_diff(dump_a: Path, dump_b: Path, tensor: str | None, globs: tuple[str, ...], preset_name: str | None,
               eval_index: int | None, occurrence: int, slicing: str | None, output: Path | None,
               title: str | None) -> None:
     """NMSE and max |a-b| along execution order with the first divergence; with TENSOR, B - A as a heatmap."""
-    from inspector.compare.tolerance import preset
+    from inspector.compare.tolerance import ToleranceRequest
     from inspector.dump.reader import open_dump
     from inspector.present import plots
 
@@ -108,7 +108,8 @@ def plot_diff(dump_a: Path, dump_b: Path, tensor: str | None, globs: tuple[str, 
             result = plots.element_difference(a, b, tensor, eval_index, occurrence, slicing, title)
         _save(result, output, f"{dump_a.stem}-vs-{dump_b.stem}-{tensor}", (dump_a, dump_b))
         return
-    result = plots.difference_along_execution(dump_a, dump_b, preset(preset_name), list(globs) or None, title)
+    result = plots.difference_along_execution(dump_a, dump_b, ToleranceRequest(preset_name), list(globs) or None,
+                                              title)
     _save(result, output, f"{dump_a.stem}-vs-{dump_b.stem}", (dump_a, dump_b))
 
 
@@ -156,14 +157,14 @@ def plot_sweep(summary: Path, per_layer: bool, output: Path | None, title: str |
 @click.argument("dump_a", type=click.Path(path_type=Path))
 @click.argument("dump_b", type=click.Path(path_type=Path), required=False)
 @options.output_file("HTML file (default: dumps/report-<A>.html).")
-@options.tolerance
-def report(dump_a: Path, dump_b: Path | None, output: Path | None, preset_name: str) -> None:
+@options.tolerance_for_runs
+def report(dump_a: Path, dump_b: Path | None, output: Path | None, preset_name: str | None) -> None:
     """Write one self-contained HTML report of run A, or of A compared with B (opens offline)."""
-    from inspector.compare.tolerance import preset
+    from inspector.compare.tolerance import ToleranceRequest
     from inspector.present.report import write_report
 
     output = output or Path(DEFAULT_DUMP_DIR) / f"report-{dump_a.stem}{'-vs-' + dump_b.stem if dump_b else ''}.html"
-    path = write_report(dump_a, dump_b, output, preset(preset_name))
+    path = write_report(dump_a, dump_b, output, ToleranceRequest(preset_name))
     click.echo(f"wrote {path}", err=True)
 
 

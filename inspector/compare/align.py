@@ -394,8 +394,9 @@ def _match_rows(known_a: list[dict[str, Any]], known_b: list[dict[str, Any]], al
     Returns the evaluations of each side now in a split group.  Evaluations
     are connected by their matched rows (A's 0..5 fed as B's 0..2 and 3..5).
     A group with a row left unmatched fed different inputs: its first such
-    row is a candidate for the verdict, and only the rows before it, which
-    both runs computed alike, are compared.
+    row is a candidate for the verdict (``stop_at_inputs_difference`` then
+    keeps only the rows before it).  One evaluation in each run, fed
+    differently, is no group: it pairs as such, after this.
     """
     grouped: dict[str, set[int]] = {"a": set(), "b": set()}
     rows_a, rows_b = _rows(known_a), _rows(known_b)
@@ -423,19 +424,18 @@ def _match_rows(known_a: list[dict[str, Any]], known_b: list[dict[str, Any]], al
         evals_b = sorted(index for side, index in members if side == "b")
         loose_a = [r for r in rows_a if r[2] in evals_a and r[2:] not in matched_a]
         loose_b = [r for r in rows_b if r[2] in evals_b and r[2:] not in matched_b]
-        first = loose_a[0] if loose_a else (loose_b[0] if loose_b else None)
-        # What the other run fed at that position may sit in an evaluation with no matched row at all.
-        loose_a = [r for r in rows_a if r[2:] not in matched_a]
-        loose_b = [r for r in rows_b if r[2:] not in matched_b]
-        limit = first[0] if first is not None else None
-        rows = tuple(RowPair(row_a[0], row_a[2], row_a[3], row_b[2], row_b[3]) for row_a, row_b in matched
-                     if ("a", row_a[2]) in members and (limit is None or row_a[0] < limit))
-        if first is not None:
-            alignment.row_differences.append(_row_difference(first, loose_a, loose_b, evals_a, evals_b))
-        if rows:
-            alignment.splits.append(SplitGroup(tuple(evals_a), tuple(evals_b), rows))
-            grouped["a"].update(evals_a)
-            grouped["b"].update(evals_b)
+        if (loose_a or loose_b) and len(evals_a) == len(evals_b) == 1:
+            continue  # one evaluation each, fed differently: they pair as such (the verdict is theirs)
+        if loose_a or loose_b:
+            # What the other run fed at that position may sit in an evaluation with no matched row at all.
+            alignment.row_differences.append(_row_difference(
+                loose_a[0] if loose_a else loose_b[0], [r for r in rows_a if r[2:] not in matched_a],
+                [r for r in rows_b if r[2:] not in matched_b], evals_a, evals_b))
+        alignment.splits.append(SplitGroup(tuple(evals_a), tuple(evals_b), tuple(
+            RowPair(row_a[0], row_a[2], row_a[3], row_b[2], row_b[3]) for row_a, row_b in matched
+            if ("a", row_a[2]) in members)))
+        grouped["a"].update(evals_a)
+        grouped["b"].update(evals_b)
     return grouped
 
 

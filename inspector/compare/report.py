@@ -14,13 +14,23 @@ from typing import Any
 
 import click
 
+from inspector.compare import settings
 from inspector.compare.origins import Origin
-from inspector.compare.runs import DIVERGED, IDENTICAL, MISMATCHED, MISSING, WITHIN, Comparison, TensorComparison
+from inspector.compare.runs import (
+    DIVERGED,
+    IDENTICAL,
+    INCOMPARABLE,
+    MISMATCHED,
+    MISSING,
+    WITHIN,
+    Comparison,
+    TensorComparison,
+)
 from inspector.formatting import evaluation_label, number, printable, shape_text, table
 
 JSON_SCHEMA_VERSION = 1
-MAX_CONFIG_CHANGES = 6
-STATUS_COLOURS = {IDENTICAL: "green", WITHIN: "cyan", DIVERGED: "red", MISSING: "yellow", MISMATCHED: "magenta"}
+STATUS_COLOURS = {IDENTICAL: "green", WITHIN: "cyan", DIVERGED: "red", MISSING: "yellow", MISMATCHED: "magenta",
+                  INCOMPARABLE: "blue"}
 
 
 def _label(row: TensorComparison) -> str:
@@ -84,11 +94,13 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "a": comparison.path_a,
         "b": comparison.path_b,
         "tolerance": {"name": tolerance.name, "nmse": tolerance.nmse, "atol": tolerance.atol,
-                      "rtol": tolerance.rtol},
+                      "rtol": tolerance.rtol, "reason": tolerance.reason or None},
         "passed": comparison.passed,
         "alignment": comparison.alignment.to_json() if comparison.alignment is not None else None,
         "counts": comparison.counts(),
         "config_differences": {k: list(v) for k, v in comparison.config_differences.items()},
+        "setting_differences": {k: list(v) for k, v in
+                                settings.setting_differences(comparison.config_differences).items()},
         "origins": [origin_json(origin) for origin in comparison.origins],
         "different_model": comparison.different_model,
         "incomplete_dumps": comparison.incomplete,
@@ -130,6 +142,21 @@ def _describe(row: TensorComparison) -> str:
             + (f"; {printable(row.note)}" if row.note else "") + f"; {buffers}")
 
 
+def _incomparable_summary(rows: list[TensorComparison], show_all: bool) -> list[str]:
+    """One line per reason tensors could not be compared, with a few names: they neither pass nor fail."""
+    reasons: dict[str, list[str]] = {}
+    for row in rows:
+        if row.status == INCOMPARABLE:
+            reasons.setdefault(row.note, []).append(_label(row))
+    lines = []
+    for reason, names in reasons.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        lines.append(f"{len(names)} tensor{'s' if len(names) != 1 else ''} {printable(reason)} ({shown})")
+    if lines and not show_all:
+        lines[-1] += "; --all lists them"
+    return lines
+
+
 def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
     """First divergence, then the table (only non-identical rows unless ``show_all``), then a summary."""
     def paint(text: str, status: str) -> str:
@@ -155,13 +182,9 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
             lines.append("  preceded by " + paint(_describe(row), row.status))
     if alignment is not None:
         lines.append(printable(alignment.summary()))
-    if comparison.config_differences:
-        items = list(comparison.config_differences.items())
-        changes = ", ".join(f"{printable(k)}: {printable(repr(a))} -> {printable(repr(b))}"
-                            for k, (a, b) in items[:MAX_CONFIG_CHANGES])
-        hidden = len(items) - MAX_CONFIG_CHANGES
-        more = f" (+{hidden} more; --json lists all)" if hidden > 0 else ""
-        lines.append(f"runs differ in: {changes}{more}")
+    changes = settings.describe(comparison.config_differences)
+    if changes:
+        lines.append(f"runs differ in: {printable(changes)}")
     if comparison.different_model:
         lines.append("warning: the runs used different model files (their fingerprints differ)")
     for path in comparison.incomplete:
@@ -169,7 +192,8 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
     for side in comparison.observer_failed:
         lines.append(f"warning: run {side}'s observer check failed: capturing changed its logits, so its tensors "
                      "describe a run that differs from the unobserved one")
-    shown = [row for row in comparison.rows if show_all or row.status != IDENTICAL]
+    lines.extend(_incomparable_summary(comparison.rows, show_all))
+    shown = [row for row in comparison.rows if show_all or row.status not in (IDENTICAL, INCOMPARABLE)]
     if shown:
         cells = []
         for row in shown:
@@ -188,8 +212,11 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
                                                  for line, row in zip(status_column[2:], shown, strict=True)]
         lines.extend(status_column)
     counts = comparison.counts()
-    summary = ", ".join(f"{counts[s]} {s}" for s in (IDENTICAL, WITHIN, DIVERGED, MISSING, MISMATCHED))
+    summary = ", ".join(f"{counts[s]} {s}" for s in (IDENTICAL, WITHIN, DIVERGED, MISSING, MISMATCHED)) \
+        + (f", {counts[INCOMPARABLE]} {INCOMPARABLE}" if counts[INCOMPARABLE] else "")
     verdict = "PASS" if comparison.passed else "FAIL"
+    if comparison.tolerance.reason:
+        lines.append(printable(comparison.tolerance.reason))
     lines.append(f"{verdict}: {len(comparison.rows)} tensors: {summary} "
                  f"(tolerance {comparison.tolerance.name})")
     return "\n".join(lines)

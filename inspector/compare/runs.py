@@ -23,7 +23,7 @@ from inspector.compare import verdict
 from inspector.compare.align import Alignment, SplitGroup, align, stop_at_inputs_difference
 from inspector.compare.metrics import PairAccumulator, PairMetrics, identical_metrics
 from inspector.compare.origins import Origin, find_origins
-from inspector.compare.tolerance import Tolerance
+from inspector.compare.tolerance import Tolerance, ToleranceRequest
 from inspector.compare.verdict import DIVERGED, IDENTICAL, INCOMPARABLE, MISMATCHED, MISSING, STATUSES, WITHIN
 from inspector.constants import STREAM_CHUNK_BYTES
 from inspector.dump.format import STORED_STATS
@@ -237,9 +237,14 @@ def _split_comparisons(dump_a: Dump, dump_b: Dump, group: SplitGroup, entries_a:
     return compared
 
 
-def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, patterns: list[str] | None = None,
-                  name_map: dict[str, str] | None = None, past_inputs: bool = False) -> Comparison:
+def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance | ToleranceRequest,
+                  patterns: list[str] | None = None, name_map: dict[str, str] | None = None,
+                  past_inputs: bool = False) -> Comparison:
     """Compare dump B against reference dump A.
+
+    A ``ToleranceRequest`` is resolved from both runs' configurations and
+    whether the alignment found them batched otherwise (``docs/compare.md``,
+    "Default tolerance").
 
     ``patterns`` (globs) filter by A's names; ``name_map`` maps an A name to
     the B name it should be paired with.  When the runs were fed different
@@ -252,6 +257,8 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance, 
         # Read once: each read walks every evaluation group of the file and parses its info.
         evaluations_a, evaluations_b = dump_a.evaluations, dump_b.evaluations
         alignment = align(evaluations_a, evaluations_b)
+        if isinstance(tolerance, ToleranceRequest):
+            tolerance = tolerance.resolve(dump_a.config, dump_b.config, splits_differ=bool(alignment.splits))
         if not past_inputs:
             stop_at_inputs_difference(alignment, evaluations_a, evaluations_b)
         # B's evaluation index as A's; identity when pairing by index, so unpaired evaluations keep theirs.

@@ -98,8 +98,10 @@ def configuration(dump: Dump, command_line: str | None) -> str:
              if key not in ("model_facts", "select")]
     facts = dump.config.get("model_facts", {})
     if isinstance(facts, dict) and facts:
+        weights = f", weights {printable(facts['file_type'])}" if facts.get("file_type") else ""
         lines.append(f"model: {printable(facts.get('name') or '-')} ({printable(facts.get('architecture') or '?')}), "
-                     f"{printable(facts.get('size'))} bytes, fingerprint {printable(facts.get('fingerprint'))}")
+                     f"{printable(facts.get('size'))} bytes, fingerprint {printable(facts.get('fingerprint'))}"
+                     f"{weights}")
     if dump.result and dump.result.get("token_ids") is not None:
         lines.append(f"tokens: {printable(dump.result['token_ids'])}")
     if command_line:

@@ -247,14 +247,32 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _skip_array(data: bytes, offset: int) -> int:
+    """The offset after the array value at ``offset``, or past ``len(data)`` when it does not end within ``data``."""
+    element_type, count = struct.unpack_from("<IQ", data, offset)
+    offset += 12
+    if element_type in _STRUCT_FORMATS:
+        return offset + count * struct.calcsize(_STRUCT_FORMATS[element_type])
+    if element_type != GGUF_TYPE_STRING or count > len(data):
+        return len(data) + 1
+    for _ in range(count):
+        if offset + 8 > len(data):
+            return len(data) + 1
+        offset += 8 + struct.unpack_from("<Q", data, offset)[0]
+    return offset
+
+
 def read_leading_metadata(path: str | os.PathLike[str], keys: tuple[str, ...],
                           max_bytes: int = LEADING_METADATA_BYTES) -> dict[str, Any]:
     """Scalar metadata values among the keys at the start of the file, reading at most ``max_bytes``.
 
-    Converters write ``general.architecture`` and ``general.name`` first and the
-    vocabulary arrays after them, so the keys a dump records are read in
-    microseconds; the scan stops at the first array (or the byte bound) rather
-    than walking an O(vocabulary) array.  A key not found by then is absent.
+    Converters write ``general.*`` keys and hyperparameters (``general.file_type``
+    among them) first and the vocabulary arrays after them, so the keys a dump
+    records are read in microseconds.  An array is skipped when it ends within
+    the bound (``general.tags``, before ``general.file_type`` in most converted
+    models); the scan stops at the first one that does not (the vocabulary), or
+    at the bound, rather than walking O(vocabulary).  A key not found by then is
+    absent.
     """
     with open(path, "rb") as handle:
         data = handle.read(max_bytes)
@@ -279,8 +297,13 @@ def read_leading_metadata(path: str | os.PathLike[str], keys: tuple[str, ...],
             elif value_type in _STRUCT_FORMATS:
                 value = struct.unpack_from(_STRUCT_FORMATS[value_type], data, offset)[0]
                 offset += struct.calcsize(_STRUCT_FORMATS[value_type])
+            elif value_type == GGUF_TYPE_ARRAY:
+                offset = _skip_array(data, offset)
+                if offset > len(data):
+                    break  # the vocabulary, or another array past the bound: not worth walking
+                continue
             else:
-                break  # an array: what follows is the vocabulary, not worth walking
+                break
             if key in keys:
                 found[key] = value
                 if len(found) == len(keys):

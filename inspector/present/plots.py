@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from inspector.compare import verdict  # noqa: E402
 from inspector.compare.align import align  # noqa: E402
 from inspector.compare.runs import compare_dumps  # noqa: E402
-from inspector.compare.tolerance import Tolerance  # noqa: E402
+from inspector.compare.tolerance import Tolerance, ToleranceRequest  # noqa: E402
 from inspector.constants import MAX_HEATMAP_SIDE, STREAM_CHUNK_BYTES  # noqa: E402
 from inspector.dump.format import TensorStats  # noqa: E402
 from inspector.dump.reader import Dump, Entry  # noqa: E402
@@ -272,9 +272,10 @@ def heatmap(dump: Dump, entry: Entry, slicing: str | None = None, title: str | N
     return Plot(figure, {"image": view, "limits": (low, high), "steps": steps})
 
 
-def difference_along_execution(path_a: str | Path, path_b: str | Path, tolerance: Tolerance,
+def difference_along_execution(path_a: str | Path, path_b: str | Path, tolerance: Tolerance | ToleranceRequest,
                                patterns: list[str] | None = None, title: str | None = None) -> Plot:
     comparison = compare_dumps(path_a, path_b, tolerance, patterns)
+    tolerance = comparison.tolerance
     rows = [row for row in comparison.rows if row.metrics is not None]
     if not rows:
         raise InspectorError("no tensor pair to compare")

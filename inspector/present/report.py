@@ -13,15 +13,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from inspector.compare import settings
 from inspector.compare.report import STATUS_COLOURS, describe_origin
 from inspector.compare.runs import flatten_config
-from inspector.compare.tolerance import Tolerance
+from inspector.compare.tolerance import Tolerance, ToleranceRequest
 from inspector.constants import TOOL_VERSION
 from inspector.dump.reader import Dump, open_dump
 from inspector.errors import InspectorError
 from inspector.files.outputs import check_output, write_text
 from inspector.formatting import number, shape_text
-from inspector.present import plots
+from inspector.present import graph_picture, plots
 
 MAX_TABLE_ROWS = 2000
 CSS = """
@@ -31,8 +32,10 @@ table { border-collapse: collapse; font-size: 0.85em; } td, th { border: 1px sol
 th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-family: monospace; }
 tr.first { outline: 3px solid #d00; background: #fee; } tr.differs td { background: #fff6d5; }
 .identical { color: #080; } .within { color: #088; } .diverged { color: #c00; font-weight: bold; }
-.missing { color: #a70; } .mismatched { color: #a0a; font-weight: bold; }
+.missing { color: #a70; } .mismatched { color: #a0a; font-weight: bold; } .incomparable { color: #36c; }
 img { max-width: 100%; border: 1px solid #eee; } .answer { font-size: 1.1em; padding: 0.6em; background: #f7f7ff; }
+figure.graph { margin: 1em 0; } figure.graph svg { max-width: 100%; height: auto; }
+.swatch { border: 1px solid #999; padding: 0 4px; font-size: 0.85em; }
 """
 
 
@@ -61,9 +64,11 @@ def _config_table(dumps: list[Dump]) -> str:
     return f"<table><tr><th>setting</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance) -> tuple[str, str]:
+def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance | ToleranceRequest, dumps: list[Dump]
+                     ) -> tuple[str, str]:
     diff_plot = plots.difference_along_execution(path_a, path_b, tolerance)
     comparison = diff_plot.data["comparison"]
+    tolerance = comparison.tolerance
     first = comparison.first_divergence
     answer = "no divergence: every compared tensor is within tolerance" if first is None else (
         f"first divergence: <b>{_e(comparison.rows[first].name)}</b> "
@@ -72,6 +77,9 @@ def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance) -> tuple[
         f"{_e(comparison.rows[first].buffer_b)})")
     if comparison.origins:
         answer = f"first origin: {_e(describe_origin(comparison.origins[0]))}<br>{answer}"
+    alignment = comparison.alignment
+    if alignment is not None and alignment.inputs_differ is not None:
+        answer = f"<span class='diverged'>{_e(alignment.inputs_differ.describe())}</span><br>{answer}"
     for side in comparison.observer_failed:
         answer += f"<br>warning: run {side}'s observer check failed: capturing changed its logits"
     rows = []
@@ -89,8 +97,12 @@ def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance) -> tuple[
     summary = ", ".join(f"<span class='{s}'>{counts[s]} {s}</span>" for s in STATUS_COLOURS)
     more = f"<p>(first {MAX_TABLE_ROWS} of {len(comparison.rows)} rows)</p>" if len(comparison.rows) > \
         MAX_TABLE_ROWS else ""
-    section = (f"<p class='answer'>{answer}</p><p>{summary} (tolerance {tolerance.name})</p>"
-               f"<img alt='difference along execution' src='{_png(diff_plot)}'>"
+    picture = graph_picture.picture_html(comparison, dumps[0], dumps[1])
+    changes = settings.describe(comparison.config_differences)
+    notes = "".join(f"<p>{_e(note)}</p>" for note in (alignment.summary() if alignment else "", tolerance.reason,
+                                                      changes and f"runs differ in: {changes}") if note)
+    section = (f"<p class='answer'>{answer}</p><p>{summary} (tolerance {tolerance.name})</p>{notes}"
+               f"<img alt='difference along execution' src='{_png(diff_plot)}'>{picture}"
                "<table><tr><th>eval</th><th>tensor</th><th>status</th><th>shape</th><th>NMSE</th><th>max |a-b|</th>"
                f"<th>cosine</th><th>buffer A</th><th>buffer B</th></tr>{''.join(rows)}</table>{more}")
     verdict = "PASS" if comparison.passed else "FAIL"
@@ -105,7 +117,8 @@ def _layer_patterns(dump: Dump) -> list[str]:
     return []
 
 
-def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Path, tolerance: Tolerance) -> Path:
+def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Path,
+                 tolerance: Tolerance | ToleranceRequest) -> Path:
     """Write the report of A (or A against B) to ``output``, replacing an older report there.
 
     The file appears only once the report is whole (a failure leaves the old
@@ -125,7 +138,7 @@ def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Pa
                 parts.append(f"<p class='diverged'>{_e(dump.path.name)} is incomplete: "
                              f"{_e(dump.incomplete_reason)}</p>")
         if len(dumps) == 2:
-            section, verdict = _compare_section(paths[0], paths[1], tolerance)
+            section, verdict = _compare_section(paths[0], paths[1], tolerance, dumps)
             parts.append(f"<h2>Comparison: {verdict}</h2>{section}")
         parts.append(f"<h2>Run configuration{'s' if len(dumps) > 1 else ''}</h2>{_config_table(dumps)}")
         for dump in dumps:
