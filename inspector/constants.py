@@ -140,3 +140,7 @@ LLAMA_MAX_INT32 = 2**31 - 1
 # that declares more is refused before anything is allocated. A real model's largest weight (an f16
 # embedding of 128k x 4k) is 1 GiB.
 REPLAY_MAX_BYTES = 2 * 1024**3
+
+# The ``runner`` a reference implementation's dump records (``capture-hf``): a tensor its name map does not
+# name is absent by design, not missing.
+REFERENCE_RUNNER = "capture-hf"

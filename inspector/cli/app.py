@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
-from inspector.cli import comparing, dumps, mllama, plotting, running, servers
+from inspector.cli import comparing, dumps, mllama, plotting, reference, running, servers
 from inspector.constants import TOOL_VERSION
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.formatting import printable
@@ -81,6 +81,6 @@ def main() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-for module in (running, dumps, comparing, mllama, plotting, servers):
+for module in (running, reference, dumps, comparing, mllama, plotting, servers):
     for command in module.COMMANDS:
         main.add_command(command)

@@ -265,7 +265,8 @@ def _click_option(option: LlamaOption, extra_aliases: tuple[str, ...] = ()
     return click.option(*names, option.field, **settings)
 
 
-def _read_prompt_file(path: Path) -> str:
+def read_prompt_file(path: Path) -> str:
+    """A prompt file's text: a regular file, UTF-8, bounded; one trailing newline dropped (as llama.cpp does)."""
     try:
         with open_regular_file(path, "a prompt file") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -298,7 +299,7 @@ def config_from_values(values: dict[str, Any], model_argument: Path | None, mode
         if settings.get("prompt"):
             raise InspectorError("give the prompt with one of -p/--prompt and -f/--file")
         path = settings["prompt_file"]
-        settings["prompt"] = _read_prompt_file(path)
+        settings["prompt"] = read_prompt_file(path)
         settings["prompt_file"] = str(path)
     if settings.pop("no_mmap", False):
         if settings.get("load_mode", "auto") not in ("auto", "none"):

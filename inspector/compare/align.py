@@ -274,10 +274,40 @@ def align(evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any
         if a is not None and b is not None:
             alignment.pairs.append(Pair(a["index"], b["index"], CONTENT))
         start_a, start_b = end_a + 1, end_b + 1
+    _rows_for_other_outputs(alignment, evaluations_a, evaluations_b)
     alignment.pairs.sort(key=lambda pair: pair.a)
     alignment.splits.sort(key=lambda group: group.evals_a[0])
     alignment.inputs_differ = _verdict(alignment, evaluations_a, evaluations_b)
     return alignment
+
+
+def _rows_for_other_outputs(alignment: Alignment, evaluations_a: list[dict[str, Any]],
+                            evaluations_b: list[dict[str, Any]]) -> None:
+    """Content pairs whose runs asked for other output rows compare per token instead.
+
+    After llama.cpp's ``out_ids`` selection the last layer holds only the
+    output rows: one row in a run that wants the next token, every row in
+    one that wants all logits (``--all-logits``, a reference
+    implementation).  Whole tensors would then differ in shape; per token,
+    the rows both computed compare.
+    """
+    by_a = {e["index"]: e for e in evaluations_a}
+    by_b = {e["index"]: e for e in evaluations_b}
+    kept = []
+    for pair in alignment.pairs:
+        inputs_a, inputs_b = by_a[pair.a].get("inputs"), by_b[pair.b].get("inputs")
+        if pair.rule != CONTENT or _outputs(inputs_a) == _outputs(inputs_b):
+            kept.append(pair)
+            continue
+        rows = tuple(RowPair(position, pair.a, row, pair.b, row)
+                     for row, position in enumerate(_positions(inputs_a)[:_row_count(by_a[pair.a])]))
+        alignment.splits.append(SplitGroup((pair.a,), (pair.b,), rows))
+    alignment.pairs = kept
+
+
+def _outputs(inputs: Any) -> list[int] | None:
+    outputs = inputs.get("outputs") if isinstance(inputs, dict) else None
+    return [int(row) for row in outputs] if isinstance(outputs, list) else None
 
 
 def _verdict(alignment: Alignment, evaluations_a: list[dict[str, Any]], evaluations_b: list[dict[str, Any]]

@@ -12,6 +12,7 @@ tensors compare in a few MB of RAM.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ from inspector.compare import verdict
 from inspector.compare.align import Alignment, SplitGroup, align, stop_at_inputs_difference
 from inspector.compare.metrics import PairAccumulator, PairMetrics, identical_metrics
 from inspector.compare.origins import Origin, find_origins
+from inspector.compare.rules import Rules
 from inspector.compare.tolerance import Tolerance, ToleranceRequest
 from inspector.compare.verdict import DIVERGED, IDENTICAL, INCOMPARABLE, MISMATCHED, MISSING, STATUSES, WITHIN
-from inspector.constants import STREAM_CHUNK_BYTES
+from inspector.constants import REFERENCE_RUNNER, STREAM_CHUNK_BYTES
 from inspector.dump.format import STORED_STATS
 from inspector.dump.reader import Dump, Entry, matches_globs, open_dump
 from inspector.formatting import evaluation_label
@@ -64,6 +66,10 @@ class TensorComparison:
     eval_kind: str = ""
     # B's evaluation aligned with A's ``eval_index`` (None: the tensor is in A only, or pairing is by index).
     eval_index_b: int | None = None
+    # The thresholds that judged the pair: the preset, or the tolerance rule its name matched (``--rules``).
+    threshold: Tolerance | None = None
+    # Which run is closer to a reference run (``--reference``): an inspector.compare.reference.Closeness.
+    reference: Any = None
 
     @property
     def evaluation_label(self) -> str:
@@ -91,6 +97,10 @@ class Comparison:
     observer_failed: list[str] = field(default_factory=list)
     # Which evaluation of B computed what each of A's did (inspector.compare.align).
     alignment: Alignment | None = None
+    # The tolerance rules in use (``--rules``), which judged the rows their patterns match.
+    rules: Rules | None = None
+    # What a reference run says of the differences (``--reference``): an inspector.compare.reference.Finding.
+    reference: Any = None
 
     @property
     def first_divergence(self) -> int | None:
@@ -144,7 +154,7 @@ def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tol
         eval_index=a.eval_index, eval_index_b=b.eval_index, name=a.name, occurrence=a.occurrence, status=IDENTICAL,
         name_b=b.name if b.name != a.name else "", node_a=a.node_index, node_b=b.node_index,
         op_a=a.op, op_b=b.op, shape_a=a.shape, shape_b=b.shape, type_a=a.ggml_type, type_b=b.ggml_type,
-        buffer_a=a.buffer, buffer_b=b.buffer,
+        buffer_a=a.buffer, buffer_b=b.buffer, threshold=tolerance,
     )
     notes = []
     ops_differ = a.op != b.op and not {a.op, b.op} & EXTERNAL_OPS
@@ -197,14 +207,25 @@ def _one_sided(entry: Entry, side: str, eval_index: int) -> TensorComparison:
     return row
 
 
+def _absent_from_references(rows: list[TensorComparison], dump_a: Dump, dump_b: Dump) -> None:
+    """Tensors missing from a reference implementation's dump are what its map does not name, not a failure."""
+    for side, dump in (("a", dump_a), ("b", dump_b)):
+        if dump.config.get("runner") != REFERENCE_RUNNER:
+            continue
+        for row in rows:
+            if row.status == MISSING and row.present_in not in ("both", side):
+                row.status, row.note = INCOMPARABLE, "not in the reference: its name map does not name it"
+
+
 def _split_comparisons(dump_a: Dump, dump_b: Dump, group: SplitGroup, entries_a: list[Entry],
                        entries_b: list[tuple[str, Entry]], inputs: tuple[dict[int, Any], dict[int, Any]],
                        keys: tuple[dict[tuple[int, str, int], Entry], dict[tuple[int, str, int], Entry]],
-                       tolerance: Tolerance) -> list[tuple[tuple[int, int, int], TensorComparison]]:
+                       judge_with: Callable[[str], Tolerance]) -> list[tuple[tuple[int, int, int], TensorComparison]]:
     """Every tensor of a split group's evaluations, compared per token (``inspector.compare.rows``).
 
     ``entries_b`` carry the name each B tensor has in A (``--map``).  A row
     stands for the whole group: A's first evaluation of it, and B's.
+    ``judge_with`` gives the thresholds for an A name.
     """
     tensors: dict[tuple[str, int], split_rows.SplitTensor] = {}
     records_a, records_b = dump_a.metadata_of(entries_a), dump_b.metadata_of([e for _, e in entries_b])
@@ -222,14 +243,16 @@ def _split_comparisons(dump_a: Dump, dump_b: Dump, group: SplitGroup, entries_a:
             side, entry = ("a", tensor.first_a) if tensor.entries_a else ("b", tensor.first_b)
             row = _one_sided(entry, side, group.evals_a[0])
         else:
-            result = split_rows.compare_rows(dump_a, dump_b, group, tensor, *inputs, *keys, tolerance)
+            threshold = judge_with(tensor.name)
+            result = split_rows.compare_rows(dump_a, dump_b, group, tensor, *inputs, *keys, threshold)
             a, b = tensor.first_a, tensor.first_b
             row = TensorComparison(
                 eval_index=group.evals_a[0], eval_index_b=group.evals_b[0], name=tensor.name,
                 occurrence=tensor.occurrence, status=result.status, name_b=b.name if b.name != a.name else "",
                 node_a=a.node_index, node_b=b.node_index, op_a=a.op, op_b=b.op,
                 shape_a=result.shape or a.shape, shape_b=result.shape or b.shape, type_a=a.ggml_type,
-                type_b=b.ggml_type, buffer_a=a.buffer, buffer_b=b.buffer, note=result.note, metrics=result.metrics)
+                type_b=b.ggml_type, buffer_a=a.buffer, buffer_b=b.buffer, note=result.note, metrics=result.metrics,
+                threshold=threshold)
             if a.op != b.op and not {a.op, b.op} & EXTERNAL_OPS:
                 row.status, row.note = MISMATCHED, f"op {a.op} vs {b.op}; {result.note}"
         node = row.node_a if row.node_a is not None else row.node_b
@@ -239,7 +262,7 @@ def _split_comparisons(dump_a: Dump, dump_b: Dump, group: SplitGroup, entries_a:
 
 def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance | ToleranceRequest,
                   patterns: list[str] | None = None, name_map: dict[str, str] | None = None,
-                  past_inputs: bool = False) -> Comparison:
+                  past_inputs: bool = False, rules: Rules | None = None) -> Comparison:
     """Compare dump B against reference dump A.
 
     A ``ToleranceRequest`` is resolved from both runs' configurations and
@@ -249,7 +272,8 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance |
     ``patterns`` (globs) filter by A's names; ``name_map`` maps an A name to
     the B name it should be paired with.  When the runs were fed different
     inputs, only what they computed before the first difference is compared,
-    unless ``past_inputs``.
+    unless ``past_inputs``.  ``rules`` judge the tensors their patterns match
+    (first match wins), the tolerance the rest.
     """
     name_map = name_map or {}
     b_to_a = {b: a for a, b in name_map.items()}
@@ -259,6 +283,10 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance |
         alignment = align(evaluations_a, evaluations_b)
         if isinstance(tolerance, ToleranceRequest):
             tolerance = tolerance.resolve(dump_a.config, dump_b.config, splits_differ=bool(alignment.splits))
+        preset = tolerance
+
+        def judge_with(name: str) -> Tolerance:
+            return rules.judge_with(name, preset) if rules is not None else preset
         if not past_inputs:
             stop_at_inputs_difference(alignment, evaluations_a, evaluations_b)
         # B's evaluation index as A's; identity when pairing by index, so unpaired evaluations keep theirs.
@@ -291,11 +319,11 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance |
             keys = ({entry.key: entry for entry in dump_a.entries()}, {entry.key: entry for entry in dump_b.entries()})
             for group in alignment.splits:
                 ordered.extend(_split_comparisons(dump_a, dump_b, group, split_a[id(group)], split_b[id(group)],
-                                                  inputs, keys, tolerance))
+                                                  inputs, keys, judge_with))
         for position, entry in enumerate(entries_a):
             partner = by_key_b.pop(tensor_key(*entry.key), None)
             row = _one_sided(entry, "a", entry.eval_index) if partner is None \
-                else _compare_pair(dump_a, entry, dump_b, partner, tolerance)
+                else _compare_pair(dump_a, entry, dump_b, partner, judge_with(entry.name))
             ordered.append(((entry.eval_index, entry.node_index, position), row))
         for position, (key, entry) in enumerate(by_key_b.items()):
             ordered.append(((key[0], entry.node_index, len(entries_a) + position), _one_sided(entry, "b", key[0])))
@@ -306,10 +334,11 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance |
             row.eval_kind = kinds.get(row.eval_index, "")
         incomplete = [str(d.path) for d in (dump_a, dump_b) if not d.complete]
         rows = [row for _, row in ordered]
+        _absent_from_references(rows, dump_a, dump_b)
         return Comparison(path_a=str(path_a), path_b=str(path_b), tolerance=tolerance, rows=rows,
                           config_differences=config_differences(dump_a.config, dump_b.config),
                           incomplete=incomplete, origins=find_origins(rows, dump_a, dump_b, filtered=bool(patterns)),
                           observer_failed=[side for side, dump in (("A", dump_a), ("B", dump_b))
                                            if (dump.result.get("observer_check") or {}).get("identical") is False],
-                          alignment=alignment)
+                          alignment=alignment, rules=rules)
 

@@ -51,8 +51,8 @@ from typing import Any
 from inspector.errors import InspectorError
 
 # Weight types (gguf-py's ftype names, as model_facts.file_type records them) and KV cache types that are floats.
-FLOAT_WEIGHTS = frozenset({"F32", "F16", "BF16"})
-FLOAT_CACHES = frozenset({"f32", "f16", "bf16"})
+FLOAT_WEIGHTS = frozenset({"F64", "F32", "F16", "BF16"})
+FLOAT_CACHES = frozenset({"f64", "f32", "f16", "bf16"})
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class Tolerance:
     nmse: float | None
     atol: float = 0.0
     rtol: float = 0.0
+    # Further limits only a tolerance rule sets (``compare --rules``, inspector.compare.rules): None checks nothing.
+    max_abs: float | None = None
+    min_cosine: float | None = None
     # Why this preset: "tolerance quant: weights Q4_K_M, ...", shown by compare's text, --json and report.
     reason: str = field(default="", compare=False)
 

@@ -64,3 +64,13 @@ def regular_path(path: str | os.PathLike[str], what: str, error: type[InspectorE
     """``path`` as a Path, after :func:`check_regular_file` (for libraries that open it themselves)."""
     check_regular_file(path, what, error)
     return Path(path)
+
+
+def read_small_file(path: str | os.PathLike[str], limit: int, what: str,
+                    error: type[InspectorError] = InspectorError) -> bytes:
+    """A whole small file (a map or rules file, a prompt), refused in one line past ``limit`` bytes."""
+    with open_regular_file(path, what, error) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: over {limit} bytes, too large for {what}")
+    return data

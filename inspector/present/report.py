@@ -9,13 +9,15 @@ from __future__ import annotations
 import base64
 import html
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from inspector.compare import settings
-from inspector.compare.report import STATUS_COLOURS, describe_origin
-from inspector.compare.runs import flatten_config
+from inspector.compare.reference import attach_reference, layer_errors
+from inspector.compare.report import STATUS_COLOURS, describe_origin, row_note
+from inspector.compare.rules import Rules
+from inspector.compare.runs import Comparison, flatten_config
 from inspector.compare.tolerance import Tolerance, ToleranceRequest
 from inspector.constants import TOOL_VERSION
 from inspector.dump.reader import Dump, open_dump
@@ -64,11 +66,13 @@ def _config_table(dumps: list[Dump]) -> str:
     return f"<table><tr><th>setting</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance | ToleranceRequest, dumps: list[Dump]
-                     ) -> tuple[str, str]:
-    diff_plot = plots.difference_along_execution(path_a, path_b, tolerance)
+def _compare_section(path_a: Path, path_b: Path, request: Tolerance | ToleranceRequest, dumps: list[Dump],
+                     rules: Rules | None, reference: Path | None) -> tuple[str, str]:
+    diff_plot = plots.difference_along_execution(path_a, path_b, request, rules=rules)
     comparison = diff_plot.data["comparison"]
     tolerance = comparison.tolerance
+    if reference is not None:
+        attach_reference(comparison, reference, request, rules=rules)
     first = comparison.first_divergence
     answer = "no divergence: every compared tensor is within tolerance" if first is None else (
         f"first divergence: <b>{_e(comparison.rows[first].name)}</b> "
@@ -92,21 +96,52 @@ def _compare_section(path_a: Path, path_b: Path, tolerance: Tolerance | Toleranc
             f"<td class='{row.status}'>{row.status}</td><td>{_e(shape_text(row.shape_a or row.shape_b or ()))}</td>"
             f"<td class='num'>{number(m.nmse) if m else ''}</td><td class='num'>{number(m.max_abs_diff) if m else ''}"
             f"</td><td class='num'>{number(m.cosine) if m else ''}</td><td>{_e(row.buffer_a)}</td>"
-            f"<td>{_e(row.buffer_b)}</td></tr>")
+            f"<td>{_e(row.buffer_b)}</td><td>{_e(row_note(row, rules is not None))}</td></tr>")
     counts = comparison.counts()
     summary = ", ".join(f"<span class='{s}'>{counts[s]} {s}</span>" for s in STATUS_COLOURS)
     more = f"<p>(first {MAX_TABLE_ROWS} of {len(comparison.rows)} rows)</p>" if len(comparison.rows) > \
         MAX_TABLE_ROWS else ""
     picture = graph_picture.picture_html(comparison, dumps[0], dumps[1])
     changes = settings.describe(comparison.config_differences)
-    notes = "".join(f"<p>{_e(note)}</p>" for note in (alignment.summary() if alignment else "", tolerance.reason,
-                                                      changes and f"runs differ in: {changes}") if note)
+    notes = "".join(f"<p>{_e(note)}</p>" for note in (
+        alignment.summary() if alignment else "", tolerance.reason, rules.describe() if rules else "",
+        comparison.reference.summary() if comparison.reference else "", changes and f"runs differ in: {changes}")
+        if note)
     section = (f"<p class='answer'>{answer}</p><p>{summary} (tolerance {tolerance.name})</p>{notes}"
                f"<img alt='difference along execution' src='{_png(diff_plot)}'>{picture}"
+               f"{_growth_section(comparison, _layer_patterns(dumps[0]))}"
                "<table><tr><th>eval</th><th>tensor</th><th>status</th><th>shape</th><th>NMSE</th><th>max |a-b|</th>"
-               f"<th>cosine</th><th>buffer A</th><th>buffer B</th></tr>{''.join(rows)}</table>{more}")
+               f"<th>cosine</th><th>buffer A</th><th>buffer B</th><th>note</th></tr>{''.join(rows)}</table>{more}")
     verdict = "PASS" if comparison.passed else "FAIL"
     return section, verdict
+
+
+def _first_out(label: str, comparison: Comparison) -> str:
+    """``A vs R: first out of tolerance: l_out-3 (eval 0 prompt); first origin: ...``, escaped."""
+    index = comparison.first_divergence
+    text = f"{label}: " + ("every compared tensor within tolerance" if index is None else
+                           f"first out of tolerance: <b>{_e(comparison.rows[index].name)}</b> "
+                           f"(eval {_e(comparison.rows[index].evaluation_label)})")
+    if comparison.origins:
+        text += f"; first origin: {_e(describe_origin(comparison.origins[0]))}"
+    return text
+
+
+def _growth_section(comparison: Comparison, patterns: list[str]) -> str:
+    """Error growth layer by layer with the tolerance band: against R for A and B when a reference is given."""
+    if not patterns:
+        return ""
+    finding = comparison.reference
+    compared = {"A vs R": finding.against_a, "B vs R": finding.against_b} if finding is not None \
+        else {"A vs B": comparison}
+    series = {label: layer_errors(c, patterns) for label, c in compared.items()}
+    if not any(series.values()):
+        return ""
+    plot = plots.error_growth(series)
+    lines = "<br>".join(_first_out(label, c) for label, c in compared.items())
+    return (f"<h3>Error growth by layer ({_e(', '.join(patterns))})</h3><p>{lines}</p>"
+            f"<img alt='error growth by layer' data-layers='{len(plot.data['series'][next(iter(series))]['layers'])}'"
+            f" src='{_png(plot)}'>")
 
 
 def _layer_patterns(dump: Dump) -> list[str]:
@@ -118,9 +153,13 @@ def _layer_patterns(dump: Dump) -> list[str]:
 
 
 def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Path,
-                 tolerance: Tolerance | ToleranceRequest) -> Path:
+                 tolerance: Tolerance | ToleranceRequest, rules: Rules | None = None,
+                 reference: str | Path | None = None) -> Path:
     """Write the report of A (or A against B) to ``output``, replacing an older report there.
 
+    ``rules`` judge the tensors they match (``--rules``); with a ``reference``
+    run, each differing tensor says which run is closer to it and the error
+    growth is plotted against it (B itself may be a reference: ``report A R``).
     The file appears only once the report is whole (a failure leaves the old
     one, or none), and never over one of the dumps it reports on.
     """
@@ -132,7 +171,7 @@ def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Pa
     dumps = [open_dump(p) for p in paths]
     try:
         parts = [f"<h1>ggml-inspector report</h1><p>{_e(', '.join(str(p) for p in paths))}<br>"
-                 f"generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by ggml-inspector {TOOL_VERSION}</p>"]
+                 f"generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by ggml-inspector {TOOL_VERSION}</p>"]
         for dump in dumps:
             if not dump.complete:
                 parts.append(f"<p class='diverged'>{_e(dump.path.name)} is incomplete: "
