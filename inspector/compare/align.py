@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONTENT, ORDER, POSITIONS, DIFFERING, INDEX = "content", "order", "positions", "differing", "index"
+BATCHES, OUTPUTS, PREFIX = "batches", "outputs", "prefix"
 RULE_WORDS = {CONTENT: "tokens and positions", ORDER: "order among evaluations of unknown inputs",
               POSITIONS: "positions (their inputs differ)", DIFFERING: "order (their inputs and positions differ)",
               INDEX: "index"}
@@ -113,6 +114,9 @@ class SplitGroup:
     evals_a: tuple[int, ...]
     evals_b: tuple[int, ...]
     rows: tuple[RowPair, ...]
+    # Why per token: the runs batched the rows otherwise (BATCHES), asked for other output rows (OUTPUTS), or
+    # were fed differently from some row on and only the rows before it are compared (PREFIX).
+    kind: str = "batches"
 
     def describe(self) -> str:
         return (f"{len(self.rows)} rows of A's evaluation{'s' if len(self.evals_a) > 1 else ''} "
@@ -139,6 +143,11 @@ class Alignment:
     row_differences: list[InputsDiffer] = field(default_factory=list)
     # Pairs left uncompared: every row at or after the first input the runs fed differently.
     beyond: list[Pair] = field(default_factory=list)
+
+    @property
+    def batched_otherwise(self) -> bool:
+        """The runs fed some rows in other batches (another -b/-ub): kernels may round them differently."""
+        return any(group.kind == BATCHES for group in self.splits)
 
     @property
     def split_rows(self) -> int:
@@ -184,7 +193,7 @@ class Alignment:
         return {"rule": self.rule, "reason": self.reason, "split_rows": self.split_rows,
                 "pairs": [{"a": p.a, "b": p.b, "rule": p.rule} for p in self.pairs],
                 "beyond": [{"a": p.a, "b": p.b, "rule": p.rule} for p in self.beyond],
-                "splits": [{"evals_a": list(g.evals_a), "evals_b": list(g.evals_b), "rows": len(g.rows),
+                "splits": [{"evals_a": list(g.evals_a), "evals_b": list(g.evals_b), "rows": len(g.rows), "kind": g.kind,
                             "positions": [g.rows[0].position, g.rows[-1].position]} for g in self.splits],
                 "one_sided": [{"run": o.side, "eval": o.index, "kind": o.kind, "inputs": o.inputs}
                               for o in self.one_sided],
@@ -301,7 +310,7 @@ def _rows_for_other_outputs(alignment: Alignment, evaluations_a: list[dict[str, 
             continue
         rows = tuple(RowPair(position, pair.a, row, pair.b, row)
                      for row, position in enumerate(_positions(inputs_a)[:_row_count(by_a[pair.a])]))
-        alignment.splits.append(SplitGroup((pair.a,), (pair.b,), rows))
+        alignment.splits.append(SplitGroup((pair.a,), (pair.b,), rows, OUTPUTS))
     alignment.pairs = kept
 
 
@@ -365,7 +374,7 @@ def stop_at_inputs_difference(alignment: Alignment, evaluations_a: list[dict[str
         if len(rows) == len(positions_a) == len(positions_b):
             kept.append(pair)
         elif rows:
-            alignment.splits.append(SplitGroup((pair.a,), (pair.b,), tuple(rows)))
+            alignment.splits.append(SplitGroup((pair.a,), (pair.b,), tuple(rows), PREFIX))
         else:
             alignment.beyond.append(pair)
     alignment.pairs = kept
@@ -373,7 +382,7 @@ def stop_at_inputs_difference(alignment: Alignment, evaluations_a: list[dict[str
     for group in alignment.splits:
         rows = tuple(r for r in group.rows if r.eval_a < difference.eval_a or r.position < difference.position)
         if rows:
-            groups.append(SplitGroup(group.evals_a, group.evals_b, rows))
+            groups.append(SplitGroup(group.evals_a, group.evals_b, rows, group.kind))
         else:  # every row of it is past the difference: its evaluations are left uncompared, as pairs are
             alignment.beyond.extend([Pair(a, group.evals_b[0], DIFFERING) for a in group.evals_a]
                                     + [Pair(group.evals_a[0], b, DIFFERING) for b in group.evals_b[1:]])
