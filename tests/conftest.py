@@ -9,15 +9,20 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from llama_programs import llama_programs as build_llama_programs
 
 from inspector.capture.selection import Selection
 from inspector.gguf.reader import open_gguf, tensor_array
 from inspector.llamacpp.capture import CaptureSummary, capture_llama
 from inspector.llamacpp.config import LlamaRunConfig
 from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
+
+if TYPE_CHECKING:
+    from hf_models import HfModel
 
 PROMPT = "Hi, ggml!"
 SMALL_DISK = 3 * 1024 * 1024
@@ -36,6 +41,23 @@ def tiny_f32(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_f16(models_dir: Path) -> Path:
     return write_tiny_llama(models_dir / "tiny-f16.gguf", TinyLlamaSpec(dtype="f16", seed=2))
+
+
+@pytest.fixture(scope="session")
+def llama_programs() -> Path:
+    """llama.cpp's own llama-simple, llama-completion and llama-mtmd-cli, built once (and cached) from the pinned
+    source against the installed libraries (tests/llama_programs.py); a failed build fails the tests using them."""
+    return build_llama_programs()
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, HfModel]:
+    """Tiny random Llama, Qwen3 and Gemma3 transformers checkpoints with trained tokenizers, and their f32 GGUFs
+    made by llama.cpp's own converter (tests/hf_models.py), by architecture. Imported here, not at the top, so
+    that sessions which do not use them never import torch and transformers."""
+    from hf_models import build_hf_models
+
+    return build_hf_models(tmp_path_factory.mktemp("hf-models"))
 
 
 def llama_config(model: Path, **config: object) -> LlamaRunConfig:
