@@ -67,6 +67,16 @@ def test_the_wheel_holds_the_hook_source(installed):
         assert (target / name).read_bytes() == (REPOSITORY / name).read_bytes()
 
 
+def test_the_installed_wheel_ships_the_reference_rules(installed, tmp_path):
+    """compare --rules reference reads a data file: package-data must carry it into the wheel."""
+    _wheel, target = installed
+    name = "inspector/compare/rules/reference.toml"
+    assert (target / name).read_bytes() == (REPOSITORY / name).read_bytes()
+    loaded = run_installed(target, tmp_path, "-c", "from inspector.compare.rules import load_rules; "
+                                                   "print(len(load_rules('reference').rules))")
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "3", loaded.stderr
+
+
 def test_build_hook_and_exec_run_from_the_installed_wheel(installed, tmp_path):
     _, target = installed
     where = run_installed(target, tmp_path, "-c", "import inspector, inspector.native.build as b; "

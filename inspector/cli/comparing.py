@@ -46,26 +46,34 @@ def parse_maps(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--all", "show_all", is_flag=True, help="List identical and incomparable tensors too.")
 @click.option("--past-inputs", is_flag=True,
               help="When the runs were fed different inputs, compare past the first difference too.")
+@options.tolerance_rules
+@options.reference_run
 def compare(dump_a: Path, dump_b: Path, globs: tuple[str, ...], preset_name: str | None, atol: float | None,
             rtol: float | None, nmse: float | None, maps: tuple[str, ...], as_json: bool, as_csv: bool,
-            show_all: bool, past_inputs: bool) -> None:
+            show_all: bool, past_inputs: bool, rules_spec: str | None, reference: Path | None) -> None:
     """Compare run B against reference run A tensor by tensor; report the first divergence.
 
     Evaluations are first aligned by the tokens and positions they computed,
     so a warm-up in one run is named once instead of shifting every pair.
     Exit code 0 when every compared tensor is within tolerance, 1 when any
-    diverged or is missing or the runs' inputs differ, 2 on error.
+    diverged or is missing or the runs' inputs differ, 2 on error.  With
+    --reference R, each tensor where A and B differ says which is closer to R.
     """
     import json
 
     from inspector.compare import report as compare_report
+    from inspector.compare.reference import attach_reference
+    from inspector.compare.rules import load_rules
     from inspector.compare.runs import compare_dumps
     from inspector.compare.tolerance import ToleranceRequest
 
     if as_json and as_csv:
         raise InspectorError("choose one of --json and --csv")
-    comparison = compare_dumps(dump_a, dump_b, ToleranceRequest(preset_name, nmse, atol, rtol), list(globs) or None,
-                               parse_maps(maps), past_inputs)
+    rules = load_rules(rules_spec) if rules_spec is not None else None
+    request = ToleranceRequest(preset_name, nmse, atol, rtol)
+    comparison = compare_dumps(dump_a, dump_b, request, list(globs) or None, parse_maps(maps), past_inputs, rules)
+    if reference is not None:
+        attach_reference(comparison, reference, request, list(globs) or None, rules)
     if as_json:
         click.echo(json.dumps(compare_report.to_json(comparison), indent=1))
     elif as_csv:

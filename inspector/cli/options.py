@@ -50,6 +50,16 @@ tolerance_for_runs = click.option(
     "--tolerance", "preset_name", type=click.Choice(list(PRESETS)), default=None,
     help="Threshold preset (docs/compare.md). Default: chosen from the runs' weight and KV cache types, flash "
          "attention and batch splits, and said why (docs/compare.md, Default tolerance).")
+# compare, report and plot diff: per-tensor thresholds (inspector/compare/rules.py).
+tolerance_rules = click.option(
+    "--rules", "rules_spec", default=None, metavar="FILE|reference",
+    help="TOML tolerance rules: tensor-name globs with thresholds, the first match judging a tensor and the preset "
+         "the rest; 'reference' names the shipped rules for a ggml run against a float reference "
+         "(docs/compare.md, Tolerance rules).")
+reference_run = click.option(
+    "--reference", "reference", type=click.Path(path_type=Path), default=None, metavar="R",
+    help="A reference run (a float64 capture-hf dump, say): each tensor where A and B differ says which of them is "
+         "closer to R (docs/compare.md, Reference run).")
 image_loader = click.option(
     "--loader", type=click.Choice(MLLAMA_IMAGE_LOADERS), default=MLLAMA_IMAGE_LOADERS[0], show_default=True,
     help="'hf-path' mimics transformers' load_image (EXIF rotation, alpha dropped).")

@@ -91,14 +91,16 @@ def plot_heatmap(dump: Path, tensor: str, eval_index: int | None, occurrence: in
 @click.option("-T", "--tensor", "-t", "--tensor-glob", "globs", multiple=True, metavar="GLOB",
               help="Tensors to compare (A names).")
 @options.tolerance_for_runs
+@options.tolerance_rules
 @options.eval_index
 @options.occurrence
 @slicing
 @figure_options
 def plot_diff(dump_a: Path, dump_b: Path, tensor: str | None, globs: tuple[str, ...], preset_name: str | None,
-              eval_index: int | None, occurrence: int, slicing: str | None, output: Path | None,
-              title: str | None) -> None:
+              rules_spec: str | None, eval_index: int | None, occurrence: int, slicing: str | None,
+              output: Path | None, title: str | None) -> None:
     """NMSE and max |a-b| along execution order with the first divergence; with TENSOR, B - A as a heatmap."""
+    from inspector.compare.rules import load_rules
     from inspector.compare.tolerance import ToleranceRequest
     from inspector.dump.reader import open_dump
     from inspector.present import plots
@@ -108,8 +110,9 @@ def plot_diff(dump_a: Path, dump_b: Path, tensor: str | None, globs: tuple[str, 
             result = plots.element_difference(a, b, tensor, eval_index, occurrence, slicing, title)
         _save(result, output, f"{dump_a.stem}-vs-{dump_b.stem}-{tensor}", (dump_a, dump_b))
         return
+    rules = load_rules(rules_spec) if rules_spec is not None else None
     result = plots.difference_along_execution(dump_a, dump_b, ToleranceRequest(preset_name), list(globs) or None,
-                                              title)
+                                              title, rules)
     _save(result, output, f"{dump_a.stem}-vs-{dump_b.stem}", (dump_a, dump_b))
 
 
@@ -158,13 +161,23 @@ def plot_sweep(summary: Path, per_layer: bool, output: Path | None, title: str |
 @click.argument("dump_b", type=click.Path(path_type=Path), required=False)
 @options.output_file("HTML file (default: dumps/report-<A>.html).")
 @options.tolerance_for_runs
-def report(dump_a: Path, dump_b: Path | None, output: Path | None, preset_name: str | None) -> None:
-    """Write one self-contained HTML report of run A, or of A compared with B (opens offline)."""
+@options.tolerance_rules
+@options.reference_run
+def report(dump_a: Path, dump_b: Path | None, output: Path | None, preset_name: str | None, rules_spec: str | None,
+           reference: Path | None) -> None:
+    """Write one self-contained HTML report of run A, or of A compared with B (opens offline).
+
+    A comparison plots the error growth layer by layer with the tolerance
+    band: of B against A (``report A R`` when B is a reference), or, with
+    --reference R, of A and of B against R.
+    """
+    from inspector.compare.rules import load_rules
     from inspector.compare.tolerance import ToleranceRequest
     from inspector.present.report import write_report
 
+    rules = load_rules(rules_spec) if rules_spec is not None else None
     output = output or Path(DEFAULT_DUMP_DIR) / f"report-{dump_a.stem}{'-vs-' + dump_b.stem if dump_b else ''}.html"
-    path = write_report(dump_a, dump_b, output, ToleranceRequest(preset_name))
+    path = write_report(dump_a, dump_b, output, ToleranceRequest(preset_name), rules, reference)
     click.echo(f"wrote {path}", err=True)
 
 

@@ -43,7 +43,8 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def row_json(row: TensorComparison) -> dict[str, Any]:
+def row_json(row: TensorComparison, rules: bool = False) -> dict[str, Any]:
+    """One tensor's JSON; ``rules``: tolerance rules were in use, so the row names the one that judged it."""
     metrics = None
     if row.metrics is not None:
         metrics = {key: (_finite(value) if isinstance(value, float) else value)
@@ -59,6 +60,8 @@ def row_json(row: TensorComparison) -> dict[str, Any]:
         "shape_b": list(row.shape_b) if row.shape_b is not None else None,
         "type_a": row.type_a, "type_b": row.type_b, "buffer_a": row.buffer_a, "buffer_b": row.buffer_b,
         "note": row.note, "metrics": metrics,
+        "rule": row.threshold.name if rules and row.threshold is not None else None,
+        "reference": row.reference.to_json() if row.reference is not None else None,
     }
 
 
@@ -82,8 +85,9 @@ def first_divergence_json(comparison: Comparison) -> dict[str, Any] | None:
     index = comparison.first_divergence
     if index is None:
         return None
-    return {**row_json(comparison.rows[index]),
-            "preceding": [row_json(row) for row in comparison.context_before(index)]}
+    rules = comparison.rules is not None
+    return {**row_json(comparison.rows[index], rules),
+            "preceding": [row_json(row, rules) for row in comparison.context_before(index)]}
 
 
 def to_json(comparison: Comparison) -> dict[str, Any]:
@@ -106,13 +110,17 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "incomplete_dumps": comparison.incomplete,
         "observer_check_failed": comparison.observer_failed,
         "first_divergence": first_divergence_json(comparison),
-        "tensors": [row_json(row) for row in comparison.rows],
+        "tensors": [row_json(row, comparison.rules is not None) for row in comparison.rows],
+        "rules": {"source": comparison.rules.source, "count": len(comparison.rules.rules)} if comparison.rules
+        else None,
+        "reference": comparison.reference.to_json() if comparison.reference is not None else None,
     }
 
 
 CSV_COLUMNS = ["eval", "name", "name_b", "occurrence", "status", "present_in", "node_a", "node_b", "op_a", "op_b",
                "shape_a", "shape_b", "type_a", "type_b", "buffer_a", "buffer_b", "identical", "max_abs_diff",
-               "max_abs_index", "mean_abs_diff", "rmse", "nmse", "cosine", "nan_a", "nan_b", "inf_a", "inf_b", "note"]
+               "max_abs_index", "mean_abs_diff", "rmse", "nmse", "cosine", "nan_a", "nan_b", "inf_a", "inf_b", "note",
+               "rule", "closer"]
 
 
 def to_csv(comparison: Comparison) -> str:
@@ -121,7 +129,8 @@ def to_csv(comparison: Comparison) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for row in comparison.rows:
-        data = row_json(row)
+        data = row_json(row, comparison.rules is not None)
+        data["closer"] = row.reference.closer if row.reference is not None else None
         metrics = data.pop("metrics") or {}
         flat = {key: data.get(key, metrics.get(key)) for key in CSV_COLUMNS}
         for key in ("shape_a", "shape_b", "max_abs_index"):
@@ -131,15 +140,26 @@ def to_csv(comparison: Comparison) -> str:
     return out.getvalue()
 
 
-def _describe(row: TensorComparison) -> str:
+def row_note(row: TensorComparison, rules: bool) -> str:
+    """The row's note, the rule that judged it (with ``--rules``) and the run closer to R (``--reference``)."""
+    parts = [row.note] if row.note else []
+    if rules and row.threshold is not None and row.metrics is not None:
+        parts.append(f"rule {row.threshold.name}")
+    if row.reference is not None:
+        parts.append(row.reference.describe())
+    return "; ".join(parts)
+
+
+def _describe(row: TensorComparison, rules: bool) -> str:
     where = f"eval {row.evaluation_label}, node {row.node_a if row.node_a is not None else row.node_b}"
     buffers = f"buffer A {printable(row.buffer_a or '-')}, B {printable(row.buffer_b or '-')}"
+    note = row_note(row, rules)
     if row.metrics is None:
-        return f"{_label(row)} ({where}): {row.status}: {printable(row.note)}; {buffers}"
+        return f"{_label(row)} ({where}): {row.status}: {printable(note)}; {buffers}"
     m = row.metrics
     return (f"{_label(row)} ({where}, {printable(row.op_a)}): {row.status}: nmse {number(m.nmse)}, max |a-b| "
             f"{number(m.max_abs_diff)} at ne{list(m.max_abs_index)}, cosine {number(m.cosine)}"
-            + (f"; {printable(row.note)}" if row.note else "") + f"; {buffers}")
+            + (f"; {printable(note)}" if note else "") + f"; {buffers}")
 
 
 def _incomparable_summary(rows: list[TensorComparison], show_all: bool) -> list[str]:
@@ -163,6 +183,7 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
         return click.style(text, fg=STATUS_COLOURS[status]) if colour else text
 
     lines = []
+    rules = comparison.rules is not None
     alignment = comparison.alignment
     if alignment is not None and alignment.inputs_differ is not None:
         lines.append(paint(printable(alignment.inputs_differ.describe()), DIVERGED))
@@ -177,9 +198,10 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
     if index is None:
         lines.append("first divergence: none")
     else:
-        lines.append("first divergence: " + paint(_describe(comparison.rows[index]), comparison.rows[index].status))
+        lines.append("first divergence: " + paint(_describe(comparison.rows[index], rules),
+                                                  comparison.rows[index].status))
         for row in comparison.context_before(index):
-            lines.append("  preceded by " + paint(_describe(row), row.status))
+            lines.append("  preceded by " + paint(_describe(row, rules), row.status))
     if alignment is not None:
         lines.append(printable(alignment.summary()))
     changes = settings.describe(comparison.config_differences)
@@ -202,7 +224,7 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
                 row.evaluation_label, str(row.node_a if row.node_a is not None else row.node_b), _label(row),
                 row.status, shape_text(row.shape_a or row.shape_b or ()),
                 number(m.nmse) if m else "", number(m.max_abs_diff) if m else "", number(m.cosine) if m else "",
-                row.buffer_a or "-", row.buffer_b or "-", row.note,
+                row.buffer_a or "-", row.buffer_b or "-", row_note(row, rules),
             ])
         rendered = table(["eval", "node", "tensor", "status", "shape", "nmse", "max|a-b|", "cosine", "buffer A",
                           "buffer B", "note"], cells, right_align={0, 1, 5, 6, 7})
@@ -217,6 +239,23 @@ def render_text(comparison: Comparison, show_all: bool, colour: bool) -> str:
     verdict = "PASS" if comparison.passed else "FAIL"
     if comparison.tolerance.reason:
         lines.append(printable(comparison.tolerance.reason))
+    if comparison.rules is not None:
+        lines.append(_rules_summary(comparison))
+    if comparison.reference is not None:
+        lines.append(printable(comparison.reference.summary()))
     lines.append(f"{verdict}: {len(comparison.rows)} tensors: {summary} "
                  f"(tolerance {comparison.tolerance.name})")
     return "\n".join(lines)
+
+
+def _rules_summary(comparison: Comparison) -> str:
+    """``rules reference (3 rules): 40 tensors judged by a rule (activations 38, inputs 2), 2 by preset f32``."""
+    judged: dict[str, int] = {}
+    for row in comparison.rows:
+        if row.threshold is not None and row.metrics is not None:
+            judged[row.threshold.name] = judged.get(row.threshold.name, 0) + 1
+    preset = "preset " + comparison.tolerance.name
+    by_rules = {name: n for name, n in judged.items() if name != preset}
+    listed = ", ".join(f"{name} {n}" for name, n in by_rules.items())
+    return printable(f"{comparison.rules.describe()}: {sum(by_rules.values())} tensors judged by a rule"
+                     + (f" ({listed})" if listed else "") + f", {judged.get(preset, 0)} by {preset}")

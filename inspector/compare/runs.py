@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,11 @@ def _split_comparisons(dump_a: Dump, dump_b: Dump, group: SplitGroup, entries_a:
     return compared
 
 
+def _thresholds(rules: Rules | None, preset: Tolerance, name: str) -> Tolerance:
+    """What judges tensor ``name``: its first matching rule, else the preset."""
+    return rules.judge_with(name, preset) if rules is not None else preset
+
+
 def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance | ToleranceRequest,
                   patterns: list[str] | None = None, name_map: dict[str, str] | None = None,
                   past_inputs: bool = False, rules: Rules | None = None) -> Comparison:
@@ -282,11 +288,8 @@ def compare_dumps(path_a: str | Path, path_b: str | Path, tolerance: Tolerance |
         evaluations_a, evaluations_b = dump_a.evaluations, dump_b.evaluations
         alignment = align(evaluations_a, evaluations_b)
         if isinstance(tolerance, ToleranceRequest):
-            tolerance = tolerance.resolve(dump_a.config, dump_b.config, splits_differ=bool(alignment.splits))
-        preset = tolerance
-
-        def judge_with(name: str) -> Tolerance:
-            return rules.judge_with(name, preset) if rules is not None else preset
+            tolerance = tolerance.resolve(dump_a.config, dump_b.config, splits_differ=alignment.batched_otherwise)
+        judge_with = partial(_thresholds, rules, tolerance)
         if not past_inputs:
             stop_at_inputs_difference(alignment, evaluations_a, evaluations_b)
         # B's evaluation index as A's; identity when pairing by index, so unpaired evaluations keep theirs.

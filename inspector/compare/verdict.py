@@ -44,6 +44,11 @@ def judge(metrics: PairMetrics, tolerance: Tolerance) -> str:
         return DIVERGED
     if (tolerance.atol or tolerance.rtol) and not metrics.allclose:
         return DIVERGED
+    if tolerance.max_abs is not None and metrics.max_abs_diff > tolerance.max_abs:
+        return DIVERGED
+    # A NaN cosine (never produced for finite data) fails rather than passes.
+    if tolerance.min_cosine is not None and not metrics.cosine >= tolerance.min_cosine:
+        return DIVERGED
     return WITHIN
 
 

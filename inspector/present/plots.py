@@ -24,6 +24,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from inspector.compare import verdict  # noqa: E402
 from inspector.compare.align import align  # noqa: E402
+from inspector.compare.reference import LayerError  # noqa: E402
+from inspector.compare.rules import Rules  # noqa: E402
 from inspector.compare.runs import compare_dumps  # noqa: E402
 from inspector.compare.tolerance import Tolerance, ToleranceRequest  # noqa: E402
 from inspector.constants import MAX_HEATMAP_SIDE, STREAM_CHUNK_BYTES  # noqa: E402
@@ -273,8 +275,9 @@ def heatmap(dump: Dump, entry: Entry, slicing: str | None = None, title: str | N
 
 
 def difference_along_execution(path_a: str | Path, path_b: str | Path, tolerance: Tolerance | ToleranceRequest,
-                               patterns: list[str] | None = None, title: str | None = None) -> Plot:
-    comparison = compare_dumps(path_a, path_b, tolerance, patterns)
+                               patterns: list[str] | None = None, title: str | None = None,
+                               rules: Rules | None = None) -> Plot:
+    comparison = compare_dumps(path_a, path_b, tolerance, patterns, rules=rules)
     tolerance = comparison.tolerance
     rows = [row for row in comparison.rows if row.metrics is not None]
     if not rows:
@@ -285,7 +288,12 @@ def difference_along_execution(path_a: str | Path, path_b: str | Path, tolerance
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
     x = list(range(len(rows)))
     top.semilogy(x, nmse, marker=".", label="NMSE")
-    if tolerance.nmse:
+    if rules is not None:
+        # Each tensor's own limit: its rule's NMSE, or the preset's (none drawn where a rule sets no NMSE).
+        limits = [r.threshold.nmse if r.threshold is not None and r.threshold.nmse else math.nan for r in rows]
+        top.step(x, [v if math.isfinite(v) else math.nan for v in limits], where="mid", color="grey",
+                 linestyle="--", label=f"tolerance ({rules.describe()})")
+    elif tolerance.nmse:
         top.axhline(tolerance.nmse, color="grey", linestyle="--", label=f"tolerance {tolerance.name}")
     bottom.semilogy(x, max_abs, marker=".", color="tab:orange", label="max |a-b|")
     first = verdict.first_divergence(rows)
@@ -302,6 +310,49 @@ def difference_along_execution(path_a: str | Path, path_b: str | Path, tolerance
     return Plot(figure, {"names": [r.name for r in rows], "nmse": [r.metrics.nmse for r in rows],
                          "max_abs_diff": [r.metrics.max_abs_diff for r in rows], "first_divergence": first,
                          "comparison": comparison})
+
+
+def error_growth(series: dict[str, list[LayerError]], title: str | None = None) -> Plot:
+    """NMSE of the layer outputs layer by layer (log scale), one line per comparison, with its tolerance band.
+
+    ``series`` maps a label (``A vs R``) to the comparison's per-layer errors
+    (``inspector.compare.reference.layer_errors``).  The band is the NMSE each
+    layer's preset or rule allows, shaded below it; the first layer out of
+    tolerance is marked on each line.
+    """
+    if not any(series.values()):
+        raise InspectorError("no layer output was compared (l_out-N, or any tensor named with a -N layer suffix)")
+    # The axis starts a decade and a half under the smallest error or limit; identical layers sit on that floor.
+    positive = [v for errors in series.values() for e in errors for v in (e.nmse, e.limit or 0.0)
+                if v and math.isfinite(v)]
+    floor = min(positive, default=1e-12) / 30
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    data: dict[str, Any] = {"series": {}, "first_out": {}}
+    for index, (label, errors) in enumerate(series.items()):
+        colour = f"C{index}"
+        layers = [e.layer for e in errors]
+        values = [max(e.nmse, floor) if math.isfinite(e.nmse) else PLOT_LIMIT for e in errors]
+        axis.semilogy(layers, values, marker="o", markersize=4, color=colour, label=f"{label}: NMSE")
+        limits = [e.limit if e.limit else math.nan for e in errors]
+        if any(math.isfinite(v) for v in limits):
+            axis.fill_between(layers, floor, limits, step="mid", color=colour, alpha=0.08)
+            axis.step(layers, limits, where="mid", color=colour, linestyle="--", linewidth=1,
+                      label=f"{label}: tolerance")
+        first = next((e for e in errors if e.status in verdict.DIVERGING), None)
+        if first is not None:
+            axis.plot([first.layer], [max(first.nmse, floor)], marker="x", markersize=12, markeredgewidth=2.5,
+                      color="red", zorder=5)
+        data["series"][label] = {"layers": layers, "nmse": [e.nmse for e in errors], "limits": limits,
+                                 "names": [e.name for e in errors]}
+        data["first_out"][label] = first.name if first is not None else None
+    axis.set_xlabel("layer")
+    axis.set_ylabel("NMSE of the layer output")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylim(bottom=floor)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="best", fontsize=8)
+    axis.set_title(title or "error growth layer by layer (x: first layer out of tolerance)")
+    return Plot(figure, data)
 
 
 def _aligned_evaluation(dump_a: Dump, dump_b: Dump, eval_index: int) -> int:

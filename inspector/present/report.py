@@ -160,6 +160,7 @@ def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Pa
     ``rules`` judge the tensors they match (``--rules``); with a ``reference``
     run, each differing tensor says which run is closer to it and the error
     growth is plotted against it (B itself may be a reference: ``report A R``).
+
     The file appears only once the report is whole (a failure leaves the old
     one, or none), and never over one of the dumps it reports on.
     """
@@ -167,7 +168,10 @@ def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Pa
     if output.suffix.lower() not in (".html", ".htm"):
         raise InspectorError(f"{output}: the report is HTML; give a name ending in .html")
     paths = [Path(path_a)] + ([Path(path_b)] if path_b else [])
-    check_output(output, overwrite=True, inputs=paths)
+    if reference is not None and path_b is None:
+        raise InspectorError("--reference needs two runs to judge: report A B --reference R")
+    inputs = paths + ([Path(reference)] if reference is not None else [])
+    check_output(output, overwrite=True, inputs=inputs)
     dumps = [open_dump(p) for p in paths]
     try:
         parts = [f"<h1>ggml-inspector report</h1><p>{_e(', '.join(str(p) for p in paths))}<br>"
@@ -177,7 +181,8 @@ def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Pa
                 parts.append(f"<p class='diverged'>{_e(dump.path.name)} is incomplete: "
                              f"{_e(dump.incomplete_reason)}</p>")
         if len(dumps) == 2:
-            section, verdict = _compare_section(paths[0], paths[1], tolerance, dumps)
+            section, verdict = _compare_section(paths[0], paths[1], tolerance, dumps, rules,
+                                                Path(reference) if reference is not None else None)
             parts.append(f"<h2>Comparison: {verdict}</h2>{section}")
         parts.append(f"<h2>Run configuration{'s' if len(dumps) > 1 else ''}</h2>{_config_table(dumps)}")
         for dump in dumps:
@@ -196,4 +201,4 @@ def write_report(path_a: str | Path, path_b: str | Path | None, output: str | Pa
     finally:
         for dump in dumps:
             dump.close()
-    return write_text(output, document, overwrite=True, inputs=paths)
+    return write_text(output, document, overwrite=True, inputs=inputs)
