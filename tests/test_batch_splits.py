@@ -53,6 +53,7 @@ def test_one_ubatch_against_ubatches_of_3_compares_every_token_row_and_passes(ti
     alignment = document["alignment"]
     # B's prompt evaluations: ceil(n_prompt / 3) of them, all in one group with A's single prompt evaluation.
     assert alignment["splits"] == [{"evals_a": [0], "evals_b": list(range(-(-n_prompt // 3))), "rows": n_prompt,
+                                    "kind": "batches",
                                     "positions": [0, n_prompt - 1]}]
     assert alignment["pairs"] == [{"a": 1, "b": -(-n_prompt // 3), "rule": "content"}]
     by_name = {(t["eval"], t["name"], t["occurrence"]): t for t in document["tensors"]}

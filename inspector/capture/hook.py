@@ -37,7 +37,7 @@ from inspector.capture.selection import Selection
 from inspector.constants import GGML_TENSOR_FLAG_INPUT
 from inspector.dump.record import TensorRecord
 from inspector.ggml import GgmlLibraries, Tensor, load, read_tensor
-from inspector.ggml.readout import UnreadableTensor
+from inspector.ggml.readout import UnreadableTensor, read_rows, row_runs, written_layout
 from inspector.ggml.tensor import flag_names
 from inspector.gguf.weights import WeightFile, WeightFiles
 from inspector.identity import is_model_state, parse_sched_copy
@@ -243,8 +243,9 @@ class TensorHook:
                  name: str = "", sched_copy: str = "") -> None:
         name = name or tensor.name
         read_from = "buffer"
+        written = [] if is_leaf else self._rows_written(tensor)
         try:
-            readout = read_tensor(tensor)
+            readout = read_rows(tensor, written) if written else read_tensor(tensor)
         except UnreadableTensor as unreadable:
             try:
                 if self.weights is None or not is_leaf:
@@ -282,9 +283,27 @@ class TensorHook:
             op_params=trimmed(list(tensor.struct.op_params)),
             op_code=tensor.op,
         )
+        if written:
+            record.rows_written = [list(run) for run in row_runs(written)]
+            record.written_of_ne = list(tensor.ne)
+            record.ne, record.nb = written_layout(tensor, len(written))
         self.sink(record, readout.array)
         self.counters.captured += 1
 
+
+    def _rows_written(self, tensor: Tensor) -> list[int]:
+        """The destination rows a KV-cache write (SET_ROWS) wrote, from its row-index source; [] otherwise.
+
+        The indices are read at the moment of the write, like the node: the
+        scheduler may reuse their buffer for the next graph.
+        """
+        if tensor.op_desc != "SET_ROWS" or tensor.ne[2] != 1 or tensor.ne[3] != 1:
+            return []
+        indices = tensor.struct.src[1]
+        if not indices:
+            return []
+        rows = read_tensor(Tensor(self.lib, indices)).array.reshape(-1)
+        return [int(row) for row in rows]
 
     def _source_detail(self, source: Tensor) -> dict:
         """How compare finds a source again: its pairing key here, its buffer, buffer type and ggml type."""

@@ -35,6 +35,7 @@ from inspector.capture.selection import SelectionDescription
 from inspector.compare.replay_checks import TYPES, Node, Operand, ReplayRefused, check_node, op_of, op_params, operand
 from inspector.constants import NUMPY_DTYPE_OF_TYPE_NAME
 from inspector.dump.reader import Dump, Entry, open_dump
+from inspector.dump.record import rows_written_of
 from inspector.errors import InspectorError, ModelError
 from inspector.ggml import load, read_tensor, rpc
 from inspector.ggml.abi import GgmlTensorStruct
@@ -263,9 +264,10 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
     install_log(False)  # ggml's own log (the CPU backend announces each repack) stays off the terminal
     with open_dump(path_a) as dump_a, open_dump(path_b) as dump_b:
         entry_a = _node(dump_a, eval_index, node)
-        record_a = dump_a.metadata(entry_a)
         entry_b = dump_b.find(entry_a.name, eval_index, entry_a.occurrence)
-        record_b = dump_b.metadata(entry_b)
+        # A KV-cache write stores the rows it wrote: the op is replayed whole, its written rows compared.
+        (record_a, rows_a), (record_b, rows_b) = (_whole(dump.metadata(entry))
+                                                  for dump, entry in ((dump_a, entry_a), (dump_b, entry_b)))
         op = record_a.get("op")
         op_name, words, outputs = _checked_node(path_a, entry_a.name, record_a, record_b)
         inputs = _Inputs(dump_a, entry_a, op_name)
@@ -298,6 +300,7 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
         finally:
             placements.close()
         captured_a, captured_b = dump_a.read(entry_a), dump_b.read(entry_b)
+    output_a, output_b = _rows_of(output_a, rows_a), _rows_of(output_b, rows_b)
     difference = None
     if output_a.shape == output_b.shape:
         gap = np.abs(output_a.astype(np.float64) - output_b.astype(np.float64))
@@ -308,6 +311,17 @@ def replay(path_a: str | Path, path_b: str | Path, eval_index: int, node: int, t
         placement_b={"node": record_b.get("buffer", ""), **{s[0]["name"]: s[2] for s in sources_b}},
         reproduces_a=_same_bits(output_a, captured_a), reproduces_b=_same_bits(output_b, captured_b),
         op_differs=not _same_bits(output_a, output_b), max_abs_diff=difference)
+
+
+def _whole(record: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """A record as the op computed it (a write's whole destination) and the rows its capture stored."""
+    rows = rows_written_of(record)
+    return ({**record, "ne": record["written_of_ne"]} if rows else record), rows
+
+
+def _rows_of(output: np.ndarray, rows: list[int]) -> np.ndarray:
+    """The rows of a replayed write that its capture stored, in stored order (the output itself otherwise)."""
+    return output if not rows else np.ascontiguousarray(output.reshape(-1, output.shape[-1])[rows])
 
 
 def _checked_node(path_a: str | Path, name: str, record_a: dict[str, Any], record_b: dict[str, Any]

@@ -20,8 +20,10 @@ selection), every other axis the same in all of them.  Other tensors are
   attention scores over the cache window, each row of which holds a value
   for every cache cell, including cells one run had already written and the
   other not yet; ``out_ids``, row numbers within the batch;
-- a KV-cache write (``SET_ROWS``) compares the cache rows it wrote, found
-  through its row-index input, which must have been captured too.
+- a KV-cache write (``SET_ROWS``) compares the cache rows it wrote: a
+  capture stores just those rows (``rows_written``), one per token, which
+  slice like any token rows; a dump that stored the whole cache finds them
+  through the write's row-index input, which must have been captured too.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from inspector.compare.tolerance import Tolerance
 from inspector.compare.verdict import INCOMPARABLE, MISSING
 from inspector.constants import STREAM_CHUNK_BYTES
 from inspector.dump.reader import Dump, Entry
+from inspector.dump.record import rows_written_of
 
 # llama.cpp's names (llama-graph.cpp) of tensors whose rows depend on the batch, and why.
 _SCORES = "attention scores over the KV-cache window hold a value for every cell, written or not yet"
@@ -176,8 +179,7 @@ def _index_rows(dump: Dump, records: dict[int, dict[str, Any]],
                     f"{details[0].get('name')!r} too")
         values = dump.read(index_entry).reshape(-1)
         if values.size != counts[eval_index][TOKENS]:
-            return (f"a KV-cache write of {values.size} rows for {counts[eval_index][TOKENS]} tokens (a transposed "
-                    "V cache, one row per value): compare with flash attention on")
+            return _not_per_token(values.size, counts[eval_index][TOKENS])
         cells[eval_index] = [int(v) for v in values]
     return cells
 
@@ -193,7 +195,9 @@ def compare_rows(dump_a: Dump, dump_b: Dump, group: SplitGroup, tensor: SplitTen
         return RowsResult(INCOMPARABLE, f"{NOT_ACROSS}: {reason}")
     counts_a = {e: row_counts(inputs_a[e]) for e in tensor.entries_a}
     counts_b = {e: row_counts(inputs_b[e]) for e in tensor.entries_b}
-    if tensor.first_a.op == KV_WRITE_OP:
+    stored_rows = any(record.get("rows_written") for record in (*tensor.records_a.values(),
+                                                                 *tensor.records_b.values()))
+    if tensor.first_a.op == KV_WRITE_OP and not stored_rows:
         cells_a = _index_rows(dump_a, tensor.records_a, keys_a, counts_a)
         cells_b = _index_rows(dump_b, tensor.records_b, keys_b, counts_b)
         if isinstance(cells_a, str) or isinstance(cells_b, str):
@@ -204,6 +208,12 @@ def compare_rows(dump_a: Dump, dump_b: Dump, group: SplitGroup, tensor: SplitTen
         # The cache's cells are ne[1]: numpy axis 2 of the 4-D shape.
         return _measure(dump_a, dump_b, group.rows, tensor, Slicing(2, TOKENS),
                         _cells(cells_a), _cells(cells_b), tolerance)
+    if stored_rows and tensor.first_a.op == KV_WRITE_OP:
+        written = [(len(rows_written_of(r)), counts[e][TOKENS]) for records, counts in
+                   ((tensor.records_a, counts_a), (tensor.records_b, counts_b)) for e, r in records.items()]
+        uneven = next(((rows, tokens) for rows, tokens in written if rows != tokens), None)
+        if uneven is not None:
+            return RowsResult(INCOMPARABLE, f"{NOT_ACROSS}: {_not_per_token(*uneven)}")
     slicing = find_slicing([(shape4(tensor.records_a[e]), counts_a[e]) for e in tensor.entries_a]
                            + [(shape4(tensor.records_b[e]), counts_b[e]) for e in tensor.entries_b])
     if isinstance(slicing, str):
@@ -213,6 +223,11 @@ def compare_rows(dump_a: Dump, dump_b: Dump, group: SplitGroup, tensor: SplitTen
 
 
 Locate = Callable[[int, int], "int | None"]
+
+
+def _not_per_token(rows: int, tokens: int) -> str:
+    return (f"a KV-cache write of {rows} rows for {tokens} tokens (a transposed V cache, one row per value): "
+            "compare with flash attention on")
 
 
 def _cells(cells: dict[int, list[int]]) -> Locate:

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inspector.constants import NUMPY_DTYPE_OF_TYPE_NAME
+from inspector.errors import DumpError
+
+# A write's recorded rows are expanded into a list: at most this many (a 1M-token ubatch's transposed V).
+MAX_ROWS_WRITTEN = 1 << 24
 
 # numpy dtype -> ggml type name, for arrays that did not come out of a ggml graph.
 GGML_TYPE_NAME_OF_DTYPE = {np.dtype(dtype).name: name for name, dtype in NUMPY_DTYPE_OF_TYPE_NAME.items()}
@@ -57,6 +61,11 @@ class TensorRecord:
     # what a replay of the op needs.
     op_params: list[int] = field(default_factory=list)
     op_code: int = -1
+    # A KV-cache write (SET_ROWS) stores only the rows it wrote: their indices along the destination's ne[1], as
+    # [first, count] runs in the order written (row r of the stored tensor is the r-th index), and the whole
+    # destination's ne. Empty for every other tensor, which is stored whole.
+    rows_written: list[list[int]] = field(default_factory=list)
+    written_of_ne: list[int] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[int, str, int]:
@@ -80,3 +89,28 @@ class TensorRecord:
         return cls(name=name, eval_index=eval_index, node_index=node_index, occurrence=0, op=op,
                    ggml_type=type_name, ne=ne, nb=tuple(nb), buffer="", storage="native", is_leaf=True,
                    flags=["input"])
+
+
+def rows_written_of(record: dict) -> list[int]:
+    """The destination rows a stored KV-cache write holds, in stored order; [] for a tensor stored whole.
+
+    Read from a dump, so checked: whole runs inside the destination's
+    ``written_of_ne[1]`` rows, as many rows as the stored tensor has.
+    """
+    runs, whole = record.get("rows_written") or [], record.get("written_of_ne") or []
+    if not runs:
+        return []
+    name = record.get("name")
+    if not (isinstance(whole, list) and len(whole) == 4 and all(isinstance(n, int) and n > 0 for n in whole)):
+        raise DumpError(f"{name!r}: a write's written_of_ne is not four positive integers")
+    rows: list[int] = []
+    for run in runs:
+        if not (isinstance(run, list) and len(run) == 2 and all(isinstance(n, int) for n in run)
+                and run[0] >= 0 and run[1] > 0 and run[0] + run[1] <= whole[1]
+                and len(rows) + run[1] <= MAX_ROWS_WRITTEN):
+            raise DumpError(f"{name!r}: its rows_written run {str(run)[:40]} is outside its {whole[1]} rows")
+        rows.extend(range(run[0], run[0] + run[1]))
+    ne = record.get("ne") or []
+    if len(ne) < 2 or ne[1] != len(rows):
+        raise DumpError(f"{name!r}: stores {ne[1:2]} rows but records {len(rows)} written")
+    return rows

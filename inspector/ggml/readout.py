@@ -114,3 +114,53 @@ def read_tensor(tensor: Tensor) -> Readout:
         read_bytes(tensor), tensor.ggml_type, tensor.ne, tensor.nb,
         tensor.block_size, tensor.type_size, tensor.n_dims,
     )
+
+
+def row_runs(rows: list[int]) -> list[tuple[int, int]]:
+    """Row indices as (first, count) runs of consecutive rows, in the order given: how they are read and recorded."""
+    runs: list[list[int]] = []
+    for row in rows:
+        if runs and row == runs[-1][0] + runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([row, 1])
+    return [(first, count) for first, count in runs]
+
+
+def read_rows(tensor: Tensor, rows: list[int]) -> Readout:
+    """Only rows ``rows`` (along ``ne[1]``) of ``tensor``, in that order, as a tensor of ``len(rows)`` rows.
+
+    Why: a KV-cache write (``SET_ROWS``) returns a view of the whole cache,
+    ``n_ctx`` rows, of which this evaluation wrote a few; reading the view
+    whole makes a dump grow with the context instead of the tokens.  Each
+    run of consecutive rows is one ``ggml_backend_tensor_get``.
+    """
+    reason = tensor.unreadable_reason()
+    if reason:
+        raise UnreadableTensor(f"tensor {tensor.name!r}: {reason}")
+    ne, nb = tensor.ne, tensor.nb
+    if ne[2] != 1 or ne[3] != 1 or any(not 0 <= row < ne[1] for row in rows):
+        raise InspectorError(f"tensor {tensor.name!r}: rows {rows[:4]}... do not fit ne {list(ne)}")
+    row_bytes = tensor.type_size * ne[0] // tensor.block_size
+    raw = np.empty(len(rows) * row_bytes, dtype=np.uint8)
+    done = 0
+    for first, count in row_runs(rows):
+        if nb[1] == row_bytes:
+            tensor.lib.base.ggml_backend_tensor_get(
+                tensor.address, raw[done * row_bytes:].ctypes.data_as(ctypes.c_void_p), first * nb[1],
+                count * row_bytes)
+        else:
+            for row in range(first, first + count):
+                tensor.lib.base.ggml_backend_tensor_get(
+                    tensor.address, raw[(done + row - first) * row_bytes:].ctypes.data_as(ctypes.c_void_p),
+                    row * nb[1], row_bytes)
+        done += count
+    written, strides = written_layout(tensor, len(rows))
+    return materialise(raw, tensor.ggml_type, written, strides, tensor.block_size, tensor.type_size,
+                       max(2, tensor.n_dims))
+
+
+def written_layout(tensor: Tensor, count: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``ne`` and ``nb`` of ``count`` of the tensor's rows stored one after another: a write's stored tensor."""
+    row_bytes = tensor.type_size * tensor.ne[0] // tensor.block_size
+    return (tensor.ne[0], count, 1, 1), (tensor.type_size, row_bytes, row_bytes * count, row_bytes * count)
