@@ -22,7 +22,8 @@ The result is cached under ``~/.cache/ggml-inspector/llama-programs/<key>``
 (``XDG_CACHE_HOME`` respected), the key covering the llama-cpp-python
 version, this recipe, the compiler and the installed libraries' bytes.  A
 build is made in a temporary folder beside it and renamed into place, so a
-cached folder is always complete.
+cached folder is always complete.  ``python tests/llama_programs.py`` builds
+(or finds) them and prints their folder and the time it took.
 """
 
 from __future__ import annotations
@@ -103,15 +104,26 @@ def llama_programs() -> Path:
 
 def fetch_source(work: Path, subtrees: tuple[str, ...] = NEEDED) -> Path:
     """The sdist's ``vendor/llama.cpp`` tree (only ``subtrees`` of it), unpacked under ``work``."""
-    download = work / "sdist"
-    run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-         f"llama-cpp-python=={llama_cpp.__version__}", "-d", str(download)], "pip download of the sdist")
-    (archive,) = download.glob("*.tar.gz")
-    with tarfile.open(archive) as tar:
+    with tarfile.open(sdist()) as tar:
         members = [member for member in tar if needed(member.name, subtrees)]
         tar.extractall(work / "unpacked", members=members, filter="data")
     (top,) = (work / "unpacked").iterdir()
     return top / "vendor" / "llama.cpp"
+
+
+def sdist() -> Path:
+    """The installed version's llama-cpp-python sdist, downloaded once into the cache (renamed into place whole):
+    the programs and the converter's tests unpack different parts of the same 75 MB archive."""
+    archive = cache_root() / f"llama-cpp-python-{llama_cpp.__version__}.tar.gz"
+    if archive.is_file():
+        return archive
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=archive.parent, prefix=".downloading-") as download:
+        run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+             f"llama-cpp-python=={llama_cpp.__version__}", "-d", download], "pip download of the sdist")
+        (downloaded,) = Path(download).glob("*.tar.gz")
+        downloaded.rename(archive)
+    return archive
 
 
 def needed(name: str, subtrees: tuple[str, ...] = NEEDED) -> bool:

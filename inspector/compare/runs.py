@@ -31,6 +31,7 @@ from inspector.compare.verdict import DIVERGED, IDENTICAL, INCOMPARABLE, MISMATC
 from inspector.constants import REFERENCE_RUNNER, STREAM_CHUNK_BYTES
 from inspector.dump.format import STORED_STATS
 from inspector.dump.reader import Dump, Entry, matches_globs, open_dump
+from inspector.dump.record import rows_written_of
 from inspector.formatting import evaluation_label
 from inspector.identity import tensor_key
 
@@ -40,6 +41,7 @@ CONTEXT_ROWS = 3
 # Ops given to arrays that no ggml graph computed (preprocessing, imports): they
 # match any op, so an imported inp_raw compares with a captured one.
 EXTERNAL_OPS = frozenset({"PREPROCESS", "IMPORT", "REFERENCE"})
+KV_WRITE_OPS = frozenset({"SET_ROWS"})
 
 
 @dataclass
@@ -164,8 +166,17 @@ def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tol
     if a.ggml_type != b.ggml_type:
         notes.append(f"type {a.ggml_type} vs {b.ggml_type}")
     if a.shape != b.shape:
-        row.status = MISMATCHED
-        row.note = "; ".join([f"shape {a.shape} vs {b.shape}", *notes])
+        written = _written_rows_of_whole(dump_a, a, dump_b, b) if KV_WRITE_OPS & {a.op, b.op} else None
+        if written is None:
+            row.status = MISMATCHED
+            row.note = "; ".join([f"shape {a.shape} vs {b.shape}", *notes])
+            return row
+        accumulator = PairAccumulator(tolerance.atol, tolerance.rtol)
+        accumulator.add(*written)
+        row.metrics = accumulator.result(written[0].shape)
+        row.shape_a = row.shape_b = written[0].shape
+        row.status = MISMATCHED if ops_differ else verdict.judge(row.metrics, tolerance)
+        row.note = "; ".join([*notes, f"the {written[0].shape[0]} cache rows written (one run stored the whole cache)"])
         return row
     if a.digest and a.digest == b.digest and a.dtype == b.dtype:
         # Equal xxh3 digests of the stored bytes: identical, decided without reading either tensor.
@@ -182,6 +193,27 @@ def _compare_pair(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tol
     row.status = MISMATCHED if ops_differ else verdict.judge(row.metrics, tolerance)
     row.note = "; ".join(notes)
     return row
+
+
+def _written_rows_of_whole(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry) -> tuple[np.ndarray, np.ndarray] | None:
+    """A KV-cache write stored as its rows in one run and as the whole cache in the other: the same rows of both.
+
+    A dump made before writes were stored by rows (or by a hook that still
+    stores them whole) holds the whole destination; the rows the other run
+    recorded writing are cut out of it.  None when neither side fits that.
+    """
+    record_a, record_b = dump_a.metadata(a), dump_b.metadata(b)
+    rows_a, rows_b = rows_written_of(record_a), rows_written_of(record_b)
+    if bool(rows_a) == bool(rows_b):
+        return None
+    stored, rows, whole_dump, whole, whole_record = (
+        (dump_a.read(a), rows_a, dump_b, b, record_b) if rows_a else (dump_b.read(b), rows_b, dump_a, a, record_a))
+    if list(whole_record.get("ne") or []) != list((record_a if rows_a else record_b)["written_of_ne"]):
+        return None
+    width = stored.shape[-1]
+    cut = np.concatenate([whole_dump.read_range(whole, row * width, (row + 1) * width) for row in rows])
+    cut = cut.reshape(stored.shape)
+    return (stored, cut) if rows_a else (cut, stored)
 
 
 def _streamed_metrics(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry, tolerance: Tolerance,
