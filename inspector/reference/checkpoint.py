@@ -27,6 +27,8 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 DIGEST_BLOCK = 16 * 1024 * 1024
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DTYPES = ("float32", "float64", "bfloat16")
+# transformers' auto classes a checkpoint may be loaded with (a map's model_class).
+MODEL_CLASSES = ("AutoModelForCausalLM", "AutoModelForImageTextToText")
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,14 @@ def identity(checkpoint: Checkpoint) -> dict[str, Any]:
             "transformers": transformers.__version__, "torch": torch.__version__}
 
 
-def load_model(checkpoint: Checkpoint, dtype: str) -> Any:
-    """The model in ``dtype`` on the CPU, in eval mode, with eager attention (no fused kernels to hide in)."""
+def load_model(checkpoint: Checkpoint, dtype: str, model_class: str = MODEL_CLASSES[0]) -> Any:
+    """The model in ``dtype`` on the CPU, in eval mode, with eager attention (no fused kernels to hide in).
+
+    ``model_class`` is one of transformers' own auto classes (the map names it: an image-text model such as
+    mllama is no causal LM class), looked up by name in an allowlist, never a class the checkpoint ships.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
     from transformers.utils import logging as transformers_logging
 
     # Its progress bars and notices would bury the capture's own lines on stderr.
@@ -98,8 +104,10 @@ def load_model(checkpoint: Checkpoint, dtype: str) -> Any:
     transformers_logging.set_verbosity_error()
     if dtype not in DTYPES:
         raise InspectorError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if model_class not in MODEL_CLASSES:
+        raise InspectorError(f"model class {model_class!r} is not one of {', '.join(MODEL_CLASSES)}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = getattr(transformers, model_class).from_pretrained(
             checkpoint.path, dtype=getattr(torch, dtype), local_files_only=True, trust_remote_code=False,
             use_safetensors=True, attn_implementation="eager")
     except (OSError, ValueError, KeyError, RuntimeError) as error:

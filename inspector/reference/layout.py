@@ -15,6 +15,19 @@ axis.  What differs is named by the steps (``docs/reference.md``):
   (2i, 2i+1), so the converter reorders each head's rows from (2, head_dim/2)
   to (head_dim/2, 2) and the GGUF's Q and K come out in that order.  A
   transformers activation gets the same reordering on its last axis.
+- ``patches``: a convolution's ``(..., channels, rows, columns)`` output
+  made ``(..., rows*columns, channels)``.  A vision tower's patch embedding
+  is a ``Conv2d`` in transformers; ggml computes it as im2col and a matmul,
+  one row of ``n_embd`` per patch (row-major over the grid), per tile:
+  mllama's ``patch_embd`` is ``[n_embd, patches, tiles]``.
+- ``one_image``: drops the images axis of transformers'
+  ``(batch, images, tiles, patches, dim)`` vision outputs (the batch axis is
+  already gone).  A ggml vision graph encodes one image, so it holds
+  ``[dim, patches, tiles]``; there must be exactly one image.
+- ``rows``: every axis but the last flattened into one, ggml's token rows.
+  transformers' mllama hands the projector's output to the cross-attention
+  layers as ``(tiles, patches, dim)`` (its batch axis is the tiles), where
+  ggml has one row per image token, ``[dim, tiles*patches]``.
 """
 
 from __future__ import annotations
@@ -63,4 +76,14 @@ def to_ggml(values: np.ndarray, steps: tuple[str, ...], heads: Heads) -> np.ndar
             values = values.reshape(*values.shape[:-1], count, heads.head_dim)
         elif kind == "rope_rows":
             values = _rope_rows(values, heads.count(which), heads.head_dim)
+        elif kind == "patches":
+            if values.ndim < 3:
+                raise InspectorError(f"layout patches needs (..., channels, rows, columns), got {values.shape}")
+            values = values.reshape(*values.shape[:-2], -1).swapaxes(-1, -2)
+        elif kind == "rows":
+            values = values.reshape(-1, values.shape[-1])
+        elif kind == "one_image":
+            if values.ndim < 2 or values.shape[0] != 1:
+                raise InspectorError(f"layout one_image needs one image on the first axis, got {values.shape}")
+            values = values[0]
     return np.ascontiguousarray(values)
