@@ -93,6 +93,8 @@ KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", 
 MLLAMA_IMAGE_LOADERS = ("pil", "hf-path")
 # mllama generate: how the language model gets the vision output (late-read: the original port's bug).
 MLLAMA_VISION_OUTPUTS = ("copy", "late-read")
+# mllama convert --outtype: float types, and quantized ones by llama.cpp's rules (inspector/mllama/outtypes.py).
+MLLAMA_OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q4_k", "q4_k_m")
 
 # -- bounded reading of untrusted dumps and frame streams (issue 19) ------------------
 # Bytes per piece when a reader streams a tensor: the memory show, export, plot and compare hold.
@@ -144,3 +146,6 @@ REPLAY_MAX_BYTES = 2 * 1024**3
 # The ``runner`` a reference implementation's dump records (``capture-hf``): a tensor its name map does not
 # name is absent by design, not missing.
 REFERENCE_RUNNER = "capture-hf"
+
+# ggml ops that compute nothing: their output is a view of their source's memory.
+VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})

@@ -40,7 +40,7 @@ from inspector.ggml import GgmlLibraries, Tensor, load, read_tensor
 from inspector.ggml.readout import UnreadableTensor, read_rows, row_runs, written_layout
 from inspector.ggml.tensor import flag_names
 from inspector.gguf.weights import WeightFile, WeightFiles
-from inspector.identity import is_model_state, parse_sched_copy
+from inspector.identity import is_model_state, kv_cache_of, parse_sched_copy
 
 # bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data)
 EvalCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p)
@@ -173,7 +173,7 @@ class TensorHook:
         self._identity[address] = (name, occurrence)
         if not self.capturing:
             return False
-        capture_node = self.selection.matches(name)
+        capture_node = self.selection.matches(name) and not self._whole_cache_view(tensor, occurrence)
         leafs = self._new_selected_leafs(tensor)
         if not (capture_node or leafs):
             return False
@@ -290,6 +290,24 @@ class TensorHook:
         self.sink(record, readout.array)
         self.counters.captured += 1
 
+
+    def _whole_cache_view(self, tensor: Tensor, occurrence: int) -> bool:
+        """True (and recorded as skipped) for the whole KV cache reshaped: n_ctx rows, which the writes store.
+
+        Without flash attention llama.cpp reshapes the whole transposed V
+        cache into a column to write into it; stored at every evaluation,
+        that reshape alone would make a dump grow with the context.  The
+        views attention reads (``ggml_view``, over the n_kv cells in use)
+        grow with the tokens and are kept, even where they span the cache.
+        """
+        source = tensor.view_source
+        if source is None or tensor.op_desc != "RESHAPE" or kv_cache_of(source.name) != source.name \
+                or tensor.nbytes < source.nbytes:
+            return False
+        self.skipped.append(SkippedTensor(self._eval_index, tensor.name, occurrence, tensor.buffer_type_name,
+                                          "a view of the whole KV cache (n_ctx rows): the writes store the rows "
+                                          "each evaluation wrote"))
+        return True
 
     def _rows_written(self, tensor: Tensor) -> list[int]:
         """The destination rows a KV-cache write (SET_ROWS) wrote, from its row-index source; [] otherwise.

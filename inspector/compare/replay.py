@@ -33,7 +33,7 @@ import numpy as np
 
 from inspector.capture.selection import SelectionDescription
 from inspector.compare.replay_checks import TYPES, Node, Operand, ReplayRefused, check_node, op_of, op_params, operand
-from inspector.constants import NUMPY_DTYPE_OF_TYPE_NAME
+from inspector.constants import NUMPY_DTYPE_OF_TYPE_NAME, VIEW_OPS
 from inspector.dump.reader import Dump, Entry, open_dump
 from inspector.dump.record import rows_written_of
 from inspector.errors import InspectorError, ModelError
@@ -48,7 +48,8 @@ from inspector.gguf.header import GgufHeader, read_header, read_tensor_bytes
 from inspector.identity import KV_CACHE_PREFIX, kv_cache_of
 from inspector.llamacpp.placement import extra_buffer_types
 
-VIEW_OPS = {"NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
+# A leaf (NONE) or a view computes nothing to replay.
+UNREPLAYABLE_OPS = frozenset({"NONE", *VIEW_OPS})
 # The src[] slot of the tensor an op writes into (its result is a view of it): ggml_set_rows, ggml_cpy.
 DESTINATION_SLOTS = {"SET_ROWS": 2, "CPY": 1}
 # The stored types a captured tensor is fed back as (a quantized one was stored dequantized).
@@ -330,7 +331,7 @@ def _checked_node(path_a: str | Path, name: str, record_a: dict[str, Any], recor
     op = record_a.get("op")
     if not isinstance(record_a.get("op_code"), int) or record_a["op_code"] < 0 or "source_details" not in record_a:
         raise InspectorError(f"{path_a} was captured before ops and sources were recorded: capture it again")
-    if isinstance(op, str) and op in VIEW_OPS:
+    if isinstance(op, str) and op in UNREPLAYABLE_OPS:
         raise InspectorError(f"{name} is a {op}: a view computes nothing, so there is nothing to replay")
     op_name = op_of(name, record_a["op_code"])
     words = op_params(name, record_a.get("op_params", []))
@@ -358,10 +359,10 @@ class _Inputs:
         captured = self.keys.get((self.entry.eval_index, name, occurrence))
         if captured is not None:
             source, data = self._captured(captured, label, slot)
-        elif (kv_cache_of(name) == name and slot == DESTINATION_SLOTS.get(self.op_name)
-              and _fresh_cache(self.dump, name, self.entry.eval_index, self.entry.node_index)):
-            # The cache this op writes into, which nothing wrote before (caches start cleared): zeros.
-            # The op's result is a view of it, so it has the node's shape.
+        elif (kv_cache_of(name) is not None and slot == DESTINATION_SLOTS.get(self.op_name)
+              and _fresh_cache(self.dump, kv_cache_of(name), self.entry.eval_index, self.entry.node_index)):
+            # The cache this op writes into (or its reshape, which captures skip: n_ctx rows), which nothing
+            # wrote before (caches start cleared): zeros. The op's result is a view of it: the node's shape.
             if detail["type"] not in CAPTURED_DTYPES:
                 raise InspectorError(f"{name} is a {detail['type']} cache: replay fills f32/f16 caches only")
             source = operand(label, detail["type"], record.get("ne"))

@@ -94,23 +94,36 @@ class TensorRecord:
 def rows_written_of(record: dict) -> list[int]:
     """The destination rows a stored KV-cache write holds, in stored order; [] for a tensor stored whole.
 
-    Read from a dump, so checked: whole runs inside the destination's
-    ``written_of_ne[1]`` rows, as many rows as the stored tensor has.
+    Read from a dump, so checked (:func:`count_rows_written`).
+    """
+    if not count_rows_written(record):
+        return []
+    return [row for first, count in record["rows_written"] for row in range(first, first + count)]
+
+
+def count_rows_written(record: dict) -> int:
+    """How many destination rows a KV-cache write holds, 0 for a tensor stored whole; checked, not expanded.
+
+    Checked: whole runs inside the destination's ``written_of_ne[1]`` rows,
+    as many rows as the stored tensor has.  The native stream's reader
+    checks every write's frame with this, so it costs the runs, not the rows.
     """
     runs, whole = record.get("rows_written") or [], record.get("written_of_ne") or []
     if not runs:
-        return []
+        return 0
     name = record.get("name")
     if not (isinstance(whole, list) and len(whole) == 4 and all(isinstance(n, int) and n > 0 for n in whole)):
         raise DumpError(f"{name!r}: a write's written_of_ne is not four positive integers")
-    rows: list[int] = []
+    if not isinstance(runs, list):
+        raise DumpError(f"{name!r}: its rows_written is not a list of runs")
+    count = 0
     for run in runs:
         if not (isinstance(run, list) and len(run) == 2 and all(isinstance(n, int) for n in run)
                 and run[0] >= 0 and run[1] > 0 and run[0] + run[1] <= whole[1]
-                and len(rows) + run[1] <= MAX_ROWS_WRITTEN):
+                and count + run[1] <= MAX_ROWS_WRITTEN):
             raise DumpError(f"{name!r}: its rows_written run {str(run)[:40]} is outside its {whole[1]} rows")
-        rows.extend(range(run[0], run[0] + run[1]))
+        count += run[1]
     ne = record.get("ne") or []
-    if len(ne) < 2 or ne[1] != len(rows):
-        raise DumpError(f"{name!r}: stores {ne[1:2]} rows but records {len(rows)} written")
-    return rows
+    if len(ne) < 2 or ne[1] != count:
+        raise DumpError(f"{name!r}: stores {ne[1:2]} rows but records {count} written")
+    return count
