@@ -133,8 +133,12 @@ def choose_preset(config_a: dict[str, Any], config_b: dict[str, Any], splits_dif
                           "differences)") if quantized else ("f16", " (f16 rounding)")
     causes: list[tuple[str, str]] = []
     if _recorded_differently(weights):
-        causes.append(("quant", f"weights {weights[0]} vs {weights[1]} (quantization error)") if quantized
-                      else ("f16", f"weights {weights[0]} vs {weights[1]} (f16 rounding)"))
+        if quantized:
+            causes.append(("quant", f"weights {weights[0]} vs {weights[1]} (quantization error)"))
+        elif set(weights) <= {"F32", "F64"}:  # a float64 reference against a float32 run
+            causes.append(("f32", f"weights {weights[0]} vs {weights[1]} (float32 rounding)"))
+        else:
+            causes.append(("f16", f"weights {weights[0]} vs {weights[1]} (f16 rounding)"))
     caches = _pair(config_a, config_b, "type_k") + _pair(config_a, config_b, "type_v")
     if _recorded_differently(caches[:2]) or _recorded_differently(caches[2:]):
         text = f"KV cache {caches[0]}/{caches[2]} vs {caches[1]}/{caches[3]}"
