@@ -825,7 +825,9 @@ def frame_mutations(base: list[Frame], count: int, seed: int = SEED) -> list[tup
                        ("flags", 2**80), ("flags", "x"), ("op_params", list(range(100000))), ("op_params", ["x"]),
                        ("op_params", [2**80]), ("op_code", 2**70), ("source_details", "x"),
                        ("source_details", [{}] * 11), ("source_details", [{"name": 1}]), ("view_offset", "x"),
-                       ("sources", 5), ("sched", "x"), ("compute", 2**70)):
+                       ("sources", 5), ("sched", "x"), ("compute", 2**70), ("rows_written", [[0, 1]]),
+                       ("rows_written", "x"), ("rows_written", [[2**62, 2**62]]),
+                       ("written_of_ne", [1, 2**62, 1, 1])):
         text = repr(value) if len(repr(value)) < 40 else type(value).__name__ + f"[{len(value)}]"
         add(f"tensor.{key}={text}", on_tensor(**{key: value}), "text" if value == HOSTILE_TEXT else "header")
     add("tensor.missing-name", lambda fr: _tensor_frame(fr).header.pop("name") and None)

@@ -61,10 +61,15 @@ enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT };
 /* Tensors are read and sent in pieces of at most this size, so the copy buffer stays small. */
 #define COPY_CHUNK ((size_t) 64 << 20)
 #define PATTERN_SEPARATOR '\x1f'
+/* A KV-cache write (SET_ROWS) is sent as the rows it wrote, listed in its header as runs of consecutive rows:
+ * at most this many runs (a transposed V cache writes one-value rows, n_embd_v_gqa runs per run of cells);
+ * a write of more is sent whole, as any other tensor. */
+#define MAX_WRITTEN_RUNS 16384
 /* Strings are cut at STRING_LIMIT bytes; a TENSOR header holds at most 18 strings, each at most six
- * times longer once escaped, so JSON_CAPACITY is never reached by a real header. */
+ * times longer once escaped, and at most MAX_WRITTEN_RUNS runs of two numbers of at most 20 digits, so
+ * JSON_CAPACITY is never reached by a real header (and stays under the 1 MiB the receiver takes). */
 #define STRING_LIMIT 1024
-#define JSON_CAPACITY (128 * 1024)
+#define JSON_CAPACITY (128 * 1024 + MAX_WRITTEN_RUNS * 48)
 /* An evaluation's input leafs, read whether or not they are selected (llama.cpp's names, llama-graph.cpp):
  * token ids, positions and output rows (i32), or the input embeddings (f32), which Python digests from the
  * bytes sent.  A ubatch of embeddings feeds the leaf inp_embd straight on, and llama.cpp names that tensor
@@ -260,7 +265,15 @@ static struct {
 static struct {
     void * bytes;
     size_t capacity;
+    size_t filled; /* bytes gathered and not yet sent (a KV-cache write's rows) */
 } copy;
+
+/* The KV-cache write being sent: the destination rows it wrote, in the order of its row indices. */
+static struct {
+    int64_t * rows;
+    size_t    capacity;
+    size_t    count;
+} written;
 
 static void disconnect(void) {
     if (connection >= 0) {
@@ -849,6 +862,147 @@ static void put_dims(const char * key, const int64_t * values) {
     put_text("]");
 }
 
+/* ---- KV-cache writes: the rows written, not the whole cache ---- */
+
+/* A SET_ROWS node returns a view of the whole destination (llama.cpp's KV cache, n_ctx rows) of which this
+ * evaluation wrote a few rows: sending the view whole would make a dump grow with the context, not the
+ * tokens.  So the write is sent as the rows its row indices (src[1]) name, read at the write like the node
+ * (the scheduler reuses their memory afterwards), as the Python hook does (inspector/capture/hook.py). */
+
+static size_t row_bytes_of(const struct ggml_tensor * t) {
+    return gg.type_size(t->type) * (size_t) (t->ne[0] / gg.blck_size(t->type));
+}
+
+/* The end of the run of consecutive rows of `written` that starts at index `i`. */
+static size_t run_end(size_t i) {
+    while (++i < written.count && written.rows[i] == written.rows[i - 1] + 1) {
+    }
+    return i;
+}
+
+static bool reserve_rows(size_t count) {
+    if (count <= written.capacity) {
+        return true;
+    }
+    int64_t * rows = malloc(count * sizeof *rows);
+    if (rows == NULL) {
+        return false;
+    }
+    free(written.rows);
+    written.rows = rows;
+    written.capacity = count;
+    return true;
+}
+
+/* Whether `t` is a KV-cache write to send by its rows: a SET_ROWS into rows of whole blocks (ne[2] = ne[3] = 1),
+ * whose i64 or i32 row indices can be read, at most one per destination row, each inside the destination,
+ * in at most MAX_WRITTEN_RUNS runs.  If so `written` holds them; anything else is sent whole, as before. */
+static bool read_written_rows(const struct ggml_tensor * t) {
+    const struct ggml_tensor * indices = t->src[1];
+    size_t                     width = indices != NULL && indices->type == GGML_TYPE_I32 ? 4 : 8;
+    written.count = 0;
+    if (indices == NULL || (indices->type != GGML_TYPE_I64 && indices->type != GGML_TYPE_I32) || t->ne[2] != 1 ||
+        t->ne[3] != 1 || t->nb[0] != gg.type_size(t->type) || t->ne[0] % gg.blck_size(t->type) != 0 ||
+        t->nb[1] < row_bytes_of(t)) {
+        return false;
+    }
+    int64_t n = indices->ne[0] * indices->ne[1] * indices->ne[2] * indices->ne[3];
+    char    why[512];
+    if (n < 1 || n > t->ne[1] || readable(indices, "", MAX_TENSOR_BYTES, "", why, sizeof why) != (size_t) n * width ||
+        !reserve_rows((size_t) n)) {
+        return false;
+    }
+    gg.tensor_get(indices, written.rows, 0, (size_t) n * width);
+    for (size_t i = (size_t) n; width == 4 && i-- > 0;) { /* widened in place, from the end */
+        int32_t row;
+        memcpy(&row, (const char *) written.rows + 4 * i, sizeof row);
+        written.rows[i] = row;
+    }
+    size_t runs = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (written.rows[i] < 0 || written.rows[i] >= t->ne[1]) {
+            return false;
+        }
+        runs += i == 0 || written.rows[i] != written.rows[i - 1] + 1;
+    }
+    written.count = runs <= MAX_WRITTEN_RUNS ? (size_t) n : 0;
+    return written.count > 0;
+}
+
+/* The header fields of a write sent by its rows: its runs of rows as [first, count] in the order written, and
+ * the destination's ne (the layout sent is put_layout's). */
+static void put_rows_written(const struct ggml_tensor * t) {
+    put_key("rows_written");
+    put_text("[");
+    for (size_t i = 0, end; i < written.count; i = end) {
+        end = run_end(i);
+        separate();
+        put_text("[");
+        put_number((long long) written.rows[i]);
+        put_number((long long) (end - i));
+        put_text("]");
+    }
+    put_text("]");
+    put_dims("written_of_ne", t->ne);
+}
+
+/* `size` bytes of `t` from `offset` into the copy buffer, which is sent whenever it is full: a write's rows go out
+ * in pieces of the buffer's size, however small its rows (a transposed V cache's are one value). */
+static bool gather(const struct ggml_tensor * t, size_t offset, size_t size) {
+    while (size > 0) {
+        if (copy.filled == copy.capacity) {
+            if (!send_all(copy.bytes, copy.filled)) {
+                return false;
+            }
+            copy.filled = 0;
+        }
+        size_t part = size < copy.capacity - copy.filled ? size : copy.capacity - copy.filled;
+        gg.tensor_get(t, (char *) copy.bytes + copy.filled, offset, part);
+        copy.filled += part;
+        offset += part;
+        size -= part;
+    }
+    return true;
+}
+
+/* After a frame head announcing them: the rows of `written`, one after another; one read per run of rows when
+ * the destination's rows are packed, else one per row. */
+static void send_written_rows(const struct ggml_tensor * t) {
+    size_t row_bytes = row_bytes_of(t);
+    bool   packed = t->nb[1] == row_bytes;
+    bool   sent = true;
+    copy.filled = 0;
+    for (size_t i = 0, end; i < written.count && sent; i = end) {
+        end = run_end(i);
+        for (size_t row = i; row < (packed ? i + 1 : end) && sent; row++) {
+            sent = gather(t, (size_t) written.rows[row] * t->nb[1], packed ? (end - i) * row_bytes : row_bytes);
+        }
+    }
+    if (!sent || !send_all(copy.bytes, copy.filled)) {
+        disconnect();
+    }
+}
+
+/* ne, nb and n_dims as sent: the tensor's own, or for a write sent by its rows, those rows one after another (what
+ * inspector/ggml/readout.py's written_layout makes of them). */
+static void put_layout(const struct ggml_tensor * t, bool by_rows) {
+    int64_t ne[GGML_MAX_DIMS], nb[GGML_MAX_DIMS];
+    int     n_dims = gg.n_dims(t);
+    for (int i = 0; i < GGML_MAX_DIMS; i++) {
+        ne[i] = t->ne[i];
+        nb[i] = (int64_t) t->nb[i];
+    }
+    if (by_rows) {
+        ne[1] = (int64_t) written.count;
+        nb[1] = (int64_t) row_bytes_of(t);
+        nb[2] = nb[3] = nb[1] * ne[1];
+        n_dims = n_dims < 2 ? 2 : n_dims;
+    }
+    put_dims("ne", ne);
+    put_dims("nb", nb);
+    field_number("n_dims", n_dims);
+}
+
 static void capture(const struct scheduler * s, struct ggml_tensor * t, const char * name, int node_index,
                     uint32_t occurrence, const char * consumer, bool through_copy) {
     if (connection < 0) {
@@ -874,16 +1028,15 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
     }
     char raw_name[GGML_MAX_NAME];
     tensor_name(t, raw_name);
+    bool by_rows = consumer == NULL && t->op == GGML_OP_SET_ROWS && read_written_rows(t);
+    if (by_rows) {
+        nbytes = written.count * row_bytes_of(t);
+        put_rows_written(t);
+    }
     field_string("op", gg.op_desc(t));
     field_number("type", t->type);
     field_string("type_name", gg.type_name(t->type));
-    put_dims("ne", t->ne);
-    int64_t strides[GGML_MAX_DIMS];
-    for (int i = 0; i < GGML_MAX_DIMS; i++) {
-        strides[i] = (int64_t) t->nb[i];
-    }
-    put_dims("nb", strides);
-    field_number("n_dims", gg.n_dims(t));
+    put_layout(t, by_rows);
     field_number("block_size", gg.blck_size(t->type));
     field_number("type_size", (long long) gg.type_size(t->type));
     field_string("buffer", gg.buffer_name(t->buffer));
@@ -922,7 +1075,11 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
     field_string("view_source", view_source);
     field_number("view_offset", (long long) t->view_offs);
     if (send_head(TENSOR, nbytes)) {
-        send_tensor_bytes(t, nbytes);
+        if (by_rows) {
+            send_written_rows(t);
+        } else {
+            send_tensor_bytes(t, nbytes);
+        }
     }
 }
 
@@ -1066,6 +1223,32 @@ static bool take_leaf(struct scheduler * s, struct ggml_tensor * src, struct pen
     return true;
 }
 
+/* True, and sent as skipped, for llama.cpp's whole KV cache reshaped (a RESHAPE of a cache_* leaf, as large as it):
+ * without flash attention llama.cpp reshapes the whole transposed V cache into a column to write into it, n_ctx
+ * rows at every evaluation, which the writes' rows already hold.  The views attention reads, over the cells in
+ * use, are kept.  As the Python hook decides (inspector/capture/hook.py). */
+static bool whole_cache_view(const struct scheduler * s, const struct ggml_tensor * t, const char * name) {
+    char source[GGML_MAX_NAME] = "";
+    if (t->view_src != NULL) {
+        tensor_name(t->view_src, source);
+    }
+    if (strncmp(source, "cache_", 6) != 0 || strchr(source, ' ') != NULL || gg.nbytes(t) < gg.nbytes(t->view_src)) {
+        return false;
+    }
+    ggml_backend_buffer_type_t buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
+    json_begin();
+    field_number("sched", s->id);
+    field_number("compute", s->computes - 1);
+    field_string("name", name);
+    field_number("node_index", s->pending.node_index);
+    field_number("occurrence", s->pending.occurrence);
+    field_string("buffer_type", buft != NULL ? gg.buft_name(buft) : "");
+    field_string("reason", "a view of the whole KV cache (n_ctx rows): the writes store the rows each evaluation "
+                           "wrote");
+    send_head(SKIP, 0);
+    return true;
+}
+
 /* The ask phase for node `t`: counts it and decides whether we want it or a new leaf among its sources. */
 static bool ask_about(struct scheduler * s, const struct ggml_tensor * t) {
     s->pending.node = t;
@@ -1085,7 +1268,7 @@ static bool ask_about(struct scheduler * s, const struct ggml_tensor * t) {
     entry->marks |= SEEN_AS_NODE;
     s->pending.occurrence = entry->occurrences++;
     note_occurrence(&s->seen, t, s->pending.occurrence);
-    s->pending.capture_node = name_selected(name);
+    s->pending.capture_node = name_selected(name) && !(t->op == GGML_OP_RESHAPE && whole_cache_view(s, t, name));
     bool computed = (t->flags & GGML_TENSOR_FLAG_COMPUTE) != 0;
     for (int i = 0; i < GGML_MAX_SRC && connection >= 0; i++) {
         if (t->src[i] != NULL && computed) {

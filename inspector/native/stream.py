@@ -36,8 +36,8 @@ from inspector.constants import (
 from inspector.dump.background_writer import BackgroundWriter
 from inspector.dump.inputs import EMBEDDINGS_LEAFS, INPUT_LEAFS, MAX_INPUT_EMBD_BYTES, MAX_INPUT_VALUES, GraphInputs
 from inspector.dump.inputs import unknown as unknown_inputs
-from inspector.dump.record import TensorRecord
-from inspector.errors import InspectorError
+from inspector.dump.record import TensorRecord, count_rows_written
+from inspector.errors import DumpError, InspectorError
 from inspector.files.disk_space import DiskFull
 from inspector.ggml.readout import materialise
 from inspector.ggml.tensor import flag_names
@@ -50,6 +50,8 @@ MAX_HEADER_BYTES = 1 << 20
 # The hook sends no larger tensor; a materialised tensor may not be larger either.
 MAX_TENSOR_BYTES = 8 << 30
 READ_CHUNK_BYTES = 1 << 20
+# A KV-cache write comes as at most this many runs of rows (the hook's MAX_WRITTEN_RUNS; more are sent whole).
+MAX_WRITTEN_RUNS = 16384
 GGML_MAX_DIMS = 4
 PATTERN_SEPARATOR = "\x1f"
 # The library that created a scheduler names what its graphs are: libmtmd's encode images, libllama's
@@ -194,6 +196,9 @@ class TensorHeader:
     op_params: list[int]
     op_code: int
     source_details: list[dict[str, Any]]
+    # A KV-cache write sent as the rows it wrote (TensorRecord.rows_written, written_of_ne); empty when sent whole.
+    rows_written: list[list[int]]
+    written_of_ne: list[int]
 
 
 def tensor_header(header: dict[str, Any], data_length: int) -> TensorHeader:
@@ -218,8 +223,42 @@ def tensor_header(header: dict[str, Any], data_length: int) -> TensorHeader:
         raise ProtocolError(f"a TENSOR header with node index {node_index} and occurrence {occurrence}; the index "
                             f"stores both as int32")
     _check_layout(ggml_type, ne, nb, n_dims, block_size, type_size, data_length)
+    runs, whole = header.get("rows_written"), header.get("written_of_ne")
+    if runs is not None or whole is not None:
+        _check_rows_written({"name": name, "rows_written": runs, "written_of_ne": whole, "ne": list(ne)}, nb,
+                            n_dims, block_size, type_size, data_length)
     return TensorHeader(name, op, type_name, ggml_type, ne, nb, n_dims, block_size, type_size, node_index, occurrence,
-                        flags, view_offset, op_params, op_code, _source_details(header.get("source_details", [])))
+                        flags, view_offset, op_params, op_code, _source_details(header.get("source_details", [])),
+                        runs or [], whole or [])
+
+
+def _check_rows_written(written: dict[str, Any], nb: tuple[int, ...], n_dims: int, block_size: int, type_size: int,
+                        data_length: int) -> None:
+    """Refuse a KV-cache write whose runs of rows are not exactly the rows its bytes hold, inside its destination.
+
+    The hook sends a write as its rows one after another (``ne`` = [ne0,
+    rows, 1, 1], packed strides) with the runs they came from and the whole
+    destination's ``ne``; a stream without these fields (any stream before
+    writes were sent by rows) carries every tensor whole.  The runs are
+    counted, never expanded, so a forged header costs its own bytes.
+    """
+    runs, whole, ne = written["rows_written"], written["written_of_ne"], written["ne"]
+    if not isinstance(runs, list) or not runs or len(runs) > MAX_WRITTEN_RUNS:
+        raise ProtocolError(f"a KV-cache write whose rows_written is not a list of 1 to {MAX_WRITTEN_RUNS} runs")
+    try:
+        count = count_rows_written(written)
+    except DumpError as error:
+        raise ProtocolError(f"a KV-cache write {error}") from None
+    row_bytes = ne[0] // block_size * type_size
+    if whole[0] != ne[0] or whole[2:] != [1, 1] or ne[2:] != [1, 1] or n_dims < 2 or ne[0] % block_size:
+        raise ProtocolError(f"a KV-cache write of ne {ne} (n_dims {n_dims}) into a destination of ne {whole}: not its "
+                            "rows")
+    if list(nb) != [type_size, row_bytes, row_bytes * count, row_bytes * count] or data_length != count * row_bytes:
+        raise ProtocolError(f"a KV-cache write of {count} rows of {row_bytes} bytes sent as {data_length} bytes "
+                            f"with strides {list(nb)}")
+    if whole[1] * row_bytes > MAX_TENSOR_BYTES:
+        raise ProtocolError(f"a KV-cache write into a destination of {whole[1]} rows of {row_bytes} bytes: more than "
+                            "the 8 GiB the hook reads")
 
 
 def record_of(header: dict[str, Any], eval_index: int, data: bytes) -> tuple[TensorRecord, np.ndarray]:
@@ -236,6 +275,7 @@ def record_of(header: dict[str, Any], eval_index: int, data: bytes) -> tuple[Ten
         sources=[str(source) for source in header.get("sources", [])],
         view_source=str(header.get("view_source", "")), view_offset=checked.view_offset,
         source_details=checked.source_details, op_params=checked.op_params, op_code=checked.op_code,
+        rows_written=checked.rows_written, written_of_ne=checked.written_of_ne,
     )
     return record, readout.array
 
