@@ -44,3 +44,21 @@ def test_a_long_context_costs_no_more_than_a_short_one(tiny_f32, tmp_path):
             # The largest stored tensor: a per-token one, never a whole cache of n_ctx rows.
             assert max(e.nbytes for e in dump.entries()) < 64 * 1024
     assert sizes[8192] <= 1.1 * sizes[256], sizes
+
+
+def test_the_cache_rebuilt_from_the_writes_is_what_attention_read(tiny_f32, tmp_path):
+    """export of a cache rebuilds it as of an evaluation; attention's own view of it, read at compute time, agrees."""
+    from test_cli import cli
+
+    run_capture(tiny_f32, tmp_path / "run.h5", n_ctx=512, n_predict=N_PREDICT, flash_attn="on")
+    last = N_PREDICT - 1
+    result = cli("export", tmp_path / "run.h5", "cache_k_l1", "--eval", str(last), "-o", tmp_path / "k.npy")
+    assert result.returncode == 0, result.stderr
+    rebuilt = np.load(tmp_path / "k.npy")
+    with open_dump(tmp_path / "run.h5") as dump:
+        view = dump.read(dump.find("cache_k_l1 (view)", last, 1))  # (n_kv cells, KV heads, head_dim)
+        written = sum(len(rows_written_of(dump.metadata(e))) for e in dump.entries()
+                      if e.name == "cache_k_l1 (view)" and e.op == "SET_ROWS")
+    assert rebuilt.shape == (512, view.shape[1] * view.shape[2])
+    np.testing.assert_array_equal(rebuilt[:view.shape[0]], view.reshape(view.shape[0], -1))
+    assert written and not rebuilt[written:].any()  # cells never written stay cleared

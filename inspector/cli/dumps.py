@@ -118,17 +118,32 @@ def show(dump: Path, tensor: str, eval_index: int | None, occurrence: int, count
 @options.occurrence
 @options.overwrite
 def export(dump: Path, tensor: str, output: Path, eval_index: int | None, occurrence: int, overwrite: bool) -> None:
-    """Write one tensor to a .npy file (numpy shape = ggml ne reversed), copied in pieces of 4 MiB."""
+    """Write one tensor to a .npy file (numpy shape = ggml ne reversed), copied in pieces of 4 MiB.
+
+    A KV cache (``cache_k_l0``), which dumps never store whole, is rebuilt
+    from the rows its writes stored, as of --eval (default: the last).
+    """
     import numpy as np
 
+    from inspector.dump.kv_cache import rebuild_cache
     from inspector.dump.reader import open_dump
     from inspector.files.outputs import atomic_output, check_output
     from inspector.formatting import printable, shape_text
+    from inspector.identity import kv_cache_of
 
     if output.suffix != ".npy":
         raise InspectorError(f"{output}: export writes .npy files; give a name ending in .npy")
     check_output(output, overwrite=overwrite, inputs=[dump])
     with open_dump(dump) as opened:
+        if kv_cache_of(tensor) == tensor and not opened.entries([tensor]):
+            # A KV cache is never stored whole: rebuilt from the rows its writes stored, as of that evaluation.
+            last = eval_index if eval_index is not None else max(e["index"] for e in opened.evaluations)
+            values = rebuild_cache(opened, tensor, last)
+            with atomic_output(output, overwrite=overwrite, inputs=[dump]) as temporary:
+                np.save(temporary, values)
+            click.echo(f"wrote {printable(tensor)} as of evaluation {last} {shape_text(values.shape)} "
+                       f"{values.dtype} -> {output}", err=True)
+            return
         entry = opened.find(tensor, eval_index, occurrence)
         opened.require_values(entry)
         with atomic_output(output, overwrite=overwrite, inputs=[dump]) as temporary:
