@@ -42,6 +42,10 @@ Each section records the 1-minute load average before and after it: the
 vision graph's time doubles when something else runs on the 2 cores.
 
 Nothing here asserts a time: it prints one JSON object.
+
+``--full-width [--outtypes f16,q4_k_m] [--smoke]``: Llama 3.2 11B Vision's
+real widths at reduced depth, per ``mllama convert --outtype``, with a
+per-layer extrapolation to the real depth (``mllama_full_width.py``).
 """
 
 from __future__ import annotations
@@ -269,11 +273,45 @@ def bench_phases(gguf: Path, image: Path, folder: Path, repeats: int) -> dict[st
     return result
 
 
+def full_width(args: argparse.Namespace) -> dict[str, object]:
+    """--full-width: the real 11B widths at reduced depth, per --outtype (benchmarks/mllama_full_width.py)."""
+    import mllama_full_width as full
+
+    divisor = 8 if args.smoke else 1
+    config = full.full_config(divisor)
+    folder = full.write_checkpoint(RESULTS / config["_name_or_path"], config)
+    results: dict[str, object] = {"model": {"config": config, "checkpoint_bytes": sum(
+        f.stat().st_size for f in folder.glob("*.safetensors")), "largest_tensor_f32_bytes": _largest_tensor(
+        sorted(folder.glob("*.safetensors"))), "prompt_tokens": len(PROMPT_IDS), "n_predict": N_PREDICT,
+        "threads": THREADS, "real_depth": full.REAL_DEPTH}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        image = make_image(work / "photo-1000x800.png")
+        for outtype in args.outtypes.split(","):
+            before = os.getloadavg()[0]
+            result = full.bench_outtype(folder, work, outtype, image, PROMPT_IDS, N_PREDICT, THREADS)
+            result["load_average_1min"] = [round(before, 2), round(os.getloadavg()[0], 2)]
+            results[outtype] = result
+            print(f"{outtype}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--full-width", action="store_true",
+                        help="the real 11B widths at reduced depth, per --outtypes (mllama_full_width.py); heavy")
+    parser.add_argument("--outtypes", default="f32,f16,bf16,q8_0,q6_k,q4_k,q4_k_m",
+                        help="--full-width: the outtypes to convert and run, comma-separated")
+    parser.add_argument("--smoke", action="store_true", help="--full-width with every width divided by 8")
     args = parser.parse_args()
+    if args.full_width:
+        results = full_width(args)
+        print(json.dumps(results, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return
     folder = checkpoint()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -41,9 +41,12 @@ def make_config() -> MllamaConfig:
     )
 
 
-def make_model(seed: int = 0) -> MllamaForConditionalGeneration:
+def make_model(seed: int = 0, **text: object) -> MllamaForConditionalGeneration:
+    """The tiny model; ``text`` overrides text_config settings (widths the quantized types' blocks fit)."""
     torch.manual_seed(seed)
     config = make_config()
+    for key, value in text.items():
+        setattr(config.text_config, key, value)
     config._attn_implementation = "eager"  # after save: from_pretrained(folder, attn_implementation="eager")
     model = MllamaForConditionalGeneration(config).eval()
     with torch.no_grad():

@@ -12,7 +12,7 @@ import click
 from inspector.cli import options
 from inspector.cli.llama_options import llama_cpp_options
 from inspector.cli.running import echo_progress
-from inspector.constants import DEFAULT_DUMP_DIR, MLLAMA_VISION_OUTPUTS
+from inspector.constants import DEFAULT_DUMP_DIR, MLLAMA_OUTTYPES, MLLAMA_VISION_OUTPUTS
 from inspector.errors import InspectorError
 
 tile_size = click.option("--tile-size", default=560, show_default=True)
@@ -104,17 +104,28 @@ def mllama() -> None:
 @mllama.command("convert")
 @click.argument("hf_dir", type=click.Path(path_type=Path))
 @options.output_file("GGUF file to write.", required=True)
-@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True)
+@click.option("--outtype", "--dtype", "outtype", type=click.Choice(MLLAMA_OUTTYPES), default="f32", show_default=True,
+              help="The stored type: f32, f16 or bf16 matrices, or quantized by ggml as llama-quantize would "
+                   "(q4_k_m: llama.cpp's Q4_K_M mix). --dtype is the older name.")
 @options.overwrite
-def mllama_convert(hf_dir: Path, output: Path, dtype: str, overwrite: bool) -> None:
+def mllama_convert(hf_dir: Path, output: Path, outtype: str, overwrite: bool) -> None:
     """Convert a whole Hugging Face MllamaForConditionalGeneration checkpoint to one GGUF (no torch needed).
 
     The file holds the vision tower, the projector and the text model (with the
     8 embedding rows past vocab_size, the cross-attention gates and q/k norms,
     and rope_freqs computed from the rope settings), plus tokenizer.json when
     HF_DIR has one. `mllama encode` reads the same file. A checkpoint without
-    a text model is refused. --dtype f16 stores the matrices in f16 and keeps
-    embeddings, norms, gates and rope_freqs in f32.
+    a text model is refused.
+
+    --outtype f16 and bf16 store the matrices in that type and keep
+    embeddings, norms, gates and rope_freqs in f32. q8_0, q6_k and q4_k
+    quantize every text matrix and the token embedding to that type;
+    q4_k_m mixes Q4_K and Q6_K as llama.cpp's Q4_K_M does (output, and
+    attn_v and ffn_down in some layers, in Q6_K). A matrix whose rows do not
+    fit the type's block falls back as llama.cpp's does (Q4_K to Q5_0, Q6_K
+    to Q8_0, else F16). The vision tower stays f16 in the quantized types.
+    Tensors are converted in chunks: memory stays far below the largest
+    tensor. docs/mllama.md has the table.
     """
     from inspector.files.outputs import atomic_output, folder_files
     from inspector.formatting import human_bytes
@@ -122,7 +133,7 @@ def mllama_convert(hf_dir: Path, output: Path, dtype: str, overwrite: bool) -> N
 
     # The checkpoint's files (and their hard links elsewhere) are inputs.
     with atomic_output(output, overwrite=overwrite, inputs=[hf_dir, *folder_files(hf_dir)]) as temporary:
-        convert(hf_dir, temporary, dtype)
+        convert(hf_dir, temporary, outtype)
     click.echo(f"wrote {output} ({human_bytes(output.stat().st_size)})", err=True)
 
 

@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from inspector.constants import NUMPY_DTYPE_OF_TYPE_NAME
 from inspector.errors import InspectorError, ModelError
 from inspector.ggml.graph import GGML_BACKEND_BUFFER_USAGE_WEIGHTS, Backend, Context, set_data
 
-# The GGUF tensor types weights are uploaded in (gguf-py's names), as numpy dtypes.
-SUPPORTED_TYPES = {name.upper(): NUMPY_DTYPE_OF_TYPE_NAME[name] for name in ("f32", "f16")}
+# The GGUF tensor types (gguf-py's names) every weight may have: ops read them as floats.
+SUPPORTED_TYPES = frozenset({"F32", "F16"})
+# ...and those a weight that is only multiplied (mul_mat's first operand) or gathered (get_rows) may have
+# too: ggml's CPU backend (and so an RPC server) dequantizes them itself.
+MATRIX_TYPES = frozenset({*SUPPORTED_TYPES, "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+                          "Q5_K", "Q6_K", "IQ4_NL"})
 
 
 @dataclass(kw_only=True)
@@ -52,17 +55,24 @@ class BackendTensors:
         context.lib.base.ggml_backend_buffer_set_usage(buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
         self.buffers.append(buffer)
 
-    def upload(self, gguf_tensors: Iterable[Any], backend_of: Callable[[str], Backend]) -> None:
-        """Allocate gguf-py ``ReaderTensor``s on the backend ``backend_of(name)`` picks, and copy their data."""
+    def upload(self, gguf_tensors: Iterable[Any], backend_of: Callable[[str], Backend],
+               matrix: Callable[[str], bool] = lambda _name: False) -> None:
+        """Allocate gguf-py ``ReaderTensor``s on the backend ``backend_of(name)`` picks, and copy their data.
+
+        A tensor for which ``matrix(name)`` holds (the graph only multiplies or gathers it) may be in any of
+        ``MATRIX_TYPES``; every other one must be F32 or F16.
+        """
         groups: dict[str, tuple[Backend, list[Any]]] = {}
         for tensor in gguf_tensors:
-            if tensor.tensor_type.name not in SUPPORTED_TYPES:
-                raise ModelError(f"tensor {tensor.name} is {tensor.tensor_type.name}; only F32/F16 are supported")
+            allowed = MATRIX_TYPES if matrix(tensor.name) else SUPPORTED_TYPES
+            if tensor.tensor_type.name not in allowed:
+                raise ModelError(f"tensor {tensor.name} is {tensor.tensor_type.name}; the graph reads it only as "
+                                 f"{'/'.join(sorted(allowed))}")
             backend = backend_of(tensor.name)
             groups.setdefault(backend.name, (backend, []))[1].append(tensor)
         for backend, members in groups.values():
-            self.allocate(backend, {t.name: (SUPPORTED_TYPES[t.tensor_type.name], tuple(int(n) for n in t.shape))
-                                    for t in members})
+            # gguf-py's GGMLQuantizationType values are ggml's enum ggml_type.
+            self.allocate(backend, {t.name: (int(t.tensor_type), tuple(int(n) for n in t.shape)) for t in members})
             for tensor in members:
                 set_data(self.contexts[-1].lib, self.tensors[tensor.name], np.asarray(tensor.data))
 

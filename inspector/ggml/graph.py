@@ -44,9 +44,9 @@ class Context:
         function = getattr(self.lib.base, f"ggml_{op}")
         return lambda *args: function(self.address, *args)
 
-    def tensor(self, dtype: np.dtype | str, ne: tuple[int, ...], name: str) -> int:
-        """A new tensor of numpy ``dtype`` and ggml dimensions ``ne`` (fastest first)."""
-        ggml_type = GGML_TYPE_OF_DTYPE[np.dtype(dtype)]
+    def tensor(self, dtype: np.dtype | str | int, ne: tuple[int, ...], name: str) -> int:
+        """A new tensor of numpy ``dtype`` (or ``enum ggml_type`` value) and ggml dimensions ``ne`` (fastest first)."""
+        ggml_type = dtype if isinstance(dtype, int) else GGML_TYPE_OF_DTYPE[np.dtype(dtype)]
         dims = list(ne) + [1] * (4 - len(ne))
         address = self.lib.base.ggml_new_tensor_4d(self.address, ggml_type, *dims)
         return self.name(address, name)

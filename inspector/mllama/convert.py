@@ -5,8 +5,11 @@ The GGUF holds the vision tower, the projector and the text model (layout in
 when it has one.  safetensors is read with a small bounded parser (the format
 is an 8-byte header length, a JSON header, then raw little-endian data), so
 conversion needs neither torch nor the safetensors package, and an untrusted
-file cannot make it read outside the file.  Tensors are read one at a time
-while the GGUF is written, so a checkpoint never has to fit in memory twice.
+file cannot make it read outside the file.  Tensors are read a chunk of
+rows at a time while the GGUF is written, converted to the type ``--outtype``
+gives each (``outtypes``; the quantized types by ggml's own quantizer), so
+conversion needs memory for a few chunks, not for the checkpoint nor for its
+largest tensor.
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ import math
 import os
 import struct
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 
 from inspector.errors import InspectorError
 from inspector.mllama import gguf_layout as L
+from inspector.mllama.outtypes import TypeMix, check_outtype
 from inspector.mllama.preprocess import CLIP_MEAN, CLIP_STD
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -38,6 +43,9 @@ TEXT_DEFAULTS: dict[str, Any] = {
     "max_position_embeddings": 131072, "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38],
 }
 DEFAULT_ROPE_THETA = 500000.0
+# Float32 bytes of rows converted at once, and the most chunks converted in parallel: a conversion's memory.
+CHUNK_BYTES = 4 << 20
+MAX_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -55,14 +63,24 @@ class StoredTensor:
         return len(self.shape)
 
     def load(self) -> np.ndarray:
+        return self.load_rows(0, self.rows).reshape(self.shape)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the last axis (1 for a 1-D tensor): the unit the converter reads and quantizes in."""
+        return math.prod(self.shape[:-1])
+
+    def load_rows(self, first: int, count: int) -> np.ndarray:
+        """Rows ``first .. first + count`` of the tensor seen as (rows, last axis), widened to float32."""
         element = np.dtype(SAFETENSORS_DTYPES[self.dtype])
-        count = math.prod(self.shape)
-        raw = np.fromfile(self.path, dtype=element, count=count, offset=self.offset)
-        if raw.size != count:
+        width = self.shape[-1] if self.shape else 1
+        raw = np.fromfile(self.path, dtype=element, count=count * width,
+                          offset=self.offset + first * width * element.itemsize)
+        if raw.size != count * width:
             raise InspectorError(f"{self.path}: tensor {self.name} is truncated")
-        raw = raw.reshape(self.shape)
+        raw = raw.reshape(count, width)
         if self.dtype == "BF16":
-            # One uint32 array, shifted in place: a 128k-row bf16 embedding is widened without temporaries.
+            # One uint32 array, shifted in place: bf16 widened without further temporaries.
             widened = raw.astype(np.uint32)
             widened <<= 16
             return widened.view(np.float32)
@@ -343,8 +361,55 @@ def _text_tensors(layout: TextLayout, found: dict[str, tuple[str, Any]]) -> list
 # --- writing -------------------------------------------------------------------------------------------
 
 
-def _as_array(tensor: Any) -> np.ndarray:
-    return tensor.load() if isinstance(tensor, StoredTensor) else np.asarray(tensor, dtype=np.float32)
+def stored_bytes(rows: np.ndarray, kind: GGMLQuantizationType) -> np.ndarray:
+    """Float32 rows as ``kind`` stores them: numpy for f32/f16, ggml's own quantizer for bf16 and the quants."""
+    if kind == GGMLQuantizationType.F32:
+        return rows
+    if kind == GGMLQuantizationType.F16:
+        return rows.astype(np.float16)
+    from inspector.ggml.quantize import quantize_rows
+
+    return quantize_rows(rows, kind)
+
+
+class _Streamed:
+    """One tensor's stored bytes, made chunk by chunk while GGUFWriter writes them.
+
+    ``GGUFWriter.write_tensor_data`` uses only ``nbytes`` and ``tofile`` of what
+    it is given (on a little-endian host), so this stands in for the array:
+    the tensor is read, widened and converted ``CHUNK_BYTES`` of float32 rows at
+    a time, a few chunks at once on the pool (ggml's quantizer and numpy's
+    conversions release the GIL), and written in order.  A conversion's peak
+    memory is then a few chunks, whatever the largest tensor.
+    """
+
+    def __init__(self, source: Any, shape: tuple[int, ...], kind: GGMLQuantizationType,
+                 pool: ThreadPoolExecutor, workers: int) -> None:
+        self.source = source if isinstance(source, StoredTensor) else np.asarray(source, dtype=np.float32)
+        width = shape[-1] if shape else 1
+        self.rows = math.prod(shape[:-1])
+        self.kind = kind
+        block, size = GGML_QUANT_SIZES[kind]
+        self.nbytes = self.rows * (width // block) * size
+        self.step = max(1, CHUNK_BYTES // (4 * max(width, 1)))
+        self.pool = pool
+        self.workers = workers
+
+    def _chunk(self, first: int) -> np.ndarray:
+        count = min(self.step, self.rows - first)
+        if isinstance(self.source, StoredTensor):
+            rows = self.source.load_rows(first, count)
+        else:
+            rows = self.source.reshape(self.rows, -1)[first:first + count]
+        return stored_bytes(rows, self.kind)
+
+    def tofile(self, handle: Any) -> None:
+        if self.nbytes == 0:
+            return
+        starts = range(0, self.rows, self.step)
+        for window in range(0, len(starts), self.workers):
+            for chunk in self.pool.map(self._chunk, starts[window:window + self.workers]):
+                chunk.tofile(handle)
 
 
 def _add_vision_keys(writer: GGUFWriter, config: dict[str, Any]) -> None:
@@ -393,15 +458,17 @@ def _add_text_keys(writer: GGUFWriter, layout: TextLayout, tokenizer_json: str |
 
 
 def write_gguf(config: dict[str, Any], tensors: Mapping[str, Any], output: str | os.PathLike[str],
-               dtype: str = "f32", tokenizer_json: str | None = None) -> Path:
+               outtype: str = "f32", tokenizer_json: str | None = None) -> Path:
     """Write the GGUF (layout in docs/mllama.md) from HF-named tensors (numpy arrays or StoredTensor).
+
+    ``outtype`` picks each tensor's stored type (``outtypes.TypeMix``: float types, or llama.cpp's
+    quantization rules); tensors are streamed in chunks (``_Streamed``).
 
     With text-model tensors among them the file is a whole model (architecture ``mllama``: vision,
     projector, text model and rope_freqs, all checked against config.json); without, a vision tower +
     projector file (``mllama_vision``), as the tiny demo model writes.
     """
-    if dtype not in ("f32", "f16"):
-        raise InspectorError("--dtype must be f32 or f16")
+    check_outtype(outtype)
     found: dict[str, tuple[str, Any]] = {}
     for hf_name in sorted(tensors):
         name = L.gguf_name(hf_name)
@@ -422,38 +489,39 @@ def write_gguf(config: dict[str, Any], tensors: Mapping[str, Any], output: str |
     _add_vision_keys(writer, config)
     if layout is not None:
         _add_text_keys(writer, layout, tokenizer_json)
-    plan = []
-    for name, tensor in ordered:
-        if L.is_text_tensor(name):
-            matrix = len(tensor.shape) >= 2 and name != L.TOKEN_EMBD
-        else:
-            matrix = len(tensor.shape) >= 2 and not name.endswith(("_embd", "pos_embd"))
-        stored = np.dtype(np.float16 if dtype == "f16" and matrix else np.float32)
-        shape = tuple(int(n) for n in tensor.shape)
-        writer.add_tensor_info(name, shape, stored, math.prod(shape) * stored.itemsize)
-        plan.append((tensor, stored))
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for tensor, stored in plan:
-            writer.write_tensor_data(_as_array(tensor).astype(stored))
-        writer.close()
-    except BaseException:
+    mix = TypeMix(outtype, layout.layers, layout.cross_layers) if layout else TypeMix(outtype)
+    workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    with ThreadPoolExecutor(workers) as pool:
+        plan = []
+        for name, tensor in ordered:
+            shape = tuple(int(n) for n in tensor.shape)
+            stream = _Streamed(tensor, shape, mix.stored_type(name, shape), pool, workers)
+            # Any dtype but uint8 makes gguf-py take the shape as elements, not bytes.
+            writer.add_tensor_info(name, shape, np.dtype(np.float32), stream.nbytes, raw_dtype=stream.kind)
+            plan.append(stream)
         try:
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for stream in plan:
+                writer.write_tensor_data(stream)
             writer.close()
-        finally:
-            Path(output).unlink(missing_ok=True)  # no half-written GGUF
-        raise
+        except BaseException:
+            try:
+                writer.close()
+            finally:
+                Path(output).unlink(missing_ok=True)  # no half-written GGUF
+            raise
     return Path(output)
 
 
-def convert(folder: str | os.PathLike[str], output: str | os.PathLike[str], dtype: str = "f32") -> Path:
+def convert(folder: str | os.PathLike[str], output: str | os.PathLike[str], outtype: str = "f32") -> Path:
     """The whole checkpoint (vision, projector, text model, tokenizer.json if present) as one GGUF."""
+    check_outtype(outtype)
     config, tensors = read_checkpoint(folder)
     if not any(L.is_text_tensor(L.gguf_name(name)) for name in tensors):
         raise InspectorError(f"{folder} has no text model: its safetensors hold no language_model.* tensors "
                              "(mllama convert needs the whole MllamaForConditionalGeneration checkpoint)")
     if not isinstance(config.get("text_config"), dict):
         raise InspectorError(f"{folder}/config.json has no text_config")
-    return write_gguf(config, tensors, output, dtype, read_tokenizer_json(folder))
+    return write_gguf(config, tensors, output, outtype, read_tokenizer_json(folder))

@@ -186,6 +186,24 @@ def is_text_tensor(gguf: str) -> bool:
     return not gguf.startswith(("v.", "mm."))
 
 
+# The weights the graphs only multiply as mul_mat's first operand or gather rows of (token_embd): ggml
+# computes those from any weight type (bf16, the quantized types); every other tensor is read as f32/f16.
+_ANY_TYPE_TEXT = (".attn_q.weight", ".attn_k.weight", ".attn_v.weight", ".attn_output.weight", ".ffn_gate.weight",
+                  ".ffn_up.weight", ".ffn_down.weight", ".cross_attn_q_proj.weight", ".cross_attn_k_proj.weight",
+                  ".cross_attn_v_proj.weight", ".cross_attn_o_proj.weight")
+_ANY_TYPE_VISION = (".attn_q.weight", ".attn_k.weight", ".attn_v.weight", ".attn_out.weight", ".ffn_up.weight",
+                    ".ffn_down.weight")
+
+
+def takes_any_weight_type(gguf: str) -> bool:
+    """True for a tensor the mllama graphs can read in any weight type (a matrix mul_mat multiplies, token_embd)."""
+    if gguf in (TOKEN_EMBD, OUTPUT, "mm.proj.weight"):
+        return True
+    if is_text_tensor(gguf):
+        return gguf.startswith("blk.") and gguf.endswith(_ANY_TYPE_TEXT)
+    return gguf.startswith(("v.blk.", "v.gblk.")) and gguf.endswith(_ANY_TYPE_VISION)
+
+
 def layer_prefix(global_layer: bool, index: int) -> str:
     return f"v.{'gblk' if global_layer else 'blk'}.{index}."
 

@@ -190,7 +190,8 @@ def load_weights(path: str | Path, cpu: Backend, offload: Backend | None = None,
     weights = VisionWeights(hparams=hparams)
     # A whole-model GGUF also holds the language model: that is load_text_model's to place.
     weights.upload([t for t in reader.tensors if not L.is_text_tensor(t.name)],
-                   lambda name: offload if offload is not None and _on_offload(name, offload_layers) else cpu)
+                   lambda name: offload if offload is not None and _on_offload(name, offload_layers) else cpu,
+                   L.takes_any_weight_type)
     return weights
 
 

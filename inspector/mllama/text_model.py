@@ -114,7 +114,7 @@ def load_text_model(path: str | Path, cpu: Backend, offload: Backend | None, off
 
     weights = BackendTensors()
     weights.upload([t for t in reader.tensors if L.is_text_tensor(t.name)],
-                   lambda name: backend_of(text_layer(name)))
+                   lambda name: backend_of(text_layer(name)), L.takes_any_weight_type)
     h, cache = hparams, BackendTensors()
     width = h.head_dim * h.heads_kv
     for backend in filter(None, (cpu, offload)):
