@@ -119,8 +119,10 @@ def sdist() -> Path:
         return archive
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=archive.parent, prefix=".downloading-") as download:
+        # pip's own socket timeout and retries: a stalled connection is retried, not waited on for minutes.
         run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-             f"llama-cpp-python=={llama_cpp.__version__}", "-d", download], "pip download of the sdist")
+             "--timeout", "30", "--retries", "5", f"llama-cpp-python=={llama_cpp.__version__}", "-d", download],
+            "pip download of the sdist")
         (downloaded,) = Path(download).glob("*.tar.gz")
         downloaded.rename(archive)
     return archive
