@@ -78,8 +78,10 @@ def weights(model: Path) -> dict[str, np.ndarray]:
     return {t.name: tensor_array(reader, t.name) for t in reader.tensors}
 
 
-def rewrite_tensor(path: Path, name: str, change, update_digest: bool = True) -> np.ndarray:
-    """Replace tensor ``name`` (first occurrence) in a dump by ``change(values)``, in place.
+def rewrite_tensor(path: Path, name: str, change, update_digest: bool = True, eval_index: int | None = None
+                   ) -> np.ndarray:
+    """Replace tensor ``name`` (first occurrence, in ``eval_index`` or the first evaluation holding it) in a
+    dump by ``change(values)``, in place.
 
     Simulates a run that produced other values: its bytes in /tensors and, unless told
     otherwise, its digest and statistics in the index change together, as the writer writes them.
@@ -90,7 +92,7 @@ def rewrite_tensor(path: Path, name: str, change, update_digest: bool = True) ->
     from inspector.dump.format import digest_of
 
     with open_dump(path) as dump:
-        entry = dump.find(name)
+        entry = dump.find(name, eval_index)
         values = change(dump.read(entry).copy())
     assert values.dtype.str == entry.dtype and values.nbytes == entry.nbytes
     with h5py.File(path, "r+") as handle:

@@ -13,14 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
+from conftest import rewrite_tensor
 from test_cli import cli
 from test_evaluation_inputs import tokenizer_ids
-
-from inspector import open_dump
-from inspector.dump.format import TensorStats, digest_of
 
 PROMPT = "Hi, ggml! How are you today?"
 RUN = ("-t", "1", "-c", "64", "-ngl", "0", "-n", "2")
@@ -78,19 +75,11 @@ def test_one_ubatch_against_ubatches_of_3_compares_every_token_row_and_passes(ti
 
 def plant(path: Path, name: str, eval_index: int, row: int) -> None:
     """Add 1 to row ``row`` (numpy axis 0) of tensor ``name`` in evaluation ``eval_index``, digest and stats too."""
-    with open_dump(path) as dump:
-        entry = dump.find(name, eval_index)
-        values = dump.read(entry).copy()
-    values[row] += 1.0
-    with h5py.File(path, "r+") as handle:
-        handle["tensors"][entry.offset:entry.offset + entry.nbytes] = values.reshape(-1).view(np.uint8)
-        index = handle["index"][()]
-        selected = index["seq"] == entry.seq
-        index["digest"][selected] = digest_of(values)
-        stats = TensorStats.of(values)
-        for field in ("min", "max", "mean", "std", "n_nan", "n_inf"):
-            index[field][selected] = getattr(stats, field)
-        handle["index"][...] = index
+    def change(values: np.ndarray) -> np.ndarray:
+        values[row] += 1.0
+        return values
+
+    rewrite_tensor(path, name, change, eval_index=eval_index)
 
 
 def test_a_row_changed_in_one_ubatch_is_found_at_its_position(split_runs, tmp_path):
