@@ -206,12 +206,14 @@ def _written_rows_of_whole(dump_a: Dump, a: Entry, dump_b: Dump, b: Entry) -> tu
     rows_a, rows_b = rows_written_of(record_a), rows_written_of(record_b)
     if bool(rows_a) == bool(rows_b):
         return None
-    stored, rows, whole_dump, whole, whole_record = (
-        (dump_a.read(a), rows_a, dump_b, b, record_b) if rows_a else (dump_b.read(b), rows_b, dump_a, a, record_a))
-    if list(whole_record.get("ne") or []) != list((record_a if rows_a else record_b)["written_of_ne"]):
+    stored, rows_record, whole_dump, whole, whole_record = (
+        (dump_a.read(a), record_a, dump_b, b, record_b) if rows_a else (dump_b.read(b), record_b, dump_a, a, record_a))
+    if list(whole_record.get("ne") or []) != list(rows_record["written_of_ne"]):
         return None
     width = stored.shape[-1]
-    cut = np.concatenate([whole_dump.read_range(whole, row * width, (row + 1) * width) for row in rows])
+    # One read per run of consecutive rows, as the writer recorded them (rows_written_of checked them above).
+    cut = np.concatenate([whole_dump.read_range(whole, first * width, (first + count) * width)
+                          for first, count in rows_record["rows_written"]])
     cut = cut.reshape(stored.shape)
     return (stored, cut) if rows_a else (cut, stored)
 
