@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inspector.capture.selection import Selection
-from inspector.constants import GGML_TENSOR_FLAG_INPUT
+from inspector.constants import GGML_TENSOR_FLAG_COMPUTE, GGML_TENSOR_FLAG_INPUT
 from inspector.dump.record import TensorRecord
 from inspector.ggml import GgmlLibraries, Tensor, load, read_tensor
 from inspector.ggml.readout import UnreadableTensor, read_rows, row_runs, written_layout
@@ -46,6 +46,10 @@ from inspector.identity import is_model_state, kv_cache_of, parse_sched_copy
 EvalCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p)
 
 TensorSink = Callable[[TensorRecord, np.ndarray], None]
+
+# Why a selected node is not captured (the native hook says the same: ggml_inspector_hook.c).
+WHOLE_CACHE_REASON = "a view of the whole KV cache (n_ctx rows): the writes store the rows each evaluation wrote"
+NOT_COMPUTED_REASON = "not computed: no output of the graph needs it (ggml_build_forward_select chose another path)"
 
 
 @dataclass(frozen=True)
@@ -173,8 +177,17 @@ class TensorHook:
         self._identity[address] = (name, occurrence)
         if not self.capturing:
             return False
-        capture_node = self.selection.matches(name) and not self._whole_cache_view(tensor, occurrence)
-        leafs = self._new_selected_leafs(tensor)
+        # A node ggml does not compute (llama.cpp builds the token and the embeddings path, and
+        # ggml_build_forward_select flags one) holds whatever its memory held: it and the leafs only it
+        # reads are not captured.
+        computed = bool(tensor.flags & GGML_TENSOR_FLAG_COMPUTE)
+        capture_node = False
+        if self.selection.matches(name):
+            if not computed:
+                self._skip(tensor, name, occurrence, NOT_COMPUTED_REASON)
+            else:
+                capture_node = not self._whole_cache_view(tensor, occurrence)
+        leafs = self._new_selected_leafs(tensor) if computed else []
         if not (capture_node or leafs):
             return False
         counters.answered_yes += 1
@@ -304,10 +317,11 @@ class TensorHook:
         if source is None or tensor.op_desc != "RESHAPE" or kv_cache_of(source.name) != source.name \
                 or tensor.nbytes < source.nbytes:
             return False
-        self.skipped.append(SkippedTensor(self._eval_index, tensor.name, occurrence, tensor.buffer_type_name,
-                                          "a view of the whole KV cache (n_ctx rows): the writes store the rows "
-                                          "each evaluation wrote"))
+        self._skip(tensor, tensor.name, occurrence, WHOLE_CACHE_REASON)
         return True
+
+    def _skip(self, tensor: Tensor, name: str, occurrence: int, reason: str) -> None:
+        self.skipped.append(SkippedTensor(self._eval_index, name, occurrence, tensor.buffer_type_name, reason))
 
     def _rows_written(self, tensor: Tensor) -> list[int]:
         """The destination rows a KV-cache write (SET_ROWS) wrote, from its row-index source; [] otherwise.

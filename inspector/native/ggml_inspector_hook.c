@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
+#include <limits.h>
 #include <pthread.h>
 #include <regex.h>
 #include <stdbool.h>
@@ -80,6 +81,9 @@ static const char * const input_leafs[] = {"inp_tokens", "inp_pos", "inp_embd", 
 #define N_INPUT_LEAFS (sizeof input_leafs / sizeof input_leafs[0])
 #define MAX_INPUT_VALUES ((int64_t) 1 << 20)
 #define MAX_INPUT_EMBD_BYTES ((size_t) 64 << 20)
+/* Why a selected node is not captured (the Python hook's words, inspector/capture/hook.py). */
+#define WHOLE_CACHE_REASON "a view of the whole KV cache (n_ctx rows): the writes store the rows each evaluation wrote"
+#define NOT_COMPUTED_REASON "not computed: no output of the graph needs it (ggml_build_forward_select chose another path)"
 
 /* ---- ggml: looked up at run time when preloaded, linked when compiled into the program ---- */
 
@@ -89,6 +93,9 @@ static struct {
     __typeof__(ggml_backend_sched_free) *free;
     __typeof__(ggml_backend_sched_graph_compute) *graph_compute;
     __typeof__(ggml_backend_sched_graph_compute_async) *graph_compute_async;
+    __typeof__(ggml_backend_sched_reserve) *reserve;
+    __typeof__(ggml_backend_sched_alloc_graph) *alloc_graph;
+    __typeof__(ggml_backend_sched_synchronize) *synchronize;
 #endif
     __typeof__(ggml_backend_sched_set_eval_callback) *set_eval_callback;
 } real;
@@ -106,6 +113,9 @@ static struct {
     __typeof__(ggml_backend_buffer_get_type) *buffer_get_type;
     __typeof__(ggml_backend_buft_name) *buft_name;
     __typeof__(ggml_graph_n_nodes) *graph_n_nodes; /* optional: EVAL says -1 without it */
+    /* optional: without them every graph is captured by the per-node callback */
+    __typeof__(ggml_graph_node) *graph_node;
+    __typeof__(ggml_graph_get_tensor) *graph_get_tensor;
 } gg;
 
 /* The private struct ggml_object that ggml_tensor_overhead() counts in front of every tensor. */
@@ -198,6 +208,9 @@ static void resolve_real(const void * caller) {
     REAL(set_eval_callback, ggml_backend_sched_set_eval_callback);
     REAL(graph_compute, ggml_backend_sched_graph_compute);
     REAL(graph_compute_async, ggml_backend_sched_graph_compute_async);
+    REAL(reserve, ggml_backend_sched_reserve);
+    REAL(alloc_graph, ggml_backend_sched_alloc_graph);
+    REAL(synchronize, ggml_backend_sched_synchronize);
 }
 
 /* Unhooked, a call to a function the program's ggml lacks would have failed in the dynamic linker. */
@@ -223,6 +236,8 @@ static const char * resolve_helpers(void) {
     NEED(buffer_get_type, ggml_backend_buffer_get_type);
     NEED(buft_name, ggml_backend_buft_name);
     HELPER(graph_n_nodes, ggml_graph_n_nodes);
+    HELPER(graph_node, ggml_graph_node);
+    HELPER(graph_get_tensor, ggml_graph_get_tensor);
     return missing_helper;
 }
 #undef NEED
@@ -253,6 +268,26 @@ static struct {
     regex_t * regexes;
     size_t    n_regexes;
 } selection;
+
+/* How graphs are captured (GGML_INSPECTOR_MODE).  Unsplit, the default: the selected nodes are flagged as graph
+ * outputs when the scheduler plans its buffers (ggml_backend_sched_reserve) and when it allocates a graph
+ * (ggml_backend_sched_alloc_graph), so the allocator never reuses their memory; the graph is computed in one
+ * piece, as unhooked, and copied after.  Asking for nodes one by one instead makes the scheduler split the
+ * graph and synchronise at every node asked for (no fusion, no CUDA graphs).  The per-node callback stays the
+ * fallback: on request (GGML_INSPECTOR_MODE=callback), when the tensors kept would take more than
+ * GGML_INSPECTOR_UNSPLIT_MAX_MIB of compute buffer, for a graph whose plan the hook did not flag, and for a
+ * graph that writes into a computed node in place (read after the compute, that node would show the later
+ * value).  Flags set at alloc alone are not enough: the allocator reuses the plan it made at reserve. */
+#define DEFAULT_UNSPLIT_MAX_MIB 4096ull
+static struct {
+    bool               unsplit;   /* false: GGML_INSPECTOR_MODE=callback */
+    unsigned long long max_bytes; /* of tensors kept to the end of a compute */
+} mode;
+
+
+/* Set while the nodes of a graph computed in one piece are read: scheduler copies of inputs are read through
+ * their originals there (see data_of). */
+static struct ggml_cgraph * unsplit_graph;
 
 /* ---- frames ---- */
 
@@ -512,6 +547,27 @@ static bool parse_selection(char * reason, size_t size) {
     return true;
 }
 
+static bool parse_mode(char * reason, size_t size) {
+    const char * requested = getenv("GGML_INSPECTOR_MODE");
+    const char * bound = getenv("GGML_INSPECTOR_UNSPLIT_MAX_MIB");
+    mode.unsplit = requested == NULL || *requested == '\0' || strcmp(requested, "unsplit") == 0;
+    if (!mode.unsplit && strcmp(requested, "callback") != 0) {
+        snprintf(reason, size, "GGML_INSPECTOR_MODE is '%.100s', not unsplit or callback", requested);
+        return false;
+    }
+    mode.max_bytes = DEFAULT_UNSPLIT_MAX_MIB << 20;
+    if (bound != NULL && *bound != '\0') {
+        char *             end;
+        unsigned long long mib = strtoull(bound, &end, 10);
+        if (*end != '\0' || *bound == '-' || mib > (1ull << 40)) {
+            snprintf(reason, size, "GGML_INSPECTOR_UNSPLIT_MAX_MIB is '%.100s', not a number of MiB", bound);
+            return false;
+        }
+        mode.max_bytes = mib << 20;
+    }
+    return true;
+}
+
 static bool name_selected(const char * name) {
     if (selection.all) {
         return true;
@@ -721,6 +777,16 @@ struct scheduler {
     struct name_map    names;
     struct address_set seen;
 
+    /* The unsplit mode: whether the scheduler was created where the hook saw it, how many reserves it saw,
+     * whether the last one flagged the selected tensors, and the graph the last alloc flagged; `fallback`
+     * says why a graph is captured by the callback instead. */
+    bool                       seen_created;
+    int                        reserves;
+    bool                       planned;
+    const struct ggml_cgraph * flagged;
+    const struct ggml_tensor * stopped_at; /* where the program's callback stopped an unsplit compute */
+    char                       fallback[256];
+
     /* The node last asked about: the scheduler observes that one only, and only after a yes. */
     struct {
         const struct ggml_tensor *       node;
@@ -776,7 +842,7 @@ static void forget(ggml_backend_sched_t sched) {
     }
 }
 
-static void begin_evaluation(struct scheduler * s, struct ggml_cgraph * graph) {
+static void begin_evaluation(struct scheduler * s, struct ggml_cgraph * graph, bool unsplit) {
     s->node_index = 0;
     s->inputs_sent = 0;
     if (s->names.slots != NULL) {
@@ -792,11 +858,36 @@ static void begin_evaluation(struct scheduler * s, struct ggml_cgraph * graph) {
     field_number("compute", s->computes++);
     field_number("n_nodes", graph != NULL && gg.graph_n_nodes != NULL ? gg.graph_n_nodes(graph) : -1);
     field_string("library", s->library);
+    field_string("mode", unsplit ? "unsplit" : "callback");
+    if (!unsplit) {
+        field_string("mode_reason", s->fallback);
+    }
     n_computes++;
     send_head(EVAL, 0);
 }
 
 /* ---- capture ---- */
+
+/* The tensor that holds `t`'s bytes now.  After a graph computed in one piece, a scheduler copy of an input
+ * (RPC0#inp_pos#0) may have been overwritten once its split ran; the original, kept as an output, holds the
+ * same bytes.  Anything else holds its own. */
+static const struct ggml_tensor * data_of(const struct ggml_tensor * t) {
+    if (unsplit_graph == NULL || t->op != GGML_OP_NONE) {
+        return t;
+    }
+    char         raw[GGML_MAX_NAME];
+    size_t       length = tensor_name(t, raw);
+    const char * original;
+    size_t       original_length;
+    if (!parse_sched_copy(raw, length, &original, &original_length)) {
+        return t;
+    }
+    char name[GGML_MAX_NAME];
+    memcpy(name, original, original_length);
+    name[original_length] = '\0';
+    const struct ggml_tensor * held = gg.graph_get_tensor(unsplit_graph, name);
+    return held != NULL && held->buffer != NULL && gg.nbytes(held) == gg.nbytes(t) ? held : t;
+}
 
 static bool reserve_copy(size_t size) {
     if (size <= copy.capacity) {
@@ -898,7 +989,7 @@ static bool reserve_rows(size_t count) {
  * whose i64 or i32 row indices can be read, at most one per destination row, each inside the destination,
  * in at most MAX_WRITTEN_RUNS runs.  If so `written` holds them; anything else is sent whole, as before. */
 static bool read_written_rows(const struct ggml_tensor * t) {
-    const struct ggml_tensor * indices = t->src[1];
+    const struct ggml_tensor * indices = t->src[1] != NULL ? data_of(t->src[1]) : NULL;
     size_t                     width = indices != NULL && indices->type == GGML_TYPE_I32 ? 4 : 8;
     written.count = 0;
     if (indices == NULL || (indices->type != GGML_TYPE_I64 && indices->type != GGML_TYPE_I32) || t->ne[2] != 1 ||
@@ -1010,8 +1101,9 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
     }
     ggml_backend_buffer_type_t buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
     const char *               buft_name = buft != NULL ? gg.buft_name(buft) : "";
+    const struct ggml_tensor * holder = consumer != NULL ? data_of(t) : t;
     char                       why[512] = "";
-    size_t                     nbytes = readable(t, buft_name, MAX_TENSOR_BYTES, "8 GiB", why, sizeof why);
+    size_t                     nbytes = readable(holder, buft_name, MAX_TENSOR_BYTES, "8 GiB", why, sizeof why);
     json_begin();
     field_number("sched", s->id);
     field_number("compute", s->computes - 1);
@@ -1078,7 +1170,7 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
         if (by_rows) {
             send_written_rows(t);
         } else {
-            send_tensor_bytes(t, nbytes);
+            send_tensor_bytes(holder, nbytes);
         }
     }
 }
@@ -1092,6 +1184,7 @@ static void send_input(struct scheduler * s, const struct ggml_tensor * src) {
     if (src->op != GGML_OP_NONE) {
         return;
     }
+    const struct ggml_tensor * holder = data_of(src);
     char         raw[GGML_MAX_NAME];
     size_t       length = tensor_name(src, raw);
     const char * name = raw;
@@ -1116,8 +1209,8 @@ static void send_input(struct scheduler * s, const struct ggml_tensor * src) {
     } else if (!embd && src->ne[0] * src->ne[1] * src->ne[2] * src->ne[3] > MAX_INPUT_VALUES) {
         snprintf(why, sizeof why, "more than %lld values", (long long) MAX_INPUT_VALUES);
     } else {
-        ggml_backend_buffer_type_t buft = src->buffer != NULL ? gg.buffer_get_type(src->buffer) : NULL;
-        nbytes = readable(src, buft != NULL ? gg.buft_name(buft) : "", embd ? MAX_INPUT_EMBD_BYTES : MAX_TENSOR_BYTES,
+        ggml_backend_buffer_type_t buft = holder->buffer != NULL ? gg.buffer_get_type(holder->buffer) : NULL;
+        nbytes = readable(holder, buft != NULL ? gg.buft_name(buft) : "", embd ? MAX_INPUT_EMBD_BYTES : MAX_TENSOR_BYTES,
                           embd ? "64 MiB" : "8 GiB", why, sizeof why);
     }
     json_begin();
@@ -1131,7 +1224,7 @@ static void send_input(struct scheduler * s, const struct ggml_tensor * src) {
         nbytes = 0;
     }
     if (send_head(INPUT, nbytes)) {
-        send_tensor_bytes(src, nbytes);
+        send_tensor_bytes(holder, nbytes);
     }
 }
 
@@ -1223,6 +1316,20 @@ static bool take_leaf(struct scheduler * s, struct ggml_tensor * src, struct pen
     return true;
 }
 
+/* Sends node `t` as skipped, with the reason. */
+static void skip_node(const struct scheduler * s, const struct ggml_tensor * t, const char * name, const char * reason) {
+    ggml_backend_buffer_type_t buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
+    json_begin();
+    field_number("sched", s->id);
+    field_number("compute", s->computes - 1);
+    field_string("name", name);
+    field_number("node_index", s->pending.node_index);
+    field_number("occurrence", s->pending.occurrence);
+    field_string("buffer_type", buft != NULL ? gg.buft_name(buft) : "");
+    field_string("reason", reason);
+    send_head(SKIP, 0);
+}
+
 /* True, and sent as skipped, for llama.cpp's whole KV cache reshaped (a RESHAPE of a cache_* leaf, as large as it):
  * without flash attention llama.cpp reshapes the whole transposed V cache into a column to write into it, n_ctx
  * rows at every evaluation, which the writes' rows already hold.  The views attention reads, over the cells in
@@ -1235,17 +1342,7 @@ static bool whole_cache_view(const struct scheduler * s, const struct ggml_tenso
     if (strncmp(source, "cache_", 6) != 0 || strchr(source, ' ') != NULL || gg.nbytes(t) < gg.nbytes(t->view_src)) {
         return false;
     }
-    ggml_backend_buffer_type_t buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
-    json_begin();
-    field_number("sched", s->id);
-    field_number("compute", s->computes - 1);
-    field_string("name", name);
-    field_number("node_index", s->pending.node_index);
-    field_number("occurrence", s->pending.occurrence);
-    field_string("buffer_type", buft != NULL ? gg.buft_name(buft) : "");
-    field_string("reason", "a view of the whole KV cache (n_ctx rows): the writes store the rows each evaluation "
-                           "wrote");
-    send_head(SKIP, 0);
+    skip_node(s, t, name, WHOLE_CACHE_REASON);
     return true;
 }
 
@@ -1268,10 +1365,18 @@ static bool ask_about(struct scheduler * s, const struct ggml_tensor * t) {
     entry->marks |= SEEN_AS_NODE;
     s->pending.occurrence = entry->occurrences++;
     note_occurrence(&s->seen, t, s->pending.occurrence);
-    s->pending.capture_node = name_selected(name) && !(t->op == GGML_OP_RESHAPE && whole_cache_view(s, t, name));
+    /* A node ggml does not compute (llama.cpp builds the token and the embeddings path, and ggml_build_forward_select
+     * flags one) holds whatever its memory held: it and the leafs only it reads are not captured. */
     bool computed = (t->flags & GGML_TENSOR_FLAG_COMPUTE) != 0;
-    for (int i = 0; i < GGML_MAX_SRC && connection >= 0; i++) {
-        if (t->src[i] != NULL && computed) {
+    if (name_selected(name)) {
+        if (!computed) {
+            skip_node(s, t, name, NOT_COMPUTED_REASON);
+        } else {
+            s->pending.capture_node = !(t->op == GGML_OP_RESHAPE && whole_cache_view(s, t, name));
+        }
+    }
+    for (int i = 0; i < GGML_MAX_SRC && connection >= 0 && computed; i++) {
+        if (t->src[i] != NULL) {
             send_input(s, t->src[i]);
         }
         if (t->src[i] != NULL && connection >= 0 && take_leaf(s, t->src[i], &s->pending.leafs[s->pending.n_leafs])) {
@@ -1294,6 +1399,195 @@ static void observe(struct scheduler * s, struct ggml_tensor * t) {
         capture(s, t, consumer, s->pending.node_index, s->pending.occurrence, NULL, false);
     }
 }
+
+/* ---- the unsplit mode (preloaded only: linked, the hook sees no plan or alloc) ---- */
+
+#ifndef GGML_INSPECTOR_LINKED
+
+/* The tensors the last plan flagged as outputs, to take the flags back when they would keep too much. */
+static struct {
+    struct ggml_tensor ** tensors;
+    size_t                count, capacity;
+} kept;
+
+static bool is_view_op(enum ggml_op op) {
+    return op == GGML_OP_NONE || op == GGML_OP_VIEW || op == GGML_OP_RESHAPE || op == GGML_OP_PERMUTE ||
+           op == GGML_OP_TRANSPOSE;
+}
+
+/* Flags `t` as an output when the allocator places it (no buffer yet) and nothing did already; returns the
+ * bytes it will keep (none for a view: its source is kept instead). */
+static unsigned long long keep(struct ggml_tensor * t) {
+    if (t->buffer != NULL || (t->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+        return 0;
+    }
+    if (kept.count == kept.capacity) {
+        size_t                capacity = kept.capacity ? 2 * kept.capacity : 4096;
+        struct ggml_tensor ** grown = realloc(kept.tensors, capacity * sizeof *grown);
+        if (grown == NULL) {
+            return ULLONG_MAX;
+        }
+        kept.tensors = grown;
+        kept.capacity = capacity;
+    }
+    kept.tensors[kept.count++] = t;
+    t->flags |= GGML_TENSOR_FLAG_OUTPUT;
+    return t->view_src != NULL ? 0 : gg.nbytes(t);
+}
+
+static unsigned long long add_bytes(unsigned long long a, unsigned long long b) {
+    return a > ULLONG_MAX - b ? ULLONG_MAX : a + b;
+}
+
+/* Flags what must outlive the compute to be read after it: every selected node (and the node a selected view
+ * reads), and the leafs the allocator places that are inputs or selected (token ids, positions, a KV-cache
+ * write's row indices: leafs are freed after their last consumer too).  Returns the bytes kept, an upper bound
+ * of what the compute buffers grow by. */
+static unsigned long long keep_selected(struct ggml_cgraph * graph) {
+    unsigned long long bytes = 0;
+    int                n = gg.graph_n_nodes(graph);
+    kept.count = 0;
+    for (int i = 0; i < n; i++) {
+        struct ggml_tensor * t = gg.graph_node(graph, i);
+        char                 name[GGML_MAX_NAME];
+        tensor_name(t, name);
+        if (name_selected(name)) {
+            bytes = add_bytes(bytes, keep(t));
+            if (t->view_src != NULL && t->view_src->op != GGML_OP_NONE) {
+                bytes = add_bytes(bytes, keep(t->view_src));
+            }
+        }
+        for (int j = 0; j < GGML_MAX_SRC; j++) {
+            struct ggml_tensor * src = t->src[j];
+            if (src != NULL && src->op == GGML_OP_NONE && src->view_src == NULL) {
+                tensor_name(src, name);
+                if ((src->flags & GGML_TENSOR_FLAG_INPUT) || name_selected(name)) {
+                    bytes = add_bytes(bytes, keep(src));
+                }
+            }
+        }
+    }
+    return bytes;
+}
+
+static void take_back_flags(void) {
+    for (size_t i = 0; i < kept.count; i++) {
+        kept.tensors[i]->flags &= ~GGML_TENSOR_FLAG_OUTPUT;
+    }
+    kept.count = 0;
+}
+
+/* A node that writes into another computed node in place (an *_inplace op, a copy into a node's view): read after
+ * the compute, that node would hold the later value.  Writes into leafs (the KV cache) are fine. */
+static bool written_in_place(struct ggml_cgraph * graph, char * why, size_t size) {
+    int n = gg.graph_n_nodes(graph);
+    for (int i = 0; i < n; i++) {
+        const struct ggml_tensor * t = gg.graph_node(graph, i);
+        if (t->view_src != NULL && t->view_src->op != GGML_OP_NONE && !is_view_op(t->op)) {
+            char name[GGML_MAX_NAME], target[GGML_MAX_NAME];
+            tensor_name(t, name);
+            tensor_name(t->view_src, target);
+            snprintf(why, size, "%s (%s) writes into %s in place", name, gg.op_desc(t), target);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Before the scheduler plans (reserving) or allocates `graph`: flags the tensors to keep, or says in
+ * s->fallback why the graph will be captured by the callback. */
+static void plan_unsplit(struct scheduler * s, struct ggml_cgraph * graph, bool reserving) {
+    char why[sizeof s->fallback] = "";
+    s->flagged = NULL;
+    if (reserving) {
+        s->reserves++;
+        s->planned = false;
+    }
+    if (!mode.unsplit) {
+        snprintf(why, sizeof why, "the per-node callback was asked for (GGML_INSPECTOR_MODE=callback)");
+    } else if (gg.graph_node == NULL || gg.graph_get_tensor == NULL || gg.graph_n_nodes == NULL) {
+        snprintf(why, sizeof why, "the program's ggml lacks ggml_graph_node or ggml_graph_get_tensor");
+    } else if (!reserving && (s->reserves > 0 ? !s->planned : !s->seen_created)) {
+        snprintf(why, sizeof why, "%s", s->fallback[0] != '\0' ? s->fallback
+                                        : "the scheduler's buffers were planned where the hook could not see");
+    } else if (!reserving && written_in_place(graph, why, sizeof why)) {
+        /* why says which node */
+    } else {
+        unsigned long long bytes = keep_selected(graph);
+        if (bytes > mode.max_bytes) {
+            take_back_flags();
+            snprintf(why, sizeof why, "keeping the selected tensors would take up to %llu MiB of compute buffer, "
+                     "over the bound of %llu MiB (GGML_INSPECTOR_UNSPLIT_MAX_MIB)",
+                     bytes == ULLONG_MAX ? ULLONG_MAX >> 20 : (bytes + (1ull << 20) - 1) >> 20, mode.max_bytes >> 20);
+        } else if (reserving) {
+            s->planned = true;
+        } else {
+            s->flagged = graph;
+        }
+    }
+    if (why[0] != '\0' || reserving) {
+        memcpy(s->fallback, why, sizeof why);
+    }
+}
+
+/* Whether `graph`, about to be computed, is the one the last alloc flagged and still carries the flags (a graph
+ * rebuilt at the same address without an alloc the hook saw does not). */
+static bool computes_unsplit(struct scheduler * s, struct ggml_cgraph * graph) {
+    if (s->flagged != graph || graph == NULL) {
+        if (s->fallback[0] == '\0') {
+            snprintf(s->fallback, sizeof s->fallback, "the graph was not allocated where the hook could see");
+        }
+        return false;
+    }
+    int n = gg.graph_n_nodes(graph);
+    for (int i = 0; i < n; i++) {
+        const struct ggml_tensor * t = gg.graph_node(graph, i);
+        char                       name[GGML_MAX_NAME];
+        tensor_name(t, name);
+        if (!(t->flags & GGML_TENSOR_FLAG_OUTPUT) && name_selected(name)) {
+            snprintf(s->fallback, sizeof s->fallback, "%s lost its output flag after the alloc", name);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The eval callback of a graph computed in one piece whose program has a callback of its own: the program's
+ * alone, and where it stopped the compute (answered false after a node), so that nothing later is read. */
+static bool program_only(struct ggml_tensor * t, bool ask, void * user_data) {
+    struct scheduler * s = user_data;
+    pthread_mutex_lock(&lock);
+    ggml_backend_sched_eval_callback program = s->program;
+    void *                           program_data = s->program_data;
+    pthread_mutex_unlock(&lock);
+    bool answer = program != NULL && program(t, ask, program_data);
+    if (!ask && !answer) {
+        pthread_mutex_lock(&lock);
+        s->stopped_at = t;
+        pthread_mutex_unlock(&lock);
+    }
+    return answer;
+}
+
+/* After a graph computed in one piece: every node in order, asked and observed as the callback would have, up to
+ * the node after which the program stopped the compute. */
+static void capture_computed(struct scheduler * s, struct ggml_cgraph * graph) {
+    int n = gg.graph_n_nodes(graph);
+    unsplit_graph = graph;
+    for (int i = 0; i < n && connection >= 0; i++) {
+        struct ggml_tensor * t = gg.graph_node(graph, i);
+        if (ask_about(s, t)) {
+            observe(s, t);
+        }
+        if (t == s->stopped_at) {
+            break;
+        }
+    }
+    unsplit_graph = NULL;
+    s->pending.node = NULL;
+}
+
+#endif
 
 /* The program's callback runs outside our lock: it may call into ggml, and so into us. */
 static bool eval_callback(struct ggml_tensor * t, bool ask, void * user_data) {
@@ -1407,7 +1701,8 @@ static void open_output(void) {
     if (!checked) {
         checked = true;
         compatible = check_ggml(incompatibility, sizeof incompatibility);
-        selectable = compatible && parse_selection(selection_error, sizeof selection_error);
+        selectable = compatible && parse_selection(selection_error, sizeof selection_error) &&
+                     parse_mode(selection_error, sizeof selection_error);
     }
     json_begin();
     field_number("pid", getpid());
@@ -1504,6 +1799,9 @@ ggml_backend_sched_t ggml_backend_sched_new(ggml_backend_t * backends, ggml_back
     ggml_backend_sched_t sched = real.new(backends, bufts, n_backends, graph_size, parallel, op_offload);
     pthread_mutex_lock(&lock);
     struct scheduler * s = watched(sched);
+    if (s != NULL) {
+        s->seen_created = true;
+    }
     Dl_info creator;
     if (s != NULL && dladdr(__builtin_return_address(0), &creator) && creator.dli_fname != NULL) {
         const char * slash = strrchr(creator.dli_fname, '/');
@@ -1535,21 +1833,65 @@ void ggml_backend_sched_set_eval_callback(ggml_backend_sched_t sched, ggml_backe
     set_program_callback(sched, callback, user_data);
 }
 
+/* The scheduler plans its buffers here for the largest graph to come: the unsplit mode flags that graph's selected
+ * tensors as outputs first, or records why it cannot. */
+bool ggml_backend_sched_reserve(ggml_backend_sched_t sched, struct ggml_cgraph * measure_graph) {
+    start(__builtin_return_address(0));
+    if (real.reserve == NULL) {
+        missing("ggml_backend_sched_reserve");
+    }
+    pthread_mutex_lock(&lock);
+    struct scheduler * s = watched(sched);
+    if (s != NULL) {
+        plan_unsplit(s, measure_graph, true);
+    }
+    pthread_mutex_unlock(&lock);
+    return real.reserve(sched, measure_graph);
+}
+
+bool ggml_backend_sched_alloc_graph(ggml_backend_sched_t sched, struct ggml_cgraph * graph) {
+    start(__builtin_return_address(0));
+    if (real.alloc_graph == NULL) {
+        missing("ggml_backend_sched_alloc_graph");
+    }
+    pthread_mutex_lock(&lock);
+    struct scheduler * s = watched(sched);
+    if (s != NULL) {
+        plan_unsplit(s, graph, false);
+    }
+    pthread_mutex_unlock(&lock);
+    return real.alloc_graph(sched, graph);
+}
+
 /* graph_compute calls graph_compute_async, possibly through us again: only the outermost call of a
  * thread starts an evaluation, so one computation is one evaluation. */
 static _Thread_local int compute_depth;
 
 static enum ggml_status compute(__typeof__(ggml_backend_sched_graph_compute) * forward, ggml_backend_sched_t sched,
                                 struct ggml_cgraph * graph) {
+    struct scheduler * unsplit = NULL;
     if (compute_depth++ == 0) {
         pthread_mutex_lock(&lock);
         struct scheduler * s = watched(sched);
         if (s != NULL) {
-            begin_evaluation(s, graph);
+            unsplit = computes_unsplit(s, graph) ? s : NULL;
+            begin_evaluation(s, graph, unsplit != NULL);
+        }
+        if (unsplit != NULL) { /* computed in one piece: only the program's own callback splits it */
+            unsplit->stopped_at = NULL;
+            real.set_eval_callback(sched, unsplit->program != NULL ? program_only : NULL, unsplit);
         }
         pthread_mutex_unlock(&lock);
     }
     enum ggml_status status = forward(sched, graph);
+    if (unsplit != NULL) {
+        real.synchronize(sched);
+        pthread_mutex_lock(&lock);
+        if (status == GGML_STATUS_SUCCESS && watched(sched) == unsplit) {
+            capture_computed(unsplit, graph);
+        }
+        pthread_mutex_unlock(&lock);
+    }
     compute_depth--;
     return status;
 }
@@ -1593,7 +1935,8 @@ void ggml_inspector_begin(ggml_backend_sched_t sched) {
     pthread_mutex_lock(&lock);
     struct scheduler * s = watched(sched);
     if (s != NULL) {
-        begin_evaluation(s, NULL);
+        snprintf(s->fallback, sizeof s->fallback, "linked into the program, the hook sees no plan or alloc");
+        begin_evaluation(s, NULL, false);
     }
     pthread_mutex_unlock(&lock);
 }

@@ -59,6 +59,18 @@ PATTERN_SEPARATOR = "\x1f"
 KINDS_BY_LIBRARY = (("libmtmd", "encode"), ("libllama", "decode"))
 
 
+def capture_mode(header: dict[str, object]) -> dict[str, str]:
+    """How the hook captured an evaluation: ``unsplit`` or ``callback`` (with why, when not unsplit).
+
+    A stream from before the unsplit mode carries no mode: its hook asked node by node.
+    """
+    mode = header.get("mode", "callback")
+    if mode not in ("unsplit", "callback"):
+        raise ProtocolError(f"an EVAL frame with capture mode {str(mode)[:40]!r}")
+    reason = header.get("mode_reason", "")
+    return {"capture_mode": str(mode), **({"capture_mode_reason": str(reason)[:1024]} if mode == "callback" else {})}
+
+
 def evaluation_kind(library: str) -> str:
     """``encode``, ``decode`` or ``graph`` for a scheduler created by ``library`` (a file name)."""
     return next((kind for prefix, kind in KINDS_BY_LIBRARY if library.startswith(prefix)), "graph")
@@ -399,7 +411,8 @@ class FrameSink:
                         library = str(header.get("library", ""))
                         eval_index = self.writer.begin_evaluation(evaluation_kind(library), {
                             "pid": report.pid, "sched": int(header["sched"]), "compute": int(header["compute"]),
-                            "n_nodes": int(header.get("n_nodes", -1)), "library": library, **unknown_inputs()})
+                            "n_nodes": int(header.get("n_nodes", -1)), "library": library,
+                            **capture_mode(header), **unknown_inputs()})
                     evaluations[(int(header["sched"]), int(header["compute"]))] = eval_index
                     report.evaluations += 1
                     self.progress(f"evaluation {eval_index} (process {report.pid}, scheduler {header['sched']}, "
