@@ -16,7 +16,9 @@ then capture-all under each ``--compression``, the metadata reads, compare of
 identical and of fully diverged dumps, ``ls`` of a 10,000-tensor dump, and a
 multimodal prompt (``--mmproj``: a generated 224-pixel LLaVA-style projector,
 256 image tokens, a 640x480 JPEG) captured against the same prompt run without
-a hook.  ``--only SECTION`` runs one section.
+a hook.  ``context`` repeats the captures at ``-c 512``, ``-c 0`` and
+``-c 32768``, in process and under ``exec`` of llama.cpp's own
+``llama-completion`` (both capture modes).  ``--only SECTION`` runs one section.
 
 Capture times are reported as ratios to ``plain`` measured in the same run.
 Nothing here asserts a time: it prints one JSON object.
@@ -110,6 +112,53 @@ def bench_capture(model: Path, folder: Path, repeats: int) -> dict[str, float]:
     stats_only = wall(capture_command(model, folder / "stats.h5", "--stats-only"), repeats)
     return {"plain_s": plain, "floor_ratio": floor / plain, "one_tensor_ratio": one / plain,
             "capture_all_ratio": everything / plain, "stats_only_ratio": stats_only / plain}
+
+
+def _stored_bytes(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def bench_context(model: Path, folder: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Capture at llama.cpp's context sizes: in-process ``capture`` and ``exec -- llama-completion``.
+
+    ``-c 0`` means the training context, 4,096 for this model; 32,768 is
+    what a real model of this shape trains with (Gemma 3 270M), so it is
+    measured explicitly.  Each capture is a ratio to the plain run of the
+    same program at the same context, and each dump's size is recorded.
+    exec is timed in both capture modes (unsplit, the default, and the
+    per-node callback).
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from llama_programs import llama_programs
+
+    completion = llama_programs() / "llama-completion"
+    results: dict[str, dict[str, float]] = {}
+    for n_ctx in (512, 0, 32768):
+        row: dict[str, float] = {}
+        plain = wall([sys.executable, "-c", PLAIN.format(threads=THREADS, n_predict=N_PREDICT)
+                      .replace("n_ctx=512", f"n_ctx={n_ctx}"), str(model), PROMPT], repeats)
+        row["plain_s"] = plain
+        for key, extra in (("one_tensor", ("-T", "result_output")), ("stats_only", ("--stats-only",)),
+                           ("capture_all", ())):
+            out = folder / f"ctx-{key}.h5"
+            command = capture_command(model, out, *extra)
+            command[command.index("--ctx") + 1] = str(n_ctx)
+            row[f"{key}_ratio"] = wall(command, repeats) / plain
+            row[f"{key}_mib"] = _stored_bytes(out) / 2**20
+        program = [str(completion), "-m", str(model), "-p", PROMPT, "-n", str(N_PREDICT), "-c", str(n_ctx),
+                   "-t", str(THREADS), "--temp", "0", "-no-cnv", "-fa", "off"]
+        program_plain = wall(program, repeats)
+        row["completion_plain_s"] = program_plain
+        for key, extra in (("exec_one_tensor", ("-T", "result_output")), ("exec_stats_only", ("--stats-only",)),
+                           ("exec_all", ()), ("exec_all_callback", ("--mode", "callback"))):
+            out = folder / f"ctx-{key}.h5"
+            command = [sys.executable, "-m", "inspector", "exec", "-o", str(out), "--overwrite", *extra, "--",
+                       *program]
+            row[f"{key}_ratio"] = wall(command, repeats) / program_plain
+            row[f"{key}_mib"] = _stored_bytes(out) / 2**20
+        results[f"c{n_ctx}"] = row
+        print(f"context {n_ctx}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    return results
 
 
 def bench_multimodal(model: Path, folder: Path, repeats: int) -> dict[str, float]:
@@ -234,7 +283,7 @@ def bench_listing(folder: Path, count: int, repeats: int) -> dict[str, float]:
     return {"tensors": count, "ls_s": wall([sys.executable, "-m", "inspector", "ls", str(path)], repeats)}
 
 
-SECTIONS = ("capture", "storage", "metadata", "compare", "listing", "multimodal")
+SECTIONS = ("capture", "storage", "metadata", "compare", "listing", "multimodal", "context")
 
 
 def main() -> None:
@@ -256,7 +305,8 @@ def main() -> None:
                            ("metadata", lambda: bench_metadata(model, args.repeats)),
                            ("compare", lambda: bench_compare(model, folder, args.repeats)),
                            ("listing", lambda: bench_listing(folder, 10_000, args.repeats)),
-                           ("multimodal", lambda: bench_multimodal(model, folder, args.repeats))):
+                           ("multimodal", lambda: bench_multimodal(model, folder, args.repeats)),
+                           ("context", lambda: bench_context(model, folder, args.repeats))):
             if args.only not in (None, key):
                 continue
             results[key] = bench()

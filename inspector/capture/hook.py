@@ -150,6 +150,10 @@ class TensorHook:
         # Address -> (name, occurrence) of every node and leaf seen in this evaluation: a source's identity.
         self._identity: dict[int, tuple[str, int]] = {}
 
+    def on_node(self, address: int, ask: bool) -> bool:
+        """What the scheduler's call would do, for a graph computed in one piece and read after (unsplit mode)."""
+        return self._on_eval(address, ask, 0)
+
     def _on_eval(self, address: int, ask: bool, _user_data: int) -> bool:
         try:
             if ask:

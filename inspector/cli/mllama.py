@@ -168,7 +168,9 @@ def _placement(llama_values: dict[str, Any], command: str) -> dict[str, Any]:
 
 
 def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], regexes: tuple[str, ...],
-            loader: str, output: Path | None, overwrite: bool, probes: tuple[str, ...], sched_check: bool):
+            loader: str, output: Path | None, overwrite: bool, probes: tuple[str, ...], sched_check: bool,
+            mode_name: str = "unsplit", unsplit_max_mib: int = 4096):
+    from inspector.capture.mode import CaptureMode
     from inspector.capture.selection import Selection
     from inspector.mllama.encode import EncodeConfig, encode
     from inspector.mllama.encode_report import encode_line
@@ -177,13 +179,14 @@ def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], r
                           **_placement(llama_values, "encode"))
     output = output or Path(DEFAULT_DUMP_DIR) / f"mllama-{image.stem}.h5"
     summary = encode(config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
-                     sched_check=sched_check, progress=echo_progress)
+                     sched_check=sched_check, progress=echo_progress, mode=CaptureMode(mode_name, unsplit_max_mib))
     click.echo(encode_line(summary), err=True)
     return summary
 
 
 @mllama.command("encode")
 @encode_options
+@options.capture_mode
 @click.option("--probe", "probes", multiple=True, help="Add a copy of this tensor to the graph (NAME_copy).")
 def mllama_encode(probes: tuple[str, ...], **values: Any) -> None:
     """Preprocess IMAGE, run build_mllama on a scheduler and capture the selected tensors.
@@ -192,7 +195,10 @@ def mllama_encode(probes: tuple[str, ...], **values: Any) -> None:
     size from the GGUF); one evaluation of kind encode. -ngl counts the
     encoder layers whose weights live on the offload device (--rpc or -dev);
     auto offloads every layer when there is one. --probe adds a copy of a
-    tensor to the graph, as a debugging port would.
+    tensor to the graph, as a debugging port would. By default (--mode
+    unsplit) the selected tensors are flagged as graph outputs, the graph is
+    computed in one piece and read after; offloaded graphs fall back to the
+    per-node callback, and the dump's evaluation says why.
     """
     _encode(probes=probes, sched_check=False, **values)
 

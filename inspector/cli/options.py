@@ -83,3 +83,16 @@ storage = apply(
     click.option("--compression", default="none", show_default=True, metavar="none|lzf|gzip[:LEVEL]",
                  help="Compression of the tensor stream (docs/performance.md has the trade-off)."),
 )
+
+
+# How a capture takes a graph's tensors (inspector/capture/mode.py): exec and mllama's runners.
+capture_mode = apply(
+    click.option("--mode", "mode_name", type=click.Choice(["unsplit", "callback"]), default="unsplit",
+                 show_default=True,
+                 help="unsplit: flag the selected tensors as graph outputs when the scheduler plans its buffers, "
+                      "compute the graph in one piece and copy after; callback: ask for them node by node (the "
+                      "scheduler splits the graph at each). unsplit falls back to callback, and the dump says "
+                      "why, past --unsplit-max-mib or where it cannot flag the plan."),
+    click.option("--unsplit-max-mib", type=click.IntRange(0, 1 << 40), default=4096, show_default=True,
+                 help="The most compute-buffer memory the tensors kept for an unsplit compute may take."),
+)

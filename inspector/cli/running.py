@@ -89,12 +89,14 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
 @options.output_file("Dump file (default: dumps/<program>-<time>.h5).")
 @options.overwrite
 @options.storage
+@options.capture_mode
 @click.option("-m", "--model", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="The GGUF the program loads, recorded (fingerprint in O(header)) so that compare can tell "
                    "different model files apart, its origins can compare weights and replay can read them.")
 @click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path | None, overwrite: bool,
-                 stats_only: bool, compression: str, model: Path | None, program: tuple[str, ...]) -> None:
+                 stats_only: bool, compression: str, mode_name: str, unsplit_max_mib: int, model: Path | None,
+                 program: tuple[str, ...]) -> None:
     """Run any ggml program, unmodified, and capture its graphs: ggml-inspector exec [OPTIONS] -- PROGRAM [ARGS]...
 
     The native hook (inspector/native/) is preloaded into the program: it interposes
@@ -117,9 +119,15 @@ def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path 
     extended regular expressions, not Python's. There is no \\d (write
     [0-9]), no (?:...) and no lazy *?; [[:digit:]] and friends work. Each
     pattern is checked before the program starts.
+
+    By default (--mode unsplit) the hook flags the selected tensors as graph
+    outputs where the scheduler plans and allocates, the graph is computed in
+    one piece as unhooked, and the tensors are copied after; each evaluation
+    records its mode, and why it fell back to the per-node callback.
     """
     import sys
 
+    from inspector.capture.mode import CaptureMode
     from inspector.dump.format import Compression
     from inspector.files.outputs import recorded_inputs, refuse_inputs
     from inspector.native.exec import exec_capture
@@ -131,7 +139,8 @@ def exec_command(globs: tuple[str, ...], regexes: tuple[str, ...], output: Path 
     refuse_inputs(output, recorded_inputs({"runner": "exec", "argv": list(program), "model": model}))
     stop_on_sigterm()
     summary = exec_capture(list(program), globs, regexes, output, overwrite=overwrite, progress=echo_progress,
-                           stats_only=stats_only, compression=storage, model=model)
+                           stats_only=stats_only, compression=storage, model=model,
+                           mode=CaptureMode(mode_name, unsplit_max_mib))
     for line in exec_lines(summary):
         click.echo(line, err=True)
     status = summary.exit_status

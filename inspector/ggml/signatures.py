@@ -82,6 +82,8 @@ GRAPHS: Signatures = {
     "ggml_new_graph": (_p, [_p]),
     "ggml_new_graph_custom": (_p, [_p, _sz, _b]),
     "ggml_build_forward_expand": (None, [_p, _p]),
+    "ggml_graph_n_nodes": (_i, [_p]),
+    "ggml_graph_node": (_p, [_p, _i]),
     "ggml_backend_graph_compute": (_i, [_p, _p]),
 }
 BUFFERS: Signatures = {

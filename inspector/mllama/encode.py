@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from inspector.capture import unsplit
 from inspector.capture.hook import HookCounters, TensorHook
+from inspector.capture.mode import DEFAULT_MODE, CaptureMode
 from inspector.capture.selection import Selection
 from inspector.capture.session import CaptureSession
+from inspector.capture.unsplit import UnsplitPlan
 from inspector.compare.metrics import compare_arrays
 from inspector.dump.inputs import unknown as unknown_inputs
 from inspector.dump.record import TensorRecord
@@ -141,11 +144,23 @@ class Session:
         return {b.name: self.lib.ggml.ggml_backend_sched_get_buffer_size(self.sched, b.address)
                 for b in self.backends}
 
-    def compute(self, graph: MllamaGraph, inputs: Preprocessed, hook: TensorHook | None) -> None:
-        """Allocate ``graph`` on the scheduler, set its inputs, compute it (the hook sees every node)."""
+    def compute(self, graph: MllamaGraph, inputs: Preprocessed, hook: TensorHook | None,
+                mode: CaptureMode = DEFAULT_MODE, why_not_unsplit: str = "") -> UnsplitPlan | None:
+        """Allocate ``graph`` on the scheduler, set its inputs, compute it, and capture it through ``hook``.
+
+        In ``mode`` unsplit the selected tensors are flagged as outputs
+        before the alloc (no reserve has planned this scheduler's buffers
+        without them: the alloc plans), the graph is computed in one piece
+        and read after; otherwise the hook sees every node as it is
+        computed.  Returns the plan (whether it ran unsplit, and why not).
+        """
         lib = self.lib
         lib.ggml.ggml_backend_sched_reset(self.sched)
-        callback = hook.callback if hook is not None else None
+        kept = None
+        if hook is not None:
+            kept = unsplit.plan(lib, graph.graph, hook.selection, mode, n_backends=len(self.backends),
+                                why_not=why_not_unsplit)
+        callback = hook.callback if hook is not None and not kept.unsplit else None
         lib.ggml.ggml_backend_sched_set_eval_callback(self.sched, ctypes.cast(callback, ctypes.c_void_p)
                                                       if callback else None, None)
         if not lib.ggml.ggml_backend_sched_alloc_graph(self.sched, graph.graph):
@@ -157,6 +172,9 @@ class Session:
         status = lib.ggml.ggml_backend_sched_graph_compute(self.sched, graph.graph)
         if status != 0:
             raise InspectorError(f"graph compute failed with status {status}")
+        if kept is not None and kept.unsplit:
+            unsplit.capture_computed(hook, lib, graph.graph)
+        return kept
 
     def close(self) -> None:
         if self.sched:
@@ -206,7 +224,8 @@ def _sched_check(session: Session, inputs: Preprocessed,
 
 
 def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, overwrite: bool = False,
-           sched_check: bool = False, progress: Callable[[str], None] = lambda _m: None) -> EncodeSummary:
+           sched_check: bool = False, progress: Callable[[str], None] = lambda _m: None,
+           mode: CaptureMode = DEFAULT_MODE) -> EncodeSummary:
     """Preprocess, build, compute and capture; with ``sched_check``, run a second graph and re-read.
 
     The scheduler is reserved for both graphs before the first runs, so the
@@ -222,7 +241,7 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
         geometry = inputs.geometry.as_dict()
         run_config = {"runner": "mllama", **asdict(config), "hparams": asdict(session.weights.hparams),
                       "backends": [b.name for b in session.backends], "geometry": geometry,
-                      "select": selection.describe()}
+                      "select": selection.describe(), "capture_mode": mode.describe()}
         kept: dict[int, tuple[TensorRecord, np.ndarray]] = {}
         late_reads: list[LateRead] = []
         buffers: list[ComputeBuffer] = []
@@ -238,9 +257,14 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
             try:
                 if sched_check:
                     session.reserve(tuple(config.probes), NEXT_GRAPH_PROBES)
-                capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image, **unknown_inputs()})
+                index = capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image,
+                                                            **unknown_inputs()})
                 progress(f"computing the vision graph on {', '.join(b.name for b in session.backends)}")
-                session.compute(graph, inputs, hook)
+                kept = session.compute(graph, inputs, hook, mode,
+                                       "--sched-check studies how the scheduler reuses its buffers" if sched_check
+                                       else "")
+                capture.writer.update_evaluation(index, {"capture_mode": "unsplit"} if kept.unsplit else
+                                                 {"capture_mode": "callback", "capture_mode_reason": kept.fallback})
                 if sched_check and hook.capturing:
                     late_reads, buffers = _sched_check(session, inputs, kept, progress)
             finally:

@@ -163,7 +163,7 @@ def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: 
         text.reserve(len(config.token_ids))
         capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image, **unknown_inputs()})
         capture.say(f"encoding the image on {', '.join(b.name for b in session.backends)}")
-        session.compute(vision_graph, inputs, hook)
+        session.compute(vision_graph, inputs, hook, why_not_unsplit=GENERATE_RESERVES)
         vision_out = vision_graph.outputs["ca_patch_embd"]
         states = None
         if config.vision_output == "copy":

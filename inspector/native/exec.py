@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inspector.capture.hook import SkippedTensor
+from inspector.capture.mode import DEFAULT_MODE, CaptureMode
 from inspector.capture.selection import SelectionDescription
 from inspector.capture.session import INTERRUPTED, CaptureSession
 from inspector.dump.format import NO_COMPRESSION, Compression
@@ -109,11 +110,12 @@ def _signal_name(status: int) -> str:
         return f"signal {-status}"
 
 
-def _hooked_environment(hook: Path, socket_path: str, globs: Sequence[str], regexes: Sequence[str]) -> dict[str, str]:
-    """The program's environment: the hook preloaded, told where to send and what to select."""
+def _hooked_environment(hook: Path, socket_path: str, globs: Sequence[str], regexes: Sequence[str],
+                        mode: CaptureMode) -> dict[str, str]:
+    """The program's environment: the hook preloaded, told where to send, what to select and how."""
     environment = {**os.environ, "GGML_INSPECTOR_SOCKET": socket_path,
                    "GGML_INSPECTOR_GLOBS": PATTERN_SEPARATOR.join(globs),
-                   "GGML_INSPECTOR_REGEXES": PATTERN_SEPARATOR.join(regexes),
+                   "GGML_INSPECTOR_REGEXES": PATTERN_SEPARATOR.join(regexes), **mode.environment(),
                    "LD_PRELOAD": " ".join(filter(None, [str(hook), os.environ.get("LD_PRELOAD", "")]))}
     environment.pop("GGML_INSPECTOR_DIR", None)  # the socket it is; a folder is for runs without exec
     return environment
@@ -121,9 +123,11 @@ def _hooked_environment(hook: Path, socket_path: str, globs: Sequence[str], rege
 
 def exec_capture(argv: list[str], globs: Sequence[str], regexes: Sequence[str], output: str | Path, *,
                  overwrite: bool = False, progress: Callable[[str], None] | None = None, stats_only: bool = False,
-                 compression: Compression = NO_COMPRESSION, model: str | Path | None = None) -> ExecSummary:
+                 compression: Compression = NO_COMPRESSION, model: str | Path | None = None,
+                 mode: CaptureMode = DEFAULT_MODE) -> ExecSummary:
     """Run ``argv`` with the hook preloaded, write the dump, and return what happened.
 
+    ``mode`` says how the hook captures each graph (:class:`CaptureMode`).
     ``model``, the GGUF the program loads if the caller knows it, is recorded
     as ``capture`` records its model (path and facts, in bounded reads).
 
@@ -146,7 +150,7 @@ def exec_capture(argv: list[str], globs: Sequence[str], regexes: Sequence[str], 
     started = time.perf_counter()
     selection = SelectionDescription(tuple(globs), tuple(regexes))
     config = {"runner": "exec", "argv": list(argv), "command_line": shlex.join(argv), "cwd": os.getcwd(),
-              "environment": recorded_environment(), "select": selection.describe()}
+              "environment": recorded_environment(), "select": selection.describe(), "capture_mode": mode.describe()}
     if model is not None:
         from inspector.llamacpp.facts import model_facts
 
@@ -168,7 +172,7 @@ def exec_capture(argv: list[str], globs: Sequence[str], regexes: Sequence[str], 
             sink = FrameSink(session.writer, session.say)
             receiver = Receiver(listener, sink).start()
             try:
-                children.append(subprocess.Popen(argv, env=_hooked_environment(hook, address, globs, regexes)))
+                children.append(subprocess.Popen(argv, env=_hooked_environment(hook, address, globs, regexes, mode)))
             except OSError as error:
                 listener.close()
                 raise SetupError(f"cannot run {argv[0]}: {error.strerror or error}") from None

@@ -16,7 +16,7 @@ import math
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -355,6 +355,9 @@ class ProcessReport:
     computes: int = 0
     evaluations: int = 0
     tensors: int = 0
+    # Evaluations computed in one piece and copied after, and why the others were captured node by node.
+    unsplit: int = 0
+    callback_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class FrameSink:
@@ -415,6 +418,14 @@ class FrameSink:
                             **capture_mode(header), **unknown_inputs()})
                     evaluations[(int(header["sched"]), int(header["compute"]))] = eval_index
                     report.evaluations += 1
+                    mode = capture_mode(header)
+                    if mode["capture_mode"] == "unsplit":
+                        report.unsplit += 1
+                    else:
+                        reason = mode["capture_mode_reason"] or "no reason given"
+                        if reason not in report.callback_reasons and len(report.callback_reasons) >= 8:
+                            reason = "other reasons"
+                        report.callback_reasons[reason] = report.callback_reasons.get(reason, 0) + 1
                     self.progress(f"evaluation {eval_index} (process {report.pid}, scheduler {header['sched']}, "
                                   f"compute {header['compute']}); {self.writer.tensor_count} tensors so far")
                 elif kind in (TENSOR, SKIP, INPUT):

@@ -26,8 +26,12 @@ def summary_lines(summary: CaptureSummary) -> list[str]:
 def exec_lines(summary: ExecSummary) -> list[str]:
     """Lines for stderr after ``exec``: each process's graphs, then the closing line (the names the streams
     sent are escaped)."""
-    lines = [f"process {p.pid} ({printable(p.argv0)}): {p.schedulers} schedulers, {p.computes} graph computations, "
-             f"{p.tensors} tensors" for p in summary.processes]
+    lines = []
+    for p in summary.processes:
+        lines.append(f"process {p.pid} ({printable(p.argv0)}): {p.schedulers} schedulers, {p.computes} graph "
+                     f"computations, {p.tensors} tensors; {p.unsplit} computed in one piece")
+        lines += [f"  {count} captured node by node: {printable(reason)}"
+                  for reason, count in p.callback_reasons.items()]
     lines += [f"note: {printable(skip.name)} (eval {skip.eval_index}) was not captured: {printable(skip.reason)}"
               for skip in summary.skipped]
     status = f"exit status {summary.exit_status}" if summary.exit_status >= 0 else "killed by a signal"
