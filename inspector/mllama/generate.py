@@ -53,6 +53,11 @@ from inspector.mllama.text_model import (
 )
 
 
+# Why generate's graphs are captured node by node: it reserves every graph's buffers up front, without output flags,
+# and the allocator keeps the plan it made there.
+GENERATE_RESERVES = "mllama generate plans its compute buffers for every graph up front, without output flags"
+
+
 @dataclass(kw_only=True)
 class GenerateConfig(EncodeConfig):
     """The vision run's settings (model, image, placement, probes) and the language model's."""
