@@ -52,7 +52,6 @@ from inspector.mllama.text_model import (
     load_text_model,
 )
 
-
 # Why generate's graphs are captured node by node: it reserves every graph's buffers up front, without output flags,
 # and the allocator keeps the plan it made there.
 GENERATE_RESERVES = "mllama generate plans its compute buffers for every graph up front, without output flags"
