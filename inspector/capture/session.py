@@ -100,7 +100,7 @@ class CaptureSession:
         self.writer = BackgroundWriter(DumpWriter(output, config, system, overwrite=overwrite,
                                                   stats_only=stats_only, compression=compression))
         self.say: Progress = progress or _quiet
-        self.hook: TensorHook | None = None
+        self.hook: TensorHook | Any | None = None  # Any: a hook use_hook took (the native one)
         self.interrupted = False
         self._on_signal = on_signal
         self._closed = False
@@ -125,6 +125,17 @@ class CaptureSession:
         if self.interrupted:  # a signal came before the hook did
             self.hook.request_stop()
         return self.hook
+
+    def use_hook(self, hook: Any) -> Any:
+        """Make ``hook`` (one that is not a :class:`TensorHook`: the preloaded native hook) this capture's.
+
+        It needs what the session reads of a hook: ``request_stop``,
+        ``interrupted``, ``skipped``, ``error`` and ``failure``.
+        """
+        self.hook = hook
+        if self.interrupted:
+            hook.request_stop()
+        return hook
 
     def begin_evaluation(self, kind: str, info: dict[str, Any], progress: str = "") -> int:
         """Open the next evaluation (the hook's node indices restart); ``progress`` names it in a message."""

@@ -8,6 +8,17 @@ llama.cpp's options are declared once in ``llama_options``; shared ones in
 the logic they present.
 """
 
-from inspector.cli.app import main
+import sys
 
 __all__ = ["main"]
+
+
+def main() -> None:
+    """The console script.  ``capture`` first starts itself again with the native hook preloaded
+    (:mod:`inspector.native.preload`), before anything heavy is imported."""
+    from inspector.native.preload import reexec_preloaded
+
+    reexec_preloaded(sys.argv[1:])
+    from inspector.cli.app import main as group
+
+    group()

@@ -41,12 +41,14 @@ def echo_progress(message: str) -> None:
 @options.output_file("Dump file (default: dumps/<model>-<time>.h5).")
 @options.overwrite
 @options.storage
+@options.capture_mode
 @click.option("--observer-check", is_flag=True,
               help="Run once more without the hook and record whether the final logits and tokens were identical "
                    "(asking for a node splits the graph there, which can change what is observed).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[str, ...], output: Path | None,
-            overwrite: bool, stats_only: bool, compression: str, observer_check: bool, verbose: bool) -> None:
+            overwrite: bool, stats_only: bool, compression: str, mode_name: str, unsplit_max_mib: int,
+            observer_check: bool, verbose: bool) -> None:
     """Run a model on a prompt and store the selected tensors as they are computed.
 
     Takes llama.cpp's options (the table above). The model's magic, size,
@@ -68,18 +70,31 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
     file-size limit stops the capture with one line, "disk full after N
     tensors; kept in PATH, marked incomplete" (exit 2); Ctrl-C and SIGTERM
     keep the dump too, marked incomplete (exit 130).
+
+    The command starts itself again with the native hook preloaded
+    (inspector/native/), which does the per-node work in C and, in --mode
+    unsplit (the default), computes each graph in one piece with the
+    selected tensors flagged as outputs. The Python eval callback runs
+    instead, and the dump's config says why, for --tensor-filter (Python
+    regular expressions) and for a selection that names weights.
     """
+    from inspector.capture.mode import CaptureMode
     from inspector.capture.selection import Selection
     from inspector.dump.format import Compression
     from inspector.llamacpp.capture import capture_llama
+    from inspector.native.inprocess import native_capture
     from inspector.present.capture_report import summary_lines
 
     storage = Compression.parse(compression)
     output = output or default_output(Path(run_config.model).stem)
     stop_on_sigterm()
-    summary = capture_llama(run_config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
-                            verbose=verbose, progress=echo_progress, stats_only=stats_only, compression=storage,
-                            check_observer=observer_check)
+    selection = Selection(globs=globs, regexes=regexes)
+    mode = CaptureMode(mode_name, unsplit_max_mib)
+    hook_factory, capture_mode = native_capture(list(filter(None, (run_config.model, run_config.mmproj))),
+                                                selection, mode)
+    summary = capture_llama(run_config, selection, output, overwrite=overwrite, verbose=verbose,
+                            progress=echo_progress, stats_only=stats_only, compression=storage,
+                            check_observer=observer_check, hook_factory=hook_factory, capture_mode=capture_mode)
     for line in summary_lines(summary):
         click.echo(line, err=True)
 

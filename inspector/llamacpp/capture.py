@@ -9,9 +9,10 @@ the callback) is the session's.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,6 +43,28 @@ class CaptureSummary:
     unmatched: dict[str, list[str]] = field(default_factory=dict)
     result: LlamaRunResult | None = None
     skipped: list[SkippedTensor] = field(default_factory=list)
+    # How the evaluations were captured: the hook that ran and, for the native one, the modes it used.
+    capture_mode: dict[str, Any] = field(default_factory=dict)
+
+
+class CapturingHook(Protocol):
+    """A hook that is not the session's TensorHook (the preloaded native hook): the runner's view of it."""
+
+    callback: Any
+    interrupted: bool
+    counters: HookCounters
+    skipped: list[SkippedTensor]
+
+    def begin_evaluation(self, index: int) -> None: ...
+    def catch_up(self) -> None: ...
+    def should_abort(self) -> bool: ...
+    def request_stop(self) -> None: ...
+    def modes(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+# Makes the capture's hook inside its session, before the model loads.
+HookFactory = Callable[[CaptureSession], CapturingHook]
 
 
 def observer_check(config: LlamaRunConfig, hooked: LlamaRunResult,
@@ -94,13 +117,17 @@ def recorded_result(result: LlamaRunResult, checked: dict[str, Any]) -> dict[str
 def capture_llama(config: LlamaRunConfig, selection: Selection, output: str | Path,
                   *, overwrite: bool = False, verbose: bool = False, progress: Progress | None = None,
                   stats_only: bool = False, compression: Compression = NO_COMPRESSION,
-                  check_observer: bool = False) -> CaptureSummary:
+                  check_observer: bool = False, hook_factory: HookFactory | None = None,
+                  capture_mode: dict[str, Any] | None = None) -> CaptureSummary:
     """Run a llama.cpp model and write the selected tensors to ``output``.
 
     The hook only copies; the :class:`CaptureSession`'s background writer
     computes statistics and writes, and the session turns how the run ended
     (SIGINT or SIGTERM, a full disk, a failure inside the eval callback, a
     run refused before any graph ran) into the dump's state and one error.
+    ``hook_factory`` makes another hook than the Python eval callback (the
+    command line's preloaded native hook); ``capture_mode`` is recorded in
+    the dump's config (which hook ran, the mode asked for, why not another).
     """
     config.validate()
     started = time.perf_counter()
@@ -108,14 +135,23 @@ def capture_llama(config: LlamaRunConfig, selection: Selection, output: str | Pa
     if config.rpc:
         rpc.add_servers(config.rpc)  # before system_facts, so the dump lists the RPC devices
     log = install_log(verbose)
-    with CaptureSession(output, recorded_config(config, selection), system_facts(lib), overwrite=overwrite,
-                        stats_only=stats_only, compression=compression, progress=progress) as session:
-        hook = session.tensor_hook(selection, lib, weights=WeightFiles(*filter(None, (config.model, config.mmproj))))
+    recorded = {**recorded_config(config, selection), "capture_mode": capture_mode or {"hook": "python"}}
+    with CaptureSession(output, recorded, system_facts(lib), overwrite=overwrite, stats_only=stats_only,
+                        compression=compression, progress=progress) as session:
+        native = hook_factory(session) if hook_factory is not None else None
+        hook = session.use_hook(native) if native is not None else session.tensor_hook(
+            selection, lib, weights=WeightFiles(*filter(None, (config.model, config.mmproj))))
 
         def begin_evaluation(kind: str, info: dict) -> int:
+            if native is not None:
+                native.catch_up()  # the evaluation before is written whole before the next one opens
             return session.begin_evaluation(kind, info, f"{kind}, {info['n_tokens']} tokens")
 
-        result = run_llama(config, hook, begin_evaluation, log)
+        try:
+            result = run_llama(config, hook, begin_evaluation, log)
+        finally:
+            if native is not None:
+                native.close()  # every frame read, the hook off: the observer check runs unhooked
         checked = {}
         if check_observer:
             session.say("observer check: the same run without the hook")
@@ -126,4 +162,5 @@ def capture_llama(config: LlamaRunConfig, selection: Selection, output: str | Pa
         path=session.path, tensors=session.tensor_count, bytes=session.byte_count,
         evaluations=result.evaluations, seconds=time.perf_counter() - started,
         counters=hook.counters, unmatched=unmatched, result=result, skipped=hook.skipped,
+        capture_mode={**recorded["capture_mode"], **(native.modes() if native is not None else {})},
     )

@@ -116,7 +116,7 @@ class VisionProjector:
         params.use_gpu = use_gpu
         if use_gpu and offload_devices:
             params.device = device_by_name(load(), offload_devices[0])
-        if hook is not None:
+        if hook is not None and hook.callback is not None:
             params.cb_eval = ctypes.cast(hook.callback, llama_cpp.ggml_backend_sched_eval_callback)
             params.cb_eval_user_data = None
         ctx = mtmd.mtmd_init_from_file(config.mmproj.encode(), session.model, params)

@@ -69,7 +69,7 @@ class LlamaSession:
         params.op_offload = config.op_offload
         params.type_k = _ggml_type_id(config.type_k)
         params.type_v = _ggml_type_id(config.type_v)
-        if hook is not None:
+        if hook is not None and hook.callback is not None:
             params.cb_eval = ctypes.cast(hook.callback, llama_cpp.ggml_backend_sched_eval_callback)
             params.cb_eval_user_data = None
         params.abort_callback = self._abort

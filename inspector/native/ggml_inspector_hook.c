@@ -260,6 +260,9 @@ static bool to_file;
 static unsigned long long file_written, file_limit;
 static int n_schedulers;
 static long long n_computes;
+/* Frame heads written so far (the data that follows a head is written before the next one): a reader in this
+ * process knows it has read everything sent when it has read this many frames. */
+static unsigned long long frames_sent;
 
 static struct {
     bool      all;               /* no pattern: every node, and the leafs that are graph inputs */
@@ -469,6 +472,7 @@ static bool send_head(enum frame_kind kind, uint64_t data_size) {
         disconnect();
         return false;
     }
+    frames_sent++;
     return true;
 }
 
@@ -1683,6 +1687,8 @@ static int open_stream_file(const char * folder) {
     return fd;
 }
 
+static void announce(void);
+
 /* The output is the parent's socket (GGML_INSPECTOR_SOCKET, set by exec) or, with no parent, a file in
  * the dump folder (GGML_INSPECTOR_DIR); with neither, the hook stays off. */
 static void open_output(void) {
@@ -1695,6 +1701,12 @@ static void open_output(void) {
         to_file = true;
         connection = open_stream_file(folder);
     }
+    announce();
+}
+
+/* On a new connection: checks ggml and the selection once per process image, then says HELLO (and why the hook
+ * stays off, if it does). */
+static void announce(void) {
     if (connection < 0) {
         return;
     }
@@ -1749,8 +1761,10 @@ static void start(const void * caller) {
     pthread_mutex_lock(&lock);
     if (!resolved) {
         resolved = true;
-        resolve_real(caller);
         pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+    }
+    if (real.set_eval_callback == NULL) { /* until found: an early caller may not see ggml (dlopen'ed locally) */
+        resolve_real(caller);
     }
     if (!attempted) {
         attempted = true;
@@ -1759,8 +1773,8 @@ static void start(const void * caller) {
     pthread_mutex_unlock(&lock);
 }
 
-__attribute__((destructor)) static void say_goodbye(void) {
-    pthread_mutex_lock(&lock);
+/* BYE, then the connection closed: the stream ends as a process that ran to its end. */
+static void goodbye(void) {
     if (connection >= 0) {
         json_begin();
         field_number("schedulers", n_schedulers);
@@ -1768,6 +1782,11 @@ __attribute__((destructor)) static void say_goodbye(void) {
         send_head(BYE, 0);
         disconnect();
     }
+}
+
+__attribute__((destructor)) static void say_goodbye(void) {
+    pthread_mutex_lock(&lock);
+    goodbye();
     pthread_mutex_unlock(&lock);
 }
 
@@ -1913,6 +1932,41 @@ enum ggml_status ggml_backend_sched_graph_compute_async(ggml_backend_sched_t sch
 }
 
 #endif
+
+/* ---- in-process use: ggml-inspector's own Python process, the hook preloaded into it ---- */
+
+/* Starts capturing into `fd` (one end of a socket pair the calling process reads on another thread), with the
+ * selection and mode of the GGML_INSPECTOR_* variables as set now.  `in_ggml` is any function of the process's
+ * libggml-base (the caller, an interpreter, may not see ggml's symbols: llama-cpp-python loads it locally).  Call
+ * it before the model's scheduler is created, so that the hook sees its plan.  Returns false, and does nothing,
+ * when the hook already writes somewhere.  The descriptor becomes the hook's: disconnect closes it. */
+bool ggml_inspector_connect(int fd, const void * in_ggml) {
+    start(in_ggml);
+    pthread_mutex_lock(&lock);
+    bool connected = connection < 0 && fd >= 0;
+    if (connected) {
+        to_file = false;
+        connection = fd;
+        announce();
+    }
+    pthread_mutex_unlock(&lock);
+    return connected;
+}
+
+/* Stops capturing: says BYE and closes the connection; the program runs on unhooked. */
+void ggml_inspector_disconnect(void) {
+    pthread_mutex_lock(&lock);
+    goodbye();
+    pthread_mutex_unlock(&lock);
+}
+
+/* How many frames the hook has written since the process started. */
+unsigned long long ggml_inspector_frames_sent(void) {
+    pthread_mutex_lock(&lock);
+    unsigned long long sent = frames_sent;
+    pthread_mutex_unlock(&lock);
+    return sent;
+}
 
 /* ---- link-time use: the program calls these itself ---- */
 

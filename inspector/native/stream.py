@@ -387,6 +387,7 @@ class FrameSink:
         try:
             first = True
             while (frame := read_frame(read)) is not None:
+                self._frame_read()
                 kind, header, data = frame
                 if first and kind != HELLO:
                     raise ProtocolError("a stream that does not begin with HELLO")
@@ -410,12 +411,7 @@ class FrameSink:
                 elif kind == EVAL:
                     if isinstance(self.writer.error, DiskFull):
                         raise self.writer.error  # the writer is behind: stop before opening more evaluations
-                    with self._lock:
-                        library = str(header.get("library", ""))
-                        eval_index = self.writer.begin_evaluation(evaluation_kind(library), {
-                            "pid": report.pid, "sched": int(header["sched"]), "compute": int(header["compute"]),
-                            "n_nodes": int(header.get("n_nodes", -1)), "library": library,
-                            **capture_mode(header), **unknown_inputs()})
+                    eval_index = self._open_evaluation(header, report)
                     evaluations[(int(header["sched"]), int(header["compute"]))] = eval_index
                     report.evaluations += 1
                     mode = capture_mode(header)
@@ -445,6 +441,18 @@ class FrameSink:
         except Exception as error:  # noqa: BLE001  (a stream thread must not die with a traceback)
             self.errors.append(f"{origin or f'process {report.pid}'}: {type(error).__name__}: {error}")
         return report
+
+    def _frame_read(self) -> None:
+        """Called as each frame is read, before it is handled."""
+
+    def _open_evaluation(self, header: dict[str, Any], report: ProcessReport) -> int:
+        """The evaluation an EVAL frame opens: a new one, its kind from the library that made the scheduler."""
+        library = str(header.get("library", ""))
+        with self._lock:
+            return self.writer.begin_evaluation(evaluation_kind(library), {
+                "pid": report.pid, "sched": int(header["sched"]), "compute": int(header["compute"]),
+                "n_nodes": int(header.get("n_nodes", -1)), "library": library, **capture_mode(header),
+                **unknown_inputs()})
 
     def _input(self, header: dict[str, Any], owner: int, data: bytes, inputs: GraphInputs) -> None:
         """An INPUT frame: the evaluation's recorded inputs, rewritten with this leaf added."""

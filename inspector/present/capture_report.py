@@ -15,6 +15,13 @@ def summary_lines(summary: CaptureSummary) -> list[str]:
     """Lines for stderr, warnings first, the closing line last."""
     lines = [f"warning: pattern {printable(repr(pattern))} matched no tensor; nearest names seen: "
              f"{', '.join(printable(name) for name in names)}" for pattern, names in summary.unmatched.items()]
+    mode = summary.capture_mode
+    if mode.get("hook") == "python" and mode.get("python_hook_because"):
+        lines.append(f"note: the Python eval callback captured node by node: {printable(mode['python_hook_because'])}")
+    elif mode.get("hook") == "native":
+        lines.append(f"native hook: {mode.get('unsplit', 0)} evaluations computed in one piece")
+        lines += [f"  {count} captured node by node: {printable(reason)}"
+                  for reason, count in mode.get("callback", {}).items()]
     result = summary.result
     if result and result.generated_ids:
         lines.append(f"generated: {printable(repr(result.generated_text))}")
