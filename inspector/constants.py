@@ -149,3 +149,8 @@ REFERENCE_RUNNER = "capture-hf"
 
 # ggml ops that compute nothing: their output is a view of their source's memory.
 VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})
+
+# A KV-cache write is stored as at most this many runs of consecutive destination rows: in the order written, or in
+# ascending order when that has more runs (a transposed V cache writes one value per row, token by token); a write
+# of more runs still is stored whole.  The native hook's MAX_WRITTEN_RUNS.
+MAX_WRITTEN_RUNS = 16384

@@ -84,20 +84,37 @@ def test_offloaded_layers_read_their_inputs_through_the_originals(llama_programs
     assert assert_same_bytes(unsplit, callback) > 300
 
 
-def test_kept_memory_past_the_bound_falls_back_to_the_callback_and_says_why(llama_programs, tiny_f32, tmp_path):
+def held(path: Path) -> list[int]:
+    with open_dump(path) as dump:
+        return [e.get("capture_held", 0) for e in dump.evaluations]
+
+
+def test_past_the_bound_the_largest_tensors_are_read_as_computed(llama_programs, tiny_f32, tmp_path):
+    """Within a small bound the graph still runs in one piece: the tensors the plan cannot keep are copied as the
+    scheduler computes them (it splits the graph there only), the rest after."""
+    bounded, callback = tmp_path / "bounded.h5", tmp_path / "callback.h5"
+    said = run_exec(llama_programs, tiny_f32, bounded, "--unsplit-max-mib", "1")
+    run_exec(llama_programs, tiny_f32, callback, "--mode", "callback")
+    assert {mode for mode, _ in modes(bounded)} == {"unsplit"} and "5 computed in one piece" in said
+    assert all(count > 0 for count in held(bounded))
+    assert assert_same_bytes(bounded, callback) > 300
+
+
+def test_with_no_room_at_all_the_per_node_callback_runs_and_says_why(llama_programs, tiny_f32, tmp_path):
     bounded, unbounded = tmp_path / "bounded.h5", tmp_path / "unsplit.h5"
     said = run_exec(llama_programs, tiny_f32, bounded, "--unsplit-max-mib", "0")
     run_exec(llama_programs, tiny_f32, unbounded)
     (reason,) = {reason for mode, reason in modes(bounded) if mode == "callback"}
     assert len(modes(bounded)) == 5 and {mode for mode, _ in modes(bounded)} == {"callback"}
-    assert reason.startswith("keeping the selected tensors would take up to ") and \
+    assert reason.startswith("keeping the graph inputs alone would take up to ") and \
         reason.endswith("MiB of compute buffer, over the bound of 0 MiB (GGML_INSPECTOR_UNSPLIT_MAX_MIB)")
     assert f"5 captured node by node: {reason}" in said
+    assert held(unbounded) == [0] * 5
     assert assert_same_bytes(unbounded, bounded) > 300
     # One small tensor fits a small bound: the selection decides what is kept.
     one = tmp_path / "one.h5"
     run_exec(llama_programs, tiny_f32, one, "-T", "result_norm", "--unsplit-max-mib", "1")
-    assert {mode for mode, _ in modes(one)} == {"unsplit"}
+    assert {mode for mode, _ in modes(one)} == {"unsplit"} and held(one) == [0] * 5
     with open_dump(one) as dump, open_dump(unbounded) as everything:
         for entry in dump.entries():
             assert entry.name == "result_norm"

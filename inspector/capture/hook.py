@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inspector.capture.selection import Selection
-from inspector.constants import GGML_TENSOR_FLAG_COMPUTE, GGML_TENSOR_FLAG_INPUT
+from inspector.constants import GGML_TENSOR_FLAG_COMPUTE, GGML_TENSOR_FLAG_INPUT, MAX_WRITTEN_RUNS
 from inspector.dump.record import TensorRecord
 from inspector.ggml import GgmlLibraries, Tensor, load, read_tensor
 from inspector.ggml.readout import UnreadableTensor, read_rows, row_runs, written_layout
@@ -49,6 +49,8 @@ TensorSink = Callable[[TensorRecord, np.ndarray], None]
 
 # Why a selected node is not captured (the native hook says the same: ggml_inspector_hook.c).
 WHOLE_CACHE_REASON = "a view of the whole KV cache (n_ctx rows): the writes store the rows each evaluation wrote"
+WHOLE_CACHE_LEAF_REASON = ("the whole KV cache (n_ctx rows): its writes store the rows each evaluation wrote, "
+                           "and export --eval E rebuilds it")
 NOT_COMPUTED_REASON = "not computed: no output of the graph needs it (ggml_build_forward_select chose another path)"
 
 
@@ -219,7 +221,11 @@ class TensorHook:
                 is_input = not is_model_state(leaf.name)
             else:
                 is_input = bool(source.flags & GGML_TENSOR_FLAG_INPUT)
-            if self.selection.matches_leaf(leaf.name, is_input):
+            if not self.selection.matches_leaf(leaf.name, is_input):
+                continue
+            if kv_cache_of(leaf.name) == leaf.name:
+                self._skip(source, leaf.name, occurrence, WHOLE_CACHE_LEAF_REASON)
+            else:
                 selected.append(leaf)
         return selected
 
@@ -338,8 +344,10 @@ class TensorHook:
         indices = tensor.struct.src[1]
         if not indices:
             return []
-        rows = read_tensor(Tensor(self.lib, indices)).array.reshape(-1)
-        return [int(row) for row in rows]
+        rows = [int(row) for row in read_tensor(Tensor(self.lib, indices)).array.reshape(-1)]
+        if len(row_runs(rows)) > MAX_WRITTEN_RUNS:
+            rows = sorted(rows)  # a transposed V cache: one value per row, token by token
+        return rows if len(row_runs(rows)) <= MAX_WRITTEN_RUNS else []
 
     def _source_detail(self, source: Tensor) -> dict:
         """How compare finds a source again: its pairing key here, its buffer, buffer type and ggml type."""

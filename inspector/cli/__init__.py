@@ -16,6 +16,11 @@ __all__ = ["main"]
 def main() -> None:
     """The console script.  ``capture`` first starts itself again with the native hook preloaded
     (:mod:`inspector.native.preload`), before anything heavy is imported."""
+    import os
+
+    # numpy's OpenBLAS would start a spinning thread per core at its first BLAS call, beside the very graph a
+    # capture observes; nothing here gains from threaded BLAS.  Before numpy loads, and before the re-execution.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from inspector.native.preload import reexec_preloaded
 
     reexec_preloaded(sys.argv[1:])

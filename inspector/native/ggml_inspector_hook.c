@@ -53,7 +53,7 @@
 #include "ggml.h"
 #include "ggml_inspector.h"
 
-enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT };
+enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT, NAMES };
 
 #define FRAME_MAGIC 0x48494747u
 #define FRAME_HEAD_SIZE 24
@@ -63,8 +63,9 @@ enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT };
 #define COPY_CHUNK ((size_t) 64 << 20)
 #define PATTERN_SEPARATOR '\x1f'
 /* A KV-cache write (SET_ROWS) is sent as the rows it wrote, listed in its header as runs of consecutive rows:
- * at most this many runs (a transposed V cache writes one-value rows, n_embd_v_gqa runs per run of cells);
- * a write of more is sent whole, as any other tensor. */
+ * at most this many runs, in the order written or, when that has more, in ascending order (a transposed V cache
+ * writes one-value rows token by token: n_embd_v_gqa runs per token in the order written, per run of cells sorted);
+ * a write of more is sent whole, as any other tensor.  inspector/constants.py's MAX_WRITTEN_RUNS. */
 #define MAX_WRITTEN_RUNS 16384
 /* Strings are cut at STRING_LIMIT bytes; a TENSOR header holds at most 18 strings, each at most six
  * times longer once escaped, and at most MAX_WRITTEN_RUNS runs of two numbers of at most 20 digits, so
@@ -81,8 +82,11 @@ static const char * const input_leafs[] = {"inp_tokens", "inp_pos", "inp_embd", 
 #define N_INPUT_LEAFS (sizeof input_leafs / sizeof input_leafs[0])
 #define MAX_INPUT_VALUES ((int64_t) 1 << 20)
 #define MAX_INPUT_EMBD_BYTES ((size_t) 64 << 20)
+/* NAMES lists at most this many distinct node names of a scheduler's first graph. */
+#define MAX_NAMES 2048
 /* Why a selected node is not captured (the Python hook's words, inspector/capture/hook.py). */
 #define WHOLE_CACHE_REASON "a view of the whole KV cache (n_ctx rows): the writes store the rows each evaluation wrote"
+#define WHOLE_CACHE_LEAF_REASON "the whole KV cache (n_ctx rows): its writes store the rows each evaluation wrote, and export --eval E rebuilds it"
 #define NOT_COMPUTED_REASON "not computed: no output of the graph needs it (ggml_build_forward_select chose another path)"
 
 /* ---- ggml: looked up at run time when preloaded, linked when compiled into the program ---- */
@@ -764,6 +768,14 @@ struct pending_leaf {
     bool                 through_copy;
 };
 
+/* A node of a graph computed in one piece that the plan could not keep: copied when computed, read after. */
+struct held {
+    const struct ggml_tensor * tensor;
+    void *                     bytes;
+    size_t                     capacity;
+    bool                       filled;
+};
+
 struct scheduler {
     struct scheduler *               next;
     ggml_backend_sched_t             sched;
@@ -784,12 +796,21 @@ struct scheduler {
     /* The unsplit mode: whether the scheduler was created where the hook saw it, how many reserves it saw,
      * whether the last one flagged the selected tensors, and the graph the last alloc flagged; `fallback`
      * says why a graph is captured by the callback instead. */
+    bool                       names_sent;
     bool                       seen_created;
     int                        reserves;
     bool                       planned;
     const struct ggml_cgraph * flagged;
-    const struct ggml_tensor * stopped_at; /* where the program's callback stopped an unsplit compute */
+    const struct ggml_tensor * stopped_at;    /* where the program's callback stopped an unsplit compute */
+    const struct ggml_tensor * program_asked; /* the node the program said yes to in an unsplit compute */
     char                       fallback[256];
+    /* The nodes (indices) the last reserve let go over the bound, in a graph of planned_nodes nodes; the nodes of
+     * the graph computed now that are read as they are computed, and their bytes. */
+    int                        planned_nodes;
+    int *                      unplanned;
+    int                        n_unplanned, unplanned_capacity;
+    struct held *              held;
+    int                        n_held, held_capacity;
 
     /* The node last asked about: the scheduler observes that one only, and only after a yes. */
     struct {
@@ -840,10 +861,43 @@ static void forget(ggml_backend_sched_t sched) {
             free(s->names.slots);
             free(s->seen.slots);
             free(s->seen.occurrences);
+            free(s->unplanned);
+            for (int i = 0; i < s->held_capacity; i++) {
+                free(s->held[i].bytes);
+            }
+            free(s->held);
             free(s);
             return;
         }
     }
+}
+
+/* Once per scheduler, with a selection: the distinct names of its first graph's nodes (NAMES), so that a pattern
+ * that matched none of them can be told with the nearest names; nothing but selected tensors is sent otherwise. */
+static void send_names(struct scheduler * s, struct ggml_cgraph * graph) {
+    if (selection.all || s->names_sent || graph == NULL || gg.graph_node == NULL || gg.graph_n_nodes == NULL) {
+        return;
+    }
+    s->names_sent = true;
+    struct name_map distinct = {0};
+    int             n = gg.graph_n_nodes(graph), listed = 0;
+    json_begin();
+    field_number("sched", s->id);
+    put_key("names");
+    put_text("[");
+    for (int i = 0; i < n && listed < MAX_NAMES; i++) {
+        char                name[GGML_MAX_NAME];
+        size_t              length = tensor_name(gg.graph_node(graph, i), name);
+        struct name_entry * entry = name_entry(&distinct, name, length);
+        if (entry != NULL && entry->occurrences++ == 0) {
+            separate();
+            put_string(name);
+            listed++;
+        }
+    }
+    put_text("]");
+    free(distinct.slots);
+    send_head(NAMES, 0);
 }
 
 static void begin_evaluation(struct scheduler * s, struct ggml_cgraph * graph, bool unsplit) {
@@ -865,12 +919,25 @@ static void begin_evaluation(struct scheduler * s, struct ggml_cgraph * graph, b
     field_string("mode", unsplit ? "unsplit" : "callback");
     if (!unsplit) {
         field_string("mode_reason", s->fallback);
+    } else if (s->n_held > 0) {
+        field_number("held", s->n_held); /* nodes the plan could not keep: read as computed */
     }
     n_computes++;
     send_head(EVAL, 0);
+    send_names(s, graph);
 }
 
 /* ---- capture ---- */
+
+/* The copy of `t` taken as it was computed, when the graph computed in one piece could not keep it. */
+static struct held * held_of(const struct scheduler * s, const struct ggml_tensor * t) {
+    for (int i = 0; i < s->n_held; i++) {
+        if (s->held[i].tensor == t) {
+            return &s->held[i];
+        }
+    }
+    return NULL;
+}
 
 /* The tensor that holds `t`'s bytes now.  After a graph computed in one piece, a scheduler copy of an input
  * (RPC0#inp_pos#0) may have been overwritten once its split ran; the original, kept as an output, holds the
@@ -989,6 +1056,19 @@ static bool reserve_rows(size_t count) {
     return true;
 }
 
+static size_t count_runs(void) {
+    size_t runs = 0;
+    for (size_t i = 0; i < written.count; i++) {
+        runs += i == 0 || written.rows[i] != written.rows[i - 1] + 1;
+    }
+    return runs;
+}
+
+static int ascending(const void * a, const void * b) {
+    int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
+    return (x > y) - (x < y);
+}
+
 /* Whether `t` is a KV-cache write to send by its rows: a SET_ROWS into rows of whole blocks (ne[2] = ne[3] = 1),
  * whose i64 or i32 row indices can be read, at most one per destination row, each inside the destination,
  * in at most MAX_WRITTEN_RUNS runs.  If so `written` holds them; anything else is sent whole, as before. */
@@ -1013,14 +1093,18 @@ static bool read_written_rows(const struct ggml_tensor * t) {
         memcpy(&row, (const char *) written.rows + 4 * i, sizeof row);
         written.rows[i] = row;
     }
-    size_t runs = 0;
     for (int64_t i = 0; i < n; i++) {
         if (written.rows[i] < 0 || written.rows[i] >= t->ne[1]) {
             return false;
         }
-        runs += i == 0 || written.rows[i] != written.rows[i - 1] + 1;
     }
-    written.count = runs <= MAX_WRITTEN_RUNS ? (size_t) n : 0;
+    written.count = (size_t) n;
+    if (count_runs() > MAX_WRITTEN_RUNS) { /* a transposed V cache: one value per row, token by token */
+        qsort(written.rows, written.count, sizeof *written.rows, ascending);
+    }
+    if (count_runs() > MAX_WRITTEN_RUNS) {
+        written.count = 0;
+    }
     return written.count > 0;
 }
 
@@ -1106,8 +1190,12 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
     ggml_backend_buffer_type_t buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
     const char *               buft_name = buft != NULL ? gg.buft_name(buft) : "";
     const struct ggml_tensor * holder = consumer != NULL ? data_of(t) : t;
+    struct held *              held = consumer == NULL ? held_of(s, t) : NULL;
     char                       why[512] = "";
     size_t                     nbytes = readable(holder, buft_name, MAX_TENSOR_BYTES, "8 GiB", why, sizeof why);
+    if (held != NULL && !held->filled && why[0] == '\0') {
+        snprintf(why, sizeof why, "held to be read as computed, but the scheduler never computed it");
+    }
     json_begin();
     field_number("sched", s->id);
     field_number("compute", s->computes - 1);
@@ -1173,6 +1261,10 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
     if (send_head(TENSOR, nbytes)) {
         if (by_rows) {
             send_written_rows(t);
+        } else if (held != NULL) {
+            if (!send_all(held->bytes, nbytes)) {
+                disconnect();
+            }
         } else {
             send_tensor_bytes(holder, nbytes);
         }
@@ -1278,6 +1370,25 @@ static void put_source_details(const struct scheduler * s, const struct ggml_ten
     put_text("]");
 }
 
+/* Sends `t` (a node, or a leaf read by the node asked about) as skipped, with the reason. */
+static void skip_leaf(const struct scheduler * s, const struct ggml_tensor * t, const char * name, uint32_t occurrence,
+                      const char * reason) {
+    ggml_backend_buffer_type_t buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
+    json_begin();
+    field_number("sched", s->id);
+    field_number("compute", s->computes - 1);
+    field_string("name", name);
+    field_number("node_index", s->pending.node_index);
+    field_number("occurrence", occurrence);
+    field_string("buffer_type", buft != NULL ? gg.buft_name(buft) : "");
+    field_string("reason", reason);
+    send_head(SKIP, 0);
+}
+
+static void skip_node(const struct scheduler * s, const struct ggml_tensor * t, const char * name, const char * reason) {
+    skip_leaf(s, t, name, s->pending.occurrence, reason);
+}
+
 /* Whether `src` is a leaf met for the first time in this evaluation, not covered yet, and selected; if
  * so, *leaf describes it.  A scheduler copy stands for its original and is taken under the original's
  * name, once, and not at all when the original is a node (captured where it was computed) or was
@@ -1313,6 +1424,10 @@ static bool take_leaf(struct scheduler * s, struct ggml_tensor * src, struct pen
     if (!(selection.all ? is_input : name_selected(entry->name))) {
         return false;
     }
+    if (strncmp(entry->name, "cache_", 6) == 0 && strchr(entry->name, ' ') == NULL) {
+        skip_leaf(s, src, entry->name, occurrence, WHOLE_CACHE_LEAF_REASON);
+        return false;
+    }
     leaf->tensor = src;
     memcpy(leaf->name, entry->name, sizeof leaf->name);
     leaf->occurrence = occurrence;
@@ -1320,19 +1435,6 @@ static bool take_leaf(struct scheduler * s, struct ggml_tensor * src, struct pen
     return true;
 }
 
-/* Sends node `t` as skipped, with the reason. */
-static void skip_node(const struct scheduler * s, const struct ggml_tensor * t, const char * name, const char * reason) {
-    ggml_backend_buffer_type_t buft = t->buffer != NULL ? gg.buffer_get_type(t->buffer) : NULL;
-    json_begin();
-    field_number("sched", s->id);
-    field_number("compute", s->computes - 1);
-    field_string("name", name);
-    field_number("node_index", s->pending.node_index);
-    field_number("occurrence", s->pending.occurrence);
-    field_string("buffer_type", buft != NULL ? gg.buft_name(buft) : "");
-    field_string("reason", reason);
-    send_head(SKIP, 0);
-}
 
 /* True, and sent as skipped, for llama.cpp's whole KV cache reshaped (a RESHAPE of a cache_* leaf, as large as it):
  * without flash attention llama.cpp reshapes the whole transposed V cache into a column to write into it, n_ctx
@@ -1408,10 +1510,17 @@ static void observe(struct scheduler * s, struct ggml_tensor * t) {
 
 #ifndef GGML_INSPECTOR_LINKED
 
-/* The tensors the last plan flagged as outputs, to take the flags back when they would keep too much. */
+/* The tensors the last plan flagged as outputs, to take the flags back, and for each its node index in the graph
+ * (-1: a leaf, or the source a selected view reads) and the bytes it keeps. */
+struct kept_tensor {
+    struct ggml_tensor * tensor;
+    int                  node_index;
+    unsigned long long   bytes;
+};
+
 static struct {
-    struct ggml_tensor ** tensors;
-    size_t                count, capacity;
+    struct kept_tensor * tensors;
+    size_t               count, capacity;
 } kept;
 
 static bool is_view_op(enum ggml_op op) {
@@ -1419,28 +1528,29 @@ static bool is_view_op(enum ggml_op op) {
            op == GGML_OP_TRANSPOSE;
 }
 
+static unsigned long long add_bytes(unsigned long long a, unsigned long long b) {
+    return a > ULLONG_MAX - b ? ULLONG_MAX : a + b;
+}
+
 /* Flags `t` as an output when the allocator places it (no buffer yet) and nothing did already; returns the
  * bytes it will keep (none for a view: its source is kept instead). */
-static unsigned long long keep(struct ggml_tensor * t) {
+static unsigned long long keep(struct ggml_tensor * t, int node_index) {
     if (t->buffer != NULL || (t->flags & GGML_TENSOR_FLAG_OUTPUT)) {
         return 0;
     }
     if (kept.count == kept.capacity) {
-        size_t                capacity = kept.capacity ? 2 * kept.capacity : 4096;
-        struct ggml_tensor ** grown = realloc(kept.tensors, capacity * sizeof *grown);
+        size_t               capacity = kept.capacity ? 2 * kept.capacity : 4096;
+        struct kept_tensor * grown = realloc(kept.tensors, capacity * sizeof *grown);
         if (grown == NULL) {
             return ULLONG_MAX;
         }
         kept.tensors = grown;
         kept.capacity = capacity;
     }
-    kept.tensors[kept.count++] = t;
+    unsigned long long bytes = t->view_src != NULL ? 0 : gg.nbytes(t);
+    kept.tensors[kept.count++] = (struct kept_tensor) {t, node_index, bytes};
     t->flags |= GGML_TENSOR_FLAG_OUTPUT;
-    return t->view_src != NULL ? 0 : gg.nbytes(t);
-}
-
-static unsigned long long add_bytes(unsigned long long a, unsigned long long b) {
-    return a > ULLONG_MAX - b ? ULLONG_MAX : a + b;
+    return bytes;
 }
 
 /* Flags what must outlive the compute to be read after it: every selected node (and the node a selected view
@@ -1456,9 +1566,9 @@ static unsigned long long keep_selected(struct ggml_cgraph * graph) {
         char                 name[GGML_MAX_NAME];
         tensor_name(t, name);
         if (name_selected(name)) {
-            bytes = add_bytes(bytes, keep(t));
+            bytes = add_bytes(bytes, keep(t, i));
             if (t->view_src != NULL && t->view_src->op != GGML_OP_NONE) {
-                bytes = add_bytes(bytes, keep(t->view_src));
+                bytes = add_bytes(bytes, keep(t->view_src, -1));
             }
         }
         for (int j = 0; j < GGML_MAX_SRC; j++) {
@@ -1466,7 +1576,7 @@ static unsigned long long keep_selected(struct ggml_cgraph * graph) {
             if (src != NULL && src->op == GGML_OP_NONE && src->view_src == NULL) {
                 tensor_name(src, name);
                 if ((src->flags & GGML_TENSOR_FLAG_INPUT) || name_selected(name)) {
-                    bytes = add_bytes(bytes, keep(src));
+                    bytes = add_bytes(bytes, keep(src, -1));
                 }
             }
         }
@@ -1476,9 +1586,69 @@ static unsigned long long keep_selected(struct ggml_cgraph * graph) {
 
 static void take_back_flags(void) {
     for (size_t i = 0; i < kept.count; i++) {
-        kept.tensors[i]->flags &= ~GGML_TENSOR_FLAG_OUTPUT;
+        kept.tensors[i].tensor->flags &= ~GGML_TENSOR_FLAG_OUTPUT;
     }
     kept.count = 0;
+}
+
+static int by_bytes_descending(const void * a, const void * b) {
+    unsigned long long x = ((const struct kept_tensor *) a)->bytes, y = ((const struct kept_tensor *) b)->bytes;
+    return (x < y) - (x > y);
+}
+
+/* Over the bound, the largest selected nodes are let go (their flags taken back) until the rest fits: those are
+ * read as they are computed instead.  Each one let go is passed to `let_go` with its node index; returns the
+ * bytes still kept. */
+static unsigned long long let_go_largest(unsigned long long bytes, void (*let_go)(struct scheduler *, int),
+                                         struct scheduler * s) {
+    qsort(kept.tensors, kept.count, sizeof *kept.tensors, by_bytes_descending);
+    for (size_t i = 0; i < kept.count && bytes > mode.max_bytes; i++) {
+        struct kept_tensor * k = &kept.tensors[i];
+        if (k->node_index >= 0 && k->bytes > 0 && (k->tensor->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+            k->tensor->flags &= ~GGML_TENSOR_FLAG_OUTPUT;
+            bytes -= k->bytes;
+            let_go(s, k->node_index);
+        }
+    }
+    return bytes;
+}
+
+static bool grow_ints(int ** values, int * capacity, int count) {
+    if (count < *capacity) {
+        return true;
+    }
+    int   grown_capacity = *capacity ? 2 * *capacity : 64;
+    int * grown = realloc(*values, (size_t) grown_capacity * sizeof *grown);
+    if (grown == NULL) {
+        return false;
+    }
+    *values = grown;
+    *capacity = grown_capacity;
+    return true;
+}
+
+/* At reserve: the node let go is one the plan will not keep, in this graph and in every graph that reuses its plan. */
+static void unplanned(struct scheduler * s, int node_index) {
+    if (grow_ints(&s->unplanned, &s->unplanned_capacity, s->n_unplanned)) {
+        s->unplanned[s->n_unplanned++] = node_index;
+    }
+}
+
+/* At alloc: the node let go is read as it is computed, into memory of ours, until the graph is read. */
+static void hold(struct scheduler * s, int node_index) {
+    if (s->n_held == s->held_capacity) {
+        int           capacity = s->held_capacity ? 2 * s->held_capacity : 64;
+        struct held * grown = realloc(s->held, (size_t) capacity * sizeof *grown);
+        if (grown == NULL) {
+            return;
+        }
+        memset(grown + s->held_capacity, 0, (size_t) (capacity - s->held_capacity) * sizeof *grown);
+        s->held = grown;
+        s->held_capacity = capacity;
+    }
+    s->held[s->n_held].tensor = gg.graph_node((struct ggml_cgraph *) s->flagged, node_index);
+    s->held[s->n_held].filled = false;
+    s->n_held++;
 }
 
 /* A node that writes into another computed node in place (an *_inplace op, a copy into a node's view): read after
@@ -1498,11 +1668,80 @@ static bool written_in_place(struct ggml_cgraph * graph, char * why, size_t size
     return false;
 }
 
+static unsigned long long mib(unsigned long long bytes) {
+    return bytes == ULLONG_MAX ? ULLONG_MAX >> 20 : (bytes + (1ull << 20) - 1) >> 20;
+}
+
+/* At reserve: flags the selected tensors of the largest graph to come, letting the largest go while the rest
+ * passes the bound; planned false, with the reason, when even the inputs do not fit. */
+static void plan_reserve(struct scheduler * s, struct ggml_cgraph * graph, char * why, size_t size) {
+    s->n_unplanned = 0;
+    s->planned_nodes = gg.graph_n_nodes(graph);
+    unsigned long long bytes = keep_selected(graph);
+    if (bytes > mode.max_bytes) {
+        bytes = let_go_largest(bytes, unplanned, s);
+    }
+    if (bytes > mode.max_bytes) {
+        take_back_flags();
+        s->n_unplanned = 0;
+        snprintf(why, size, "keeping the graph inputs alone would take up to %llu MiB of compute buffer, over the "
+                 "bound of %llu MiB (GGML_INSPECTOR_UNSPLIT_MAX_MIB)", mib(bytes), mode.max_bytes >> 20);
+        return;
+    }
+    s->planned = true;
+}
+
+/* At alloc: flags the graph's selected tensors; those the plan did not keep (its node indices, when the graph reuses
+ * the plan: the same number of nodes) and those past the bound are held instead, read as computed.  Falls back,
+ * with the reason, when the held tensors themselves would pass the bound. */
+static void plan_alloc(struct scheduler * s, struct ggml_cgraph * graph, char * why, size_t size) {
+    unsigned long long bytes = keep_selected(graph);
+    s->flagged = graph;
+    s->n_held = 0;
+    if (gg.graph_n_nodes(graph) == s->planned_nodes) {
+        for (int i = 0; i < s->n_unplanned; i++) {
+            struct ggml_tensor * t = gg.graph_node(graph, s->unplanned[i]);
+            for (size_t k = 0; k < kept.count; k++) {
+                if (kept.tensors[k].tensor == t && (t->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+                    t->flags &= ~GGML_TENSOR_FLAG_OUTPUT;
+                    bytes -= kept.tensors[k].bytes;
+                    hold(s, s->unplanned[i]);
+                }
+            }
+        }
+    }
+    if (bytes > mode.max_bytes) {
+        bytes = let_go_largest(bytes, hold, s);
+    }
+    /* A view of a held node reads memory the plan does not keep either: it is held too (read as it is computed,
+     * its source is alive then).  Views come after their source. */
+    int n = s->n_held > 0 ? gg.graph_n_nodes(graph) : 0;
+    for (int i = 0; i < n; i++) {
+        const struct ggml_tensor * t = gg.graph_node(graph, i);
+        if (t->view_src != NULL && held_of(s, t->view_src) != NULL && held_of(s, t) == NULL) {
+            hold(s, i);
+        }
+    }
+    unsigned long long held = 0;
+    for (int i = 0; i < s->n_held; i++) {
+        held = add_bytes(held, gg.nbytes(s->held[i].tensor));
+    }
+    if (bytes > mode.max_bytes || held > mode.max_bytes) {
+        take_back_flags();
+        s->flagged = NULL;
+        s->n_held = 0;
+        snprintf(why, size, "keeping the selected tensors would take up to %llu MiB of compute buffer and memory, "
+                 "over the bound of %llu MiB (GGML_INSPECTOR_UNSPLIT_MAX_MIB)", mib(add_bytes(bytes, held)),
+                 mode.max_bytes >> 20);
+    }
+}
+
 /* Before the scheduler plans (reserving) or allocates `graph`: flags the tensors to keep, or says in
  * s->fallback why the graph will be captured by the callback. */
 static void plan_unsplit(struct scheduler * s, struct ggml_cgraph * graph, bool reserving) {
     char why[sizeof s->fallback] = "";
     s->flagged = NULL;
+    s->n_held = 0;
     if (reserving) {
         s->reserves++;
         s->planned = false;
@@ -1511,23 +1750,13 @@ static void plan_unsplit(struct scheduler * s, struct ggml_cgraph * graph, bool 
         snprintf(why, sizeof why, "the per-node callback was asked for (GGML_INSPECTOR_MODE=callback)");
     } else if (gg.graph_node == NULL || gg.graph_get_tensor == NULL || gg.graph_n_nodes == NULL) {
         snprintf(why, sizeof why, "the program's ggml lacks ggml_graph_node or ggml_graph_get_tensor");
-    } else if (!reserving && (s->reserves > 0 ? !s->planned : !s->seen_created)) {
+    } else if (reserving) {
+        plan_reserve(s, graph, why, sizeof why);
+    } else if (s->reserves > 0 ? !s->planned : !s->seen_created) {
         snprintf(why, sizeof why, "%s", s->fallback[0] != '\0' ? s->fallback
                                         : "the scheduler's buffers were planned where the hook could not see");
-    } else if (!reserving && written_in_place(graph, why, sizeof why)) {
-        /* why says which node */
-    } else {
-        unsigned long long bytes = keep_selected(graph);
-        if (bytes > mode.max_bytes) {
-            take_back_flags();
-            snprintf(why, sizeof why, "keeping the selected tensors would take up to %llu MiB of compute buffer, "
-                     "over the bound of %llu MiB (GGML_INSPECTOR_UNSPLIT_MAX_MIB)",
-                     bytes == ULLONG_MAX ? ULLONG_MAX >> 20 : (bytes + (1ull << 20) - 1) >> 20, mode.max_bytes >> 20);
-        } else if (reserving) {
-            s->planned = true;
-        } else {
-            s->flagged = graph;
-        }
+    } else if (!written_in_place(graph, why, sizeof why)) {
+        plan_alloc(s, graph, why, sizeof why);
     }
     if (why[0] != '\0' || reserving) {
         memcpy(s->fallback, why, sizeof why);
@@ -1548,7 +1777,7 @@ static bool computes_unsplit(struct scheduler * s, struct ggml_cgraph * graph) {
         const struct ggml_tensor * t = gg.graph_node(graph, i);
         char                       name[GGML_MAX_NAME];
         tensor_name(t, name);
-        if (!(t->flags & GGML_TENSOR_FLAG_OUTPUT) && name_selected(name)) {
+        if (!(t->flags & GGML_TENSOR_FLAG_OUTPUT) && name_selected(name) && held_of(s, t) == NULL) {
             snprintf(s->fallback, sizeof s->fallback, "%s lost its output flag after the alloc", name);
             return false;
         }
@@ -1556,16 +1785,37 @@ static bool computes_unsplit(struct scheduler * s, struct ggml_cgraph * graph) {
     return true;
 }
 
-/* The eval callback of a graph computed in one piece whose program has a callback of its own: the program's
- * alone, and where it stopped the compute (answered false after a node), so that nothing later is read. */
-static bool program_only(struct ggml_tensor * t, bool ask, void * user_data) {
+/* The eval callback of a graph computed in one piece: splits it only where the program asks (its callback, whose
+ * answers are honoured) and where a held tensor is computed (copied now, read with the rest after). */
+static bool unsplit_callback(struct ggml_tensor * t, bool ask, void * user_data) {
     struct scheduler * s = user_data;
     pthread_mutex_lock(&lock);
     ggml_backend_sched_eval_callback program = s->program;
     void *                           program_data = s->program_data;
+    struct held *                    held = held_of(s, t);
+    bool                             program_asked = s->program_asked == t;
     pthread_mutex_unlock(&lock);
-    bool answer = program != NULL && program(t, ask, program_data);
-    if (!ask && !answer) {
+    if (ask) {
+        bool program_wants = program != NULL && program(t, true, program_data);
+        pthread_mutex_lock(&lock);
+        s->program_asked = program_wants ? t : NULL;
+        pthread_mutex_unlock(&lock);
+        return program_wants || held != NULL;
+    }
+    if (held != NULL) {
+        pthread_mutex_lock(&lock);
+        size_t nbytes = gg.nbytes(t);
+        void * bytes = nbytes <= held->capacity ? held->bytes : realloc(held->bytes, nbytes);
+        if (bytes != NULL) {
+            gg.tensor_get(t, bytes, 0, nbytes);
+            held->bytes = bytes;
+            held->capacity = nbytes > held->capacity ? nbytes : held->capacity;
+            held->filled = true;
+        }
+        pthread_mutex_unlock(&lock);
+    }
+    bool answer = !program_asked || program(t, false, program_data);
+    if (!answer) {
         pthread_mutex_lock(&lock);
         s->stopped_at = t;
         pthread_mutex_unlock(&lock);
@@ -1896,9 +2146,11 @@ static enum ggml_status compute(__typeof__(ggml_backend_sched_graph_compute) * f
             unsplit = computes_unsplit(s, graph) ? s : NULL;
             begin_evaluation(s, graph, unsplit != NULL);
         }
-        if (unsplit != NULL) { /* computed in one piece: only the program's own callback splits it */
+        if (unsplit != NULL) { /* computed in one piece: split only where the program asks or a tensor is held */
             unsplit->stopped_at = NULL;
-            real.set_eval_callback(sched, unsplit->program != NULL ? program_only : NULL, unsplit);
+            unsplit->program_asked = NULL;
+            bool splits = unsplit->program != NULL || unsplit->n_held > 0;
+            real.set_eval_callback(sched, splits ? unsplit_callback : NULL, unsplit);
         }
         pthread_mutex_unlock(&lock);
     }

@@ -114,6 +114,12 @@ class _InProcessSink(FrameSink):
                                                   "n_nodes": int(header.get("n_nodes", -1)), **mode})
         return index
 
+    def _names(self, header: dict[str, Any]) -> None:
+        names = header.get("names")
+        if isinstance(names, list):
+            for name in names[:4096]:
+                self.selection.matches(str(name)[:256])  # seen: the nearest names of a pattern that matched none
+
     def _input(self, *_args: object) -> None:
         """The runner records what each evaluation computed: INPUT frames add nothing."""
 

@@ -31,6 +31,7 @@ from inspector.constants import (
     GGML_TYPE_I32,
     LLAMA_MAX_INT32,
     MAX_FRAME_EXPANSION_BYTES,
+    MAX_WRITTEN_RUNS,
     NUMPY_DTYPE_OF_GGML_TYPE,
 )
 from inspector.dump.background_writer import BackgroundWriter
@@ -44,14 +45,12 @@ from inspector.ggml.tensor import flag_names
 
 FRAME = struct.Struct("<IIIIQ")
 MAGIC = 0x48494747
-HELLO, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT = range(1, 8)
+HELLO, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT, NAMES = range(1, 9)
 # A header is a small JSON object; anything larger is not our hook talking.
 MAX_HEADER_BYTES = 1 << 20
 # The hook sends no larger tensor; a materialised tensor may not be larger either.
 MAX_TENSOR_BYTES = 8 << 30
 READ_CHUNK_BYTES = 1 << 20
-# A KV-cache write comes as at most this many runs of rows (the hook's MAX_WRITTEN_RUNS; more are sent whole).
-MAX_WRITTEN_RUNS = 16384
 GGML_MAX_DIMS = 4
 PATTERN_SEPARATOR = "\x1f"
 # The library that created a scheduler names what its graphs are: libmtmd's encode images, libllama's
@@ -60,7 +59,8 @@ KINDS_BY_LIBRARY = (("libmtmd", "encode"), ("libllama", "decode"))
 
 
 def capture_mode(header: dict[str, object]) -> dict[str, str]:
-    """How the hook captured an evaluation: ``unsplit`` or ``callback`` (with why, when not unsplit).
+    """How the hook captured an evaluation: ``unsplit`` (with how many nodes it held: read as computed, the plan
+    could not keep them) or ``callback`` (with why).
 
     A stream from before the unsplit mode carries no mode: its hook asked node by node.
     """
@@ -68,7 +68,10 @@ def capture_mode(header: dict[str, object]) -> dict[str, str]:
     if mode not in ("unsplit", "callback"):
         raise ProtocolError(f"an EVAL frame with capture mode {str(mode)[:40]!r}")
     reason = header.get("mode_reason", "")
-    return {"capture_mode": str(mode), **({"capture_mode_reason": str(reason)[:1024]} if mode == "callback" else {})}
+    held = header.get("held", 0)
+    if mode == "callback":
+        return {"capture_mode": str(mode), "capture_mode_reason": str(reason)[:1024]}
+    return {"capture_mode": str(mode), **({"capture_held": held} if isinstance(held, int) and held > 0 else {})}
 
 
 def evaluation_kind(library: str) -> str:
@@ -424,6 +427,8 @@ class FrameSink:
                         report.callback_reasons[reason] = report.callback_reasons.get(reason, 0) + 1
                     self.progress(f"evaluation {eval_index} (process {report.pid}, scheduler {header['sched']}, "
                                   f"compute {header['compute']}); {self.writer.tensor_count} tensors so far")
+                elif kind == NAMES:
+                    self._names(header)
                 elif kind in (TENSOR, SKIP, INPUT):
                     owner = evaluations.get((int(header.get("sched", -1)), int(header.get("compute", -1))), eval_index)
                     if kind == INPUT:
@@ -441,6 +446,9 @@ class FrameSink:
         except Exception as error:  # noqa: BLE001  (a stream thread must not die with a traceback)
             self.errors.append(f"{origin or f'process {report.pid}'}: {type(error).__name__}: {error}")
         return report
+
+    def _names(self, header: dict[str, Any]) -> None:
+        """A NAMES frame: the node names of a scheduler's first graph (what a selection could have matched)."""
 
     def _frame_read(self) -> None:
         """Called as each frame is read, before it is handled."""

@@ -31,6 +31,7 @@ from inspector.native.stream import (
     HELLO,
     INPUT,
     MAGIC,
+    NAMES,
     NOTICE,
     SKIP,
     TENSOR,
@@ -107,7 +108,7 @@ def hello_of(path: Path) -> dict[str, object] | None:
 
 
 FRAME_NAMES = {HELLO: "HELLO", EVAL: "EVAL", TENSOR: "TENSOR", SKIP: "SKIP", NOTICE: "NOTICE", BYE: "BYE",
-               INPUT: "INPUT"}
+               INPUT: "INPUT", NAMES: "NAMES"}
 
 
 def check_frames(path: Path) -> None:
