@@ -167,10 +167,12 @@ def test_ls_evals_prints_a_line_per_evaluation_and_json_every_value(tiny_f32, tm
     text = cli("ls", "--evals", out)
     assert text.returncode == 0, text.stderr
     header, _rule, first, second = text.stdout.splitlines()
-    assert header.split() == ["eval", "source", "n", "tokens", "positions", "outputs"]
+    assert header.split() == ["eval", "source", "n", "tokens", "positions", "outputs", "taken"]
+    # One tensor fits any bound: each graph computed in one piece, nothing held.
     assert first.split() == ["0", "prompt", "runner", str(len(prompt)), *map(str, prompt[:8]), "...",
-                             *map(str, range(8)), "...", "1"]
-    assert second.split()[:4] == ["1", "generate", "runner", "1"] and second.split()[-2:] == [str(len(prompt)), "1"]
+                             *map(str, range(8)), "...", "1", "unsplit"]
+    assert second.split()[:4] == ["1", "generate", "runner", "1"] and \
+        second.split()[-3:] == [str(len(prompt)), "1", "unsplit"]
     as_json = cli("ls", "--evals", "--json", out)
     with open_dump(out) as dump:
         assert json.loads(as_json.stdout)["evaluations"] == dump.evaluations

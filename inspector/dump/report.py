@@ -88,8 +88,19 @@ def evaluations_listing(evaluations: list[dict[str, Any]]) -> str:
     Every cell goes through :func:`~inspector.formatting.printable` (in :func:`table`): a dump's info is
     someone else's text.
     """
-    rows = [[evaluation_label(e["index"], str(e["kind"])), *_inputs_row(e)] for e in evaluations]
-    return table(["eval", "source", "n", "tokens", "positions", "outputs"], rows, right_align={0, 2, 5})
+    rows = [[evaluation_label(e["index"], str(e["kind"])), *_inputs_row(e), _taken(e)] for e in evaluations]
+    return table(["eval", "source", "n", "tokens", "positions", "outputs", "taken"], rows, right_align={0, 2, 5})
+
+
+def _taken(evaluation: dict[str, Any]) -> str:
+    """How the evaluation's tensors were taken: in one piece (with how many held), or node by node and why."""
+    mode = evaluation.get("capture_mode")
+    if mode == "unsplit":
+        held = evaluation.get("capture_held")
+        return f"unsplit, {held} held" if held else "unsplit"
+    reason = evaluation.get("capture_mode_reason")
+    return f"node by node: {reason}" if mode == "callback" and reason else "node by node"
+
 
 
 def configuration(dump: Dump, command_line: str | None) -> str:

@@ -135,7 +135,9 @@ def capture_llama(config: LlamaRunConfig, selection: Selection, output: str | Pa
     if config.rpc:
         rpc.add_servers(config.rpc)  # before system_facts, so the dump lists the RPC devices
     log = install_log(verbose)
-    recorded = {**recorded_config(config, selection), "capture_mode": capture_mode or {"hook": "python"}}
+    capture_mode = capture_mode or {"hook": "python",
+                                    "python_hook_because": "called through the Python API, with no native hook"}
+    recorded = {**recorded_config(config, selection), "capture_mode": capture_mode}
     with CaptureSession(output, recorded, system_facts(lib), overwrite=overwrite, stats_only=stats_only,
                         compression=compression, progress=progress) as session:
         native = hook_factory(session) if hook_factory is not None else None
