@@ -100,7 +100,7 @@ def test_a_graph_without_llama_inputs_says_its_inputs_are_unknown(built, tmp_pat
         (evaluation,) = dump.evaluations
     assert evaluation["inputs_known"] is False and "inputs" not in evaluation
     listing = cli("ls", "--evals", out)
-    assert listing.returncode == 0 and listing.stdout.splitlines()[2].split()[2:] == ["inputs", "unknown"]
+    assert listing.returncode == 0 and listing.stdout.splitlines()[2].split()[2:] == ["inputs", "unknown", "unsplit"]
 
 
 def test_an_image_chunk_records_the_digest_of_the_embeddings_the_language_model_was_fed(tmp_path):

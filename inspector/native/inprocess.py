@@ -96,6 +96,7 @@ class _InProcessSink(FrameSink):
         super().__init__(session.writer, lambda _message: None)
         self.selection = selection
         self.frames_read = 0
+        self.ended = False  # the stream was read to its end, or reading stopped (a full disk)
         self.announced: int | None = None
         self.caught_up = threading.Condition()
 
@@ -161,6 +162,9 @@ class NativeHook:
         finally:
             # Nobody reads on: the hook's next write fails and it turns itself off, so the run never blocks on it.
             self._socket.shutdown(socket.SHUT_RDWR)
+            with self._sink.caught_up:
+                self._sink.ended = True
+                self._sink.caught_up.notify_all()
 
     @property
     def counters(self) -> HookCounters:
@@ -200,8 +204,8 @@ class NativeHook:
         """Wait until every frame the hook wrote has been read: call it before the session opens an evaluation."""
         sent = self.library.ggml_inspector_frames_sent()
         with self._sink.caught_up:
-            waited = self._sink.caught_up.wait_for(
-                lambda: self._sink.frames_read >= sent or not self._thread.is_alive(), CATCH_UP_TIMEOUT_S)
+            waited = self._sink.caught_up.wait_for(lambda: self._sink.frames_read >= sent or self._sink.ended,
+                                                   CATCH_UP_TIMEOUT_S)
         if not waited:
             raise InspectorError(f"the native hook's stream stopped being read ({self._sink.frames_read} of "
                                  f"{sent} frames)")
