@@ -16,6 +16,10 @@ from conftest import PROMPT
 from test_cli import cli
 
 from inspector import open_dump
+from inspector.compare.origins import find_origins
+from inspector.compare.runs import compare_dumps
+from inspector.compare.tolerance import ToleranceRequest
+from inspector.compare.verdict import IDENTICAL, INCOMPARABLE
 from inspector.ggml.rpc import LoopbackServer
 from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 
@@ -53,6 +57,15 @@ def test_a_changed_weight_is_found_at_the_first_op_that_reads_it(models, tmp_pat
     assert states == {"blk.1.attn_q.weight": "weight differs", "attn_norm-1": "identical"}
     assert text.splitlines()[0].startswith("first origin: Qcur-1 (eval 0 prompt")
     assert len(found) == 1  # everything after it was handed a different input
+    # B's records are parsed only for nodes whose inputs did not differ in A's: not for the consequences.
+    comparison = compare_dumps(tmp_path / "a.h5", tmp_path / "b.h5", ToleranceRequest())
+    with open_dump(tmp_path / "a.h5") as dump_a, open_dump(tmp_path / "b.h5") as dump_b:
+        asked: list[str] = []
+        parse = dump_b.metadata_of
+        dump_b.metadata_of = lambda entries: asked.extend(e.name for e in entries) or parse(entries)
+        assert [o.name for o in find_origins(comparison.rows, dump_a, dump_b)] == ["Qcur-1"]
+    differing = [row for row in comparison.rows if row.status not in (IDENTICAL, INCOMPARABLE)]
+    assert "Qcur-1" in asked and len(differing) > 10 * len(asked)
 
 
 def test_a_repacked_matmul_differs_from_the_same_op_on_rpc(models, tmp_path):
@@ -126,3 +139,28 @@ def test_a_quantized_cache_that_llama_cpp_rotates_is_a_different_graph_at_the_ca
     first = origins(tmp_path / "f16.h5", tmp_path / "q8.h5")[0][0]
     assert (first["name"], first["op"], first["verdict"]) == ("cache_k_l0 (view)", "SET_ROWS", "graph")
     assert {s["name"]: s["state"] for s in first["source_details"]}["Kcur-0 (view)"] == "only in A"
+
+
+def test_weights_of_one_file_named_by_both_runs_are_not_read(models, tmp_path, monkeypatch):
+    """Two runs of the same model file: its weights are the same without reading them twice from it.
+
+    A copy of the file is another file: its weights are still read and compared.
+    """
+    from types import SimpleNamespace
+
+    from inspector.compare import origins as module
+    from inspector.gguf.header import fingerprint
+
+    def run_of(model: Path) -> SimpleNamespace:
+        return SimpleNamespace(config={"model": str(model), "model_facts": {"fingerprint": fingerprint(model)}})
+
+    base = models / "base.gguf"
+    reads = []
+    monkeypatch.setattr(module, "read_tensor_bytes", lambda header, name: reads.append(name) or b"")
+    same = module._Weights(run_of(base), run_of(base))
+    assert same.state("blk.1.attn_q.weight") == "same weight" and reads == []
+    assert same.state("blk.99.attn_q.weight") == "not captured"  # not a weight of this file
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(base.read_bytes())
+    assert module._Weights(run_of(base), run_of(copy)).state("blk.1.attn_q.weight") == "same weight"
+    assert reads == ["blk.1.attn_q.weight"] * 2

@@ -14,6 +14,7 @@ reported as open: it may be an origin, or its input may already have differed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,13 +97,22 @@ class _Weights:
         self._answers: dict[str, str] = {}
 
     def _opened(self) -> list[GgufHeader | None]:
+        """Each run's header, None where its file is gone or changed; one header object for one file.
+
+        Both runs naming the same file (the usual case) share a header, and
+        :meth:`state` then knows without reading that each weight's bytes are
+        the same: reading them twice from one file could not disagree.
+        """
         if self._headers is None:
             self._headers = []
-            for path, facts in zip(self.paths, self.facts, strict=True):
+            for index, (path, facts) in enumerate(zip(self.paths, self.facts, strict=True)):
                 try:
                     unchanged = bool(path) and Path(path).is_file() and bool(facts.get("fingerprint")) \
                         and fingerprint(path) == facts["fingerprint"]
-                    self._headers.append(read_header(path) if unchanged else None)
+                    if unchanged and index and self._headers[0] is not None and os.path.samefile(self.paths[0], path):
+                        self._headers.append(self._headers[0])
+                    else:
+                        self._headers.append(read_header(path) if unchanged else None)
                 except (InspectorError, OSError):
                     self._headers.append(None)
         return self._headers
@@ -115,7 +125,8 @@ class _Weights:
             if None in headers or any(name not in header.tensors for header in headers):
                 self._answers[name] = "not captured"
             else:
-                equal = read_tensor_bytes(headers[0], name) == read_tensor_bytes(headers[1], name)
+                equal = headers[0] is headers[1] \
+                    or read_tensor_bytes(headers[0], name) == read_tensor_bytes(headers[1], name)
                 self._answers[name] = "same weight" if equal else "weight differs"
         return self._answers[name]
 
@@ -175,6 +186,21 @@ def _where(buffer: str) -> str:
     return buffer.split("[", 1)[0]
 
 
+def _read_a_difference(record_a: dict[str, Any], eval_index: int, status: dict[tuple[int, str, int], str]) -> bool:
+    """Whether A's record names a source whose comparison differed (False where it cannot tell)."""
+    details = record_a.get("source_details")
+    if not isinstance(details, list):
+        return False
+    for detail in details:
+        try:
+            key = (eval_index, str(detail["name"]), int(detail["occurrence"]))
+        except (TypeError, ValueError, KeyError):
+            return False  # malformed: left to find_origins, which skips the node
+        if status.get(key, IDENTICAL) not in (IDENTICAL, INCOMPARABLE):
+            return True
+    return False
+
+
 def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_ORIGINS,
                  filtered: bool = False) -> list[Origin]:
     """The origins among ``rows`` (a comparison's, execution order), the first ``limit`` of them.
@@ -210,6 +236,9 @@ def find_origins(rows: list[Any], dump_a: Dump, dump_b: Dump, limit: int = MAX_O
         if a is not None and b is not None and not a.is_leaf:
             pairs.append((row, a, b))
     records_a = dump_a.metadata_of([a for _row, a, _b in pairs])
+    # A node that read a differing input is a consequence whatever B recorded: B's records are parsed only
+    # for the rest (after a run diverged, nearly every node reads a difference).
+    pairs = [(row, a, b) for row, a, b in pairs if not _read_a_difference(records_a[a.seq], row.eval_index, status)]
     records_b = dump_b.metadata_of([b for _row, _a, b in pairs])
     weights = _Weights(dump_a, dump_b)
     origins: list[Origin] = []
