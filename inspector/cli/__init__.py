@@ -13,9 +13,9 @@ import sys
 __all__ = ["main"]
 
 
-def main() -> None:
-    """The console script.  ``capture`` first starts itself again with the native hook preloaded
-    (:mod:`inspector.native.preload`), before anything heavy is imported."""
+def main(args: list[str] | None = None) -> None:
+    """The console script (``args``: instead of the command line's).  ``capture`` first starts itself again with
+    the native hook preloaded (:mod:`inspector.native.preload`), before anything heavy is imported."""
     import os
 
     # numpy's OpenBLAS would start a spinning thread per core at its first BLAS call, beside the very graph a
@@ -23,7 +23,8 @@ def main() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from inspector.native.preload import reexec_preloaded
 
-    reexec_preloaded(sys.argv[1:])
+    if args is None:  # the command line itself: a caller passing its own args keeps its process
+        reexec_preloaded(sys.argv[1:])
     from inspector.cli.app import main as group
 
-    group()
+    group(args)

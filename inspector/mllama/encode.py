@@ -260,11 +260,11 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
                 index = capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image,
                                                             **unknown_inputs()})
                 progress(f"computing the vision graph on {', '.join(b.name for b in session.backends)}")
-                kept = session.compute(graph, inputs, hook, mode,
+                plan = session.compute(graph, inputs, hook, mode,
                                        "--sched-check studies how the scheduler reuses its buffers" if sched_check
                                        else "")
-                capture.writer.update_evaluation(index, {"capture_mode": "unsplit"} if kept.unsplit else
-                                                 {"capture_mode": "callback", "capture_mode_reason": kept.fallback})
+                capture.writer.update_evaluation(index, {"capture_mode": "unsplit"} if plan.unsplit else
+                                                 {"capture_mode": "callback", "capture_mode_reason": plan.fallback})
                 if sched_check and hook.capturing:
                     late_reads, buffers = _sched_check(session, inputs, kept, progress)
             finally:

@@ -18,7 +18,8 @@ PRELOADING_COMMANDS = ("capture",)
 
 
 def reexec_preloaded(argv: list[str]) -> None:
-    """Run ``ggml-inspector ARGV`` again with the hook preloaded; returns, changing nothing, where it cannot.
+    """Run ``ggml-inspector ARGV`` again (this process replaced) with the hook preloaded; returns, changing
+    nothing, where it cannot or need not.
 
     The hook is built on first use, as for exec; without a compiler the
     capture runs the Python hook and its dump says why.
