@@ -9,13 +9,15 @@ the logic they present.
 """
 
 import sys
+from typing import Any
 
 __all__ = ["main"]
 
 
-def main(args: list[str] | None = None) -> None:
-    """The console script (``args``: instead of the command line's).  ``capture`` first starts itself again with
-    the native hook preloaded (:mod:`inspector.native.preload`), before anything heavy is imported."""
+def main(args: list[str] | None = None, **options: Any) -> Any:
+    """The console script: the click group, called with ``args`` and click's ``options`` (``standalone_mode``).
+    From the command line itself, ``capture`` first starts itself again with the native hook preloaded
+    (:mod:`inspector.native.preload`), before anything heavy is imported."""
     import os
 
     # numpy's OpenBLAS would start a spinning thread per core at its first BLAS call, beside the very graph a
@@ -27,4 +29,4 @@ def main(args: list[str] | None = None) -> None:
         reexec_preloaded(sys.argv[1:])
     from inspector.cli.app import main as group
 
-    group(args)
+    return group(args, **options)
