@@ -154,3 +154,6 @@ VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})
 # ascending order when that has more runs (a transposed V cache writes one value per row, token by token); a write
 # of more runs still is stored whole.  The native hook's MAX_WRITTEN_RUNS.
 MAX_WRITTEN_RUNS = 16384
+# A view over parts of rows (nb[0] one element) whose rows hold less than half the bytes it spans is read row by
+# row, at most this many rows; otherwise the bytes it spans are read.  The native hook's MAX_PACKED_ROWS.
+MAX_PACKED_ROWS = 65536

@@ -95,3 +95,29 @@ def test_a_stream_cut_inside_a_frame_is_still_imported(tmp_path):
     with open_dump(out) as dump:
         assert not dump.complete
         np.testing.assert_array_equal(dump.read("t"), values.reshape(1, 1, 2, 3))
+
+
+# A view of 2 values out of rows 1,000 values long (nb[1] = 4,000 bytes), 3 rows: sent packed as 6 values.
+SPARSE = {"ne": [2, 3, 1, 1], "nb": [4, 4000, 12000, 12000], "sent_nb": [4, 8, 24, 24], "n_dims": 2}
+
+
+def test_a_sparse_view_sent_as_its_rows_keeps_the_graphs_strides(tmp_path):
+    values = np.arange(6, dtype=np.float32)
+    result, out = import_folder(tmp_path, stream(SPARSE, values.tobytes()))
+    assert result.returncode == 0, result.stderr
+    with open_dump(out) as dump:
+        assert dump.metadata(dump.find("t", 0, 0))["nb"] == [4, 4000, 12000, 12000]
+        np.testing.assert_array_equal(dump.read("t"), values.reshape(3, 2))
+
+
+@pytest.mark.parametrize(("change", "data_values", "fragment"), [
+    ({"sent_nb": [4, 8, 24, 48]}, 6, "not its rows packed"),        # strides that are not the packed rows
+    ({}, 5, "not its rows packed"),                                  # fewer bytes than the rows
+    ({"sent_nb": [4, 8, 24]}, 6, "a tensor sent as"),                # three strides
+    ({"sent_nb": ["x", 8, 24, 24]}, 6, "sent_nb is not four numbers"),
+    ({"ne": [2, 3, 1 << 40, 1]}, 6, "not its rows packed"),          # a huge count of rows over six values
+])
+def test_a_forged_sparse_view_is_refused_in_one_line(tmp_path, change, data_values, fragment):
+    result, out = import_folder(tmp_path, stream({**SPARSE, **change}, bytes(4 * data_values)))
+    assert_refused(result, fragment)
+    assert not out.exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from inspector import open_dump
-from inspector.dump.format import TensorStats
+from inspector.dump.format import SMALL_STATS, STATS_CHUNK, TensorStats
 from inspector.dump.record import TensorRecord
 from inspector.dump.writer import DumpWriter
 from inspector.errors import DumpError, InspectorError
@@ -193,3 +193,22 @@ def test_crafted_dumps_are_refused_in_one_line(tmp_path, tamper):
             for entry in dump:
                 dump.read(entry)
                 dump.metadata(entry)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("size", [1, 768, SMALL_STATS, SMALL_STATS + 1, 3 * STATS_CHUNK + 5])
+def test_statistics_of_every_size_match_float64_numpy(dtype, size):
+    """Small tensors take a short path, large ones the chunked pass: both as exact as float64 numpy, with an offset
+    that would cancel in a naive sum of squares."""
+    values = (1000.0 + np.random.default_rng(size).standard_normal(size)).astype(dtype)
+    reference = values.astype(np.float64)
+    stats = TensorStats.of(values)
+    assert (stats.min, stats.max) == (reference.min(), reference.max())
+    assert stats.mean == pytest.approx(reference.mean(), rel=1e-13)
+    assert stats.std == pytest.approx(reference.std(), rel=1e-9, abs=1e-12)
+    assert (stats.n_nan, stats.n_inf) == (0, 0)
+    with_nan = values.copy()
+    with_nan[size // 2] = np.nan
+    counted = TensorStats.of(with_nan)
+    kept = np.delete(reference, size // 2)
+    assert counted.n_nan == 1 and (size == 1 or counted.mean == pytest.approx(kept.mean(), rel=1e-13))

@@ -67,6 +67,10 @@ enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT, NAMES };
  * writes one-value rows token by token: n_embd_v_gqa runs per token in the order written, per run of cells sorted);
  * a write of more is sent whole, as any other tensor.  inspector/constants.py's MAX_WRITTEN_RUNS. */
 #define MAX_WRITTEN_RUNS 16384
+/* A view over parts of rows (nb[0] one element) whose rows hold less than half the bytes it spans (attention's view
+ * of a transposed V cache: n_kv cells of rows n_ctx long) is sent as its rows one after another, at most this many
+ * rows; otherwise the bytes it spans are sent.  inspector/constants.py's MAX_PACKED_ROWS. */
+#define MAX_PACKED_ROWS 65536
 /* Strings are cut at STRING_LIMIT bytes; a TENSOR header holds at most 18 strings, each at most six
  * times longer once escaped, and at most MAX_WRITTEN_RUNS runs of two numbers of at most 20 digits, so
  * JSON_CAPACITY is never reached by a real header (and stays under the 1 MiB the receiver takes). */
@@ -1182,6 +1186,31 @@ static void put_layout(const struct ggml_tensor * t, bool by_rows) {
     field_number("n_dims", n_dims);
 }
 
+/* Whether `t` (nbytes spanned) is sent as its rows, packed: see MAX_PACKED_ROWS; inspector/ggml/readout.py's
+ * packed_rows decides alike. */
+static bool sent_packed(const struct ggml_tensor * t, size_t nbytes) {
+    int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    return t->nb[0] == gg.type_size(t->type) && t->ne[0] % gg.blck_size(t->type) == 0 && rows > 0 &&
+           rows <= MAX_PACKED_ROWS && 2 * row_bytes_of(t) * (size_t) rows < nbytes;
+}
+
+/* After a frame head announcing them: `t`'s rows one after another (sent_packed). */
+static void send_packed_rows(const struct ggml_tensor * t) {
+    size_t row_bytes = row_bytes_of(t);
+    bool   sent = true;
+    copy.filled = 0;
+    for (int64_t i3 = 0; i3 < t->ne[3] && sent; i3++) {
+        for (int64_t i2 = 0; i2 < t->ne[2] && sent; i2++) {
+            for (int64_t i1 = 0; i1 < t->ne[1] && sent; i1++) {
+                sent = gather(t, (size_t) i1 * t->nb[1] + (size_t) i2 * t->nb[2] + (size_t) i3 * t->nb[3], row_bytes);
+            }
+        }
+    }
+    if (!sent || !send_all(copy.bytes, copy.filled)) {
+        disconnect();
+    }
+}
+
 static void capture(const struct scheduler * s, struct ggml_tensor * t, const char * name, int node_index,
                     uint32_t occurrence, const char * consumer, bool through_copy) {
     if (connection < 0) {
@@ -1213,9 +1242,17 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
     char raw_name[GGML_MAX_NAME];
     tensor_name(t, raw_name);
     bool by_rows = consumer == NULL && t->op == GGML_OP_SET_ROWS && read_written_rows(t);
+    bool packed = !by_rows && held == NULL && sent_packed(holder, nbytes);
     if (by_rows) {
         nbytes = written.count * row_bytes_of(t);
         put_rows_written(t);
+    } else if (packed) { /* the strides of the rows as sent; nb stays the graph's */
+        size_t  row_bytes = row_bytes_of(holder);
+        int64_t sent_nb[GGML_MAX_DIMS] = {(int64_t) gg.type_size(holder->type), (int64_t) row_bytes,
+                                          (int64_t) row_bytes * holder->ne[1],
+                                          (int64_t) row_bytes * holder->ne[1] * holder->ne[2]};
+        nbytes = row_bytes * (size_t) (holder->ne[1] * holder->ne[2] * holder->ne[3]);
+        put_dims("sent_nb", sent_nb);
     }
     field_string("op", gg.op_desc(t));
     field_number("type", t->type);
@@ -1265,6 +1302,8 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
             if (!send_all(held->bytes, nbytes)) {
                 disconnect();
             }
+        } else if (packed) {
+            send_packed_rows(holder);
         } else {
             send_tensor_bytes(holder, nbytes);
         }

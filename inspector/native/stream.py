@@ -214,6 +214,8 @@ class TensorHeader:
     # A KV-cache write sent as the rows it wrote (TensorRecord.rows_written, written_of_ne); empty when sent whole.
     rows_written: list[list[int]]
     written_of_ne: list[int]
+    # The strides of the bytes sent: nb, or the packed ones of a sparse view sent as its rows.
+    sent_nb: tuple[int, ...] = ()
 
 
 def tensor_header(header: dict[str, Any], data_length: int) -> TensorHeader:
@@ -237,14 +239,37 @@ def tensor_header(header: dict[str, Any], data_length: int) -> TensorHeader:
     if not -1 <= node_index <= LLAMA_MAX_INT32 or not 0 <= occurrence <= LLAMA_MAX_INT32:
         raise ProtocolError(f"a TENSOR header with node index {node_index} and occurrence {occurrence}; the index "
                             f"stores both as int32")
-    _check_layout(ggml_type, ne, nb, n_dims, block_size, type_size, data_length)
+    sent_nb = _sent_strides(header, ne, nb, block_size, type_size, data_length)
+    _check_layout(ggml_type, ne, sent_nb, n_dims, block_size, type_size, data_length)
     runs, whole = header.get("rows_written"), header.get("written_of_ne")
     if runs is not None or whole is not None:
         _check_rows_written({"name": name, "rows_written": runs, "written_of_ne": whole, "ne": list(ne)}, nb,
                             n_dims, block_size, type_size, data_length)
     return TensorHeader(name, op, type_name, ggml_type, ne, nb, n_dims, block_size, type_size, node_index, occurrence,
                         flags, view_offset, op_params, op_code, _source_details(header.get("source_details", [])),
-                        runs or [], whole or [])
+                        runs or [], whole or [], sent_nb)
+
+
+def _sent_strides(header: dict[str, Any], ne: tuple[int, ...], nb: tuple[int, ...], block_size: int, type_size: int,
+                  data_length: int) -> tuple[int, ...]:
+    """The strides of the bytes sent: ``nb``, or for a sparse view sent as its rows (``sent_nb``) the packed ones,
+    which must be exactly that: rows of whole blocks one after another, as many bytes as the frame holds."""
+    sent = header.get("sent_nb")
+    if sent is None:
+        return nb
+    try:
+        sent_nb = tuple(int(n) for n in sent)
+    except (TypeError, ValueError, OverflowError):
+        raise ProtocolError("a TENSOR header whose sent_nb is not four numbers") from None
+    rows = math.prod(ne[1:]) if len(ne) == GGML_MAX_DIMS else -1
+    if block_size < 1 or type_size < 1 or min(ne, default=-1) < 0 or ne[0] % block_size or rows < 1:
+        raise ProtocolError("a tensor sent as rows with an impossible layout")
+    row_bytes = ne[0] // block_size * type_size
+    if sent_nb != (type_size, row_bytes, row_bytes * ne[1], row_bytes * ne[1] * ne[2]) or \
+            data_length != row_bytes * rows or len(nb) != GGML_MAX_DIMS or nb[0] != type_size:
+        raise ProtocolError(f"a tensor sent as {rows} rows of {row_bytes} bytes in {data_length} bytes with strides "
+                            f"{list(sent_nb)}: not its rows packed")
+    return sent_nb
 
 
 def _check_rows_written(written: dict[str, Any], nb: tuple[int, ...], n_dims: int, block_size: int, type_size: int,
@@ -279,8 +304,8 @@ def _check_rows_written(written: dict[str, Any], nb: tuple[int, ...], n_dims: in
 def record_of(header: dict[str, Any], eval_index: int, data: bytes) -> tuple[TensorRecord, np.ndarray]:
     """A TENSOR frame as the record and array the Python hook would have made of the same tensor."""
     checked = tensor_header(header, len(data))
-    readout = materialise(np.frombuffer(data, dtype=np.uint8), checked.ggml_type, checked.ne, checked.nb,
-                          checked.block_size, checked.type_size, checked.n_dims)
+    readout = materialise(np.frombuffer(data, dtype=np.uint8), checked.ggml_type, checked.ne,
+                          checked.sent_nb or checked.nb, checked.block_size, checked.type_size, checked.n_dims)
     record = TensorRecord(
         name=checked.name, eval_index=eval_index, node_index=checked.node_index, occurrence=checked.occurrence,
         op=checked.op, ggml_type=checked.type_name, ne=checked.ne, nb=checked.nb,
