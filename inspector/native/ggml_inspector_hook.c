@@ -2141,6 +2141,16 @@ void ggml_backend_sched_set_eval_callback(ggml_backend_sched_t sched, ggml_backe
     set_program_callback(sched, callback, user_data);
 }
 
+/* Before the scheduler plans (reserving) or allocates `graph` on `sched`: the unsplit mode's flags, or why not. */
+static void plan_for(ggml_backend_sched_t sched, struct ggml_cgraph * graph, bool reserving) {
+    pthread_mutex_lock(&lock);
+    struct scheduler * s = watched(sched);
+    if (s != NULL) {
+        plan_unsplit(s, graph, reserving);
+    }
+    pthread_mutex_unlock(&lock);
+}
+
 /* The scheduler plans its buffers here for the largest graph to come: the unsplit mode flags that graph's selected
  * tensors as outputs first, or records why it cannot. */
 bool ggml_backend_sched_reserve(ggml_backend_sched_t sched, struct ggml_cgraph * measure_graph) {
@@ -2148,12 +2158,7 @@ bool ggml_backend_sched_reserve(ggml_backend_sched_t sched, struct ggml_cgraph *
     if (real.reserve == NULL) {
         missing("ggml_backend_sched_reserve");
     }
-    pthread_mutex_lock(&lock);
-    struct scheduler * s = watched(sched);
-    if (s != NULL) {
-        plan_unsplit(s, measure_graph, true);
-    }
-    pthread_mutex_unlock(&lock);
+    plan_for(sched, measure_graph, true);
     return real.reserve(sched, measure_graph);
 }
 
@@ -2162,12 +2167,7 @@ bool ggml_backend_sched_alloc_graph(ggml_backend_sched_t sched, struct ggml_cgra
     if (real.alloc_graph == NULL) {
         missing("ggml_backend_sched_alloc_graph");
     }
-    pthread_mutex_lock(&lock);
-    struct scheduler * s = watched(sched);
-    if (s != NULL) {
-        plan_unsplit(s, graph, false);
-    }
-    pthread_mutex_unlock(&lock);
+    plan_for(sched, graph, false);
     return real.alloc_graph(sched, graph);
 }
 
