@@ -45,7 +45,7 @@ from inspector.errors import InspectorError
 from inspector.ggml import load
 from inspector.gguf.header import read_header
 from inspector.native.preload import PRELOADED, USER_PRELOAD
-from inspector.native.stream import PATTERN_SEPARATOR, FrameSink, ProcessReport, capture_mode
+from inspector.native.stream import PATTERN_SEPARATOR, FrameSink, ProcessReport
 
 # How long the runner waits for the reader to catch up before it calls the stream stuck.
 CATCH_UP_TIMEOUT_S = 600.0
@@ -105,10 +105,9 @@ class _InProcessSink(FrameSink):
             self.frames_read += 1
             self.caught_up.notify_all()
 
-    def _open_evaluation(self, header: dict[str, Any], report: ProcessReport) -> int:
-        mode = capture_mode(header)
+    def _open_evaluation(self, header: dict[str, Any], report: ProcessReport, mode: dict[str, Any]) -> int:
         if self.announced is None:  # a compute the runner did not announce (llama.cpp's own)
-            return super()._open_evaluation(header, report)
+            return super()._open_evaluation(header, report, mode)
         index, self.announced = self.announced, None
         with self._lock:
             self.writer.update_evaluation(index, {"sched": int(header["sched"]), "compute": int(header["compute"]),

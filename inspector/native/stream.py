@@ -387,6 +387,17 @@ class ProcessReport:
     unsplit: int = 0
     callback_reasons: dict[str, int] = field(default_factory=dict)
 
+    def count_mode(self, mode: dict[str, Any]) -> None:
+        """Count one evaluation's mode (:func:`capture_mode`): unsplit, or node by node under its reason (at most
+        eight reasons, the rest together)."""
+        if mode["capture_mode"] == "unsplit":
+            self.unsplit += 1
+            return
+        reason = mode["capture_mode_reason"] or "no reason given"
+        if reason not in self.callback_reasons and len(self.callback_reasons) >= 8:
+            reason = "other reasons"
+        self.callback_reasons[reason] = self.callback_reasons.get(reason, 0) + 1
+
 
 class FrameSink:
     """Writes the frames of any number of process streams into one dump; streams may be read concurrently."""
@@ -439,17 +450,11 @@ class FrameSink:
                 elif kind == EVAL:
                     if isinstance(self.writer.error, DiskFull):
                         raise self.writer.error  # the writer is behind: stop before opening more evaluations
-                    eval_index = self._open_evaluation(header, report)
+                    mode = capture_mode(header)
+                    eval_index = self._open_evaluation(header, report, mode)
                     evaluations[(int(header["sched"]), int(header["compute"]))] = eval_index
                     report.evaluations += 1
-                    mode = capture_mode(header)
-                    if mode["capture_mode"] == "unsplit":
-                        report.unsplit += 1
-                    else:
-                        reason = mode["capture_mode_reason"] or "no reason given"
-                        if reason not in report.callback_reasons and len(report.callback_reasons) >= 8:
-                            reason = "other reasons"
-                        report.callback_reasons[reason] = report.callback_reasons.get(reason, 0) + 1
+                    report.count_mode(mode)
                     self.progress(f"evaluation {eval_index} (process {report.pid}, scheduler {header['sched']}, "
                                   f"compute {header['compute']}); {self.writer.tensor_count} tensors so far")
                 elif kind == NAMES:
@@ -478,14 +483,14 @@ class FrameSink:
     def _frame_read(self) -> None:
         """Called as each frame is read, before it is handled."""
 
-    def _open_evaluation(self, header: dict[str, Any], report: ProcessReport) -> int:
-        """The evaluation an EVAL frame opens: a new one, its kind from the library that made the scheduler."""
+    def _open_evaluation(self, header: dict[str, Any], report: ProcessReport, mode: dict[str, Any]) -> int:
+        """The evaluation an EVAL frame opens: a new one, its kind from the library that made the scheduler;
+        ``mode`` is how the hook took it (:func:`capture_mode`)."""
         library = str(header.get("library", ""))
         with self._lock:
             return self.writer.begin_evaluation(evaluation_kind(library), {
                 "pid": report.pid, "sched": int(header["sched"]), "compute": int(header["compute"]),
-                "n_nodes": int(header.get("n_nodes", -1)), "library": library, **capture_mode(header),
-                **unknown_inputs()})
+                "n_nodes": int(header.get("n_nodes", -1)), "library": library, **mode, **unknown_inputs()})
 
     def _input(self, header: dict[str, Any], owner: int, data: bytes, inputs: GraphInputs) -> None:
         """An INPUT frame: the evaluation's recorded inputs, rewritten with this leaf added."""
