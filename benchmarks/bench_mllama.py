@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from timing import wall
+from timing import emit, wall
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 7
@@ -308,9 +308,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.full_width:
         results = full_width(args)
-        print(json.dumps(results, indent=1))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1))
+        emit(results, args.json)
         return
     folder = checkpoint()
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,9 +336,7 @@ def main() -> None:
             # the 2 threads this runs says something else competed for the cores.
             results[key]["load_average_1min"] = [round(before, 2), round(os.getloadavg()[0], 2)]
             print(f"{key}: {json.dumps(results[key])}", file=sys.stderr, flush=True)
-    print(json.dumps(results, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,13 @@ this design.  Nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_real_model import N_PREDICT, PLAIN, PROMPT, THREADS, model_path
-from timing import wall
+from bench_real_model import N_PREDICT, PROMPT, THREADS, model_path, plain_command
+from timing import emit, wall
 
 STAGES = ("frames", "records", "stats", "full")
 
@@ -84,16 +83,13 @@ def main() -> None:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "stage.h5"
-        plain = wall([sys.executable, "-c", PLAIN.format(threads=THREADS, n_predict=N_PREDICT)
-                      .replace("n_ctx=512", f"n_ctx={args.ctx}"), str(model), PROMPT], args.repeats)
+        plain = wall(plain_command(model, args.ctx), args.repeats)
         results["plain_s"] = plain
         for stage in STAGES:
             seconds = wall(stage_command(stage, model, out, args.ctx), args.repeats, env=preloaded)
             results[f"{stage}_ratio"] = seconds / plain
             print(f"{stage}: {seconds / plain:.2f}x", file=sys.stderr, flush=True)
-    print(json.dumps(results, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from bench_capture import timed  # the in-process median timer both benchmarks share
-from timing import wall
+from timing import emit, wall
 
 from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 from inspector.tiny_models.llava import TinyLlavaSpec, write_tiny_llava
@@ -57,7 +57,7 @@ MULTIMODAL_PROMPT = "Describe <__media__> in one line."
 
 PLAIN = """
 import sys, llama_cpp
-llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=512, n_batch=512, n_ubatch=512, n_threads={threads},
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx={n_ctx}, n_batch=512, n_ubatch=512, n_threads={threads},
                       n_threads_batch={threads}, verbose=False, flash_attn=False)
 llm(sys.argv[2], max_tokens={n_predict}, temperature=0.0)
 """
@@ -89,6 +89,11 @@ run(config, hook, lambda kind, info: next(indices), install_log(False))
 """
 
 
+def plain_command(model: Path, n_ctx: int = 512) -> list[str]:
+    """The baseline: llama-cpp-python's ``Llama(...)`` on PROMPT, N_PREDICT tokens, at context ``n_ctx``."""
+    return [sys.executable, "-c", PLAIN.format(threads=THREADS, n_predict=N_PREDICT, n_ctx=n_ctx), str(model), PROMPT]
+
+
 def model_path() -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{SPEC.name}-{SPEC.n_vocab}-{SPEC.n_layer}l-{SPEC.seed}.gguf"
@@ -103,8 +108,7 @@ def capture_command(model: Path, out: Path, *extra: str) -> list[str]:
 
 
 def bench_capture(model: Path, folder: Path, repeats: int) -> dict[str, float]:
-    plain = wall([sys.executable, "-c", PLAIN.format(threads=THREADS, n_predict=N_PREDICT), str(model), PROMPT],
-                 repeats)
+    plain = wall(plain_command(model), repeats)
     floor = wall([sys.executable, "-c", FLOOR.format(threads=THREADS, n_predict=N_PREDICT), str(model), PROMPT],
                  repeats)
     one = wall(capture_command(model, folder / "one.h5", "-T", "result_output"), repeats)
@@ -135,8 +139,7 @@ def bench_context(model: Path, folder: Path, repeats: int) -> dict[str, dict[str
     results: dict[str, dict[str, float]] = {}
     for n_ctx in (512, 0, 32768):
         row: dict[str, float] = {}
-        plain = wall([sys.executable, "-c", PLAIN.format(threads=THREADS, n_predict=N_PREDICT)
-                      .replace("n_ctx=512", f"n_ctx={n_ctx}"), str(model), PROMPT], repeats)
+        plain = wall(plain_command(model, n_ctx), repeats)
         row["plain_s"] = plain
         for key, extra in (("one_tensor", ("-T", "result_output")), ("stats_only", ("--stats-only",)),
                            ("capture_all", ())):
@@ -311,9 +314,7 @@ def main() -> None:
                 continue
             results[key] = bench()
             print(f"{key}: {json.dumps(results[key])}", file=sys.stderr, flush=True)
-    print(json.dumps(results, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

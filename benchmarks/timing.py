@@ -1,10 +1,12 @@
-"""Wall time of whole processes, shared by the benchmarks (run as scripts from this folder)."""
+"""Wall time of whole processes and the results' output, shared by the benchmarks (run as scripts from this folder)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 
 def wall(command: list[str], repeats: int, env: dict[str, str] | None = None) -> float:
@@ -16,3 +18,10 @@ def wall(command: list[str], repeats: int, env: dict[str, str] | None = None) ->
         subprocess.run(command, check=True, capture_output=True, env=env)
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
+
+
+def emit(results: dict, path: Path | None) -> None:
+    """Print the results as one JSON object, and write them to ``path`` too when given."""
+    print(json.dumps(results, indent=1))
+    if path:
+        path.write_text(json.dumps(results, indent=1))
