@@ -7,7 +7,7 @@ each a whole process, as ratios to the plain llama-cpp-python run measured in th
 - ``frames``: the hook computes each graph unsplit and writes every tensor into the socket; the reader parses the
   frame heads and JSON headers and drops the data (the hook and the transport);
 - ``records``: and makes each frame the record and array the dump would store (``record_of``), then drops them;
-- ``stats``: and computes each tensor's statistics and digest, as the writer does;
+- ``stats``: and computes each tensor's statistics (in C, as the command line's writer does) and digest;
 - ``full``: ``capture`` as shipped (the writer thread writes HDF5).
 
 The differences between consecutive stages are what each costs; ``frames`` over ``plain`` is the copy's floor for
@@ -32,13 +32,15 @@ STAGE = """
 import sys
 from inspector.capture.mode import CaptureMode
 from inspector.capture.selection import Selection
-from inspector.dump.format import TensorStats, digest_of
+from inspector.dump.format import digest_of
 from inspector.llamacpp.capture import capture_llama
 from inspector.llamacpp.config import LlamaRunConfig
 from inspector.native import inprocess
 from inspector.native.stream import record_of
+from inspector.native.tensor_stats import stats_function
 
 stage, model, prompt, out, n_ctx = sys.argv[1:6]
+stats_of = stats_function()
 
 
 class Sink(inprocess._InProcessSink):
@@ -47,7 +49,7 @@ class Sink(inprocess._InProcessSink):
             return
         record, array = record_of(header, owner, data)
         if stage == "stats":
-            TensorStats.of(array)
+            stats_of(array)
             digest_of(array)
 
 
@@ -58,7 +60,7 @@ factory, recorded = inprocess.native_capture([model], selection, mode)
 assert factory is not None, recorded
 config = LlamaRunConfig(model=model, prompt=prompt, threads={threads}, n_ctx=int(n_ctx), flash_attn="off",
                         n_predict={n_predict})
-capture_llama(config, selection, out, overwrite=True, hook_factory=factory, capture_mode=recorded)
+capture_llama(config, selection, out, overwrite=True, hook_factory=factory, capture_mode=recorded, stats_of=stats_of)
 """
 
 

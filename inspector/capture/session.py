@@ -37,7 +37,7 @@ from typing import Any
 from inspector.capture.hook import SkippedTensor, TensorHook, TensorSink
 from inspector.capture.selection import Selection
 from inspector.dump.background_writer import BackgroundWriter
-from inspector.dump.format import NO_COMPRESSION, Compression
+from inspector.dump.format import NO_COMPRESSION, Compression, StatsOf, TensorStats
 from inspector.dump.writer import DumpWriter
 from inspector.errors import CaptureInterrupted, InspectorError, SetupError
 from inspector.files.disk_space import DiskFull
@@ -92,13 +92,15 @@ class CaptureSession:
     keeps the dump, marked incomplete with the error.
     ``on_signal`` is told of every SIGINT and SIGTERM (``exec`` passes them
     to its program); a hook made by :meth:`tensor_hook` stops capturing.
+    ``stats_of`` computes the tensors' statistics (:class:`DumpWriter`).
     """
 
     def __init__(self, output: str | Path, config: dict[str, Any], system: dict[str, Any], *,
                  overwrite: bool = False, stats_only: bool = False, compression: Compression = NO_COMPRESSION,
-                 progress: Progress | None = None, on_signal: Callable[[int], None] | None = None) -> None:
+                 progress: Progress | None = None, on_signal: Callable[[int], None] | None = None,
+                 stats_of: StatsOf = TensorStats.of) -> None:
         self.writer = BackgroundWriter(DumpWriter(output, config, system, overwrite=overwrite,
-                                                  stats_only=stats_only, compression=compression))
+                                                  stats_only=stats_only, compression=compression, stats_of=stats_of))
         self.say: Progress = progress or _quiet
         self.hook: TensorHook | Any | None = None  # Any: a hook use_hook took (the native one)
         self.interrupted = False

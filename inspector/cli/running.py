@@ -83,6 +83,7 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
     from inspector.dump.format import Compression
     from inspector.llamacpp.capture import capture_llama
     from inspector.native.inprocess import native_capture
+    from inspector.native.tensor_stats import stats_function
     from inspector.present.capture_report import summary_lines
 
     storage = Compression.parse(compression)
@@ -94,7 +95,8 @@ def capture(run_config: LlamaRunConfig, globs: tuple[str, ...], regexes: tuple[s
                                                 selection, mode)
     summary = capture_llama(run_config, selection, output, overwrite=overwrite, verbose=verbose,
                             progress=echo_progress, stats_only=stats_only, compression=storage,
-                            check_observer=observer_check, hook_factory=hook_factory, capture_mode=capture_mode)
+                            check_observer=observer_check, hook_factory=hook_factory, capture_mode=capture_mode,
+                            stats_of=stats_function())
     for line in summary_lines(summary):
         click.echo(line, err=True)
 

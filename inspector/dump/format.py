@@ -19,6 +19,7 @@ tensor.  Names never enter HDF5 paths, so any tensor name round-trips.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h5py
@@ -66,6 +67,10 @@ SMALL_STATS = 1 << 14
 # /tensors is chunked in pieces of this size: the unit of compression and of partial reads.
 CHUNK_BYTES = 1 << 20
 TENSORS_DATASET = "tensors"
+
+
+StatsOf = Callable[[np.ndarray], "TensorStats"]
+"""How a writer computes a tensor's statistics: :meth:`TensorStats.of`, or the same quantities computed elsewhere."""
 
 
 def digest_of(array: np.ndarray) -> str:

@@ -116,13 +116,23 @@ def count_rows_written(record: dict) -> int:
         raise DumpError(f"{name!r}: a write's written_of_ne is not four positive integers")
     if not isinstance(runs, list):
         raise DumpError(f"{name!r}: its rows_written is not a list of runs")
-    count = 0
-    for run in runs:
-        if not (isinstance(run, list) and len(run) == 2 and all(isinstance(n, int) for n in run)
-                and run[0] >= 0 and run[1] > 0 and run[0] + run[1] <= whole[1]
-                and count + run[1] <= MAX_ROWS_WRITTEN):
-            raise DumpError(f"{name!r}: its rows_written run {str(run)[:40]} is outside its {whole[1]} rows")
-        count += run[1]
+    # One array for the runs (a transposed V write has thousands): whole numbers only, since an integer dtype
+    # is what numpy makes of lists of ints alone (a float, a string or a ragged run gives another or fails).
+    try:
+        table = np.array(runs)
+    except (ValueError, OverflowError):
+        table = np.zeros((0, 0))
+    if table.dtype.kind not in "iu" or table.ndim != 2 or table.shape[1] != 2:
+        raise DumpError(f"{name!r}: its rows_written is not a list of [first, count] runs of whole numbers")
+    first, lengths = table[:, 0].astype(np.int64), table[:, 1].astype(np.int64)
+    rows = min(whole[1], 1 << 56)  # beyond any tensor the hook reads; keeps the arithmetic in int64
+    outside = (first < 0) | (lengths <= 0) | (lengths > MAX_ROWS_WRITTEN) | (first > rows - lengths)
+    if outside.any():
+        run = table[int(np.argmax(outside))].tolist()
+        raise DumpError(f"{name!r}: its rows_written run {str(run)[:40]} is outside its {whole[1]} rows")
+    count = int(lengths.sum())
+    if count > MAX_ROWS_WRITTEN:
+        raise DumpError(f"{name!r}: its rows_written holds {count} rows, more than {MAX_ROWS_WRITTEN}")
     ne = record.get("ne") or []
     if len(ne) < 2 or ne[1] != count:
         raise DumpError(f"{name!r}: stores {ne[1:2]} rows but records {count} written")

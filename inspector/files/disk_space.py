@@ -21,6 +21,7 @@ import errno
 import os
 import re
 import resource
+import time
 from pathlib import Path
 
 from inspector.errors import InspectorError
@@ -31,6 +32,8 @@ CLOSE_MARGIN_BYTES = 256 * 1024
 PER_TENSOR_OVERHEAD_BYTES = 16 * 1024
 # Enough to flush a second's worth of pending metadata (index rows, records, object headers).
 RESERVE_BYTES = 512 * 1024
+# The room measured is trusted for this long, and only while the checks since ask for less than half of it.
+REMEASURE_S = 0.25
 # errno values that mean "no more room" (h5py reports them inside its message).
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
 _ERRNO_IN_MESSAGE = re.compile(r"errno = (\d+)")
@@ -62,6 +65,10 @@ class SpaceGuard:
         self._reserve_held = False
         # The soft RLIMIT_FSIZE that release() lifted, for restore().
         self._soft_limit: int | None = None
+        # The room last measured, when, and the bytes checked since (what the dump may have used of it).
+        self._measured_room = 0
+        self._measured_at = -REMEASURE_S
+        self._asked_since = 0
         if reserve_bytes > 0:
             try:
                 with open(self.reserve_path, "wb") as handle:
@@ -86,7 +93,14 @@ class SpaceGuard:
         """Raise DiskFull unless ``nbytes`` of data, the metadata of it and of the ``pending_tensors``
         not yet flushed, and the closing margin fit."""
         needed = nbytes + PER_TENSOR_OVERHEAD_BYTES * (pending_tensors + 1) + CLOSE_MARGIN_BYTES
+        now = time.monotonic()
+        if now - self._measured_at < REMEASURE_S and 2 * (self._asked_since + needed) <= self._measured_room:
+            # Far from full a moment ago: a statvfs per tensor cost a capture-all more than its HDF5 writes.
+            # Anything else filling the disk meanwhile is what the reserve is for.
+            self._asked_since += nbytes
+            return
         room = self.room()
+        self._measured_room, self._measured_at, self._asked_since = room, now, nbytes
         if room < needed:
             soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
             limited = soft != resource.RLIM_INFINITY and room == soft - self.path.stat().st_size

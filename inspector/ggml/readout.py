@@ -91,13 +91,19 @@ def materialise(raw: np.ndarray, ggml_type: int, ne: tuple[int, ...], nb: tuple[
     shape = numpy_shape(ne, n_dims)
     if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE or ggml_type == GGML_TYPE_BF16:
         element = np.dtype("<u2") if ggml_type == GGML_TYPE_BF16 else np.dtype(NUMPY_DTYPE_OF_GGML_TYPE[ggml_type])
-        full = np.lib.stride_tricks.as_strided(
-            raw.view(np.uint8),
-            shape=(ne[3], ne[2], ne[1], ne[0], element.itemsize),
-            strides=(nb[3], nb[2], nb[1], nb[0], 1),
-            writeable=False,
-        )
-        values = np.ascontiguousarray(full).view(element).reshape(shape)
+        count = ne[0] * ne[1] * ne[2] * ne[3]
+        if nb == (element.itemsize, element.itemsize * ne[0], element.itemsize * ne[0] * ne[1],
+                  element.itemsize * ne[0] * ne[1] * ne[2]) and raw.size >= count * element.itemsize:
+            # Already in C order (most nodes): a view of the bytes, without striding them.
+            values = raw.view(np.uint8)[:count * element.itemsize].view(element).reshape(shape)
+        else:
+            full = np.lib.stride_tricks.as_strided(
+                raw.view(np.uint8),
+                shape=(ne[3], ne[2], ne[1], ne[0], element.itemsize),
+                strides=(nb[3], nb[2], nb[1], nb[0], 1),
+                writeable=False,
+            )
+            values = np.ascontiguousarray(full).view(element).reshape(shape)
         if ggml_type == GGML_TYPE_BF16:
             widened = (values.astype(np.uint32) << 16).view(np.float32)
             return Readout(widened, "bf16->f32")

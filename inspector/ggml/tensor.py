@@ -7,6 +7,7 @@ against values the C API reports for tensors it created itself.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from inspector.constants import GGML_OP_NONE, TENSOR_FLAG_NAMES
@@ -27,7 +28,13 @@ def decode_name(raw: bytes) -> str:
 
 def flag_names(flags: int) -> list[str]:
     """Names of the ``GGML_TENSOR_FLAG_*`` bits set in ``flags``."""
-    return [name for bit, name in TENSOR_FLAG_NAMES.items() if flags & bit]
+    return list(_flag_names(flags))
+
+
+@functools.lru_cache(maxsize=256)
+def _flag_names(flags: int) -> tuple[str, ...]:
+    # A capture names the flags of thousands of tensors, which carry a handful of distinct values.
+    return tuple(name for bit, name in TENSOR_FLAG_NAMES.items() if flags & bit)
 
 
 @dataclass(frozen=True)

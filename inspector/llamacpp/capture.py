@@ -19,7 +19,7 @@ import numpy as np
 from inspector.capture.hook import HookCounters, SkippedTensor
 from inspector.capture.selection import Selection
 from inspector.capture.session import CaptureSession, Progress
-from inspector.dump.format import NO_COMPRESSION, Compression
+from inspector.dump.format import NO_COMPRESSION, Compression, StatsOf, TensorStats
 from inspector.ggml import load, rpc
 from inspector.ggml.log import LogBuffer, install_log
 from inspector.ggml.system import system_facts
@@ -118,7 +118,7 @@ def capture_llama(config: LlamaRunConfig, selection: Selection, output: str | Pa
                   *, overwrite: bool = False, verbose: bool = False, progress: Progress | None = None,
                   stats_only: bool = False, compression: Compression = NO_COMPRESSION,
                   check_observer: bool = False, hook_factory: HookFactory | None = None,
-                  capture_mode: dict[str, Any] | None = None) -> CaptureSummary:
+                  capture_mode: dict[str, Any] | None = None, stats_of: StatsOf = TensorStats.of) -> CaptureSummary:
     """Run a llama.cpp model and write the selected tensors to ``output``.
 
     The hook only copies; the :class:`CaptureSession`'s background writer
@@ -127,7 +127,8 @@ def capture_llama(config: LlamaRunConfig, selection: Selection, output: str | Pa
     run refused before any graph ran) into the dump's state and one error.
     ``hook_factory`` makes another hook than the Python eval callback (the
     command line's preloaded native hook); ``capture_mode`` is recorded in
-    the dump's config (which hook ran, the mode asked for, why not another).
+    the dump's config (which hook ran, the mode asked for, why not another);
+    ``stats_of`` computes the tensors' statistics (the command line's is in C).
     """
     config.validate()
     started = time.perf_counter()
@@ -139,7 +140,7 @@ def capture_llama(config: LlamaRunConfig, selection: Selection, output: str | Pa
                                     "python_hook_because": "called through the Python API, with no native hook"}
     recorded = {**recorded_config(config, selection), "capture_mode": capture_mode}
     with CaptureSession(output, recorded, system_facts(lib), overwrite=overwrite, stats_only=stats_only,
-                        compression=compression, progress=progress) as session:
+                        compression=compression, progress=progress, stats_of=stats_of) as session:
         native = hook_factory(session) if hook_factory is not None else None
         hook = session.use_hook(native) if native is not None else session.tensor_hook(
             selection, lib, weights=WeightFiles(*filter(None, (config.model, config.mmproj))))

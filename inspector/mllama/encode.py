@@ -33,6 +33,7 @@ from inspector.ggml.system import system_facts
 from inspector.ggml.tensor import Tensor
 from inspector.mllama.model import MllamaGraph, VisionWeights, attention_mask, build_mllama, load_weights
 from inspector.mllama.preprocess import PreprocessConfig, Preprocessed, load_image, preprocess
+from inspector.native.tensor_stats import stats_function
 
 # The probe that makes sched-check's second graph differ from the first.
 NEXT_GRAPH_PROBES = ("ln_pre",)
@@ -246,7 +247,7 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
         late_reads: list[LateRead] = []
         buffers: list[ComputeBuffer] = []
         with CaptureSession(output, run_config, system_facts(session.lib), overwrite=overwrite,
-                            progress=progress) as capture:
+                            progress=progress, stats_of=stats_function()) as capture:
             def sink(record: TensorRecord, array: np.ndarray) -> None:
                 capture.writer.write(record, array)
                 if sched_check and not record.is_leaf:

@@ -51,6 +51,7 @@ from inspector.mllama.text_model import (
     causal_mask,
     load_text_model,
 )
+from inspector.native.tensor_stats import stats_function
 
 # Why generate's graphs are captured node by node: it reserves every graph's buffers up front, without output flags,
 # and the allocator keeps the plan it made there.
@@ -223,7 +224,7 @@ def generate(config: GenerateConfig, selection: Selection, output: str | Path, *
                           "backends": [b.name for b in session.backends], "geometry": geometry,
                           "select": selection.describe()}
             with CaptureSession(output, run_config, system_facts(session.lib), overwrite=overwrite,
-                                progress=progress) as capture:
+                                progress=progress, stats_of=stats_function()) as capture:
                 hook = capture.tensor_hook(selection, session.lib)
                 prompt_logits, generated = _encode_and_generate(config, capture, hook, text, inputs, geometry)
                 capture.finish({"token_ids": config.token_ids, "generated_ids": generated,

@@ -22,6 +22,8 @@ from pathlib import Path
 from inspector.errors import InspectorError
 
 SOURCE = Path(__file__).resolve().parent / "ggml_inspector_hook.c"
+# Compiled into the same library: the dump writer's statistics (inspector/native/block_stats.py).
+STATS_SOURCE = SOURCE.with_name("tensor_stats.c")
 # The calls a program makes to the hook compiled into it; the hook includes it too.
 INTERFACE = SOURCE.with_name("ggml_inspector.h")
 HEADERS = ("ggml.h", "ggml-backend.h")
@@ -50,7 +52,7 @@ def cache_directory() -> Path:
 
 
 def _fingerprint(include: Path) -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes() + INTERFACE.read_bytes())
+    digest = hashlib.sha256(SOURCE.read_bytes() + INTERFACE.read_bytes() + STATS_SOURCE.read_bytes())
     for header in HEADERS:
         digest.update((include / header).read_bytes())
     return digest.hexdigest()[:16]
@@ -58,8 +60,8 @@ def _fingerprint(include: Path) -> str:
 
 def library_path(build: bool = True) -> Path:
     """The compiled hook for this source and these headers, compiled now if it is not yet."""
-    if not SOURCE.is_file() or not INTERFACE.is_file():
-        raise InspectorError(f"the hook's source {SOURCE} or {INTERFACE.name} is missing "
+    if not all(path.is_file() for path in (SOURCE, INTERFACE, STATS_SOURCE)):
+        raise InspectorError(f"the hook's source {SOURCE}, {INTERFACE.name} or {STATS_SOURCE.name} is missing "
                              "(install ggml-inspector from its repository)")
     include = include_directory()
     target = cache_directory() / f"libggml_inspector_hook-{_fingerprint(include)}.so"
@@ -70,7 +72,8 @@ def library_path(build: bool = True) -> Path:
         raise InspectorError("no C compiler (cc or gcc) to build the native hook; install one or set CC")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.tmp")
-    command = [compiler, *COMPILE_FLAGS, f"-I{include}", str(SOURCE), "-o", str(partial), "-ldl", "-lpthread"]
+    command = [compiler, *COMPILE_FLAGS, f"-I{include}", str(SOURCE), str(STATS_SOURCE), "-o", str(partial),
+               "-ldl", "-lpthread", "-lm"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)

@@ -33,7 +33,8 @@ from inspector.errors import CaptureInterrupted, InspectorError, SetupError
 from inspector.ggml import load
 from inspector.ggml.system import system_facts
 from inspector.native.build import check_extended_regexes, library_path
-from inspector.native.stream import PATTERN_SEPARATOR, FrameSink, ProcessReport
+from inspector.native.stream import PATTERN_SEPARATOR, READ_BUFFER_BYTES, FrameSink, ProcessReport
+from inspector.native.tensor_stats import stats_function
 
 # Environment variables that change what ggml computes, recorded with the run.
 RECORDED_ENVIRONMENT = ("GGML_", "LLAMA_", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "OMP_", "LD_LIBRARY_PATH")
@@ -79,8 +80,8 @@ class Receiver:
     def _serve(self, connection: socket.socket) -> None:
         # Closed at the end of what the sink wants: after a full disk the hook's next send fails and
         # the program runs on unhooked.
-        with connection:
-            self.sink.consume(connection.recv)
+        with connection, connection.makefile("rb", buffering=READ_BUFFER_BYTES) as stream:
+            self.sink.consume(stream.read)
 
     def finish(self, timeout: float = 30.0) -> None:
         """After the program ended: stop accepting and wait for the streams it left to be read."""
@@ -168,7 +169,8 @@ def exec_capture(argv: list[str], globs: Sequence[str], regexes: Sequence[str], 
         listener.bind(address)
         listener.listen(16)
         with CaptureSession(output, config, system_facts(load()), overwrite=overwrite, stats_only=stats_only,
-                            compression=compression, progress=progress, on_signal=pass_on) as session:
+                            compression=compression, progress=progress, on_signal=pass_on,
+                            stats_of=stats_function()) as session:
             sink = FrameSink(session.writer, session.say)
             receiver = Receiver(listener, sink).start()
             try:

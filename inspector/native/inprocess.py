@@ -45,7 +45,7 @@ from inspector.errors import InspectorError
 from inspector.ggml import load
 from inspector.gguf.header import read_header
 from inspector.native.preload import PRELOADED, USER_PRELOAD
-from inspector.native.stream import PATTERN_SEPARATOR, FrameSink, ProcessReport
+from inspector.native.stream import PATTERN_SEPARATOR, READ_BUFFER_BYTES, FrameSink, ProcessReport
 
 # How long the runner waits for the reader to catch up before it calls the stream stuck.
 CATCH_UP_TIMEOUT_S = 600.0
@@ -157,7 +157,8 @@ class NativeHook:
 
     def _read(self) -> None:
         try:
-            self._sink.consume(lambda size: b"" if self.interrupted else self._socket.recv(size), "the native hook")
+            with self._socket.makefile("rb", buffering=READ_BUFFER_BYTES) as stream:
+                self._sink.consume(lambda size: b"" if self.interrupted else stream.read(size), "the native hook")
         finally:
             # Nobody reads on: the hook's next write fails and it turns itself off, so the run never blocks on it.
             self._socket.shutdown(socket.SHUT_RDWR)

@@ -51,6 +51,8 @@ MAX_HEADER_BYTES = 1 << 20
 # The hook sends no larger tensor; a materialised tensor may not be larger either.
 MAX_TENSOR_BYTES = 8 << 30
 READ_CHUNK_BYTES = 1 << 20
+# A socket is read through a buffer of this size: most frames (a header and a few KiB) then cost no system call.
+READ_BUFFER_BYTES = 1 << 20
 GGML_MAX_DIMS = 4
 PATTERN_SEPARATOR = "\x1f"
 # The library that created a scheduler names what its graphs are: libmtmd's encode images, libllama's
@@ -79,7 +81,7 @@ def evaluation_kind(library: str) -> str:
     return next((kind for prefix, kind in KINDS_BY_LIBRARY if library.startswith(prefix)), "graph")
 
 Read = Callable[[int], bytes]
-"""Up to n bytes of a stream, b"" at its end: ``socket.recv`` or a binary file's ``read``."""
+"""Up to n bytes of a stream, b"" at its end: a binary file's or a socket's buffered ``read``, or ``socket.recv``."""
 
 
 class ProtocolError(InspectorError):
@@ -107,14 +109,18 @@ def _read_exactly(read: Read, count: int) -> bytes | None:
     """``count`` bytes, or None at a clean end of stream before the first byte.
 
     Read in pieces, so a size in a forged frame costs no more memory than the
-    bytes that are really there.
+    bytes that are really there.  A buffered reader (a file, or the socket's
+    ``makefile``) returns a small frame whole at the first call.
     """
-    chunks, remaining = [], count
+    first = read(min(count, READ_CHUNK_BYTES))
+    if len(first) == count:
+        return first
+    chunks, remaining = [first], count - len(first)
+    if not first:
+        return None
     while remaining:
         chunk = read(min(remaining, READ_CHUNK_BYTES))
         if not chunk:
-            if remaining == count:
-                return None
             raise ProtocolError("the stream ends inside a frame")
         chunks.append(chunk)
         remaining -= len(chunk)

@@ -42,6 +42,7 @@ from inspector.native.stream import (
     parse_head,
     tensor_header,
 )
+from inspector.native.tensor_stats import stats_function
 
 STREAM_SUFFIX = ".frames"
 _STREAM_NAME = re.compile(r"(\d+)(?:-(\d+))?\.frames")
@@ -169,7 +170,8 @@ def import_streams(folder: Path, output: Path, *, overwrite: bool = False,
     config = {"runner": "import", "folder": str(folder.resolve()), "streams": [path.name for path in files],
               "pids": [hello.get("pid") for hello in hellos if hello is not None],
               "argv0": [hello.get("argv0") for hello in hellos if hello is not None]}
-    with CaptureSession(output, config, host_facts(), overwrite=overwrite, progress=progress) as session:
+    with CaptureSession(output, config, host_facts(), overwrite=overwrite, progress=progress,
+                        stats_of=stats_function()) as session:
         sink = FrameSink(session.writer, session.say)
         cut_short: list[str] = []
         for path in files:

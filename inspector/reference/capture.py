@@ -30,6 +30,7 @@ from inspector.capture.session import CaptureSession, Progress
 from inspector.constants import REFERENCE_RUNNER
 from inspector.dump.record import TensorRecord
 from inspector.errors import InspectorError, SetupError
+from inspector.native.tensor_stats import stats_function
 from inspector.reference.checkpoint import Checkpoint, identity, load_model, load_tokenizer, open_checkpoint
 from inspector.reference.images import ImageInputs, image_inputs, image_token
 from inspector.reference.layout import Heads, to_ggml
@@ -291,7 +292,8 @@ def capture_hf(run: HfRunConfig, selection: Selection, output: str | Path, *, ov
               "reference": identity(checkpoint)}
     if image is not None:
         config["image_preprocessing"] = image.info["preprocessing"]
-    with CaptureSession(output, config, host_facts(), overwrite=overwrite, progress=progress) as session:
+    with CaptureSession(output, config, host_facts(), overwrite=overwrite, progress=progress,
+                        stats_of=stats_function()) as session:
         recorder = _Recorder(session, heads, selection, tokens, image.info if image is not None else None)
         with _hooks(model, mappings, recorder.take) as missing, torch.no_grad():
             model(input_ids=torch.tensor([tokens]), use_cache=False, **(image.kwargs if image is not None else {}))
