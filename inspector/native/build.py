@@ -22,7 +22,7 @@ from pathlib import Path
 from inspector.errors import InspectorError
 
 SOURCE = Path(__file__).resolve().parent / "ggml_inspector_hook.c"
-# Compiled into the same library: the dump writer's statistics (inspector/native/block_stats.py).
+# Compiled into the same library: the dump writer's statistics (inspector/native/tensor_stats.py).
 STATS_SOURCE = SOURCE.with_name("tensor_stats.c")
 # The calls a program makes to the hook compiled into it; the hook includes it too.
 INTERFACE = SOURCE.with_name("ggml_inspector.h")

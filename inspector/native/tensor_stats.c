@@ -1,4 +1,4 @@
-/* Summary statistics of one tensor's values, in C, for the dump writer (inspector/native/block_stats.py).
+/* Summary statistics of one tensor's values, in C, for the dump writer (inspector/native/tensor_stats.py).
  *
  * Why: a capture-all stores thousands of tensors per run, most of a few hundred values, and numpy's per-call
  * overhead made their statistics cost about as much as the graph's compute (docs/performance.md).  Called
