@@ -38,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from bench_capture import timed  # the in-process median timer both benchmarks share
-from timing import emit, wall
+from timing import emit, paired_ratio, wall
 
 from inspector.tiny_models import TinyLlamaSpec, write_tiny_llama
 from inspector.tiny_models.llava import TinyLlavaSpec, write_tiny_llava
@@ -130,7 +130,8 @@ def bench_context(model: Path, folder: Path, repeats: int) -> dict[str, dict[str
     measured explicitly.  Each capture is a ratio to the plain run of the
     same program at the same context, and each dump's size is recorded.
     exec is timed in both capture modes (unsplit, the default, and the
-    per-node callback).
+    per-node callback).  Ratios are medians of pairs run in turn
+    (:func:`timing.paired_ratio`); the plain times are medians of their own.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from llama_programs import llama_programs
@@ -146,7 +147,7 @@ def bench_context(model: Path, folder: Path, repeats: int) -> dict[str, dict[str
             out = folder / f"ctx-{key}.h5"
             command = capture_command(model, out, *extra)
             command[command.index("--ctx") + 1] = str(n_ctx)
-            row[f"{key}_ratio"] = wall(command, repeats) / plain
+            row[f"{key}_ratio"] = paired_ratio(command, plain_command(model, n_ctx), repeats)
             row[f"{key}_mib"] = _stored_bytes(out) / 2**20
         program = [str(completion), "-m", str(model), "-p", PROMPT, "-n", str(N_PREDICT), "-c", str(n_ctx),
                    "-t", str(THREADS), "--temp", "0", "-no-cnv", "-fa", "off"]
@@ -157,7 +158,7 @@ def bench_context(model: Path, folder: Path, repeats: int) -> dict[str, dict[str
             out = folder / f"ctx-{key}.h5"
             command = [sys.executable, "-m", "inspector", "exec", "-o", str(out), "--overwrite", *extra, "--",
                        *program]
-            row[f"{key}_ratio"] = wall(command, repeats) / program_plain
+            row[f"{key}_ratio"] = paired_ratio(command, program, repeats)
             row[f"{key}_mib"] = _stored_bytes(out) / 2**20
         results[f"c{n_ctx}"] = row
         print(f"context {n_ctx}: {json.dumps(row)}", file=sys.stderr, flush=True)

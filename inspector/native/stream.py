@@ -11,6 +11,7 @@ lie inside its data before numpy is given strides over it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -146,6 +147,7 @@ def read_frame(read: Read) -> tuple[int, dict[str, Any], bytes] | None:
     return head.kind, header, data
 
 
+@functools.lru_cache(maxsize=64)
 def _sizes_of(ggml_type: int) -> tuple[int, int, int] | None:
     """(block size, bytes per block, bytes per materialised value) of a ggml type; None for a type gguf lacks."""
     if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE:
@@ -231,7 +233,7 @@ def tensor_header(header: dict[str, Any], data_length: int) -> TensorHeader:
     stream from someone else is refused in one line, not half imported.
     """
     try:
-        ne, nb = tuple(int(n) for n in header["ne"]), tuple(int(n) for n in header["nb"])
+        ne, nb = tuple(map(int, header["ne"])), tuple(map(int, header["nb"]))
         ggml_type, n_dims = int(header["type"]), int(header["n_dims"])
         block_size, type_size = int(header["block_size"]), int(header["type_size"])
         name, op, type_name = str(header["name"]), str(header["op"]), str(header["type_name"])
