@@ -1,8 +1,9 @@
 /* Summary statistics of one tensor's values, in C, for the dump writer (inspector/native/tensor_stats.py).
  *
- * Why: a capture-all stores thousands of tensors per run, most of a few hundred values, and numpy's per-call
- * overhead made their statistics cost about as much as the graph's compute (docs/performance.md).  Called
- * through ctypes, which lets the GIL go, this runs beside the Python threads instead of holding them up.
+ * Why: a capture-all stores thousands of tensors per run, most of a few hundred values, where numpy's per-call
+ * overhead is the cost: 48 us for a 768-value tensor, 7 us here, and half numpy's time over a whole run's
+ * values (docs/performance.md).  Called through ctypes, which lets the GIL go, it runs beside the Python
+ * threads instead of holding them up.
  *
  * What: the same quantities as TensorStats.of (inspector/dump/format.py), over the finite values: min, max,
  * mean and the population standard deviation, plus the count of NaN and of infinite values.  The values are
