@@ -22,7 +22,10 @@ from PIL import Image
 from test_cli import cli
 
 from inspector import open_dump
+from inspector.capture.selection import Selection
 from inspector.ggml.rpc import LoopbackServer
+from inspector.mllama.encode import EncodeConfig
+from inspector.mllama.encode import encode as encode_graph
 from inspector.tiny_models.mllama import TinyMllamaSpec, write_tiny_mllama
 
 COMPLETION = ("-n", "4", "-no-cnv", "--temp", "0", "-t", "1")
@@ -135,18 +138,44 @@ def encode(model: Path, image: Path, out: Path, *extra: object) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def python_encode(model: Path, image: Path, out: Path, **placement: object) -> None:
+    """The Python API's encode: no hook preloaded, so the Python hook and this package's own unsplit plan."""
+    encode_graph(EncodeConfig(model=str(model), image=str(image), threads=1, **placement), Selection(), out)
+
+
+def hook_of(path: Path) -> str:
+    with open_dump(path) as dump:
+        return dump.config["capture_mode"].get("hook", "python")
+
+
 def test_every_node_of_the_mllama_vision_graph_equals_the_per_node_callback(tiny_mllama, tmp_path):
+    """The command line's native hook takes mllama's own scheduler: unsplit, its callback and the Python hook's plan
+    (the Python API) give the same bytes for every node."""
     model, image = tiny_mllama
     encode(model, image, tmp_path / "unsplit.h5")
     encode(model, image, tmp_path / "callback.h5", "--mode", "callback")
-    assert modes(tmp_path / "unsplit.h5") == [("unsplit", "")]
-    assert modes(tmp_path / "callback.h5") == [("callback", "the per-node callback was asked for (--mode callback)")]
+    python_encode(model, image, tmp_path / "python.h5")
+    assert hook_of(tmp_path / "unsplit.h5") == hook_of(tmp_path / "callback.h5") == "native"
+    assert hook_of(tmp_path / "python.h5") == "python"
+    assert modes(tmp_path / "unsplit.h5") == [("unsplit", "")] == modes(tmp_path / "python.h5")
+    assert modes(tmp_path / "callback.h5") == [
+        ("callback", "the per-node callback was asked for (GGML_INSPECTOR_MODE=callback)")]
     assert assert_same_bytes(tmp_path / "unsplit.h5", tmp_path / "callback.h5") > 200
+    assert assert_same_bytes(tmp_path / "unsplit.h5", tmp_path / "python.h5") > 200
 
 
-def test_an_offloaded_mllama_graph_is_captured_node_by_node_and_says_why(tiny_mllama, tmp_path):
+def test_an_offloaded_mllama_graph_runs_unsplit_through_the_native_hook(tiny_mllama, tmp_path):
+    """Offloaded, the graph's inputs reach the RPC layer through scheduler copies: the native hook reads their
+    originals and computes the graph in one piece; the Python API's plan keeps no copies and says so."""
     model, image = tiny_mllama
     with LoopbackServer(threads=1) as server:
-        encode(model, image, tmp_path / "offloaded.h5", "--rpc", server.endpoint, "--offload-layers", 1)
-    ((mode, reason),) = modes(tmp_path / "offloaded.h5")
+        offload = ("--rpc", server.endpoint, "--offload-layers", 1)
+        encode(model, image, tmp_path / "offloaded.h5", *offload)
+        encode(model, image, tmp_path / "callback.h5", *offload, "--mode", "callback")
+        python_encode(model, image, tmp_path / "python.h5", rpc=[server.endpoint], offload_layers=1)
+    assert modes(tmp_path / "offloaded.h5") == [("unsplit", "")]
+    with open_dump(tmp_path / "offloaded.h5") as dump:
+        assert any(entry.buffer.startswith("RPC0") for entry in dump.entries())
+    assert assert_same_bytes(tmp_path / "offloaded.h5", tmp_path / "callback.h5") > 200
+    ((mode, reason),) = modes(tmp_path / "python.h5")
     assert mode == "callback" and reason.startswith("the graph runs on more than one backend")

@@ -174,12 +174,15 @@ def _encode(llama_values: dict[str, Any], image: Path, globs: tuple[str, ...], r
     from inspector.capture.selection import Selection
     from inspector.mllama.encode import EncodeConfig, encode
     from inspector.mllama.encode_report import encode_line
+    from inspector.native.inprocess import native_capture
 
     config = EncodeConfig(model=str(llama_values["model"]), image=str(image), probes=list(probes), loader=loader,
                           **_placement(llama_values, "encode"))
     output = output or Path(DEFAULT_DUMP_DIR) / f"mllama-{image.stem}.h5"
-    summary = encode(config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
-                     sched_check=sched_check, progress=echo_progress, mode=CaptureMode(mode_name, unsplit_max_mib))
+    selection, mode = Selection(globs=globs, regexes=regexes), CaptureMode(mode_name, unsplit_max_mib)
+    hook_factory, capture_mode = (None, None) if sched_check else native_capture([config.model], selection, mode)
+    summary = encode(config, selection, output, overwrite=overwrite, sched_check=sched_check, progress=echo_progress,
+                     mode=mode, hook_factory=hook_factory, capture_mode=capture_mode)
     click.echo(encode_line(summary), err=True)
     return summary
 
@@ -195,10 +198,12 @@ def mllama_encode(probes: tuple[str, ...], **values: Any) -> None:
     size from the GGUF); one evaluation of kind encode. -ngl counts the
     encoder layers whose weights live on the offload device (--rpc or -dev);
     auto offloads every layer when there is one. --probe adds a copy of a
-    tensor to the graph, as a debugging port would. By default (--mode
+    tensor to the graph, as a debugging port would. As capture does, it
+    starts itself again with the native hook preloaded, which takes the
+    graph's scheduler and does the per-node work in C. By default (--mode
     unsplit) the selected tensors are flagged as graph outputs, the graph is
-    computed in one piece and read after; offloaded graphs fall back to the
-    per-node callback, and the dump's evaluation says why.
+    computed in one piece and read after, offloaded or not; the dump's
+    config says which hook ran and its evaluation how the graph was taken.
     """
     _encode(probes=probes, sched_check=False, **values)
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,6 +113,9 @@ class Session:
         self.offload = init_backend(self.lib, offload_name, config.threads) if offload_name else None
         self.backends = [b for b in (self.offload, self.cpu) if b is not None]  # CPU last, as ggml requires
         self.weights: VisionWeights = load_weights(config.model, self.cpu, self.offload, config.offload_layers)
+        # The scheduler functions its graphs go through: libggml-base's, or the native hook's once it adopts the
+        # scheduler (use_calls).
+        self.calls: Any = self.lib.ggml
         array = (ctypes.c_void_p * len(self.backends))(*[b.address for b in self.backends])
         self.sched = self.lib.ggml.ggml_backend_sched_new(array, None, len(self.backends), 16384, False, False)
         if not self.sched:
@@ -135,14 +139,14 @@ class Session:
         for probes in probe_sets:
             measured = build_mllama(self.weights, probes)
             try:
-                if not self.lib.ggml.ggml_backend_sched_reserve(self.sched, measured.graph):
+                if not self.calls.ggml_backend_sched_reserve(self.sched, measured.graph):
                     raise InspectorError("the scheduler could not reserve memory for the graph")
             finally:
                 measured.free()
 
     def buffer_sizes(self) -> dict[str, int]:
         """Each backend's compute buffer size in bytes, to notice a reallocation."""
-        return {b.name: self.lib.ggml.ggml_backend_sched_get_buffer_size(self.sched, b.address)
+        return {b.name: self.calls.ggml_backend_sched_get_buffer_size(self.sched, b.address)
                 for b in self.backends}
 
     def compute(self, graph: MllamaGraph, inputs: Preprocessed, hook: TensorHook | None,
@@ -154,23 +158,25 @@ class Session:
         without them: the alloc plans), the graph is computed in one piece
         and read after; otherwise the hook sees every node as it is
         computed.  Returns the plan (whether it ran unsplit, and why not).
+        Through the native hook's calls (:attr:`calls`) ``hook`` is None:
+        the hook plans, computes and reads the graph itself.
         """
-        lib = self.lib
-        lib.ggml.ggml_backend_sched_reset(self.sched)
+        lib, calls = self.lib, self.calls
+        calls.ggml_backend_sched_reset(self.sched)
         kept = None
         if hook is not None:
             kept = unsplit.plan(lib, graph.graph, hook.selection, mode, n_backends=len(self.backends),
                                 why_not=why_not_unsplit)
         callback = hook.callback if hook is not None and not kept.unsplit else None
-        lib.ggml.ggml_backend_sched_set_eval_callback(self.sched, ctypes.cast(callback, ctypes.c_void_p)
-                                                      if callback else None, None)
-        if not lib.ggml.ggml_backend_sched_alloc_graph(self.sched, graph.graph):
+        calls.ggml_backend_sched_set_eval_callback(self.sched, ctypes.cast(callback, ctypes.c_void_p)
+                                                   if callback else None, None)
+        if not calls.ggml_backend_sched_alloc_graph(self.sched, graph.graph):
             raise InspectorError("the scheduler could not allocate the graph")
         h = self.weights.hparams
         set_data(lib, graph.inputs["inp_raw"], inputs.inp_raw)
         set_data(lib, graph.inputs["aspect_ratio_ids"], inputs.aspect_ratio_ids.astype(np.int32))
         set_data(lib, graph.inputs["attn_mask"], attention_mask(h, inputs.aspect_ratio_mask))
-        status = lib.ggml.ggml_backend_sched_graph_compute(self.sched, graph.graph)
+        status = calls.ggml_backend_sched_graph_compute(self.sched, graph.graph)
         if status != 0:
             raise InspectorError(f"graph compute failed with status {status}")
         if kept is not None and kept.unsplit:
@@ -179,7 +185,7 @@ class Session:
 
     def close(self) -> None:
         if self.sched:
-            self.lib.ggml.ggml_backend_sched_free(self.sched)
+            self.calls.ggml_backend_sched_free(self.sched)
             self.sched = None
         self.weights.free()
         for backend in self.backends:
@@ -226,8 +232,15 @@ def _sched_check(session: Session, inputs: Preprocessed,
 
 def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, overwrite: bool = False,
            sched_check: bool = False, progress: Callable[[str], None] = lambda _m: None,
-           mode: CaptureMode = DEFAULT_MODE) -> EncodeSummary:
+           mode: CaptureMode = DEFAULT_MODE, hook_factory: Callable[[CaptureSession], Any] | None = None,
+           capture_mode: dict[str, Any] | None = None) -> EncodeSummary:
     """Preprocess, build, compute and capture; with ``sched_check``, run a second graph and re-read.
+
+    ``hook_factory`` makes the command line's preloaded native hook
+    (:func:`inspector.native.inprocess.native_capture`), which then takes
+    the scheduler and captures in C; ``capture_mode`` is what the dump's
+    config records of it.  ``sched_check`` keeps the Python hook: it
+    re-reads the very tensors that hook copied.
 
     The scheduler is reserved for both graphs before the first runs, so the
     second graph's allocation reuses the first graph's buffers instead of
@@ -242,7 +255,7 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
         geometry = inputs.geometry.as_dict()
         run_config = {"runner": "mllama", **asdict(config), "hparams": asdict(session.weights.hparams),
                       "backends": [b.name for b in session.backends], "geometry": geometry,
-                      "select": selection.describe(), "capture_mode": mode.describe()}
+                      "select": selection.describe(), "capture_mode": capture_mode or mode.describe()}
         kept: dict[int, tuple[TensorRecord, np.ndarray]] = {}
         late_reads: list[LateRead] = []
         buffers: list[ComputeBuffer] = []
@@ -253,7 +266,12 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
                 if sched_check and not record.is_leaf:
                     kept[hook.last_address] = (record, array)
 
-            hook = capture.tensor_hook(selection, session.lib, sink=sink)
+            native = hook_factory(capture) if hook_factory is not None and not sched_check else None
+            if native is not None:
+                hook = capture.use_hook(native)
+                session.calls = native.scheduler_calls(session.sched, session.lib.ggml)
+            else:
+                hook = capture.tensor_hook(selection, session.lib, sink=sink)
             graph = build_mllama(session.weights, tuple(config.probes))
             try:
                 if sched_check:
@@ -261,15 +279,18 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
                 index = capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image,
                                                             **unknown_inputs()})
                 progress(f"computing the vision graph on {', '.join(b.name for b in session.backends)}")
-                plan = session.compute(graph, inputs, hook, mode,
+                plan = session.compute(graph, inputs, None if native is not None else hook, mode,
                                        "--sched-check studies how the scheduler reuses its buffers" if sched_check
                                        else "")
-                capture.writer.update_evaluation(index, {"capture_mode": "unsplit"} if plan.unsplit else
-                                                 {"capture_mode": "callback", "capture_mode_reason": plan.fallback})
+                if plan is not None:  # the native hook's EVAL frame says how it took the graph
+                    capture.writer.update_evaluation(index, {"capture_mode": "unsplit"} if plan.unsplit else {
+                        "capture_mode": "callback", "capture_mode_reason": plan.fallback})
                 if sched_check and hook.capturing:
                     late_reads, buffers = _sched_check(session, inputs, kept, progress)
             finally:
                 graph.free()
+                if native is not None:
+                    native.close()  # every frame read; the hook off
             capture.finish({"late_reads": [asdict(r) for r in late_reads],
                             "compute_buffers": [asdict(b) for b in buffers]} if sched_check else {})
         return EncodeSummary(capture.path, capture.tensor_count, time.perf_counter() - started, hook.counters,

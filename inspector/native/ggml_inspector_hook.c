@@ -2251,6 +2251,21 @@ void ggml_inspector_disconnect(void) {
     pthread_mutex_unlock(&lock);
 }
 
+/* A scheduler this process created before it connected and has neither reserved nor allocated a graph on since
+ * (mllama's, made by ggml-inspector itself): watched from now on, and planned for the unsplit mode as if the hook
+ * had seen it created.  Its graphs must then be reserved, allocated and computed through the hook's own
+ * ggml_backend_sched_* (the process calls libggml-base's directly otherwise).  False while the hook is off. */
+bool ggml_inspector_adopt(ggml_backend_sched_t sched) {
+    start(__builtin_return_address(0));
+    pthread_mutex_lock(&lock);
+    struct scheduler * s = watched(sched);
+    if (s != NULL) {
+        s->seen_created = true;
+    }
+    pthread_mutex_unlock(&lock);
+    return s != NULL;
+}
+
 /* How many frames the hook has written since the process started. */
 unsigned long long ggml_inspector_frames_sent(void) {
     pthread_mutex_lock(&lock);

@@ -35,6 +35,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from inspector.capture.hook import HookCounters, SkippedTensor
@@ -43,12 +44,16 @@ from inspector.capture.selection import Selection
 from inspector.capture.session import CaptureSession
 from inspector.errors import InspectorError
 from inspector.ggml import load
+from inspector.ggml.signatures import SCHEDULER, declare
 from inspector.gguf.header import read_header
 from inspector.native.preload import PRELOADED, USER_PRELOAD
 from inspector.native.stream import PATTERN_SEPARATOR, READ_BUFFER_BYTES, FrameSink, ProcessReport
 
 # How long the runner waits for the reader to catch up before it calls the stream stuck.
 CATCH_UP_TIMEOUT_S = 600.0
+# The scheduler calls the hook interposes (and exports): a runner that owns its scheduler makes them on the hook.
+INTERPOSED = {name: signature for name, signature in SCHEDULER.items()
+              if name not in ("ggml_backend_sched_reset", "ggml_backend_sched_get_buffer_size")}
 
 
 def _preloaded_library() -> ctypes.CDLL | None:
@@ -73,6 +78,9 @@ def _preloaded_library() -> ctypes.CDLL | None:
     library.ggml_inspector_disconnect.restype = None
     library.ggml_inspector_frames_sent.argtypes = []
     library.ggml_inspector_frames_sent.restype = ctypes.c_ulonglong
+    library.ggml_inspector_adopt.argtypes = [ctypes.c_void_p]
+    library.ggml_inspector_adopt.restype = ctypes.c_bool
+    declare(library, (INTERPOSED,))
     return library
 
 
@@ -195,6 +203,19 @@ class NativeHook:
             for reason, count in process.callback_reasons.items():
                 reasons[reason] = reasons.get(reason, 0) + count
         return {"unsplit": sum(process.unsplit for process in processes), "callback": reasons}
+
+    def scheduler_calls(self, sched: int, ggml: Any) -> Any:
+        """The ``ggml_backend_sched_*`` functions to call on ``sched``, a scheduler this process made before the hook
+        connected and has not yet planned a graph on (mllama's): the hook's own where it interposes them, ``ggml``'s
+        (the library object the runner calls) for the rest.
+
+        Why: this process calls libggml-base through ctypes handles, which the preloaded hook does not stand in
+        front of; called on the hook, reserve, alloc and compute are seen, and the graph runs unsplit.
+        """
+        if not self.library.ggml_inspector_adopt(sched):
+            raise InspectorError("the native hook could not take the scheduler")
+        return SimpleNamespace(**{name: getattr(self.library if name in INTERPOSED else ggml, name)
+                                  for name in SCHEDULER})
 
     def begin_evaluation(self, index: int) -> None:
         """The runner's evaluation ``index`` is opened: the hook's next compute is its."""

@@ -13,8 +13,8 @@ import sys
 # Set by the re-execution: the hook's path (this process has it preloaded), and the LD_PRELOAD the user had.
 PRELOADED = "GGML_INSPECTOR_PRELOADED"
 USER_PRELOAD = "GGML_INSPECTOR_USER_LD_PRELOAD"
-# Commands that run llama.cpp in this process and capture it with the hook.
-PRELOADING_COMMANDS = ("capture",)
+# Commands that run llama.cpp (or mllama's own graphs) in this process and capture them with the hook.
+PRELOADING_COMMANDS = (("capture",), ("mllama", "encode"))
 
 
 def reexec_preloaded(argv: list[str]) -> None:
@@ -24,7 +24,8 @@ def reexec_preloaded(argv: list[str]) -> None:
     The hook is built on first use, as for exec; without a compiler the
     capture runs the Python hook and its dump says why.
     """
-    if argv[:1] != ["capture"] or os.environ.get(PRELOADED) or not sys.executable or "--help" in argv or "-h" in argv:
+    preloading = any(tuple(argv[:len(command)]) == command for command in PRELOADING_COMMANDS)
+    if not preloading or os.environ.get(PRELOADED) or not sys.executable or "--help" in argv or "-h" in argv:
         return
     from inspector.errors import InspectorError
     from inspector.native.build import library_path
