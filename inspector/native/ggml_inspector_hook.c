@@ -121,6 +121,7 @@ static struct {
     __typeof__(ggml_backend_buffer_get_type) *buffer_get_type;
     __typeof__(ggml_backend_buft_name) *buft_name;
     __typeof__(ggml_graph_n_nodes) *graph_n_nodes; /* optional: EVAL says -1 without it */
+    __typeof__(ggml_backend_buffer_is_host) *buffer_is_host; /* optional: without it every tensor is copied first */
     /* optional: without them every graph is captured by the per-node callback */
     __typeof__(ggml_graph_node) *graph_node;
     __typeof__(ggml_graph_get_tensor) *graph_get_tensor;
@@ -244,6 +245,7 @@ static const char * resolve_helpers(void) {
     NEED(buffer_get_type, ggml_backend_buffer_get_type);
     NEED(buft_name, ggml_backend_buft_name);
     HELPER(graph_n_nodes, ggml_graph_n_nodes);
+    HELPER(buffer_is_host, ggml_backend_buffer_is_host);
     HELPER(graph_node, ggml_graph_node);
     HELPER(graph_get_tensor, ggml_graph_get_tensor);
     return missing_helper;
@@ -1006,8 +1008,15 @@ static size_t readable(const struct ggml_tensor * t, const char * buft_name, siz
     return 0;
 }
 
-/* After a frame head announcing them: `t`'s `nbytes` bytes, read back in pieces through the copy buffer. */
+/* After a frame head announcing them: `t`'s `nbytes` bytes, straight from its memory when its buffer is the host's
+ * (one copy fewer: a vision graph's activations are gigabytes), else read back in pieces through the copy buffer. */
 static void send_tensor_bytes(const struct ggml_tensor * t, size_t nbytes) {
+    if (gg.buffer_is_host != NULL && gg.buffer_is_host(t->buffer)) {
+        if (!send_all(t->data, nbytes)) {
+            disconnect();
+        }
+        return;
+    }
     for (size_t offset = 0; offset < nbytes;) {
         size_t part = nbytes - offset < copy.capacity ? nbytes - offset : copy.capacity;
         gg.tensor_get(t, copy.bytes, offset, part);

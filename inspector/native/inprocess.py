@@ -166,7 +166,9 @@ class NativeHook:
     def _read(self) -> None:
         try:
             with self._socket.makefile("rb", buffering=READ_BUFFER_BYTES) as stream:
-                self._sink.consume(lambda size: b"" if self.interrupted else stream.read(size), "the native hook")
+                # The hook in this very process: its frame sizes are trusted, large tensors read straight in.
+                self._sink.consume(lambda size: b"" if self.interrupted else stream.read(size), "the native hook",
+                                   lambda view: 0 if self.interrupted else stream.readinto(view))
         finally:
             # Nobody reads on: the hook's next write fails and it turns itself off, so the run never blocks on it.
             self._socket.shutdown(socket.SHUT_RDWR)
