@@ -11,7 +11,8 @@ each a whole process, as ratios to the plain llama-cpp-python run measured in th
 - ``full``: ``capture`` as shipped (the writer thread writes HDF5).
 
 The differences between consecutive stages are what each costs; ``frames`` over ``plain`` is the copy's floor for
-this design.  Nothing here asserts a time.
+this design.  Each ratio is the median of pairs, the stage and the plain run in turn (``timing.paired_ratio``).
+Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from bench_real_model import N_PREDICT, PROMPT, THREADS, model_path, plain_command
-from timing import emit, wall
+from timing import emit, paired_ratio, wall
 
 STAGES = ("frames", "records", "stats", "full")
 
@@ -85,12 +86,12 @@ def main() -> None:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "stage.h5"
-        plain = wall(plain_command(model, args.ctx), args.repeats)
-        results["plain_s"] = plain
+        results["plain_s"] = wall(plain_command(model, args.ctx), args.repeats)
         for stage in STAGES:
-            seconds = wall(stage_command(stage, model, out, args.ctx), args.repeats, env=preloaded)
-            results[f"{stage}_ratio"] = seconds / plain
-            print(f"{stage}: {seconds / plain:.2f}x", file=sys.stderr, flush=True)
+            ratio = paired_ratio(stage_command(stage, model, out, args.ctx), plain_command(model, args.ctx),
+                                 args.repeats, env=preloaded)
+            results[f"{stage}_ratio"] = ratio
+            print(f"{stage}: {ratio:.2f}x", file=sys.stderr, flush=True)
     emit(results, args.json)
 
 
