@@ -25,6 +25,10 @@ started through the command (the Python API), ``--tensor-filter`` (Python
 regular expressions; the hook reads POSIX ones), and a selection naming
 weights (the Python hook reads those from the model file where their buffer
 cannot be read back, as the CPU's repacked ones).
+
+``mllama encode`` computes graphs this package builds itself, on a scheduler
+it made through ctypes, which the preloaded hook does not stand in front of:
+it hands that scheduler over (:meth:`NativeHook.scheduler_calls`).
 """
 
 from __future__ import annotations
