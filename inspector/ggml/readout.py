@@ -44,6 +44,12 @@ def numpy_shape(ne: tuple[int, ...], n_dims: int) -> tuple[int, ...]:
     return tuple(reversed(ne[:max([n_dims, *zero_dims])]))
 
 
+def packed_strides(ne: tuple[int, ...], block_size: int, type_size: int) -> tuple[int, ...]:
+    """The strides of a tensor of shape ``ne`` laid out in C order: rows of whole blocks one after another."""
+    row_bytes = ne[0] // block_size * type_size
+    return (type_size, row_bytes, row_bytes * ne[1], row_bytes * ne[1] * ne[2])
+
+
 def packed_rows(ne: tuple[int, ...], nb: tuple[int, ...], block_size: int, type_size: int,
                 nbytes: int) -> tuple[int, ...] | None:
     """The packed strides to read a sparse view's rows into, or None to read the bytes it spans.
@@ -58,10 +64,8 @@ def packed_rows(ne: tuple[int, ...], nb: tuple[int, ...], block_size: int, type_
     rows = ne[1] * ne[2] * ne[3]
     if nb[0] != type_size or ne[0] % block_size or not 0 < rows <= MAX_PACKED_ROWS:
         return None
-    row_bytes = ne[0] // block_size * type_size
-    if 2 * row_bytes * rows >= nbytes:
-        return None
-    return (type_size, row_bytes, row_bytes * ne[1], row_bytes * ne[1] * ne[2])
+    packed = packed_strides(ne, block_size, type_size)
+    return packed if 2 * packed[1] * rows < nbytes else None
 
 
 def read_bytes(tensor: Tensor) -> np.ndarray:
@@ -92,8 +96,7 @@ def materialise(raw: np.ndarray, ggml_type: int, ne: tuple[int, ...], nb: tuple[
     if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE or ggml_type == GGML_TYPE_BF16:
         element = np.dtype("<u2") if ggml_type == GGML_TYPE_BF16 else np.dtype(NUMPY_DTYPE_OF_GGML_TYPE[ggml_type])
         count = ne[0] * ne[1] * ne[2] * ne[3]
-        if nb == (element.itemsize, element.itemsize * ne[0], element.itemsize * ne[0] * ne[1],
-                  element.itemsize * ne[0] * ne[1] * ne[2]) and raw.size >= count * element.itemsize:
+        if nb == packed_strides(ne, 1, element.itemsize) and raw.size >= count * element.itemsize:
             # Already in C order (most nodes): a view of the bytes, without striding them.
             values = raw.view(np.uint8)[:count * element.itemsize].view(element).reshape(shape)
         else:

@@ -41,7 +41,7 @@ from inspector.dump.inputs import unknown as unknown_inputs
 from inspector.dump.record import TensorRecord, count_rows_written
 from inspector.errors import DumpError, InspectorError
 from inspector.files.disk_space import DiskFull
-from inspector.ggml.readout import materialise
+from inspector.ggml.readout import materialise, packed_strides
 from inspector.ggml.tensor import flag_names
 
 FRAME = struct.Struct("<IIIIQ")
@@ -297,7 +297,7 @@ def _sent_strides(header: dict[str, Any], ne: tuple[int, ...], nb: tuple[int, ..
     if block_size < 1 or type_size < 1 or min(ne, default=-1) < 0 or ne[0] % block_size or rows < 1:
         raise ProtocolError("a tensor sent as rows with an impossible layout")
     row_bytes = ne[0] // block_size * type_size
-    if sent_nb != (type_size, row_bytes, row_bytes * ne[1], row_bytes * ne[1] * ne[2]) or \
+    if sent_nb != packed_strides(ne, block_size, type_size) or \
             data_length != row_bytes * rows or len(nb) != GGML_MAX_DIMS or nb[0] != type_size:
         raise ProtocolError(f"a tensor sent as {rows} rows of {row_bytes} bytes in {data_length} bytes with strides "
                             f"{list(sent_nb)}: not its rows packed")
