@@ -102,6 +102,16 @@ static int keep_finite(double * values, int count, struct moments * m) {
         residual##lane += deviation_;                \
     } while (0)
 
+#ifdef __SSE2__
+/* The two lanes of `v`, into the first two of a pass's four scalar accumulators. */
+static void split_lanes(__m128d v, double * first, double * second) {
+    double lanes[2];
+    _mm_storeu_pd(lanes, v);
+    *first = lanes[0];
+    *second = lanes[1];
+}
+#endif
+
 /* The chunk's sum, minimum and maximum (NaN and infinities make the sum non-finite: the caller then drops them). */
 static double first_pass(const double * values, int count, double * low, double * high) {
     double sum0 = 0, sum1 = 0, sum2 = 0, sum3 = 0;
@@ -120,14 +130,9 @@ static double first_pass(const double * values, int count, double * low, double 
         high_a = _mm_max_pd(high_a, a);
         high_b = _mm_max_pd(high_b, b);
     }
-    double lanes[2];
-    _mm_storeu_pd(lanes, _mm_add_pd(sum_a, sum_b));
-    sum0 = lanes[0];
-    sum1 = lanes[1];
-    _mm_storeu_pd(lanes, _mm_min_pd(low_a, low_b));
-    low0 = fmin(lanes[0], lanes[1]);
-    _mm_storeu_pd(lanes, _mm_max_pd(high_a, high_b));
-    high0 = fmax(lanes[0], lanes[1]);
+    split_lanes(_mm_add_pd(sum_a, sum_b), &sum0, &sum1);
+    split_lanes(_mm_min_pd(low_a, low_b), &low0, &low1);
+    split_lanes(_mm_max_pd(high_a, high_b), &high0, &high1);
 #endif
     for (; i + 4 <= count; i += 4) {
         STEP(0, values[i]);
@@ -158,13 +163,8 @@ static double second_pass(const double * values, int count, double mean, double 
         deviations_a = _mm_add_pd(deviations_a, a);
         deviations_b = _mm_add_pd(deviations_b, b);
     }
-    double lanes[2];
-    _mm_storeu_pd(lanes, _mm_add_pd(squares_a, squares_b));
-    squares0 = lanes[0];
-    squares1 = lanes[1];
-    _mm_storeu_pd(lanes, _mm_add_pd(deviations_a, deviations_b));
-    residual0 = lanes[0];
-    residual1 = lanes[1];
+    split_lanes(_mm_add_pd(squares_a, squares_b), &squares0, &squares1);
+    split_lanes(_mm_add_pd(deviations_a, deviations_b), &residual0, &residual1);
 #endif
     for (; i + 4 <= count; i += 4) {
         DEVIATE(0, values[i]);
