@@ -118,9 +118,9 @@ def _read_exactly(read: Read, count: int) -> bytes | None:
     first = read(min(count, READ_CHUNK_BYTES))
     if len(first) == count:
         return first
-    chunks, remaining = [first], count - len(first)
     if not first:
         return None
+    chunks, remaining = [first], count - len(first)
     while remaining:
         chunk = read(min(remaining, READ_CHUNK_BYTES))
         if not chunk:
