@@ -67,6 +67,16 @@ NUMPY_DTYPE_OF_TYPE_NAME = {name: dtype for _type, name, dtype in PLAIN_GGML_TYP
 GGML_TYPE_OF_TYPE_NAME = {name: ggml_type for ggml_type, name, _dtype in PLAIN_GGML_TYPES}
 WIDENED_DTYPE = "<f4"
 
+# llama.h's enum llama_ftype (general.file_type in a GGUF): what a model's weights mostly are, named as gguf-py
+# names them without its MOSTLY_/ALL_ prefix.  Ours so that recording a model's facts does not import gguf-py
+# (inspector.ggml.types says why); a number missing here is looked up there.
+LLAMA_FTYPE_NAMES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS",
+    20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
+    28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+}
+
 # ggml_backend_dev_type
 GGML_BACKEND_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL", 4: "META"}
 

@@ -20,7 +20,7 @@ def test_docs_cli_md_is_what_the_commands_say():
 def test_every_model_command_accepts_every_llama_cpp_spelling():
     """capture takes each option under llama.cpp's names; sweep too, but -ngl, which takes a list there."""
     for name, skip in (("capture", ()), ("sweep", ("n_gpu_layers",))):
-        command = main.commands[name]
+        command = main.get_command(click.Context(main), name)
         accepted = {flag for param in command.params if isinstance(param, click.Option)
                     for flag in (*param.opts, *param.secondary_opts)}
         for option in LLAMA_OPTIONS:

@@ -4,7 +4,9 @@ Exit codes: 0 success, 1 a comparison found differences, 2 an error, 130
 an interrupted capture.  ``GGML_INSPECTOR_DEBUG=1`` shows tracebacks of
 unexpected failures.  Commands live in one module per group and import
 their heavy dependencies (llama.cpp, h5py, matplotlib, PIL) only when run,
-so ``--help`` starts fast.
+so ``--help`` starts fast; and a command's module is imported only when
+that command runs (:data:`COMMAND_MODULES`), so a capture does not pay for
+compare's or mllama's.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import os
 import signal
 import sys
 import warnings
+from importlib import import_module
 from typing import Any, NoReturn
 
 import click
 
-from inspector.cli import comparing, dumps, mllama, plotting, reference, running, servers
 from inspector.constants import TOOL_VERSION
 from inspector.errors import CaptureInterrupted, InspectorError
 from inspector.formatting import printable
@@ -33,8 +35,32 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     sys.exit(code)
 
 
+# The module of inspector.cli that defines each command (in its COMMANDS).  Why a table: importing every
+# command's module cost ~25 ms of every start, a sixth of what a one-tensor capture adds to the run it observes.
+COMMAND_MODULES = {
+    "capture": "running", "exec": "running", "build-hook": "running", "demo": "running",
+    "capture-hf": "reference",
+    "ls": "dumps", "show": "dumps", "export": "dumps", "gguf": "dumps", "import-raw": "dumps", "import": "dumps",
+    "compare": "comparing", "sweep": "comparing", "replay": "comparing",
+    "preprocess": "mllama", "diff-preprocess": "mllama", "mllama": "mllama",
+    "plot": "plotting", "report": "plotting",
+    "rpc-server": "servers",
+}
+
+
 class InspectorGroup(click.Group):
-    """A click group that turns every failure into one line and an exit code."""
+    """A click group that turns every failure into one line and an exit code, and imports a command's module
+    when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        commands = import_module(f"inspector.cli.{module}").COMMANDS
+        return next(command for command in commands if command.name == cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -79,8 +105,3 @@ def main() -> None:
         # Past a file-size limit (ulimit -f) a write fails with EFBIG, which the writer turns
         # into a clean incomplete dump, instead of the signal killing the process.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
-for module in (running, reference, dumps, comparing, mllama, plotting, servers):
-    for command in module.COMMANDS:
-        main.add_command(command)

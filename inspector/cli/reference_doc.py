@@ -76,8 +76,11 @@ def _command_section(path: str, command: click.Command) -> str:
 
 def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
     found = []
-    for name in sorted(group.commands):
-        command = group.commands[name]
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        if command is None:
+            continue
         path = f"{prefix} {name}"
         if isinstance(command, click.Group):
             found += [(path, command)] + _commands(command, path)

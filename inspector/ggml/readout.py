@@ -16,12 +16,11 @@ import ctypes
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGMLQuantizationType
-from gguf.quants import dequantize
 
 from inspector.constants import GGML_TYPE_BF16, MAX_PACKED_ROWS, NUMPY_DTYPE_OF_GGML_TYPE
 from inspector.errors import InspectorError
 from inspector.ggml.tensor import Tensor
+from inspector.ggml.types import quant_type as quant_type_of
 
 
 @dataclass(frozen=True)
@@ -114,9 +113,11 @@ def materialise(raw: np.ndarray, ggml_type: int, ne: tuple[int, ...], nb: tuple[
     if ne[0] % block_size:
         raise InspectorError(f"row length {ne[0]} is not a multiple of the block size {block_size}")
     try:
-        quant_type = GGMLQuantizationType(ggml_type)
+        quant_type = quant_type_of(ggml_type)
     except ValueError:
         raise InspectorError(f"unknown ggml type {ggml_type}") from None
+    from gguf.quants import dequantize  # here, not at the top: see inspector.ggml.types
+
     rows = np.ascontiguousarray(_strided_rows(raw, ne, nb, ne[0] // block_size * type_size))
     try:
         values = dequantize(rows, quant_type)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gguf import LlamaFileType
-
+from inspector.constants import LLAMA_FTYPE_NAMES
 from inspector.gguf.header import cached_sha256, check_gguf_file, fingerprint, read_leading_metadata
 
 
@@ -37,9 +36,13 @@ def model_facts(path: str, sha256: bool = False) -> dict[str, Any]:
 
 
 def _file_type_name(value: Any) -> str | None:
-    """``15`` -> ``Q4_K_M``; an ftype gguf-py does not know keeps its number (``ftype 99``)."""
+    """``15`` -> ``Q4_K_M``; an ftype neither our table nor gguf-py knows keeps its number (``ftype 99``)."""
     if not isinstance(value, int) or isinstance(value, bool):
         return None
+    if value in LLAMA_FTYPE_NAMES:
+        return LLAMA_FTYPE_NAMES[value]
+    from gguf import LlamaFileType  # here, not at the top: see inspector.ggml.types
+
     try:
         return LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
     except ValueError:

@@ -10,13 +10,12 @@ import os
 from typing import Any
 
 import llama_cpp
-from gguf import GGMLQuantizationType
-from gguf.constants import GGML_QUANT_SIZES
 
 from inspector.errors import SetupError
 from inspector.formatting import human_bytes
 from inspector.ggml.library import load
 from inspector.ggml.system import ggml_devices
+from inspector.ggml.types import sizes, type_number
 from inspector.llamacpp.config import LlamaRunConfig
 
 # llama.cpp pads the context to a multiple of this (llama-context.cpp: GGML_PAD(n_ctx, 256)).
@@ -72,7 +71,7 @@ def kv_cache_bytes(model: Any, config: LlamaRunConfig) -> tuple[int, int]:
     width = llama_cpp.llama_model_n_layer(model) * max(llama_cpp.llama_model_n_head_kv(model), 0) * head_dim
 
     def row_bytes(type_name: str) -> float:
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name.upper()]]
+        block, size = sizes(type_number(type_name)) or (1, 0)
         return size / block
 
     return n_ctx, int(n_ctx * width * (row_bytes(config.type_k) + row_bytes(config.type_v)))

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import llama_cpp
 import numpy as np
-from gguf import GGMLQuantizationType
 
 from inspector.capture.hook import TensorHook
 from inspector.constants import LOAD_MODES
@@ -21,13 +20,10 @@ from inspector.ggml import rpc
 from inspector.ggml.devices import list_devices
 from inspector.ggml.library import load
 from inspector.ggml.log import LogBuffer
+from inspector.ggml.types import type_number
 from inspector.llamacpp.config import FLASH_ATTN_MODES, LlamaRunConfig
 from inspector.llamacpp.memory import check_context_memory
 from inspector.llamacpp.placement import placement
-
-
-def _ggml_type_id(name: str) -> int:
-    return int(GGMLQuantizationType[name.upper()])
 
 
 class LlamaSession:
@@ -67,8 +63,8 @@ class LlamaSession:
         params.n_threads_batch = config.threads_batch or config.threads
         self.flash_attn_type = params.flash_attn_type = FLASH_ATTN_MODES[config.flash_attn]
         params.op_offload = config.op_offload
-        params.type_k = _ggml_type_id(config.type_k)
-        params.type_v = _ggml_type_id(config.type_v)
+        params.type_k = type_number(config.type_k)
+        params.type_v = type_number(config.type_v)
         if hook is not None and hook.callback is not None:
             params.cb_eval = ctypes.cast(hook.callback, llama_cpp.ggml_backend_sched_eval_callback)
             params.cb_eval_user_data = None

@@ -5,17 +5,18 @@ that llama-cpp-python installs (``site-packages/include``), so it always
 matches the pinned ggml's ``struct ggml_tensor``.  It links no ggml library:
 it looks every function up in the program it is preloaded into.  The build
 is cached per source and header content, so ``exec`` compiles it once.
+
+Finding the cached library is the first thing ``capture`` does, before it
+starts itself again with the hook preloaded: what this module imports at its
+top is paid twice per run, so the compiler's (subprocess, shutil) and the
+regex check's (ctypes) are imported where they are used.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import os
-import shutil
 import site
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -67,6 +68,14 @@ def library_path(build: bool = True) -> Path:
     target = cache_directory() / f"libggml_inspector_hook-{_fingerprint(include)}.so"
     if target.is_file() or not build:
         return target
+    _compile(include, target)
+    return target
+
+
+def _compile(include: Path, target: Path) -> None:
+    import shutil
+    import subprocess
+
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise InspectorError("no C compiler (cc or gcc) to build the native hook; install one or set CC")
@@ -80,7 +89,6 @@ def library_path(build: bool = True) -> Path:
         first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
         raise InspectorError(f"building the native hook failed: {first}")
     partial.replace(target)  # atomic: a concurrent build never sees half a library
-    return target
 
 
 def check_extended_regexes(patterns: Iterable[str]) -> None:
@@ -90,6 +98,9 @@ def check_extended_regexes(patterns: Iterable[str]) -> None:
     itself can only tell the parent and stop capturing.  Python's ``re`` is
     no judge here: it accepts ``(?:x)`` and ``\\d``, which ERE does not have.
     """
+    import ctypes
+    import ctypes.util
+
     libc = ctypes.CDLL(ctypes.util.find_library("c"))  # None: the process's own symbols, libc among them
     libc.regcomp.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
     libc.regerror.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]

@@ -21,13 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from inspector.capture.hook import SkippedTensor
 from inspector.constants import (
     GGML_MAX_OP_PARAMS,
     GGML_MAX_SRC,
-    GGML_TYPE_BF16,
     GGML_TYPE_F32,
     GGML_TYPE_I32,
     LLAMA_MAX_INT32,
@@ -43,6 +41,7 @@ from inspector.errors import DumpError, InspectorError
 from inspector.files.disk_space import DiskFull
 from inspector.ggml.readout import materialise, packed_strides
 from inspector.ggml.tensor import flag_names
+from inspector.ggml.types import sizes
 
 FRAME = struct.Struct("<IIIIQ")
 MAGIC = 0x48494747
@@ -177,13 +176,10 @@ def _sizes_of(ggml_type: int) -> tuple[int, int, int] | None:
     if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE:
         item = np.dtype(NUMPY_DTYPE_OF_GGML_TYPE[ggml_type]).itemsize
         return 1, item, item
-    if ggml_type == GGML_TYPE_BF16:
-        return 1, 2, 4  # widened to float32
-    try:
-        block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-    except (ValueError, KeyError):
+    known = sizes(ggml_type)
+    if known is None:
         return None
-    return block_size, type_size, 4  # dequantized to float32
+    return known[0], known[1], 4  # bf16 widened, quantized types dequantized, to float32
 
 
 def _check_layout(ggml_type: int, ne: tuple[int, ...], nb: tuple[int, ...], n_dims: int, block_size: int,
