@@ -12,12 +12,13 @@ keeps every whole frame and marks the dump incomplete.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import orjson
 
 from inspector.capture.hook import SkippedTensor
 from inspector.capture.session import CaptureSession
@@ -100,7 +101,7 @@ def hello_of(path: Path) -> dict[str, object] | None:
     if len(raw) < frame.header_length:
         return None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = orjson.loads(raw)
     except ValueError:
         header = None
     if not isinstance(header, dict):
@@ -130,7 +131,7 @@ def check_frames(path: Path) -> None:
                 raw = handle.read(frame.header_length)
                 if len(raw) < frame.header_length:
                     return
-                header = json.loads(raw.decode("utf-8")) if frame.header_length else {}
+                header = orjson.loads(raw) if frame.header_length else {}
                 if not isinstance(header, dict):
                     raise ProtocolError("a frame header that is not a JSON object")
                 if number == 1 and frame.kind != HELLO:
