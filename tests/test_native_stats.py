@@ -72,6 +72,26 @@ def test_every_float16_bit_pattern(native):
         check(native, np.array([value, value], dtype=np.float16))
 
 
+def test_every_float16_bit_pattern_through_the_bit_moving_decoder(native):
+    """Where the CPU has F16C, runs of four values are converted by it: three values at a time never are, so each
+    pattern also goes through the decoder that machines without it use (its min, max and mean in its triple)."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    triples = np.append(every, every[:2]).reshape(-1, 3)
+    wide = triples.astype(np.float64)
+    finite = np.isfinite(wide)
+    counts = finite.sum(axis=1)
+    low = np.where(finite, wide, np.inf).min(axis=1)
+    high = np.where(finite, wide, -np.inf).max(axis=1)
+    mean = np.where(finite, wide, 0).sum(axis=1) / np.maximum(counts, 1)
+    n_nan, n_inf = np.isnan(wide).sum(axis=1), np.isinf(wide).sum(axis=1)
+    for index, triple in enumerate(triples):
+        stats = native(triple)
+        assert (stats.n_nan, stats.n_inf) == (n_nan[index], n_inf[index]), triple.view(np.uint16)
+        if counts[index]:
+            assert (stats.min, stats.max) == (low[index], high[index]), triple.view(np.uint16)
+            assert stats.mean == pytest.approx(mean[index], rel=1e-15, abs=1e-300), triple.view(np.uint16)
+
+
 def test_other_layouts_and_types_fall_back_to_numpy(native):
     """A strided view or a type the C side does not take gives the same statistics through numpy."""
     values = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)

@@ -19,6 +19,14 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+/* x86-64 paths for instructions past the baseline the library is built for, each used where the CPU says it has
+ * them.  F16C (every x86-64 since 2012) converts four halves in one instruction, where bit moving took 2.4 ns a
+ * value, most of a capture-all's statistics time (its KV-cache rows are float16); AVX takes the two passes four
+ * doubles at a time instead of SSE2's two. */
+#define HAVE_X86_PATHS 1
+#endif
 
 enum stats_type { STATS_F32 = 0, STATS_F16 = 1, STATS_I32 = 2 };
 
@@ -44,10 +52,98 @@ static float half_to_float(uint16_t half) {
     return value;
 }
 
+#ifdef HAVE_X86_PATHS
+__attribute__((target("f16c"))) static int widen_f16c(const uint16_t * values, int count, double * out) {
+    int i = 0;
+    for (; i + 4 <= count; i += 4) {
+        __m128 four = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *) (values + i)));
+        _mm_storeu_pd(out + i, _mm_cvtps_pd(four));
+        _mm_storeu_pd(out + i + 2, _mm_cvtps_pd(_mm_movehl_ps(four, four)));
+    }
+    return i;
+}
+
+static int has_f16c(void) {
+    static int known = -1;
+    if (known < 0) {
+        known = __builtin_cpu_supports("f16c") ? 1 : 0;
+    }
+    return known;
+}
+
+static int has_avx(void) {
+    static int known = -1;
+    if (known < 0) {
+        known = __builtin_cpu_supports("avx") ? 1 : 0;
+    }
+    return known;
+}
+
+__attribute__((target("avx"))) static int widen_f32_avx(const float * values, int count, double * out) {
+    int i = 0;
+    for (; i + 4 <= count; i += 4) {
+        _mm256_storeu_pd(out + i, _mm256_cvtps_pd(_mm_loadu_ps(values + i)));
+    }
+    return i;
+}
+
+/* The two halves of `v` added, as SSE2's two lanes. */
+__attribute__((target("avx"))) static __m128d fold_add(__m256d v) {
+    return _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+}
+
+/* first_pass's vector part, four doubles a step: how many values it took, their sums, minima and maxima as
+ * two lanes each. */
+__attribute__((target("avx"))) static int first_pass_avx(const double * values, int count, __m128d * sum,
+                                                          __m128d * low, __m128d * high) {
+    __m256d sum_a = _mm256_setzero_pd(), sum_b = sum_a, low_a = _mm256_set1_pd(INFINITY), low_b = low_a;
+    __m256d high_a = _mm256_set1_pd(-INFINITY), high_b = high_a;
+    int     i = 0;
+    for (; i + 8 <= count; i += 8) {
+        __m256d a = _mm256_loadu_pd(values + i), b = _mm256_loadu_pd(values + i + 4);
+        sum_a = _mm256_add_pd(sum_a, a);
+        sum_b = _mm256_add_pd(sum_b, b);
+        low_a = _mm256_min_pd(low_a, a);
+        low_b = _mm256_min_pd(low_b, b);
+        high_a = _mm256_max_pd(high_a, a);
+        high_b = _mm256_max_pd(high_b, b);
+    }
+    __m256d lows = _mm256_min_pd(low_a, low_b), highs = _mm256_max_pd(high_a, high_b);
+    *sum = fold_add(_mm256_add_pd(sum_a, sum_b));
+    *low = _mm_min_pd(_mm256_castpd256_pd128(lows), _mm256_extractf128_pd(lows, 1));
+    *high = _mm_max_pd(_mm256_castpd256_pd128(highs), _mm256_extractf128_pd(highs, 1));
+    return i;
+}
+
+/* second_pass's vector part: how many values it took, their squared deviations and deviations as two lanes. */
+__attribute__((target("avx"))) static int second_pass_avx(const double * values, int count, double mean,
+                                                           __m128d * squares, __m128d * deviations) {
+    __m256d squares_a = _mm256_setzero_pd(), squares_b = squares_a, deviations_a = squares_a;
+    __m256d deviations_b = squares_a, centre = _mm256_set1_pd(mean);
+    int     i = 0;
+    for (; i + 8 <= count; i += 8) {
+        __m256d a = _mm256_sub_pd(_mm256_loadu_pd(values + i), centre);
+        __m256d b = _mm256_sub_pd(_mm256_loadu_pd(values + i + 4), centre);
+        squares_a = _mm256_add_pd(squares_a, _mm256_mul_pd(a, a));
+        squares_b = _mm256_add_pd(squares_b, _mm256_mul_pd(b, b));
+        deviations_a = _mm256_add_pd(deviations_a, a);
+        deviations_b = _mm256_add_pd(deviations_b, b);
+    }
+    *squares = fold_add(_mm256_add_pd(squares_a, squares_b));
+    *deviations = fold_add(_mm256_add_pd(deviations_a, deviations_b));
+    return i;
+}
+#endif
+
 static void widen(const void * data, int type, int64_t start, int count, double * out) {
     if (type == STATS_F32) {
         const float * values = (const float *) data + start;
         int           i = 0;
+#ifdef HAVE_X86_PATHS
+        if (has_avx()) {
+            i = widen_f32_avx(values, count, out);
+        }
+#endif
 #ifdef __SSE2__
         for (; i + 4 <= count; i += 4) {
             __m128 four = _mm_loadu_ps(values + i);
@@ -60,7 +156,13 @@ static void widen(const void * data, int type, int64_t start, int count, double 
         }
     } else if (type == STATS_F16) {
         const uint16_t * values = (const uint16_t *) data + start;
-        for (int i = 0; i < count; i++) {
+        int              i = 0;
+#ifdef HAVE_X86_PATHS
+        if (has_f16c()) {
+            i = widen_f16c(values, count, out);
+        }
+#endif
+        for (; i < count; i++) {
             out[i] = half_to_float(values[i]);
         }
     } else {
@@ -121,6 +223,11 @@ static double first_pass(const double * values, int count, double * low, double 
 #ifdef __SSE2__
     __m128d sum_a = _mm_setzero_pd(), sum_b = sum_a, low_a = _mm_set1_pd(INFINITY), low_b = low_a;
     __m128d high_a = _mm_set1_pd(-INFINITY), high_b = high_a;
+#ifdef HAVE_X86_PATHS
+    if (has_avx()) {
+        i = first_pass_avx(values, count, &sum_a, &low_a, &high_a);
+    }
+#endif
     for (; i + 4 <= count; i += 4) {
         __m128d a = _mm_loadu_pd(values + i), b = _mm_loadu_pd(values + i + 2);
         sum_a = _mm_add_pd(sum_a, a);
@@ -156,6 +263,11 @@ static double second_pass(const double * values, int count, double mean, double 
 #ifdef __SSE2__
     __m128d squares_a = _mm_setzero_pd(), squares_b = squares_a, deviations_a = squares_a, deviations_b = squares_a;
     __m128d centre = _mm_set1_pd(mean);
+#ifdef HAVE_X86_PATHS
+    if (has_avx()) {
+        i = second_pass_avx(values, count, mean, &squares_a, &deviations_a);
+    }
+#endif
     for (; i + 4 <= count; i += 4) {
         __m128d a = _mm_sub_pd(_mm_loadu_pd(values + i), centre), b = _mm_sub_pd(_mm_loadu_pd(values + i + 2), centre);
         squares_a = _mm_add_pd(squares_a, _mm_mul_pd(a, a));
