@@ -290,3 +290,31 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _write_over(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with DumpWriter(path, {"runner": "test"}, {}, overwrite=True) as writer:
+        index = writer.begin_evaluation("graph", {})
+        for node, (name, array) in enumerate(arrays.items()):
+            writer.write(TensorRecord.for_array(name, array, index, node, "NONE"), array)
+
+
+def test_an_overwritten_dump_is_unlinked_not_truncated(tmp_path):
+    """--overwrite takes the old dump's name away and frees its blocks on another thread: the new dump is whole, a
+    hard link to the old one keeps the old dump, and a symbolic link is written through as before."""
+    old, new = {"old": np.arange(4, dtype=np.float32)}, {"new": np.ones(8, dtype=np.float32)}
+    path = write_dump(tmp_path / "d.h5", old)
+    os.link(path, tmp_path / "linked.h5")
+    _write_over(path, new)
+    for name, arrays in (("d.h5", new), ("linked.h5", old)):
+        with open_dump(tmp_path / name) as dump:
+            assert dump.complete and [entry.name for entry in dump.entries()] == list(arrays)
+            np.testing.assert_array_equal(dump.read(next(iter(arrays))), next(iter(arrays.values())))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5", "linked.h5"]
+
+    target = write_dump(tmp_path / "target.h5", old)
+    (tmp_path / "through.h5").symlink_to(target)
+    _write_over(tmp_path / "through.h5", new)
+    assert (tmp_path / "through.h5").is_symlink()
+    with open_dump(target) as dump:
+        np.testing.assert_array_equal(dump.read("new"), new["new"])

@@ -48,7 +48,7 @@ from inspector.dump.format import (
 from inspector.dump.record import TensorRecord
 from inspector.errors import CaptureInterrupted, DumpError, InspectorError
 from inspector.files.disk_space import DiskFull, SpaceGuard, describe_errno, disk_full_errno
-from inspector.files.outputs import recorded_inputs, refuse_inputs
+from inspector.files.outputs import discard_in_background, recorded_inputs, refuse_inputs
 
 FLUSH_INTERVAL_S = 1.0
 # Rows per chunk of /index and /records: small enough that growing them fits the space reserve.
@@ -115,6 +115,8 @@ class DumpWriter:
         refuse_inputs(self.path, recorded_inputs(config))
         if self.path.exists() and not overwrite:
             raise InspectorError(f"{self.path} exists; pass --overwrite to replace it")
+        # The dump it replaces is freed meanwhile; its space counts as free from the first check on.
+        self._discarding = discard_in_background(self.path) if self.path.exists() else None
         parent = self.path.parent
         if not parent.is_dir():
             try:
@@ -206,6 +208,9 @@ class DumpWriter:
             raise DiskFull(self.failure)
         try:
             if self._check_space:
+                if self._discarding is not None:
+                    self._discarding.join()
+                    self._discarding = None
                 stored_bytes = SAMPLE_ELEMENTS * array.itemsize if self.stats_only else array.nbytes
                 # The gathered block and a partly filled last chunk land in the file too.
                 self._guard.check(stored_bytes + self._block_bytes + CHUNK_BYTES,

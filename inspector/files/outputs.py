@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -179,3 +181,31 @@ def write_text(path: PathLike, text: str, *, overwrite: bool = True, inputs: Ite
     with atomic_output(path, overwrite=overwrite, inputs=inputs) as temporary:
         temporary.write_text(text, encoding="utf-8", errors="backslashreplace")
     return Path(path)
+
+
+def discard_in_background(path: PathLike) -> threading.Thread | None:
+    """Remove the regular file at ``path`` now and free its blocks on another thread, returned (join it before
+    measuring free space); anything else stays.
+
+    Why: a dump replaced with ``--overwrite`` is usually the previous run's, a
+    few hundred MB written moments before, and truncating it cost 30-190 ms in
+    the kernel (more while its pages are still being written back) on the
+    path of the capture about to start.  The name is unlinked here, so the new
+    dump is created at once; the one descriptor left, whose closing frees the
+    blocks, is closed by a daemon thread (by the process's exit at the latest).
+    A symbolic link is left for the writer to follow, as before.
+    """
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        os.unlink(path)
+    except OSError:
+        os.close(descriptor)
+        return None
+    closing = threading.Thread(target=os.close, args=(descriptor,), name="discard-replaced-dump", daemon=True)
+    closing.start()
+    return closing
