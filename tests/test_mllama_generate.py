@@ -178,3 +178,33 @@ def test_a_text_prompt_goes_through_the_checkpoints_own_tokenizer(hf_model, conv
                           "exactly one of -p/--prompt and --token-ids")
     assert_one_line_error(cli("mllama", "generate", converted, "--image", path, "-p", text, "-o", tmp_path / "r.h5"),
                           "has no tokenizer")
+
+
+@pytest.mark.parametrize("vision_output", ["copy", "late-read"])
+def test_the_native_hook_captures_what_the_python_hook_does(converted, tmp_path, vision_output):
+    """The command line runs generate through the preloaded native hook, node by node on the scheduler it took; the
+    Python API through the Python eval callback.  Every tensor of every evaluation, late-read's reused memory
+    included, must be the same bytes, and each dump must say which hook ran."""
+    from inspector.capture.selection import Selection
+    from inspector.mllama.generate import GENERATE_RESERVES, GenerateConfig, generate
+
+    path, _ = image_file(tmp_path, (50, 22))
+    native = tmp_path / "native.h5"
+    result = run(converted, path, native, "--vision-output", vision_output, "-n", "3")
+    assert result.returncode == 0, result.stderr
+    python = tmp_path / "python.h5"
+    generate(GenerateConfig(model=str(converted), image=str(path), token_ids=PROMPT, n_predict=3, n_ctx=len(PROMPT) + 3,
+                            vision_output=vision_output, threads=1), Selection(), python)
+    with open_dump(native) as ours, open_dump(python) as theirs:
+        assert ours.config["capture_mode"]["hook"] == "native"
+        assert theirs.config["capture_mode"]["hook"] == "python"
+        for dump in (ours, theirs):
+            assert dump.config["capture_mode"]["callback_because"] == GENERATE_RESERVES
+        assert ours.result["generated_ids"] == theirs.result["generated_ids"]
+        assert [e["kind"] for e in ours.evaluations] == ["encode", "decode", "generate", "generate"]
+        key = lambda e: (e.eval_index, e.name, e.occurrence)  # noqa: E731
+        entries = {key(e): e for e in ours.entries()}
+        assert set(entries) == {key(e) for e in theirs.entries()}
+        assert len(entries) > 100
+        for entry in theirs.entries():
+            np.testing.assert_array_equal(ours.read(entries[key(entry)]), theirs.read(entry), err_msg=entry.name)

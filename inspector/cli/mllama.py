@@ -258,11 +258,18 @@ def mllama_generate(llama_values: dict[str, Any], image: Path, globs: tuple[str,
     graph left it, after the text graph was allocated over that memory, so
     the text depends on --probe and on -ngl. compare COPY.h5 LATE.h5 names
     cross_attn_states first.
+
+    The command starts itself again with the native hook preloaded, which
+    takes the scheduler and does the per-node work in C, node by node: the
+    graphs' buffers are all planned before the first computes, without the
+    output flags of the unsplit mode. The dump's config says which hook ran.
     """
+    from inspector.capture.mode import CALLBACK, CaptureMode
     from inspector.capture.selection import Selection
     from inspector.mllama.encode_report import generate_line
     from inspector.mllama.generate import GenerateConfig, generate
     from inspector.mllama.tokenizer import prompt_token_ids
+    from inspector.native.inprocess import native_capture
 
     model = str(llama_values["model"])
     token_ids = prompt_token_ids(model, llama_values["prompt"], llama_values["token_ids"])
@@ -271,8 +278,10 @@ def mllama_generate(llama_values: dict[str, Any], image: Path, globs: tuple[str,
                             n_predict=max(llama_values["n_predict"], 0), n_ctx=n_ctx, probes=list(probes),
                             vision_output=vision_output, loader=loader, **_placement(llama_values, "generate"))
     output = output or Path(DEFAULT_DUMP_DIR) / f"mllama-generate-{image.stem}.h5"
-    summary = generate(config, Selection(globs=globs, regexes=regexes), output, overwrite=overwrite,
-                       progress=echo_progress)
+    selection = Selection(globs=globs, regexes=regexes)
+    hook_factory, capture_mode = native_capture([model], selection, CaptureMode(CALLBACK))
+    summary = generate(config, selection, output, overwrite=overwrite, progress=echo_progress,
+                       hook_factory=hook_factory, capture_mode=capture_mode)
     click.echo(generate_line(summary), err=True)
 
 

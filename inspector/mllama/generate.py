@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,17 +110,21 @@ class _TextRunner:
         """Size the compute buffers for the prompt's text graph too (a throwaway one, as Session.reserve does)."""
         measured = build_text_graph(self.model, n_tokens, 0, "read")
         try:
-            if not self.lib.ggml.ggml_backend_sched_reserve(self.session.sched, measured.graph):
+            if not self.session.calls.ggml_backend_sched_reserve(self.session.sched, measured.graph):
                 raise InspectorError("the scheduler could not reserve memory for the text graph")
         finally:
             measured.free()
 
-    def compute(self, graph: TextGraph, tokens: list[int], hook: TensorHook, states: np.ndarray | None,
+    def compute(self, graph: TextGraph, tokens: list[int], hook: TensorHook | None, states: np.ndarray | None,
                 left_behind: int | None) -> np.ndarray:
-        """Compute ``graph`` on ``tokens``; the image from ``states`` (copied) or ``left_behind`` (an address)."""
-        lib, sched = self.lib, self.session.sched
-        lib.ggml.ggml_backend_sched_reset(sched)
-        lib.ggml.ggml_backend_sched_set_eval_callback(sched, ctypes.cast(hook.callback, ctypes.c_void_p), None)
+        """Compute ``graph`` on ``tokens``; the image from ``states`` (copied) or ``left_behind`` (an address).
+
+        ``hook`` None: the native hook, which took the scheduler (``Session.calls``), captures it itself.
+        """
+        lib, calls, sched = self.lib, self.session.calls, self.session.sched
+        calls.ggml_backend_sched_reset(sched)
+        calls.ggml_backend_sched_set_eval_callback(
+            sched, ctypes.cast(hook.callback, ctypes.c_void_p) if hook is not None else None, None)
         leaf = graph.inputs.get("cross_attn_states")
         sizes = self.session.buffer_sizes()
         if leaf is not None and left_behind is not None:
@@ -127,7 +132,7 @@ class _TextRunner:
             source = Tensor(lib, left_behind).struct
             if lib.base.ggml_backend_tensor_alloc(source.buffer, leaf, source.data) != 0:
                 raise InspectorError("cannot place cross_attn_states at the vision output's address")
-        if not lib.ggml.ggml_backend_sched_alloc_graph(sched, graph.graph):
+        if not calls.ggml_backend_sched_alloc_graph(sched, graph.graph):
             raise InspectorError("the scheduler could not allocate the text graph")
         if leaf is not None and left_behind is not None and self.session.buffer_sizes() != sizes:
             # A grown buffer is a freed one: the late read would read freed memory, not reused memory.
@@ -145,38 +150,47 @@ class _TextRunner:
             set_data(lib, graph.inputs["cross_attn_rows"], rows)
         if leaf is not None and left_behind is None:
             set_data(lib, leaf, states)
-        status = lib.ggml.ggml_backend_sched_graph_compute(sched, graph.graph)
+        status = calls.ggml_backend_sched_graph_compute(sched, graph.graph)
         if status != 0:
             raise InspectorError(f"text graph compute failed with status {status}")
         logits = read_tensor(Tensor(lib, graph.outputs["result_output"])).array
         return logits.reshape(n, -1)
 
 
-def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: TensorHook, text: _TextRunner,
-                         inputs: Preprocessed, geometry: dict) -> tuple[np.ndarray, list[int]]:
+def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: Any, text: _TextRunner,
+                         inputs: Preprocessed, geometry: dict, native: Any = None) -> tuple[np.ndarray, list[int]]:
     """The vision graph, the prompt's text graph, then ``n_predict`` greedy steps; the prompt's logits and tokens.
 
     Generation stops early when the hook stopped capturing (a signal, a full
-    disk): the session says why when it closes the dump.
+    disk): the session says why when it closes the dump.  With ``native``
+    (the preloaded hook, which took the scheduler) the graphs are computed
+    through its calls and each evaluation waits for the one before to be read.
     """
     session, model = text.session, text.model
+    graph_hook = None if native is not None else hook
+
+    def begin_evaluation(kind: str, info: dict[str, Any]) -> int:
+        if native is not None:
+            native.catch_up()  # the evaluation before is written whole before the next one opens
+        return capture.begin_evaluation(kind, info)
+
     vision_graph = build_mllama(session.weights, tuple(config.probes))
     prompt_graph = build_text_graph(model, len(config.token_ids), 0, "read")
     generated: list[int] = []
     try:
         session.reserve(tuple(config.probes))
         text.reserve(len(config.token_ids))
-        capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image, **unknown_inputs()})
+        begin_evaluation("encode", {"geometry": geometry, "image": config.image, **unknown_inputs()})
         capture.say(f"encoding the image on {', '.join(b.name for b in session.backends)}")
-        session.compute(vision_graph, inputs, hook, why_not_unsplit=GENERATE_RESERVES)
+        session.compute(vision_graph, inputs, graph_hook, why_not_unsplit=GENERATE_RESERVES)
         vision_out = vision_graph.outputs["ca_patch_embd"]
         states = None
         if config.vision_output == "copy":
             states = read_tensor(Tensor(session.lib, vision_out)).array.reshape(-1, model.hparams.hidden)
-        capture.begin_evaluation("decode", {"token_ids": config.token_ids, "pos0": 0, "n_tokens": len(config.token_ids),
+        begin_evaluation("decode", {"token_ids": config.token_ids, "pos0": 0, "n_tokens": len(config.token_ids),
                                             **runner_inputs(0, len(config.token_ids), tokens=config.token_ids)})
         capture.say(f"decoding {len(config.token_ids)} prompt tokens ({config.vision_output})")
-        prompt_logits = text.compute(prompt_graph, config.token_ids, hook, states,
+        prompt_logits = text.compute(prompt_graph, config.token_ids, graph_hook, states,
                                      vision_out if states is None else None)
         last = prompt_logits[-1]
         for step in range(config.n_predict):
@@ -189,9 +203,9 @@ def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: 
             pos = len(config.token_ids) + step
             step_graph = build_text_graph(model, 1, pos, "cached")
             try:
-                capture.begin_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1,
+                begin_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1,
                                                       **runner_inputs(pos, 1, tokens=[token])})
-                last = text.compute(step_graph, [token], hook, None, None)[-1]
+                last = text.compute(step_graph, [token], graph_hook, None, None)[-1]
             finally:
                 step_graph.free()
     finally:
@@ -201,10 +215,15 @@ def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: 
 
 
 def generate(config: GenerateConfig, selection: Selection, output: str | Path, *, overwrite: bool = False,
-             progress: Callable[[str], None] = lambda _m: None) -> GenerateSummary:
+             progress: Callable[[str], None] = lambda _m: None,
+             hook_factory: Callable[[CaptureSession], Any] | None = None,
+             capture_mode: dict[str, Any] | None = None) -> GenerateSummary:
     """Encode, decode the prompt, generate ``n_predict`` tokens greedily; one dump of kinds encode/decode/generate.
 
-    How the capture ends (a signal, a full disk) is the :class:`CaptureSession`'s.
+    How the capture ends (a signal, a full disk) is the :class:`CaptureSession`'s.  ``hook_factory`` makes the
+    command line's preloaded native hook (:func:`inspector.native.inprocess.native_capture`, asked for the callback
+    mode: see GENERATE_RESERVES), which takes the scheduler and does the per-node work in C; ``capture_mode`` is
+    what the dump's config records of it.
     """
     if config.vision_output not in MLLAMA_VISION_OUTPUTS:
         raise InspectorError(f"--vision-output must be one of {', '.join(MLLAMA_VISION_OUTPUTS)}")
@@ -220,13 +239,26 @@ def generate(config: GenerateConfig, selection: Selection, output: str | Path, *
             text = _TextRunner(session, model, ImageRows(image_position, tiles, vision.max_tiles,
                                                          vision.num_positions))
             geometry = inputs.geometry.as_dict()
+            recorded_mode = capture_mode or {
+                "hook": "python", "python_hook_because": "called through the Python API, with no native hook"}
             run_config = {"runner": "mllama-generate", **asdict(config), "hparams": asdict(model.hparams),
                           "backends": [b.name for b in session.backends], "geometry": geometry,
-                          "select": selection.describe()}
+                          "select": selection.describe(),
+                          "capture_mode": {**recorded_mode, "callback_because": GENERATE_RESERVES}}
             with CaptureSession(output, run_config, system_facts(session.lib), overwrite=overwrite,
                                 progress=progress, stats_of=stats_function()) as capture:
-                hook = capture.tensor_hook(selection, session.lib)
-                prompt_logits, generated = _encode_and_generate(config, capture, hook, text, inputs, geometry)
+                native = hook_factory(capture) if hook_factory is not None else None
+                if native is not None:
+                    hook = capture.use_hook(native)
+                    session.calls = native.scheduler_calls(session.sched, session.lib.ggml)
+                else:
+                    hook = capture.tensor_hook(selection, session.lib)
+                try:
+                    prompt_logits, generated = _encode_and_generate(config, capture, hook, text, inputs, geometry,
+                                                                    native)
+                finally:
+                    if native is not None:
+                        native.close()  # every frame read; the hook off
                 capture.finish({"token_ids": config.token_ids, "generated_ids": generated,
                                 "vision_output": config.vision_output, "image_position": image_position,
                                 "tiles": tiles})

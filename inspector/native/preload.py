@@ -14,7 +14,7 @@ import sys
 PRELOADED = "GGML_INSPECTOR_PRELOADED"
 USER_PRELOAD = "GGML_INSPECTOR_USER_LD_PRELOAD"
 # Commands that run llama.cpp (or mllama's own graphs) in this process and capture them with the hook.
-PRELOADING_COMMANDS = (("capture",), ("mllama", "encode"))
+PRELOADING_COMMANDS = (("capture",), ("mllama", "encode"), ("mllama", "generate"))
 
 
 def reexec_preloaded(argv: list[str]) -> None:
