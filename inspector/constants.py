@@ -167,3 +167,6 @@ MAX_WRITTEN_RUNS = 16384
 # A view over parts of rows (nb[0] one element) whose rows hold less than half the bytes it spans is read row by
 # row, at most this many rows; otherwise the bytes it spans are read.  The native hook's MAX_PACKED_ROWS.
 MAX_PACKED_ROWS = 65536
+# In ggml-inspector's own process the native hook lends a host tensor of at least this many bytes by address (the
+# reader copies it; inspector/native/inprocess.py) instead of sending it through the socket.  Its LEND_MIN_BYTES.
+LEND_MIN_BYTES = 1 << 20

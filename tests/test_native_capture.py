@@ -9,17 +9,22 @@ against, tensor by tensor and bit for bit (the Python hook's own values are chec
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROMPT, run_capture
+from conftest import PROMPT, llama_config, run_capture
 from test_cli import cli
 
 from inspector import open_dump
-from inspector.native.build import library_path
+from inspector.capture.selection import Selection
+from inspector.constants import LEND_MIN_BYTES
+from inspector.llamacpp.capture import capture_llama
+from inspector.native.build import SOURCE, library_path
 from inspector.native.preload import PRELOADED, USER_PRELOAD
+from inspector.tiny_models.llama import TinyLlamaSpec, write_tiny_llama
 
 RUN = ("-p", PROMPT, "-t", "1", "-c", "64", "-fa", "off", "-n", "3")
 
@@ -93,3 +98,25 @@ def test_programs_the_capture_starts_do_not_inherit_the_hook(user_preload):
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=environment)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (user_preload or "-")
+
+
+@pytest.mark.parametrize("mode", ["unsplit", "callback"])
+def test_tensors_the_hook_lends_by_address_are_the_python_hooks_bytes(tmp_path, mode):
+    """In its own process the hook lends a host tensor of LEND_MIN_BYTES or more by address, and waits while the
+    reader copies it (the socket would copy it twice).  Logits of every prompt token over an 8,192-token vocabulary
+    cross that size: the command's dump must hold what the Python hook copies out itself."""
+    define = re.search(r"#define LEND_MIN_BYTES \(\(size_t\) 1 << (\d+)\)", SOURCE.read_text())
+    assert define is not None and 1 << int(define.group(1)) == LEND_MIN_BYTES
+    model = write_tiny_llama(tmp_path / "wide.gguf", TinyLlamaSpec(n_vocab=8192, seed=3))
+    prompt = "a prompt long enough for its logits to pass a mebibyte, in byte tokens"
+    native, python = tmp_path / "native.h5", tmp_path / "python.h5"
+    result = cli("capture", model, "-p", prompt, "-t", "1", "-c", "128", "-fa", "off", "-n", "2", "--all-logits",
+                 "--mode", mode, "-o", native)
+    assert result.returncode == 0, result.stderr
+    capture_llama(llama_config(model, prompt=prompt, n_ctx=128, n_predict=2, all_logits=True), Selection(), python)
+    assert capture_mode(native)["hook"] == "native"
+    with open_dump(native) as dump:
+        assert max(entry.nbytes for entry in dump.entries()) >= LEND_MIN_BYTES
+    a, b = values(native), values(python)
+    assert len(a) > 50 and a.keys() == b.keys()
+    assert [key for key in a if a[key] != b[key]] == []

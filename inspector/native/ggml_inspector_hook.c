@@ -36,8 +36,10 @@
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <regex.h>
+#include <semaphore.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,6 +49,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ggml-backend.h"
@@ -62,6 +65,11 @@ enum frame_kind { HELLO = 1, EVAL, TENSOR, SKIP, NOTICE, BYE, INPUT, NAMES };
 /* Tensors are read and sent in pieces of at most this size, so the copy buffer stays small. */
 #define COPY_CHUNK ((size_t) 64 << 20)
 #define PATTERN_SEPARATOR '\x1f'
+/* In ggml-inspector's own process (ggml_inspector_connect), a tensor in host memory of at least this many bytes is
+ * lent, not sent: its frame carries its address, the reader copies it from there, and the hook waits for that
+ * (ggml_inspector_lent_copied).  The socket would copy it twice, into the kernel and out; at this size the wait
+ * for the reader is short beside the copy.  inspector/native/inprocess.py's reader. */
+#define LEND_MIN_BYTES ((size_t) 1 << 20)
 /* A KV-cache write (SET_ROWS) is sent as the rows it wrote, listed in its header as runs of consecutive rows:
  * at most this many runs, in the order written or, when that has more, in ascending order (a transposed V cache
  * writes one-value rows token by token: n_embd_v_gqa runs per token in the order written, per run of cells sorted);
@@ -267,6 +275,9 @@ static int connection = -1;      /* the hook is on exactly while this is open: t
 /* Writing to a file in the dump folder: the bytes written so far, and the most the file may hold.  A
  * write past RLIMIT_FSIZE would raise SIGXFSZ, which kills the program; we stop before it instead. */
 static bool to_file;
+static bool lending;   /* connected in-process: large host tensors are lent (LEND_MIN_BYTES) */
+static sem_t lent_copied;
+static bool lent_ready; /* lent_copied initialised */
 static unsigned long long file_written, file_limit;
 static int n_schedulers;
 static long long n_computes;
@@ -328,6 +339,34 @@ static void disconnect(void) {
         close(connection);
         connection = -1;
     }
+    lending = false;
+}
+
+/* After a frame lending bytes: waits until the reader has copied them.  False, the hook off, when the reader has
+ * gone (its end of the socket shut: an interrupted capture), so a run never waits on nobody. */
+static bool wait_until_copied(void) {
+    for (;;) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 100 * 1000 * 1000;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (sem_timedwait(&lent_copied, &until) == 0) {
+            return true;
+        }
+        if (errno != ETIMEDOUT && errno != EINTR) {
+            break;
+        }
+        char    byte;
+        ssize_t peeked = recv(connection, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (peeked == 0 || (peeked < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            break; /* the reader never writes: readable means its end is shut */
+        }
+    }
+    disconnect();
+    return false;
 }
 
 static bool send_all(const void * data, size_t size) {
@@ -1304,6 +1343,16 @@ static void capture(const struct scheduler * s, struct ggml_tensor * t, const ch
     }
     field_string("view_source", view_source);
     field_number("view_offset", (long long) t->view_offs);
+    bool lent = lending && !by_rows && !packed && held == NULL && nbytes >= LEND_MIN_BYTES &&
+                gg.buffer_is_host != NULL && gg.buffer_is_host(holder->buffer);
+    if (lent) {
+        field_number("lent_at", (long long) (uintptr_t) holder->data);
+        field_number("lent_bytes", (long long) nbytes);
+        if (send_head(TENSOR, 0)) {
+            wait_until_copied();
+        }
+        return;
+    }
     if (send_head(TENSOR, nbytes)) {
         if (by_rows) {
             send_written_rows(t);
@@ -2247,7 +2296,13 @@ bool ggml_inspector_connect(int fd, const void * in_ggml) {
     if (connected) {
         to_file = false;
         connection = fd;
+        if (!lent_ready) {
+            lent_ready = sem_init(&lent_copied, 0, 0) == 0;
+        }
+        while (lent_ready && sem_trywait(&lent_copied) == 0) { /* a copy acknowledged after the last run gave up */
+        }
         announce();
+        lending = lent_ready && connection >= 0;
     }
     pthread_mutex_unlock(&lock);
     return connected;
@@ -2273,6 +2328,13 @@ bool ggml_inspector_adopt(ggml_backend_sched_t sched) {
     }
     pthread_mutex_unlock(&lock);
     return s != NULL;
+}
+
+/* The reader has copied the bytes the last TENSOR frame lent (its lent_at, lent_bytes): the hook goes on. */
+void ggml_inspector_lent_copied(void) {
+    if (lent_ready) {
+        sem_post(&lent_copied);
+    }
 }
 
 /* How many frames the hook has written since the process started. */

@@ -42,6 +42,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+
 from inspector.capture.hook import HookCounters, SkippedTensor
 from inspector.capture.mode import CaptureMode
 from inspector.capture.selection import Selection
@@ -51,7 +53,15 @@ from inspector.ggml import load
 from inspector.ggml.signatures import SCHEDULER, declare
 from inspector.gguf.header import read_header
 from inspector.native.preload import PRELOADED, USER_PRELOAD
-from inspector.native.stream import PATTERN_SEPARATOR, READ_BUFFER_BYTES, FrameSink, ProcessReport
+from inspector.native.stream import (
+    LENT_AT,
+    LENT_BYTES,
+    PATTERN_SEPARATOR,
+    READ_BUFFER_BYTES,
+    TENSOR,
+    FrameSink,
+    ProcessReport,
+)
 
 # How long the runner waits for the reader to catch up before it calls the stream stuck.
 CATCH_UP_TIMEOUT_S = 600.0
@@ -84,6 +94,8 @@ def _preloaded_library() -> ctypes.CDLL | None:
     library.ggml_inspector_frames_sent.restype = ctypes.c_ulonglong
     library.ggml_inspector_adopt.argtypes = [ctypes.c_void_p]
     library.ggml_inspector_adopt.restype = ctypes.c_bool
+    library.ggml_inspector_lent_copied.argtypes = []
+    library.ggml_inspector_lent_copied.restype = None
     declare(library, (INTERPOSED,))
     return library
 
@@ -104,9 +116,10 @@ def why_not_native(selection: Selection, weight_names: list[str]) -> str:
 class _InProcessSink(FrameSink):
     """Frames into the capture's dump, each compute under the evaluation the runner opened for it."""
 
-    def __init__(self, session: CaptureSession, selection: Selection) -> None:
+    def __init__(self, session: CaptureSession, selection: Selection, copied: Callable[[], None]) -> None:
         super().__init__(session.writer, lambda _message: None)
         self.selection = selection
+        self.copied = copied
         self.frames_read = 0
         self.ended = False  # the stream was read to its end, or reading stopped (a full disk)
         self.announced: int | None = None
@@ -139,6 +152,22 @@ class _InProcessSink(FrameSink):
         self.selection.matches(str(header.get("name", "")))  # a pattern that matched is not reported unmatched
         super()._tensor(kind, header, owner, data, report)
 
+    def _frame_data(self, kind: int, header: dict[str, Any], data: bytes | np.ndarray) -> bytes | np.ndarray:
+        """The bytes a TENSOR frame lends (``lent_at``, ``lent_bytes``: a large tensor in host memory, which the
+        hook in this process sends by address instead of through the socket's two copies), copied into an array
+        of ours, unless the dump takes no more; the hook, which waits meanwhile, is told in any case."""
+        if kind != TENSOR or LENT_AT not in header:
+            return data
+        try:
+            size, at = int(header.pop(LENT_BYTES)), int(header.pop(LENT_AT))
+            if self.stopped:
+                return b""
+            borrowed = np.empty(size, np.uint8)
+            ctypes.memmove(borrowed.ctypes.data, at, size)  # lets the GIL go
+            return borrowed
+        finally:
+            self.copied()
+
 
 class NativeHook:
     """What the runner sees of a capture by the preloaded native hook (the Python hook's interface).
@@ -155,7 +184,7 @@ class NativeHook:
         self.library = library
         self.selection = selection
         self.interrupted = False
-        self._sink = _InProcessSink(session, selection)
+        self._sink = _InProcessSink(session, selection, library.ggml_inspector_lent_copied)
         os.environ.update({"GGML_INSPECTOR_GLOBS": PATTERN_SEPARATOR.join(selection.globs),
                            "GGML_INSPECTOR_REGEXES": "", **mode.environment()})
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -55,6 +55,9 @@ READ_CHUNK_BYTES = 1 << 20
 READ_BUFFER_BYTES = 1 << 20
 GGML_MAX_DIMS = 4
 PATTERN_SEPARATOR = "\x1f"
+# A TENSOR frame of the hook in this very process may lend a large tensor's bytes by address instead of carrying
+# them (inspector/native/inprocess.py reads them); any other stream that does so is forged.
+LENT_AT, LENT_BYTES = "lent_at", "lent_bytes"
 # The library that created a scheduler names what its graphs are: libmtmd's encode images, libllama's
 # decode tokens (or an image's embeddings). Any other program's graphs are just graphs.
 KINDS_BY_LIBRARY = (("libmtmd", "encode"), ("libllama", "decode"))
@@ -253,6 +256,9 @@ def tensor_header(header: dict[str, Any], data_length: int) -> TensorHeader:
     ``import`` runs this over a whole file before it writes anything, so a
     stream from someone else is refused in one line, not half imported.
     """
+    if LENT_AT in header or LENT_BYTES in header:
+        raise ProtocolError("a TENSOR frame that lends memory by address, which only the hook in this very process "
+                            "may do")
     try:
         ne, nb = tuple(map(int, header["ne"])), tuple(map(int, header["nb"]))
         ggml_type, n_dims = int(header["type"]), int(header["n_dims"])
@@ -456,8 +462,9 @@ class FrameSink:
         try:
             first = True
             while (frame := read_frame(read, read_into)) is not None:
-                self._frame_read()
                 kind, header, data = frame
+                data = self._frame_data(kind, header, data)
+                self._frame_read()
                 if first and kind != HELLO:
                     raise ProtocolError("a stream that does not begin with HELLO")
                 first = False
@@ -512,6 +519,10 @@ class FrameSink:
 
     def _frame_read(self) -> None:
         """Called as each frame is read, before it is handled."""
+
+    def _frame_data(self, kind: int, header: dict[str, Any], data: bytes | np.ndarray) -> bytes | np.ndarray:
+        """A frame's data as it is handled: what the stream carried (the in-process reader takes lent bytes)."""
+        return data
 
     def _open_evaluation(self, header: dict[str, Any], report: ProcessReport, mode: dict[str, Any]) -> int:
         """The evaluation an EVAL frame opens: a new one, its kind from the library that made the scheduler;
