@@ -117,12 +117,12 @@ def test_kill_9_at_random_moments_leaves_dumps_that_open(tmp_path):
         process = subprocess.Popen(
             [sys.executable, "-m", "inspector", "capture", str(model), "-p", "x" * 200, "--ubatch", "8",
              "--n-predict", "100", "--ctx", "512", "--threads", "1", "-o", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while not out.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 1.5))
-        assert process.poll() is None, "the capture ended before the kill"
+        assert process.poll() is None, f"attempt {attempt}: the capture ended before the kill: {process.stderr.read()}"
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         with open_dump(out) as dump:
