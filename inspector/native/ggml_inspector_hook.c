@@ -36,7 +36,6 @@
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
-#include <poll.h>
 #include <pthread.h>
 #include <regex.h>
 #include <semaphore.h>
