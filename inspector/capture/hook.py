@@ -131,6 +131,9 @@ class TensorHook:
         self._eval_index = eval_index
         self._reset_evaluation()
 
+    def catch_up(self) -> None:
+        """Nothing to wait for before the next evaluation opens: this hook writes each tensor as it is called."""
+
     def request_stop(self) -> None:
         """Stop capturing and ask llama.cpp to abort (used for Ctrl-C)."""
         self.interrupted = True

@@ -132,7 +132,8 @@ class CaptureSession:
         """Make ``hook`` (one that is not a :class:`TensorHook`: the preloaded native hook) this capture's.
 
         It needs what the session reads of a hook: ``request_stop``,
-        ``interrupted``, ``skipped``, ``error`` and ``failure``.
+        ``interrupted``, ``skipped``, ``error``, ``failure``, ``catch_up``
+        and ``begin_evaluation``.
         """
         self.hook = hook
         if self.interrupted:
@@ -140,7 +141,13 @@ class CaptureSession:
         return hook
 
     def begin_evaluation(self, kind: str, info: dict[str, Any], progress: str = "") -> int:
-        """Open the next evaluation (the hook's node indices restart); ``progress`` names it in a message."""
+        """Open the next evaluation (the hook's node indices restart); ``progress`` names it in a message.
+
+        The hook catches up first: a hook that writes from another thread (the native hook's reader) has the
+        evaluation before written whole before the next one opens.
+        """
+        if self.hook is not None:
+            self.hook.catch_up()
         index = self.writer.begin_evaluation(kind, info)
         if self.hook is not None:
             self.hook.begin_evaluation(index)

@@ -146,8 +146,6 @@ def capture_llama(config: LlamaRunConfig, selection: Selection, output: str | Pa
             selection, lib, weights=WeightFiles(*filter(None, (config.model, config.mmproj))))
 
         def begin_evaluation(kind: str, info: dict) -> int:
-            if native is not None:
-                native.catch_up()  # the evaluation before is written whole before the next one opens
             return session.begin_evaluation(kind, info, f"{kind}, {info['n_tokens']} tokens")
 
         try:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from inspector.capture import unsplit
-from inspector.capture.hook import HookCounters, TensorHook
+from inspector.capture.hook import HookCounters, TensorHook, TensorSink
 from inspector.capture.mode import DEFAULT_MODE, CaptureMode
 from inspector.capture.selection import Selection
 from inspector.capture.session import CaptureSession
@@ -183,6 +183,18 @@ class Session:
             unsplit.capture_computed(hook, lib, graph.graph)
         return kept
 
+    def capture_hook(self, capture: CaptureSession, selection: Selection,
+                     hook_factory: Callable[[CaptureSession], Any] | None, sink: TensorSink | None = None
+                     ) -> tuple[Any, Any]:
+        """``capture``'s hook and the native hook among it (None where the Python eval callback runs): the one
+        ``hook_factory`` makes, which takes this scheduler (its calls replace libggml-base's in :attr:`calls`),
+        else the Python eval callback writing through ``sink``."""
+        native = hook_factory(capture) if hook_factory is not None else None
+        if native is None:
+            return capture.tensor_hook(selection, self.lib, sink=sink), None
+        self.calls = native.scheduler_calls(self.sched, self.lib.ggml)
+        return capture.use_hook(native), native
+
     def close(self) -> None:
         if self.sched:
             self.calls.ggml_backend_sched_free(self.sched)
@@ -266,12 +278,7 @@ def encode(config: EncodeConfig, selection: Selection, output: str | Path, *, ov
                 if sched_check and not record.is_leaf:
                     kept[hook.last_address] = (record, array)
 
-            native = hook_factory(capture) if hook_factory is not None and not sched_check else None
-            if native is not None:
-                hook = capture.use_hook(native)
-                session.calls = native.scheduler_calls(session.sched, session.lib.ggml)
-            else:
-                hook = capture.tensor_hook(selection, session.lib, sink=sink)
+            hook, native = session.capture_hook(capture, selection, None if sched_check else hook_factory, sink)
             graph = build_mllama(session.weights, tuple(config.probes))
             try:
                 if sched_check:

@@ -164,15 +164,10 @@ def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: 
     Generation stops early when the hook stopped capturing (a signal, a full
     disk): the session says why when it closes the dump.  With ``native``
     (the preloaded hook, which took the scheduler) the graphs are computed
-    through its calls and each evaluation waits for the one before to be read.
+    through its calls.
     """
     session, model = text.session, text.model
     graph_hook = None if native is not None else hook
-
-    def begin_evaluation(kind: str, info: dict[str, Any]) -> int:
-        if native is not None:
-            native.catch_up()  # the evaluation before is written whole before the next one opens
-        return capture.begin_evaluation(kind, info)
 
     vision_graph = build_mllama(session.weights, tuple(config.probes))
     prompt_graph = build_text_graph(model, len(config.token_ids), 0, "read")
@@ -180,14 +175,14 @@ def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: 
     try:
         session.reserve(tuple(config.probes))
         text.reserve(len(config.token_ids))
-        begin_evaluation("encode", {"geometry": geometry, "image": config.image, **unknown_inputs()})
+        capture.begin_evaluation("encode", {"geometry": geometry, "image": config.image, **unknown_inputs()})
         capture.say(f"encoding the image on {', '.join(b.name for b in session.backends)}")
         session.compute(vision_graph, inputs, graph_hook, why_not_unsplit=GENERATE_RESERVES)
         vision_out = vision_graph.outputs["ca_patch_embd"]
         states = None
         if config.vision_output == "copy":
             states = read_tensor(Tensor(session.lib, vision_out)).array.reshape(-1, model.hparams.hidden)
-        begin_evaluation("decode", {"token_ids": config.token_ids, "pos0": 0, "n_tokens": len(config.token_ids),
+        capture.begin_evaluation("decode", {"token_ids": config.token_ids, "pos0": 0, "n_tokens": len(config.token_ids),
                                             **runner_inputs(0, len(config.token_ids), tokens=config.token_ids)})
         capture.say(f"decoding {len(config.token_ids)} prompt tokens ({config.vision_output})")
         prompt_logits = text.compute(prompt_graph, config.token_ids, graph_hook, states,
@@ -203,7 +198,7 @@ def _encode_and_generate(config: GenerateConfig, capture: CaptureSession, hook: 
             pos = len(config.token_ids) + step
             step_graph = build_text_graph(model, 1, pos, "cached")
             try:
-                begin_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1,
+                capture.begin_evaluation("generate", {"token_ids": [token], "pos0": pos, "n_tokens": 1,
                                                       **runner_inputs(pos, 1, tokens=[token])})
                 last = text.compute(step_graph, [token], graph_hook, None, None)[-1]
             finally:
@@ -247,12 +242,7 @@ def generate(config: GenerateConfig, selection: Selection, output: str | Path, *
                           "capture_mode": {**recorded_mode, "callback_because": GENERATE_RESERVES}}
             with CaptureSession(output, run_config, system_facts(session.lib), overwrite=overwrite,
                                 progress=progress, stats_of=stats_function()) as capture:
-                native = hook_factory(capture) if hook_factory is not None else None
-                if native is not None:
-                    hook = capture.use_hook(native)
-                    session.calls = native.scheduler_calls(session.sched, session.lib.ggml)
-                else:
-                    hook = capture.tensor_hook(selection, session.lib)
+                hook, native = session.capture_hook(capture, selection, hook_factory)
                 try:
                     prompt_logits, generated = _encode_and_generate(config, capture, hook, text, inputs, geometry,
                                                                     native)

@@ -341,9 +341,9 @@ static void disconnect(void) {
     lending = false;
 }
 
-/* After a frame lending bytes: waits until the reader has copied them.  False, the hook off, when the reader has
- * gone (its end of the socket shut: an interrupted capture), so a run never waits on nobody. */
-static bool wait_until_copied(void) {
+/* After a frame lending bytes: waits until the reader has copied them; turns the hook off when the reader has gone
+ * (its end of the socket shut: an interrupted capture), so a run never waits on nobody. */
+static void wait_until_copied(void) {
     for (;;) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
@@ -353,7 +353,7 @@ static bool wait_until_copied(void) {
             until.tv_nsec -= 1000000000L;
         }
         if (sem_timedwait(&lent_copied, &until) == 0) {
-            return true;
+            return;
         }
         if (errno != ETIMEDOUT && errno != EINTR) {
             break;
@@ -365,7 +365,6 @@ static bool wait_until_copied(void) {
         }
     }
     disconnect();
-    return false;
 }
 
 static bool send_all(const void * data, size_t size) {

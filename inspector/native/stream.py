@@ -177,13 +177,11 @@ def read_frame(read: Read, read_into: ReadInto | None = None
 @functools.lru_cache(maxsize=64)
 def _sizes_of(ggml_type: int) -> tuple[int, int, int] | None:
     """(block size, bytes per block, bytes per materialised value) of a ggml type; None for a type gguf lacks."""
-    if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE:
-        item = np.dtype(NUMPY_DTYPE_OF_GGML_TYPE[ggml_type]).itemsize
-        return 1, item, item
     known = sizes(ggml_type)
     if known is None:
         return None
-    return known[0], known[1], 4  # bf16 widened, quantized types dequantized, to float32
+    # numpy's types as they are; bf16 widened and quantized types dequantized to float32.
+    return known[0], known[1], known[1] if ggml_type in NUMPY_DTYPE_OF_GGML_TYPE else 4
 
 
 def _check_layout(ggml_type: int, ne: tuple[int, ...], nb: tuple[int, ...], n_dims: int, block_size: int,
